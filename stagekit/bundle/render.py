@@ -1,0 +1,80 @@
+"""`stagekit info`: a summary of a bundle (rich or JSON). Imports neither torch nor anndata."""
+
+from __future__ import annotations
+
+import tomllib
+from typing import Any
+
+from rich.console import Console, Group
+from rich.panel import Panel
+from rich.table import Table
+
+from stagekit.bundle.format import Bundle
+
+_SPARK = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(values: list[float], width: int = 48) -> str:
+    finite = [v for v in values if v == v and abs(v) != float("inf")]
+    if not finite:
+        return ""
+    if len(values) > width:  # keep the shape, drop detail
+        step = len(values) / width
+        values = [values[int(i * step)] for i in range(width)]
+    lo, hi = min(finite), max(finite)
+    span = (hi - lo) or 1.0
+    return "".join(_SPARK[int((v - lo) / span * (len(_SPARK) - 1))] if v in finite else " " for v in values)
+
+
+def summary(bundle: Bundle) -> dict[str, Any]:
+    config = tomllib.loads(bundle.config_toml) if bundle.config_toml else {}
+    return {"path": bundle.path, "stage": bundle.stage, "model": bundle.model, "status": bundle.status,
+            "epochs_done": bundle.epochs_done, "seed": bundle.seed, "created": bundle.created,
+            "wall_time_s": bundle.wall_time_s, "device": bundle.device, "argv": bundle.argv,
+            "lineage": bundle.lineage, "data": bundle.data, "n_genes": len(bundle.var_names),
+            "categories": {k: v for k, v in bundle.categories.items()}, "config": config,
+            "final_metrics": bundle.final_metrics, "history": bundle.history, "versions": bundle.versions}
+
+
+def render(bundle: Bundle, console: Console) -> None:
+    head = Table.grid(padding=(0, 2))
+    head.add_row("stage", f"[bold]{bundle.stage}[/] ({bundle.model})", "status", bundle.status)
+    head.add_row("epochs", str(bundle.epochs_done), "seed", str(bundle.seed))
+    head.add_row("created", bundle.created, "wall time", f"{bundle.wall_time_s:.1f} s")
+    head.add_row("device", bundle.device, "versions",
+                 ", ".join(f"{k} {v}" for k, v in bundle.versions.items() if k in ("stagekit", "torch")))
+    parts: list[Any] = [head]
+
+    chain = [f"{bundle.stage} ({bundle.model})  {bundle.path}"]
+    chain += [f"{e['stage']} ({e.get('model', '?')})  {e['path']}  sha256 {e['sha256'][:12]}" for e in bundle.lineage]
+    parts.append(Panel("\n".join(f"{'  ' * i}{'└ ' if i else ''}{line}" for i, line in enumerate(chain)),
+                       title="lineage", expand=False))
+
+    if bundle.data:
+        d = bundle.data
+        cats = "; ".join(f"{k}: {len(v)} ({', '.join(v[:4])}{', …' if len(v) > 4 else ''})"
+                         for k, v in bundle.categories.items())
+        parts.append(Panel(f"{d.get('path')}\n{d.get('n_obs')} cells x {d.get('n_vars')} genes ({d.get('matrix')}),"
+                           f" sha256 {str(d.get('sha256'))[:12]}\n{cats}", title="data", expand=False))
+
+    config = tomllib.loads(bundle.config_toml) if bundle.config_toml else {}
+    key_config = Table.grid(padding=(0, 2))
+    for section in ("model", "training"):
+        if section in config:
+            key_config.add_row(f"[{section}]", "  ".join(f"{k}={v}" for k, v in config[section].items()))
+    parts.append(Panel(key_config, title="config", expand=False))
+
+    if bundle.final_metrics:
+        metrics = Table(title="final metrics", show_header=True)
+        metrics.add_column("metric")
+        metrics.add_column("value", justify="right")
+        for k, v in bundle.final_metrics.items():
+            metrics.add_row(k, f"{v:.5g}")
+        parts.append(metrics)
+
+    curves = [k for k in ("train_loss", "val_loss") if bundle.history.get(k)]
+    if curves:
+        parts.append(Panel("\n".join(f"{k:<11}{sparkline(bundle.history[k])}  "
+                                     f"{bundle.history[k][0]:.4g} → {bundle.history[k][-1]:.4g}"
+                                     for k in curves), title="loss", expand=False))
+    console.print(Group(*parts))

@@ -1,0 +1,180 @@
+"""Resolve the effective configuration: schema defaults <- preset file <- command-line overrides."""
+
+from __future__ import annotations
+
+import difflib
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from stagekit.config.schema import Key, Schema, check_value
+from stagekit.config.schemas import SCHEMAS
+from stagekit.errors import UserError
+
+HEADER = "preset"  # [preset] stage = ..., model = ..., description = ...
+
+
+def presets_dir() -> Path:
+    """Shipped presets: inside the installed package, or beside it in a source checkout."""
+    package = Path(__file__).resolve().parent.parent
+    for candidate in (package / "presets", package.parent / "presets"):
+        if candidate.is_dir():
+            return candidate
+    raise UserError("the shipped presets folder is missing; reinstall stagekit")
+
+
+def list_presets() -> list[dict[str, str]]:
+    rows = []
+    for path in sorted(presets_dir().glob("*.toml")):
+        header = _read_toml(path).get(HEADER, {})
+        rows.append({"name": path.stem, "stage": header.get("stage", "?"), "model": header.get("model", "?"),
+                     "description": header.get("description", ""), "path": str(path)})
+    return rows
+
+
+def preset_path(name_or_path: str) -> Path:
+    path = Path(name_or_path)
+    if path.suffix == ".toml" or path.exists():
+        if not path.is_file():
+            raise UserError(f"preset file {path} does not exist")
+        return path
+    shipped = presets_dir() / f"{name_or_path}.toml"
+    if shipped.is_file():
+        return shipped
+    names = [p.stem for p in presets_dir().glob("*.toml")]
+    hint = difflib.get_close_matches(name_or_path, names, n=1)
+    suggestion = f"did you mean '{hint[0]}'? " if hint else ""
+    raise UserError(f"no preset named '{name_or_path}'; {suggestion}see `stagekit presets list`")
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"{path}: not valid TOML ({exc})") from None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read ({exc.strerror})") from None
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`section.key=value` with a TOML-typed value; a bare word is taken as a string."""
+    if "=" not in text:
+        raise UserError(f"--set {text!r}: expected KEY=VALUE, e.g. --set training.lr=1e-3")
+    dotted, raw = (part.strip() for part in text.split("=", 1))
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return dotted, value
+
+
+@dataclass
+class Config:
+    stage: str
+    model: str
+    preset: str
+    schema: Schema
+    values: dict[str, dict[str, Any]]
+    sources: dict[str, str] = field(default_factory=dict)
+
+    def __getitem__(self, section: str) -> dict[str, Any]:
+        return self.values[section]
+
+    def to_toml(self, with_sources: bool = False) -> str:
+        lines = [f"[{HEADER}]", f'stage = "{self.stage}"', f'model = "{self.model}"', ""]
+        for section, keys in self.values.items():
+            lines.append(f"[{section}]")
+            for key, value in keys.items():
+                line = f"{key} = {toml_value(value)}"
+                if with_sources:
+                    line = f"{line:<44} # {self.sources[f'{section}.{key}']}"
+                lines.append(line)
+            lines.append("")
+        return "\n".join(lines)
+
+
+def toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    return repr(value)
+
+
+def _all_keys(schema: Schema) -> list[str]:
+    return [f"{s}.{k}" for s, keys in schema.items() for k in keys]
+
+
+def _unknown(dotted: str, schema: Schema, source: str) -> UserError:
+    close = difflib.get_close_matches(dotted, _all_keys(schema), n=1, cutoff=0.5)
+    if not close:  # a right key in the wrong section is a common slip
+        leaf = dotted.rsplit(".", 1)[-1]
+        close = [k for k in _all_keys(schema) if k.endswith("." + leaf)]
+    hint = f"; did you mean '{close[0]}'?" if close else f"; valid sections: {', '.join(schema)}"
+    return UserError(f"{source}: unknown key '{dotted}'{hint}")
+
+
+def _lookup(schema: Schema, dotted: str, source: str) -> tuple[str, str, Key]:
+    if dotted.count(".") != 1:
+        raise _unknown(dotted, schema, source)
+    section, key = dotted.split(".")
+    if key not in schema.get(section, {}):
+        raise _unknown(dotted, schema, source)
+    return section, key, schema[section][key]
+
+
+def resolve_config(stage: str, preset: str | None, overrides: list[tuple[str, Any, str]],
+                   stored: tuple[str, str] | None = None) -> Config:
+    """Build the effective config. `overrides` are (dotted key, value, source label) in order of priority.
+
+    `stored` = (TOML text, label) replaces the preset file, e.g. the config stored in a bundle to resume.
+    """
+    if stored is not None:
+        path, raw = Path(stored[1]), tomllib.loads(stored[0])
+    else:
+        path = preset_path(preset)
+        raw = _read_toml(path)
+    header = raw.pop(HEADER, None)
+    if not isinstance(header, dict) or "stage" not in header or "model" not in header:
+        raise UserError(f"{path}: a preset needs a [preset] table with 'stage' and 'model'")
+    if header["stage"] != stage:
+        raise UserError(f"{path}: this preset is for `stagekit {header['stage']}`, not `stagekit {stage}`")
+    extra = set(header) - {"stage", "model", "description"}
+    if extra:
+        raise UserError(f"{path}: unknown key 'preset.{sorted(extra)[0]}'; [preset] holds stage, model, "
+                        "description")
+    schema = SCHEMAS.get((stage, header["model"]))
+    if schema is None:
+        models = sorted(m for s, m in SCHEMAS if s == stage)
+        raise UserError(f"{path}: stage '{stage}' has no model '{header['model']}'; choose one of {models}")
+
+    values = {s: {k: key.default for k, key in keys.items()} for s, keys in schema.items()}
+    sources = {dotted: "default" for dotted in _all_keys(schema)}
+    if stored is not None:
+        label = stored[1]
+    else:
+        label = f"preset {path.name}" if path.parent == presets_dir() else f"preset {path}"
+    for section, table in raw.items():
+        if not isinstance(table, dict):
+            raise _unknown(section, schema, str(path))
+        for key, value in table.items():
+            dotted = f"{section}.{key}"
+            s, k, spec = _lookup(schema, dotted, str(path))
+            try:
+                values[s][k] = check_value(dotted, spec, value, str(path))
+            except ValueError as exc:
+                raise UserError(str(exc)) from None
+            sources[dotted] = label
+    for dotted, value, source in overrides:
+        s, k, spec = _lookup(schema, dotted, source)
+        try:
+            values[s][k] = check_value(dotted, spec, value, source)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+        sources[dotted] = source
+    return Config(stage=stage, model=header["model"], preset=str(path), schema=schema, values=values,
+                  sources=sources)

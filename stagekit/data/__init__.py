@@ -1,0 +1,1 @@
+"""AnnData loading and validation, data fingerprints and bulk mini-batching from CSR matrices."""

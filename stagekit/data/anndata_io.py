@@ -1,0 +1,137 @@
+"""Load count matrices from `.h5ad`, in memory or backed on disk, with validation that names what is wrong."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from stagekit.bundle import file_sha256
+from stagekit.errors import UserError
+
+_CHUNK = 1 << 22  # values checked per read when validating on disk
+
+
+@dataclass
+class CountMatrix:
+    """Rows of a cells x genes matrix: an in-memory CSR, or an HDF5 group/dataset read in blocks."""
+
+    path: Path
+    key: str  # "X" or "layers/NAME"
+    obs: pd.DataFrame
+    var_names: list[str]
+    matrix: sp.csr_matrix | None = None  # in memory
+    backed: bool = False
+
+    @property
+    def n_obs(self) -> int:
+        return len(self.obs)
+
+    @property
+    def n_vars(self) -> int:
+        return len(self.var_names)
+
+    def rows(self, index: np.ndarray) -> np.ndarray:
+        """Dense float32 rows for sorted `index`, sliced in bulk (one CSR fancy-index or one disk block)."""
+        if self.matrix is not None:
+            return self.matrix[index].toarray()
+        start, stop = int(index[0]), int(index[-1]) + 1
+        with h5py.File(self.path, "r") as f:
+            node = f[self.key]
+            if isinstance(node, h5py.Dataset):
+                block = node[start:stop].astype(np.float32)
+                return block[index - start]
+            indptr = node["indptr"][start:stop + 1]
+            lo, hi = int(indptr[0]), int(indptr[-1])
+            block = sp.csr_matrix((node["data"][lo:hi].astype(np.float32), node["indices"][lo:hi],
+                                   indptr - lo), shape=(stop - start, self.n_vars))
+        return block[index - start].toarray()
+
+    def fingerprint(self) -> dict:
+        genes = hashlib.sha256("\n".join(self.var_names).encode()).hexdigest()
+        return {"path": str(self.path.resolve()), "sha256": file_sha256(self.path), "n_obs": self.n_obs,
+                "n_vars": self.n_vars, "genes_sha256": genes, "matrix": self.key}
+
+
+def load_counts(path: str | Path, layer: str = "", obs_keys: tuple[str, ...] = (), backed: bool = False,
+                require_counts: bool = True) -> CountMatrix:
+    """Read and validate. Every failure is a UserError naming the file, key or column."""
+    import anndata
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"data file {path} does not exist")
+    try:
+        adata = anndata.read_h5ad(path, backed="r" if backed else None)
+    except Exception as exc:  # anndata raises many types for a bad file; all mean the same to a user
+        reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        raise UserError(f"{path} is not a readable .h5ad file ({reason}); give an AnnData .h5ad") from None
+    try:
+        key = "X"
+        if layer:
+            if layer not in adata.layers:
+                available = ", ".join(adata.layers) or "none"
+                raise UserError(f"{path}: layer '{layer}' not found (layers: {available}); set data.layer")
+            key = f"layers/{layer}"
+        elif adata.X is None:
+            raise UserError(f"{path}: X is empty; name the counts layer with --set data.layer=NAME")
+        obs = adata.obs.copy()
+        for column in obs_keys:
+            if column not in obs.columns:
+                close = ", ".join(list(obs.columns)[:8])
+                raise UserError(f"{path}: obs column '{column}' not found (columns: {close})")
+            missing = int(obs[column].isna().sum())
+            if missing:
+                raise UserError(f"{path}: obs column '{column}' has {missing} missing values; fill or drop them")
+        if adata.n_obs == 0 or adata.n_vars == 0:
+            raise UserError(f"{path}: the matrix is empty ({adata.n_obs} cells x {adata.n_vars} genes)")
+        var_names = [str(v) for v in adata.var_names]
+        if backed:
+            counts = CountMatrix(path, key, obs, var_names, backed=True)
+        else:
+            matrix = adata.layers[layer] if layer else adata.X
+            matrix = sp.csr_matrix(matrix, dtype=np.float32)
+            counts = CountMatrix(path, key, obs, var_names, matrix=matrix)
+    finally:
+        if backed:
+            adata.file.close()
+    _validate_values(counts, require_counts)
+    return counts
+
+
+def _value_chunks(counts: CountMatrix):
+    if counts.matrix is not None:
+        yield counts.matrix.data
+        return
+    with h5py.File(counts.path, "r") as f:
+        node = f[counts.key]
+        data = node if isinstance(node, h5py.Dataset) else node["data"]
+        for start in range(0, data.shape[0], max(1, _CHUNK // max(1, int(np.prod(data.shape[1:]))))):
+            yield np.asarray(data[start:start + _CHUNK], dtype=np.float64).ravel()
+
+
+def _validate_values(counts: CountMatrix, require_counts: bool) -> None:
+    where = f"{counts.path} ({counts.key})"
+    for values in _value_chunks(counts):
+        if not np.isfinite(values).all():
+            raise UserError(f"{where} contains NaN or infinite values; clean the matrix first")
+        if require_counts:
+            if (values < 0).any():
+                raise UserError(f"{where} has negative values; this model needs raw counts "
+                                "(name the raw layer with --set data.layer=NAME)")
+            if not np.array_equal(values, np.round(values)):
+                raise UserError(f"{where} has non-integer values; this model needs raw counts "
+                                "(name the raw layer with --set data.layer=NAME)")
+
+
+def category_codes(obs: pd.DataFrame, column: str) -> tuple[np.ndarray, list[str]]:
+    """Integer codes and category names of an obs column, in a stable (sorted) order."""
+    values = obs[column].astype(str)
+    names = sorted(values.unique())
+    lookup = {name: i for i, name in enumerate(names)}
+    return values.map(lookup).to_numpy(np.int64), names

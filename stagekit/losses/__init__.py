@@ -1,0 +1,1 @@
+"""Loss functions; count likelihoods wrap scvi-tools distributions."""

@@ -1,0 +1,1 @@
+"""Pure torch modules: no I/O, no CLI, no config."""

@@ -1,0 +1,13 @@
+"""Building blocks shared by models."""
+
+from __future__ import annotations
+
+from torch import nn
+
+
+def mlp(sizes: list[int], dropout: float) -> nn.Sequential:
+    """Linear -> LayerNorm -> ReLU -> Dropout for each consecutive pair of sizes."""
+    layers: list[nn.Module] = []
+    for n_in, n_out in zip(sizes[:-1], sizes[1:], strict=True):
+        layers += [nn.Linear(n_in, n_out), nn.LayerNorm(n_out), nn.ReLU(), nn.Dropout(dropout)]
+    return nn.Sequential(*layers)

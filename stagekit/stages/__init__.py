@@ -1,0 +1,1 @@
+"""One module per phase: bundle/data in -> model + engine -> bundle out."""

@@ -1,0 +1,93 @@
+"""What every training phase does around the engine: check the output, resume, write bundles."""
+
+from __future__ import annotations
+
+import platform
+import sys
+import time
+from collections.abc import Callable
+from importlib import metadata
+from pathlib import Path
+
+from stagekit.bundle import Bundle, file_sha256, read_bundle, write_bundle
+from stagekit.config import Config
+from stagekit.errors import Interrupted, UserError
+from stagekit.train import Engine, FitResult, RunSettings, Task
+from stagekit.train.progress import ProgressReporter
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in ("stagekit", "torch", "anndata", "scvi-tools", "lightning", "torch-geometric", "numpy"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def partial_path(output: Path) -> Path:
+    """Checkpoints and interrupted runs go beside the output, never over it."""
+    return output.with_name(output.name + ".partial")
+
+
+def check_output(output: Path) -> None:
+    if output.is_dir():
+        raise UserError(f"output {output} is a folder; give a file name such as {output / 'out.stk'}")
+    if not output.parent.exists():
+        raise UserError(f"output folder {output.parent} does not exist; create it first")
+
+
+def lineage_of(parent: Bundle) -> list[dict]:
+    entry = {"sha256": file_sha256(parent.path), "stage": parent.stage, "model": parent.model,
+             "path": str(Path(parent.path).resolve()), "created": parent.created}
+    return [entry, *parent.lineage]
+
+
+class PhaseRun:
+    """One run of a training phase: builds the engine from the config and owns the output file."""
+
+    def __init__(self, config: Config, output: Path, resume: Path | None = None, quiet: bool = False) -> None:
+        check_output(output)
+        self.config, self.output, self.started = config, output, time.time()
+        self.resume_bundle = (read_bundle(resume, (config.stage,), command=config.stage, resume=True)
+                              if resume else None)
+        self.settings = RunSettings.from_config(config["training"], config["runtime"])
+        self.engine = Engine(self.settings, ProgressReporter(quiet=quiet), on_checkpoint=self._checkpoint)
+        self._bundle_for: Callable[[FitResult], Bundle] | None = None
+
+    def check_resume_data(self, fingerprint: dict) -> None:
+        if self.resume_bundle and self.resume_bundle.data.get("sha256") != fingerprint["sha256"]:
+            raise UserError(f"{fingerprint['path']} is not the data {self.resume_bundle.path} was trained on "
+                            f"({self.resume_bundle.data.get('path')}); resume with the same file")
+
+    def _complete(self, bundle: Bundle, result: FitResult, status: str) -> Bundle:
+        bundle.stage, bundle.model = self.config.stage, self.config.model
+        bundle.config_toml, bundle.seed = self.config.to_toml(), self.settings.seed
+        bundle.status, bundle.epochs_done = status, result.epochs_done
+        bundle.history, bundle.resume = result.history, result.resume_state
+        bundle.versions, bundle.device, bundle.argv = package_versions(), result.device, list(sys.argv)
+        bundle.wall_time_s = time.time() - self.started
+        return bundle
+
+    def _checkpoint(self, result: FitResult) -> None:
+        if result.is_global_zero and self._bundle_for is not None:
+            write_bundle(self._complete(self._bundle_for(result), result, "checkpoint"),
+                         partial_path(self.output))
+
+    def fit(self, task: Task, bundle_for: Callable[[FitResult], Bundle]) -> Path:
+        """Train; write the bundle (rank 0) on success, or a resumable `.partial` on interrupt/failure."""
+        self._bundle_for = bundle_for
+        result = self.engine.fit(task, self.resume_bundle.resume if self.resume_bundle else None)
+        partial = partial_path(self.output)
+        if not result.is_global_zero:
+            return self.output
+        if result.status == "complete":
+            write_bundle(self._complete(bundle_for(result), result, "complete"), self.output)
+            partial.unlink(missing_ok=True)
+            return self.output
+        write_bundle(self._complete(bundle_for(result), result, result.status), partial)
+        hint = f"continue with `stagekit {self.config.stage} ... --resume {partial}`"
+        if result.status == "interrupted":
+            raise Interrupted(f"interrupted ({result.message}); {hint}")
+        raise UserError(f"{result.message}; the last good state is in {partial}")
