@@ -55,4 +55,5 @@ def pretrain(
         path = pretrain_vae.run(config, data[0], output, resume, quiet)
     else:  # a schema exists for every shipped model; this guards a preset naming one not built yet
         raise UserError(f"pretrain model '{config.model}' is not available in this version")
-    opt.emit_result(path, json_)
+    if path is not None:  # None on the secondary processes of a distributed run
+        opt.emit_result(path, json_)

@@ -110,10 +110,10 @@ def _all_keys(schema: Schema) -> list[str]:
 
 
 def _unknown(dotted: str, schema: Schema, source: str) -> UserError:
-    close = difflib.get_close_matches(dotted, _all_keys(schema), n=1, cutoff=0.5)
-    if not close:  # a right key in the wrong section is a common slip
-        leaf = dotted.rsplit(".", 1)[-1]
-        close = [k for k in _all_keys(schema) if k.endswith("." + leaf)]
+    leaf = dotted.rsplit(".", 1)[-1]
+    # a right key in the wrong section is a common slip; otherwise the nearest spelling
+    close = [k for k in _all_keys(schema) if k.endswith("." + leaf)]
+    close = close or difflib.get_close_matches(dotted, _all_keys(schema), n=1, cutoff=0.5)
     hint = f"; did you mean '{close[0]}'?" if close else f"; valid sections: {', '.join(schema)}"
     return UserError(f"{source}: unknown key '{dotted}'{hint}")
 

@@ -86,7 +86,7 @@ def reconstruction_report(model: VAE, counts: CountMatrix, batch_codes: np.ndarr
     return report
 
 
-def run(config: Config, data_path: Path, output: Path, resume: Path | None = None, quiet: bool = False) -> Path:
+def run(config: Config, data_path: Path, output: Path, resume: Path | None = None, quiet: bool = False) -> Path | None:
     data_cfg, model_cfg, train_cfg = config["data"], config["model"], config["training"]
     phase = PhaseRun(config, output, resume, quiet)
     obs_keys = tuple(k for k in (data_cfg["batch_key"], data_cfg["label_key"]) if k)

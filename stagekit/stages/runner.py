@@ -75,13 +75,16 @@ class PhaseRun:
             write_bundle(self._complete(self._bundle_for(result), result, "checkpoint"),
                          partial_path(self.output))
 
-    def fit(self, task: Task, bundle_for: Callable[[FitResult], Bundle]) -> Path:
-        """Train; write the bundle (rank 0) on success, or a resumable `.partial` on interrupt/failure."""
+    def fit(self, task: Task, bundle_for: Callable[[FitResult], Bundle]) -> Path | None:
+        """Train; write the bundle (rank 0) on success, or a resumable `.partial` on interrupt/failure.
+
+        Returns the written path on the main process, None on the other processes of a distributed run.
+        """
         self._bundle_for = bundle_for
         result = self.engine.fit(task, self.resume_bundle.resume if self.resume_bundle else None)
         partial = partial_path(self.output)
         if not result.is_global_zero:
-            return self.output
+            return None
         if result.status == "complete":
             write_bundle(self._complete(bundle_for(result), result, "complete"), self.output)
             partial.unlink(missing_ok=True)

@@ -169,6 +169,8 @@ class Engine:
             loop = state["loop"]
         elif world > 1:  # same initial weights (DDP broadcasts them), different dropout noise per process
             torch.manual_seed(s.seed * 1000 + rank)
+        if not fabric.is_global_zero:
+            self.reporter.quiet, self.reporter.rich = True, False
         device = f"{fabric.device} x{world} ({fabric.strategy.__class__.__name__}, {s.precision})"
 
         def snapshot() -> dict:
@@ -226,6 +228,8 @@ class Engine:
                     loop.update(epoch=epoch + 1, step_in_epoch=0, sums={}, count=0)
                     stop = self._early_stopping(loop, row, task, raw_model)
                     last_good = snapshot()
+                    if signals.received:  # arrived during validation or between epochs
+                        return result("interrupted", f"{signals.received} after epoch {epoch + 1}", last_good)
                     if stop:
                         self.reporter.log(f"early stopping: no improvement in {s.early_stopping_patience} epochs")
                         break

@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import anndata
+import numpy as np
+import pytest
+
+from stagekit.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+KANG = SHARED / "kang2018_muscat_subset.h5ad"
+
+
+def run_cli(capsys, *args: str) -> tuple[int, str, str]:
+    """Run `stagekit ARGS` in this process; returns (exit code, stdout, stderr)."""
+    try:
+        main([str(a) for a in args])
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def run_subprocess(*args: str, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
+    env = os.environ | {"PYTHONWARNINGS": "ignore"}
+    return subprocess.run([sys.executable, "-m", "stagekit", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, env=env, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def small_h5ad(tmp_path_factory) -> Path:
+    """600 real PBMC cells x the 400 most expressed genes, with labels and donors."""
+    adata = anndata.read_h5ad(KANG)
+    rng = np.random.default_rng(0)
+    adata = adata[np.sort(rng.choice(adata.n_obs, 600, replace=False))]
+    top = np.argsort(-np.asarray(adata.X.sum(0)).ravel())[:400]
+    adata = adata[:, np.sort(top)].copy()
+    path = tmp_path_factory.mktemp("data") / "small.h5ad"
+    adata.write_h5ad(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def small_bundle(tmp_path_factory, small_h5ad) -> Path:
+    from stagekit.config import resolve_config
+    from stagekit.stages import pretrain_vae
+
+    config = resolve_config("pretrain", "vae", [("training.epochs", 2, "test"), ("data.label_key", "cluster_id", "t"),
+                                                ("data.batch_key", "sample_id", "t")])
+    out = tmp_path_factory.mktemp("bundle") / "small.stk"
+    return pretrain_vae.run(config, small_h5ad, out, quiet=True)
