@@ -4,6 +4,7 @@ Layout (see `h5ls -r file.stk`):
   /                 attrs: format, format_version, stage, model, status, seed, created, wall_time_s, device,
                            epochs_done, argv (JSON)
   /config           effective configuration, TOML text
+  /model_config     what rebuilding the weights needs (architecture, data keys), TOML text; copied by descendants
   /lineage          JSON list of ancestors, parent first: {sha256, stage, model, path, created}
   /versions         attrs: stagekit, python, torch, anndata, scvi-tools, ...
   /data             attrs: path, sha256, n_obs, n_vars, genes_sha256; datasets var_names, obs_names?
@@ -42,6 +43,7 @@ class Bundle:
     config_toml: str
     seed: int
     weights: dict[str, np.ndarray]
+    model_config: str = ""
     status: str = "complete"  # complete | checkpoint | interrupted | stopped
     epochs_done: int = 0
     lineage: list[dict[str, str]] = field(default_factory=list)
@@ -115,6 +117,7 @@ def _fill(f: h5py.File, b: Bundle) -> None:
                     "created": b.created or time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                     "wall_time_s": b.wall_time_s, "device": b.device, "argv": json.dumps(b.argv)})
     f.create_dataset("config", data=b.config_toml, dtype=h5py.string_dtype())
+    f.create_dataset("model_config", data=b.model_config, dtype=h5py.string_dtype())
     f.create_dataset("lineage", data=json.dumps(b.lineage), dtype=h5py.string_dtype())
     f.create_group("versions").attrs.update(b.versions)
     data = f.create_group("data")
@@ -175,7 +178,8 @@ def read_bundle(path: str | Path, expect_stage: tuple[str, ...] | None = None, c
             wanted = " or ".join(f"'{s}'" for s in expect_stage)
             raise UserError(f"{path} is a '{stage}' bundle; `stagekit {command}` needs a {wanted} bundle")
         b = Bundle(stage=stage, model=str(f.attrs["model"]), config_toml=f["config"][()].decode(),
-                   seed=int(f.attrs["seed"]), weights={}, status=str(f.attrs["status"]),
+                   seed=int(f.attrs["seed"]), weights={}, model_config=f["model_config"][()].decode(),
+                   status=str(f.attrs["status"]),
                    epochs_done=int(f.attrs["epochs_done"]), lineage=json.loads(f["lineage"][()].decode()),
                    data={k: _plain(v) for k, v in f["data"].attrs.items()},
                    var_names=[v.decode() for v in f["data/var_names"][()]],

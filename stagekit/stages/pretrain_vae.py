@@ -12,8 +12,9 @@ from stagekit.config import Config
 from stagekit.data.anndata_io import CountMatrix, category_codes, load_counts
 from stagekit.data.batching import epoch_plan, eval_plan, split_train_val
 from stagekit.losses.counts import count_nll
-from stagekit.models.vae import VAE
+from stagekit.models.vae import COUNT_LIKELIHOODS, VAE
 from stagekit.stages.runner import PhaseRun
+from stagekit.stages.vae_common import build_vae, model_config_toml
 from stagekit.train import FitResult, Task
 from stagekit.train.state import weights_to_numpy
 
@@ -59,38 +60,56 @@ def reconstruction_report(model: VAE, counts: CountMatrix, batch_codes: np.ndarr
                           train_idx: np.ndarray, eval_idx: np.ndarray, batch_size: int = 1024) -> dict[str, float]:
     """Held-out reconstruction (z at the posterior mean) against a per-gene-mean baseline.
 
-    Both predict expected normalised expression (counts per 10k): the model its decoded mean, the baseline
-    each gene's training mean. Reported as MSE of log1p of the prediction against log1p of the observed
-    normalised counts, and as NB negative log-likelihood per cell (with the model's dispersion for both).
+    Counts: both predict expected normalised expression (counts per 10k), the model its decoded mean, the
+    baseline each gene's training mean; scored as MSE of log1p(prediction) against log1p of the observed
+    normalised counts, and as NB negative log-likelihood per cell (the model's dispersion for both).
+    Other features: MSE on standardised features, the baseline predicting each feature's training mean.
     """
     model.eval()
-    norm_sum = np.zeros(counts.n_vars)
+    share = torch.zeros(counts.n_vars)
     for rows in eval_plan(train_idx, batch_size):
-        x = counts.rows(rows).astype(np.float64)
-        norm_sum += (x / np.maximum(x.sum(1, keepdims=True), 1)).sum(0)
-    share = torch.from_numpy(norm_sum / len(train_idx)).float()  # mean fraction of each gene per cell
-    theta = model.log_theta.exp()
-    totals = {"recon_mse_lognorm": 0.0, "baseline_mse_lognorm": 0.0, "recon_nll": 0.0, "baseline_nll": 0.0}
+        x = torch.from_numpy(counts.rows(rows))
+        share += (model.transform(x)[0] if not model.counts else x / x.sum(1, keepdim=True).clamp_min(1)).sum(0)
+    share /= len(train_idx)  # mean normalised expression (counts) or mean standardised feature
+    totals = {"recon_mse": 0.0, "baseline_mse": 0.0, "recon_nll": 0.0, "baseline_nll": 0.0}
     for rows in eval_plan(eval_idx, batch_size):
         x = torch.from_numpy(counts.rows(rows))
         b = torch.from_numpy(batch_codes[rows]) if batch_codes is not None else None
         mean, _, library = model.encode(x, b)
         mu, zi = model.decode(mean, library, b)
-        target = torch.log1p(1e4 * x / library)
-        totals["recon_mse_lognorm"] += float(((torch.log1p(1e4 * mu / library) - target) ** 2).mean(1).sum())
-        totals["baseline_mse_lognorm"] += float(((torch.log1p(1e4 * share) - target) ** 2).mean(1).sum())
-        totals["recon_nll"] += float(count_nll(x, mu, theta, zi).sum())
-        totals["baseline_nll"] += float(count_nll(x, library * share, theta).sum())
+        if model.counts:
+            target, predicted, baseline = torch.log1p(1e4 * x / library), torch.log1p(1e4 * mu / library), \
+                torch.log1p(1e4 * share)
+            totals["baseline_nll"] += float(count_nll(x, library * share, model.log_theta.exp()).sum())
+        else:
+            target, predicted, baseline = model.transform(x)[0], mu, share
+            totals["baseline_nll"] += float((0.5 * (target - baseline) ** 2).sum())
+        totals["recon_mse"] += float(((predicted - target) ** 2).mean(1).sum())
+        totals["baseline_mse"] += float(((baseline - target) ** 2).mean(1).sum())
+        totals["recon_nll"] += float(model.reconstruction_nll(x, mu, zi).sum())
     report = {k: v / len(eval_idx) for k, v in totals.items()}
-    report["recon_mse_ratio"] = report["recon_mse_lognorm"] / report["baseline_mse_lognorm"]
+    report["recon_mse_ratio"] = report["recon_mse"] / report["baseline_mse"]
     return report
+
+
+def feature_moments(counts: CountMatrix, rows: np.ndarray, batch_size: int = 4096) -> tuple[torch.Tensor, ...]:
+    """Per-feature mean and standard deviation over `rows` (for standardising non-count features)."""
+    total, total_sq = np.zeros(counts.n_vars), np.zeros(counts.n_vars)
+    for chunk in eval_plan(rows, batch_size):
+        x = counts.rows(chunk).astype(np.float64)
+        total += x.sum(0)
+        total_sq += (x**2).sum(0)
+    mean = total / len(rows)
+    std = np.sqrt(np.maximum(total_sq / len(rows) - mean**2, 0.0))
+    return torch.from_numpy(mean).float(), torch.from_numpy(np.where(std > 1e-8, std, 1.0)).float()
 
 
 def run(config: Config, data_path: Path, output: Path, resume: Path | None = None, quiet: bool = False) -> Path | None:
     data_cfg, model_cfg, train_cfg = config["data"], config["model"], config["training"]
     phase = PhaseRun(config, output, resume, quiet)
     obs_keys = tuple(k for k in (data_cfg["batch_key"], data_cfg["label_key"]) if k)
-    counts = load_counts(data_path, data_cfg["layer"], obs_keys, backed=data_cfg["backed"])
+    counts = load_counts(data_path, data_cfg["layer"], obs_keys, backed=data_cfg["backed"],
+                         require_counts=model_cfg["likelihood"] in COUNT_LIKELIHOODS)
     fingerprint = counts.fingerprint()
     phase.check_resume_data(fingerprint)
     phase.engine.launch()
@@ -104,8 +123,9 @@ def run(config: Config, data_path: Path, output: Path, resume: Path | None = Non
     seed = train_cfg["seed"]
     train_idx, val_idx = split_train_val(counts.n_obs, train_cfg["val_fraction"], seed)
     torch.manual_seed(seed)
-    model = VAE(counts.n_vars, model_cfg["n_latent"], model_cfg["n_hidden"], model_cfg["dropout"],
-                n_batches=len(categories.get("batch", [])), likelihood=model_cfg["likelihood"])
+    model = build_vae(model_cfg, counts.n_vars, len(categories.get("batch", [])))
+    if not model.counts:
+        model.feature_mean, model.feature_std = feature_moments(counts, train_idx)
     task = CountVAETask(model, counts, batch_codes, train_idx, val_idx, train_cfg["batch_size"], seed,
                         model_cfg["beta"], model_cfg["kl_warmup_epochs"])
 
@@ -115,6 +135,7 @@ def run(config: Config, data_path: Path, output: Path, resume: Path | None = Non
             final |= reconstruction_report(model, counts, batch_codes, train_idx,
                                            val_idx if len(val_idx) else train_idx)
         return Bundle(stage="pretrain", model="vae", config_toml="", seed=seed, weights=weights_to_numpy(model),
+                      model_config=model_config_toml(config.values),
                       data=fingerprint, var_names=counts.var_names, categories=categories, final_metrics=final,
                       results={"val_index": val_idx})
 

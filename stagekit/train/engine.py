@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from stagekit.errors import TrainingStopped
 from stagekit.train.optim import FreezePlan, build_optimizer, lr_lambda, param_groups
 from stagekit.train.progress import ProgressReporter
 from stagekit.train.state import from_storable, to_storable
@@ -77,7 +78,20 @@ class Task:
         raise NotImplementedError
 
     def after_optimizer_step(self, model: nn.Module) -> None:
-        """Hook for EMA teachers and similar; runs after every optimizer step."""
+        """Hook for EMA teachers, target updates and similar; runs after every optimizer step.
+
+        It may raise TrainingStopped (the engine keeps the last good state) or set `finish_reason` to end
+        training early as a success (e.g. a convergence rule).
+        """
+
+    finish_reason: str | None = None
+
+    def state_dict(self) -> dict:
+        """Task state that resume must restore (numpy arrays and scalars), e.g. a clustering target."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
 
     def epoch_extras(self, epoch: int) -> dict[str, float]:
         """Extra per-epoch values for the history (e.g. a loss weight)."""
@@ -166,6 +180,7 @@ class Engine:
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             torch.set_rng_state(state["rng"]["torch"])
+            task.load_state_dict(state.get("task", {}))
             loop = state["loop"]
         elif world > 1:  # same initial weights (DDP broadcasts them), different dropout noise per process
             torch.manual_seed(s.seed * 1000 + rank)
@@ -176,7 +191,7 @@ class Engine:
         def snapshot() -> dict:
             return to_storable({"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
                                 "scheduler": scheduler.state_dict(), "rng": {"torch": torch.get_rng_state()},
-                                "loop": copy.deepcopy(loop)})
+                                "task": copy.deepcopy(task.state_dict()), "loop": copy.deepcopy(loop)})
 
         def result(status: str, message: str, state: dict) -> FitResult:
             return FitResult(status, message, loop["epoch"], state["loop"]["history"], state, device,
@@ -207,7 +222,12 @@ class Engine:
                             fabric.clip_gradients(model, optimizer, max_norm=s.grad_clip, error_if_nonfinite=False)
                         optimizer.step()
                         scheduler.step()
-                        task.after_optimizer_step(model)
+                        try:
+                            task.after_optimizer_step(model)
+                        except TrainingStopped as exc:
+                            raw_model.load_state_dict(from_storable(last_good["model"]))
+                            task.load_state_dict(from_storable(last_good["task"]))
+                            return result("stopped", str(exc), last_good)
                         n = task.batch_size_of(batch)
                         for k, v in out.items():
                             loop["sums"][k] = loop["sums"].get(k, 0.0) + float(v.detach()) * n
@@ -220,6 +240,8 @@ class Engine:
                         if signals.received:
                             return result("interrupted", f"{signals.received} at epoch {epoch + 1}, step {i + 1}",
                                           snapshot())
+                        if task.finish_reason:
+                            break
                     train_time = time.monotonic() - t0
                     row = self._epoch_row(task, model, loop, epoch, train_time, scheduler.get_last_lr()[0])
                     for k, v in row.items():
@@ -232,6 +254,9 @@ class Engine:
                         return result("interrupted", f"{signals.received} after epoch {epoch + 1}", last_good)
                     if stop:
                         self.reporter.log(f"early stopping: no improvement in {s.early_stopping_patience} epochs")
+                        break
+                    if task.finish_reason:
+                        self.reporter.log(f"finished early: {task.finish_reason}")
                         break
                     if (s.checkpoint_every and loop["epoch"] % s.checkpoint_every == 0
                             and loop["epoch"] < s.epochs and self.on_checkpoint):

@@ -1,0 +1,86 @@
+"""What the VAE-based phases share: building the model from its config, reading the data a bundle was
+trained on, and embedding cells."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from stagekit.bundle import Bundle
+from stagekit.data.anndata_io import CountMatrix, category_codes, load_counts
+from stagekit.data.batching import eval_plan
+from stagekit.errors import UserError
+from stagekit.models.vae import COUNT_LIKELIHOODS, VAE
+from stagekit.train.state import load_weights
+
+
+def build_vae(model_cfg: dict, n_genes: int, n_batches: int) -> VAE:
+    return VAE(n_genes, model_cfg["n_latent"], model_cfg["n_hidden"], model_cfg["dropout"], n_batches=n_batches,
+               likelihood=model_cfg["likelihood"], variational=model_cfg["variational"])
+
+
+def model_config_toml(config: dict) -> str:
+    """The part of a pretrain config that rebuilding the VAE and reading its data needs."""
+    from stagekit.config.loader import toml_value
+
+    lines = []
+    for section in ("model", "data"):
+        lines.append(f"[{section}]")
+        lines += [f"{k} = {toml_value(v)}" for k, v in config[section].items()]
+    return "\n".join(lines) + "\n"
+
+
+def vae_config(bundle: Bundle) -> dict:
+    """Architecture and data keys of the VAE a bundle holds or descends from."""
+    if not bundle.model_config:
+        raise UserError(f"{bundle.path} holds no VAE model description; was it written by `pretrain --preset vae`?")
+    return tomllib.loads(bundle.model_config)
+
+
+def load_vae(bundle: Bundle) -> VAE:
+    config = vae_config(bundle)
+    model = build_vae(config["model"], len(bundle.var_names), len(bundle.categories.get("batch", [])))
+    load_weights(model, {k.removeprefix("vae."): v for k, v in bundle.weights.items() if k != "centres"})
+    model.eval()
+    return model
+
+
+def load_bundle_data(bundle: Bundle, data_path: Path | None, label_key: str = "", backed: bool = False
+                     ) -> tuple[CountMatrix, np.ndarray | None]:
+    """Cells for a model from `bundle`: its training file unless `data_path` is given; genes must match."""
+    data_cfg = vae_config(bundle)["data"]
+    path = Path(data_path) if data_path else Path(bundle.data.get("path", ""))
+    if data_path is None and not path.is_file():
+        raise UserError(f"{bundle.path} was trained on {path}, which is gone; give the data file explicitly")
+    keys = tuple(k for k in (data_cfg["batch_key"], label_key) if k)
+    likelihood = vae_config(bundle)["model"]["likelihood"]
+    counts = load_counts(path, data_cfg["layer"], keys, backed=backed, require_counts=likelihood in COUNT_LIKELIHOODS)
+    if counts.var_names != bundle.var_names:
+        missing = [g for g in bundle.var_names if g not in set(counts.var_names)][:3]
+        detail = f"missing e.g. {', '.join(missing)}" if missing else "same genes in another order"
+        raise UserError(f"{path}: genes differ from those {bundle.path} was trained on ({detail}); "
+                        "subset or reorder var to the bundle's genes")
+    batch_codes = None
+    if data_cfg["batch_key"]:
+        codes, names = category_codes(counts.obs, data_cfg["batch_key"])
+        known = bundle.categories["batch"]
+        unknown = sorted(set(names) - set(known))
+        if unknown:
+            raise UserError(f"{path}: obs column '{data_cfg['batch_key']}' has batches the model never saw "
+                            f"({', '.join(unknown[:3])})")
+        batch_codes = np.array([known.index(n) for n in names], dtype=np.int64)[codes]
+    return counts, batch_codes
+
+
+@torch.no_grad()
+def embed(model: VAE, counts: CountMatrix, batch_codes: np.ndarray | None, batch_size: int = 2048) -> np.ndarray:
+    """Posterior means of every cell, deterministic (eval mode)."""
+    model.eval()
+    out = []
+    for rows in eval_plan(np.arange(counts.n_obs), batch_size):
+        b = torch.from_numpy(batch_codes[rows]) if batch_codes is not None else None
+        out.append(model.encode(torch.from_numpy(counts.rows(rows)), b)[0].numpy())
+    return np.concatenate(out)
