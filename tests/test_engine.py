@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from stagekit.data.batching import epoch_plan, eval_plan, split_train_val
+from stagekit.errors import TrainingStopped
 from stagekit.train import Engine, RunSettings, Task
 from stagekit.train.optim import FreezePlan, lr_lambda, param_groups
 
@@ -87,6 +88,31 @@ def test_non_finite_loss_stops_and_keeps_last_good_state():
     good = {k: torch.as_tensor(v["__tensor__"]) for k, v in result.resume_state["model"].items()}
     for name, value in task.model.state_dict().items():
         assert torch.equal(value, good[name])
+
+
+def test_task_can_stop_training_and_keep_last_good_state():
+    class Collapsing(Regression):
+        def after_optimizer_step(self, model):
+            super().after_optimizer_step(model)
+            if self.steps == 20:
+                raise TrainingStopped("clusters collapsed")
+
+    task = Collapsing()
+    result = Engine(RunSettings(**SETTINGS)).fit(task)
+    assert result.status == "stopped" and result.message == "clusters collapsed" and result.epochs_done == 1
+    good = {k: torch.as_tensor(v["__tensor__"]) for k, v in result.resume_state["model"].items()}
+    assert all(torch.equal(v, good[k]) for k, v in task.model.state_dict().items())
+
+
+def test_task_can_finish_early():
+    class Converging(Regression):
+        def after_optimizer_step(self, model):
+            super().after_optimizer_step(model)
+            if self.steps == 30:
+                self.finish_reason = "converged"
+
+    result = Engine(RunSettings(**SETTINGS)).fit(Converging())
+    assert result.status == "complete" and result.epochs_done == 3
 
 
 def test_early_stopping_restores_best_weights():

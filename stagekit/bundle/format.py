@@ -84,17 +84,19 @@ def _str_dataset(group: h5py.Group, name: str, values: list[str]) -> None:
     group.create_dataset(name, data=np.array(values, dtype=object), dtype=h5py.string_dtype())
 
 
-def write_bundle(bundle: Bundle, path: str | Path) -> Path:
-    """Write atomically: a temp file in the same folder, fsync, rename. An existing file survives errors."""
+@contextlib.contextmanager
+def atomic_output(path: str | Path):
+    """Yield a temp path in the same folder; on success fsync and rename it over `path`, else remove it.
+
+    An existing file at `path` is never half-overwritten."""
     path = Path(path)
     if path.exists() and path.is_dir():
-        raise UserError(f"output {path} is a folder; give a file name such as {path / 'out.stk'}")
+        raise UserError(f"output {path} is a folder; give a file name such as {path / ('out' + path.suffix)}")
     if not path.parent.exists():
         raise UserError(f"output folder {path.parent} does not exist; create it first")
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with h5py.File(tmp, "w") as f:
-            _fill(f, bundle)
+        yield tmp
         fd = os.open(tmp, os.O_RDONLY)
         try:
             os.fsync(fd)
@@ -108,7 +110,13 @@ def write_bundle(bundle: Bundle, path: str | Path) -> Path:
     finally:
         if tmp.exists():
             tmp.unlink()
-    return path
+
+
+def write_bundle(bundle: Bundle, path: str | Path) -> Path:
+    """Write atomically: a temp file in the same folder, fsync, rename. An existing file survives errors."""
+    with atomic_output(path) as tmp, h5py.File(tmp, "w") as f:
+        _fill(f, bundle)
+    return Path(path)
 
 
 def _fill(f: h5py.File, b: Bundle) -> None:

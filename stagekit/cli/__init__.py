@@ -12,7 +12,7 @@ try:  # typer >= 0.20 vendors click
 except ImportError:  # pragma: no cover - older typer uses click itself
     from click import exceptions as click_exceptions
 
-from stagekit.errors import Interrupted, UserError
+from stagekit.errors import Interrupted, TrainingStopped, UserError
 
 app = typer.Typer(name="stagekit", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Staged training of single-cell and spatial-omics models. One phase per command; "
@@ -20,9 +20,13 @@ app = typer.Typer(name="stagekit", no_args_is_help=True, add_completion=False, p
 
 
 def _register() -> None:
-    from stagekit.cli import info, presets, pretrain
+    from stagekit.cli import cluster_search, evaluate, extract, finetune, info, presets, pretrain
 
     app.command("pretrain", no_args_is_help=True)(pretrain.pretrain)
+    app.command("cluster-search", no_args_is_help=True)(cluster_search.cluster_search)
+    app.command("finetune", no_args_is_help=True)(finetune.finetune)
+    app.command("extract", no_args_is_help=True)(extract.extract)
+    app.command("evaluate", no_args_is_help=True)(evaluate.evaluate)
     app.command("info", no_args_is_help=True)(info.info)
     app.add_typer(presets.app, name="presets")
 
@@ -39,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: maps outcomes to exit codes (0 ok, 2 user error, 1 internal error, 130 interrupted)."""
     try:
         code = app(args=argv, standalone_mode=False)
-    except UserError as exc:
+    except (UserError, TrainingStopped) as exc:
         _fail(str(exc), 2)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
@@ -49,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
     except Interrupted as exc:
         print(f"stagekit: {exc}", file=sys.stderr)
         sys.exit(130)
-    except (KeyboardInterrupt, typer.Abort, click_exceptions.Abort):
+    except (KeyboardInterrupt, typer.Abort):
         print("stagekit: interrupted", file=sys.stderr)
         sys.exit(130)
     except Exception:

@@ -21,10 +21,12 @@ class VAE(nn.Module):
     """Encoder q(z|x, batch), decoder p(x|z, batch); gene-wise dispersion, as scVI's default."""
 
     def __init__(self, n_genes: int, n_latent: int = 10, n_hidden: list[int] | None = None,
-                 dropout: float = 0.1, n_batches: int = 0, likelihood: str = "nb", variational: bool = True) -> None:
+                 dropout: float = 0.1, n_batches: int = 0, likelihood: str = "nb", variational: bool = True,
+                 input_dropout: float = 0.0) -> None:
         super().__init__()
         hidden = list(n_hidden or [128])
         self.n_batches, self.likelihood, self.variational = n_batches, likelihood, variational
+        self.input_dropout = nn.Dropout(input_dropout)  # masking noise: a denoising autoencoder when > 0
         self.encoder = mlp([n_genes + n_batches, *hidden], dropout)
         self.z_mean = nn.Linear(hidden[-1], n_latent)
         self.z_logvar = nn.Linear(hidden[-1], n_latent)
@@ -56,7 +58,7 @@ class VAE(nn.Module):
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Posterior mean and log-variance of z, and the library size of each cell."""
         h_in, library = self.transform(x)
-        h = self.encoder(self._with_batch(h_in, batch_index))
+        h = self.encoder(self._with_batch(self.input_dropout(h_in), batch_index))
         return self.z_mean(h), self.z_logvar(h).clamp(-15, 15), library
 
     def decode(self, z: torch.Tensor, library: torch.Tensor, batch_index: torch.Tensor | None = None

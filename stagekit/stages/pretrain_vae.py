@@ -124,7 +124,7 @@ def run(config: Config, data_path: Path, output: Path, resume: Path | None = Non
     train_idx, val_idx = split_train_val(counts.n_obs, train_cfg["val_fraction"], seed)
     torch.manual_seed(seed)
     model = build_vae(model_cfg, counts.n_vars, len(categories.get("batch", [])))
-    if not model.counts:
+    if not model.counts and model_cfg["standardize"]:
         model.feature_mean, model.feature_std = feature_moments(counts, train_idx)
     task = CountVAETask(model, counts, batch_codes, train_idx, val_idx, train_cfg["batch_size"], seed,
                         model_cfg["beta"], model_cfg["kl_warmup_epochs"])

@@ -44,6 +44,17 @@ def lineage_of(parent: Bundle) -> list[dict]:
     return [entry, *parent.lineage]
 
 
+def stamp(bundle: Bundle, config: Config, seed: int, started: float, device: str, status: str = "complete",
+          epochs_done: int = 0) -> Bundle:
+    """Fill in what every bundle records about the run that wrote it."""
+    bundle.stage, bundle.model = config.stage, config.model
+    bundle.config_toml, bundle.seed = config.to_toml(), seed
+    bundle.status, bundle.epochs_done = status, epochs_done
+    bundle.versions, bundle.device, bundle.argv = package_versions(), device, list(sys.argv)
+    bundle.wall_time_s = time.time() - started
+    return bundle
+
+
 class PhaseRun:
     """One run of a training phase: builds the engine from the config and owns the output file."""
 
@@ -62,13 +73,9 @@ class PhaseRun:
                             f"({self.resume_bundle.data.get('path')}); resume with the same file")
 
     def _complete(self, bundle: Bundle, result: FitResult, status: str) -> Bundle:
-        bundle.stage, bundle.model = self.config.stage, self.config.model
-        bundle.config_toml, bundle.seed = self.config.to_toml(), self.settings.seed
-        bundle.status, bundle.epochs_done = status, result.epochs_done
         bundle.history, bundle.resume = result.history, result.resume_state
-        bundle.versions, bundle.device, bundle.argv = package_versions(), result.device, list(sys.argv)
-        bundle.wall_time_s = time.time() - self.started
-        return bundle
+        return stamp(bundle, self.config, self.settings.seed, self.started, result.device, status,
+                     result.epochs_done)
 
     def _checkpoint(self, result: FitResult) -> None:
         if result.is_global_zero and self._bundle_for is not None:

@@ -19,7 +19,8 @@ from stagekit.train.state import load_weights
 
 def build_vae(model_cfg: dict, n_genes: int, n_batches: int) -> VAE:
     return VAE(n_genes, model_cfg["n_latent"], model_cfg["n_hidden"], model_cfg["dropout"], n_batches=n_batches,
-               likelihood=model_cfg["likelihood"], variational=model_cfg["variational"])
+               likelihood=model_cfg["likelihood"], variational=model_cfg["variational"],
+               input_dropout=model_cfg.get("input_dropout", 0.0))
 
 
 def model_config_toml(config: dict) -> str:
@@ -48,14 +49,14 @@ def load_vae(bundle: Bundle) -> VAE:
     return model
 
 
-def load_bundle_data(bundle: Bundle, data_path: Path | None, label_key: str = "", backed: bool = False
+def load_bundle_data(bundle: Bundle, data_path: Path | None, obs_keys: tuple[str, ...] = (), backed: bool = False
                      ) -> tuple[CountMatrix, np.ndarray | None]:
     """Cells for a model from `bundle`: its training file unless `data_path` is given; genes must match."""
     data_cfg = vae_config(bundle)["data"]
     path = Path(data_path) if data_path else Path(bundle.data.get("path", ""))
     if data_path is None and not path.is_file():
         raise UserError(f"{bundle.path} was trained on {path}, which is gone; give the data file explicitly")
-    keys = tuple(k for k in (data_cfg["batch_key"], label_key) if k)
+    keys = tuple(k for k in (data_cfg["batch_key"], *obs_keys) if k)
     likelihood = vae_config(bundle)["model"]["likelihood"]
     counts = load_counts(path, data_cfg["layer"], keys, backed=backed, require_counts=likelihood in COUNT_LIKELIHOODS)
     if counts.var_names != bundle.var_names:

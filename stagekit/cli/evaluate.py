@@ -1,0 +1,43 @@
+"""`stagekit evaluate BUNDLE_OR_H5AD --label-key KEY -o report/`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from stagekit.errors import UserError
+
+
+def evaluate(
+    source: Annotated[Path, typer.Argument(help="a bundle, or an .h5ad written by `stagekit extract`")],
+    data: Annotated[Path | None, typer.Argument(help=".h5ad for a bundle; default: its training data")] = None,
+    label_key: Annotated[str | None, typer.Option(help="obs column of the true labels")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="report folder")] = None,
+    umap: Annotated[bool, typer.Option("--umap/--no-umap", help="draw a UMAP of the latent")] = True,
+    seed: Annotated[int, typer.Option(help="seed of the silhouette subsample and UMAP")] = 0,
+    json_: Annotated[bool, typer.Option("--json", help="print metrics.json on stdout")] = False,
+) -> None:
+    """Score a bundle against labels: clustering ACC/ARI/NMI, silhouette, cluster sizes, plots."""
+    if output is None:
+        raise UserError("name the report folder with -o/--output DIR")
+    from rich.console import Console
+    from rich.table import Table
+
+    from stagekit.stages import evaluate as stage
+
+    report = stage.run(source, output, label_key, data, umap, seed)
+    console = Console(stderr=True)
+    if "clustering" in report:
+        table = Table(title=f"clustering vs obs['{report['label_key']}'] ({report['n_cells']} cells)")
+        table.add_column("metric")
+        table.add_column("value", justify="right")
+        for name, value in report["clustering"].items():
+            table.add_row(name, f"{value:.4f}" if isinstance(value, float) else str(value))
+        table.add_row("cluster sizes", " ".join(f"{k}:{v}" for k, v in report["cluster_sizes"].items()))
+        console.print(table)
+    for plot in report["plots"]:
+        console.print(f"wrote {plot}", highlight=False)
+    print(json.dumps(report) if json_ else output / "metrics.json")

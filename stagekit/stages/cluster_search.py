@@ -1,0 +1,117 @@
+"""`stagekit cluster-search`: choose the number of clusters on the pretrain latent and place k-means centres."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+from sklearn.cluster import KMeans
+from sklearn.decomposition import PCA
+
+from stagekit.bundle import Bundle, read_bundle, write_bundle
+from stagekit.config import Config
+from stagekit.errors import UserError
+from stagekit.metrics.clustering import internal_scores, label_agreement
+from stagekit.metrics.plots import plot_k_scores
+from stagekit.stages.runner import check_output, lineage_of, stamp
+from stagekit.stages.vae_common import embed, load_bundle_data, load_vae, vae_config
+
+HIGHER_IS_BETTER = {"silhouette": True, "calinski_harabasz": True, "davies_bouldin": False, "gap": True}
+
+
+def kmeans(latent: np.ndarray, k: int, n_init: int, max_iter: int, seed: int) -> KMeans:
+    return KMeans(n_clusters=k, n_init=n_init, max_iter=max_iter, random_state=seed).fit(latent)
+
+
+def gap_statistic(latent: np.ndarray, inertias: dict[int, float], references: int, seed: int
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Tibshirani et al. 2001: E*[log W_k] - log W_k with uniform references in the PCA-aligned bounding box."""
+    rng = np.random.default_rng(seed)
+    rotated = PCA(random_state=seed).fit(latent)
+    frame = rotated.transform(latent)
+    lo, hi = frame.min(0), frame.max(0)
+    ks = sorted(inertias)
+    ref_log_w = np.zeros((references, len(ks)))
+    for b in range(references):
+        reference = rotated.inverse_transform(rng.uniform(lo, hi, size=frame.shape))
+        for j, k in enumerate(ks):
+            ref_log_w[b, j] = np.log(kmeans(reference, k, 1, 100, seed + b).inertia_)
+    gap = ref_log_w.mean(0) - np.log([inertias[k] for k in ks])
+    sd = ref_log_w.std(0) * np.sqrt(1 + 1 / references)
+    return gap, sd
+
+
+def choose_k(table: dict[str, np.ndarray], selection: str, tolerance: float = 0.05) -> int:
+    """Documented rules.
+
+    - a criterion's best k: silhouette / calinski_harabasz (highest), davies_bouldin (lowest), gap (Tibshirani:
+      the smallest k with gap(k) >= gap(k+1) - s(k+1));
+    - silhouette_plateau: the largest k whose silhouette is within `tolerance` (relative) of the best. The
+      silhouette's maximum often sits at a coarse split (lymphoid vs myeloid), with the finer, nearly as well
+      separated partition just behind it;
+    - consensus: the median of the k each computed criterion chooses (the lower median for an even count).
+    """
+    ks = table["k"]
+    if selection == "silhouette_plateau":
+        silhouette = table["silhouette"]
+        return int(ks[np.flatnonzero(silhouette >= silhouette.max() - tolerance * abs(silhouette.max())).max()])
+    if selection == "consensus":
+        votes = sorted(choose_k(table, criterion) for criterion in HIGHER_IS_BETTER if criterion in table)
+        return int(votes[(len(votes) - 1) // 2])
+    if selection == "gap":
+        gap, sd = table["gap"], table["gap_sd"]
+        for j in range(len(ks) - 1):  # smallest k with gap(k) >= gap(k+1) - s(k+1)
+            if gap[j] >= gap[j + 1] - sd[j + 1]:
+                return int(ks[j])
+        return int(ks[-1])
+    values = table[selection]
+    return int(ks[np.argmax(values) if HIGHER_IS_BETTER[selection] else np.argmin(values)])
+
+
+def run(config: Config, pretrain_path: Path, data_path: Path | None, output: Path, k: int | None = None,
+        log=print) -> tuple[Path, dict[str, np.ndarray], int]:
+    started = time.time()
+    check_output(output)
+    cfg = config["cluster"]
+    parent = read_bundle(pretrain_path, ("pretrain",), command="cluster-search")
+    if parent.model != "vae":
+        raise UserError(f"{pretrain_path} holds a '{parent.model}' model; cluster-search needs a vae pretrain")
+    label_key = vae_config(parent)["data"]["label_key"]
+    counts, batch_codes = load_bundle_data(parent, data_path, (label_key,))
+    latent = embed(load_vae(parent), counts, batch_codes)
+    if k is not None:
+        ks = [k]
+    else:
+        if cfg["k_min"] > cfg["k_max"]:
+            raise UserError(f"cluster.k_min ({cfg['k_min']}) is larger than cluster.k_max ({cfg['k_max']})")
+        ks = list(range(cfg["k_min"], cfg["k_max"] + 1))
+    if ks[-1] >= counts.n_obs:
+        raise UserError(f"k = {ks[-1]} needs more cells than the {counts.n_obs} in {counts.path}")
+
+    fits, rows = {}, []
+    for kk in ks:
+        fits[kk] = kmeans(latent, kk, cfg["n_init"], cfg["max_iter"], cfg["seed"])
+        rows.append(internal_scores(latent, fits[kk].labels_, cfg["silhouette_sample_size"], cfg["seed"]))
+        log(f"k={kk:<3} " + "  ".join(f"{name} {value:.4g}" for name, value in rows[-1].items()))
+    table = {"k": np.array(ks)} | {name: np.array([r[name] for r in rows]) for name in rows[0]}
+    table["inertia"] = np.array([fits[kk].inertia_ for kk in ks])
+    if cfg["gap"] or cfg["selection"] == "gap":
+        table["gap"], table["gap_sd"] = gap_statistic(latent, {kk: fits[kk].inertia_ for kk in ks},
+                                                      cfg["gap_references"], cfg["seed"])
+    chosen = ks[0] if len(ks) == 1 else choose_k(table, cfg["selection"], cfg["tolerance"])
+    best = fits[chosen]
+
+    final = {"k": float(chosen)} | {name: float(table[name][ks.index(chosen)]) for name in table if name != "k"}
+    if label_key:
+        final |= {f"label_{m}": v for m, v in label_agreement(counts.obs[label_key].astype(str).to_numpy(),
+                                                              best.labels_).items()}
+    bundle = Bundle(stage="", model="", config_toml="", seed=cfg["seed"], weights=parent.weights,
+                    model_config=parent.model_config, lineage=lineage_of(parent), data=counts.fingerprint(),
+                    var_names=parent.var_names, categories=parent.categories, final_metrics=final,
+                    results=table | {"centres": best.cluster_centers_.astype(np.float32),
+                                     "assignments": best.labels_.astype(np.int64)})
+    write_bundle(stamp(bundle, config, cfg["seed"], started, "cpu (scikit-learn k-means)"), output)
+    if len(ks) > 1:
+        plot_k_scores(table, chosen, output.with_name(output.stem + ".scores.png"))
+    return output, table, chosen

@@ -1,0 +1,84 @@
+"""`stagekit evaluate`: metrics, a rich table and PNG plots for a bundle or an extracted .h5ad."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from stagekit.bundle import atomic_output, read_bundle
+from stagekit.errors import UserError
+from stagekit.metrics import plots
+from stagekit.metrics.clustering import contingency, internal_scores, label_agreement
+
+
+def _from_h5ad(path: Path, label_key: str | None) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, str, list]:
+    import anndata
+
+    try:
+        adata = anndata.read_h5ad(path)
+    except Exception as exc:  # any unreadable file means the same to a user
+        raise UserError(f"{path} is not a readable .h5ad file ({type(exc).__name__})") from None
+    if "X_stagekit" not in adata.obsm:
+        raise UserError(f"{path} has no obsm['X_stagekit']; evaluate a bundle or a `stagekit extract` output")
+    label_key = label_key or adata.uns.get("stagekit", {}).get("label_key", "")
+    if not label_key or label_key not in adata.obs:
+        raise UserError(f"{path}: obs column '{label_key}' not found; name the labels with --label-key")
+    clusters = adata.obs["stagekit_cluster"].astype(str).to_numpy() if "stagekit_cluster" in adata.obs else None
+    provenance = adata.uns.get("stagekit", {})
+    lineage = [{"path": provenance["bundle"], "stage": provenance["stage"]}] if "bundle" in provenance else []
+    lineage += json.loads(provenance.get("lineage", "[]"))
+    return adata.obsm["X_stagekit"], clusters, adata.obs[label_key].astype(str).to_numpy(), label_key, lineage
+
+
+def _from_bundle(path: Path, data: Path | None, label_key: str | None):
+    from stagekit.stages.extract import cell_outputs, load_for
+    from stagekit.stages.vae_common import vae_config
+
+    bundle = read_bundle(path, weights=False)
+    label_key = label_key or vae_config(bundle)["data"]["label_key"] if bundle.model_config else label_key
+    if not label_key:
+        raise UserError(f"{path} was trained without labels; name the obs column with --label-key")
+    bundle, counts, batch_codes = load_for(path, data, "evaluate", (label_key,))
+    out = cell_outputs(bundle, counts, batch_codes)
+    clusters = None if out.clusters is None else out.clusters.astype(str)
+    lineage = [{"path": str(path), "stage": bundle.stage, "history": bundle.history}] + bundle.lineage
+    return out.latent, clusters, counts.obs[label_key].astype(str).to_numpy(), label_key, lineage
+
+
+def run(source: Path, output_dir: Path, label_key: str | None = None, data: Path | None = None,
+        umap: bool = True, seed: int = 0) -> dict:
+    if not source.exists():
+        raise UserError(f"{source} does not exist")
+    if output_dir.exists() and not output_dir.is_dir():
+        raise UserError(f"report folder {output_dir} is a file; give a folder path")
+    is_h5ad = source.suffix == ".h5ad"
+    latent, clusters, labels, label_key, lineage = (_from_h5ad(source, label_key) if is_h5ad
+                                                    else _from_bundle(source, data, label_key))
+    output_dir.mkdir(parents=True, exist_ok=True)
+    report: dict = {"source": str(source), "label_key": label_key, "n_cells": int(len(labels)), "plots": []}
+    if clusters is not None:
+        sizes = {str(c): int(n) for c, n in zip(*np.unique(clusters, return_counts=True), strict=True)}
+        scores = label_agreement(labels, clusters)
+        if len(sizes) > 1:
+            scores["silhouette"] = internal_scores(latent, clusters, seed=seed)["silhouette"]
+        report["clustering"] = {"k": len(sizes)} | scores
+        report["cluster_sizes"] = sizes
+        table, label_values, cluster_values = contingency(labels, clusters)
+        report["plots"].append(str(plots.plot_contingency(table, list(label_values), list(cluster_values),
+                                                          output_dir / "contingency.png")))
+    if umap:
+        from umap import UMAP
+
+        coords = UMAP(random_state=seed, n_jobs=1).fit_transform(latent)
+        colourings = {f"label ({label_key})": labels} | ({"cluster": clusters} if clusters is not None else {})
+        report["plots"].append(str(plots.plot_embedding(coords, colourings, output_dir / "umap.png")))
+    histories = [(e["stage"], e["history"] if "history" in e else read_bundle(e["path"], weights=False).history)
+                 for e in lineage if "history" in e or Path(e["path"]).is_file()]
+    histories = [(stage, h) for stage, h in histories if h.get("train_loss")]
+    if histories:
+        report["plots"].append(str(plots.plot_history(histories[::-1], output_dir / "loss_curves.png")))
+    with atomic_output(output_dir / "metrics.json") as tmp:
+        tmp.write_text(json.dumps(report, indent=2))
+    return report

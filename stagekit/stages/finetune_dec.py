@@ -1,0 +1,198 @@
+"""`stagekit finetune --preset dec`: joint training of encoder and cluster centres (DEC with IDEC's
+reconstruction term), optional contrastive and consistency terms on positive pairs from an obs column."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from stagekit.bundle import Bundle, read_bundle
+from stagekit.config import Config
+from stagekit.data.anndata_io import CountMatrix, category_codes
+from stagekit.data.batching import epoch_plan, eval_plan
+from stagekit.errors import TrainingStopped, UserError
+from stagekit.losses.clustering import assignment_consistency, dec_kl, nt_xent, target_distribution
+from stagekit.metrics.clustering import label_agreement
+from stagekit.models.dec import DEC
+from stagekit.stages.runner import PhaseRun, lineage_of
+from stagekit.stages.vae_common import load_bundle_data, load_vae, vae_config
+from stagekit.train import FitResult, Task
+from stagekit.train.state import weights_to_numpy
+
+
+def sample_partners(rows: np.ndarray, groups: np.ndarray, members: list[np.ndarray],
+                    rng: np.random.Generator) -> np.ndarray:
+    """For each row, another cell of its group (itself when the group has one cell), vectorised."""
+    sizes = np.array([len(m) for m in members])[groups[rows]]
+    picks = (rng.random(len(rows)) * sizes).astype(np.int64)
+    offsets = np.concatenate([[0], np.cumsum([len(m) for m in members])])[groups[rows]]
+    return np.concatenate(members)[offsets + picks]
+
+
+class DECTask(Task):
+    monitor = "loss"
+
+    def __init__(self, model: DEC, counts: CountMatrix, batch_codes: np.ndarray | None, groups: np.ndarray | None,
+                 cfg: dict, batch_size: int, seed: int, beta: float) -> None:
+        self.model, self.counts, self.batch_codes, self.cfg, self.beta = model, counts, batch_codes, cfg, beta
+        self.batch_size, self.seed = batch_size, seed
+        self.rows = np.arange(counts.n_obs)
+        self.groups = groups
+        self.members = None if groups is None else [np.flatnonzero(groups == g) for g in range(groups.max() + 1)]
+        self.steps, self.updates, self.changed = 0, 0, float("nan")
+        self.p: np.ndarray | None = None
+        self.hard: np.ndarray | None = None
+        self.update_target()
+
+    # --- target distribution -------------------------------------------------------------------------
+    @torch.no_grad()
+    def soft_assignments(self) -> np.ndarray:
+        was_training = self.model.training
+        self.model.eval()
+        out = []
+        for rows in eval_plan(self.rows, 4096):
+            x = torch.from_numpy(self.counts.rows(rows))
+            b = torch.from_numpy(self.batch_codes[rows]) if self.batch_codes is not None else None
+            out.append(self.model.assign(self.model.vae.encode(x, b)[0]).numpy())
+        self.model.train(was_training)
+        return np.concatenate(out)
+
+    def update_target(self) -> None:
+        q = self.soft_assignments()
+        hard = q.argmax(1)
+        k = q.shape[1]
+        sizes = np.bincount(hard, minlength=k)
+        empty = np.flatnonzero(sizes == 0)
+        if sizes.max() > self.cfg["collapse_fraction"] * len(hard) or (len(empty) and not self.cfg["reseed_empty"]):
+            raise TrainingStopped(f"clusters collapsed after {self.updates} target updates (cluster sizes "
+                                  f"{sizes.tolist()}); lower dec.gamma or training.lr, or set dec.reseed_empty")
+        if len(empty):  # move each empty centre onto one of the least confidently assigned cells
+            latent = self._latent()
+            uncertain = np.argsort(q.max(1))[: len(empty)]
+            with torch.no_grad():
+                self.model.centres[torch.from_numpy(empty)] = torch.from_numpy(latent[uncertain])
+            q = self.soft_assignments()
+            hard = q.argmax(1)
+        self.changed = 1.0 if self.hard is None else float(np.mean(hard != self.hard))
+        self.p = target_distribution(torch.from_numpy(q), self.cfg["balance"]).numpy()
+        self.hard = hard
+        self.updates += 1
+        if self.updates > self.cfg["min_updates"] and self.changed < self.cfg["tol"]:
+            self.finish_reason = (f"{self.changed:.4%} of cells changed cluster between target updates "
+                                  f"(< tol {self.cfg['tol']:.4%})")
+
+    @torch.no_grad()
+    def _latent(self) -> np.ndarray:
+        out = []
+        for rows in eval_plan(self.rows, 4096):
+            b = torch.from_numpy(self.batch_codes[rows]) if self.batch_codes is not None else None
+            out.append(self.model.vae.encode(torch.from_numpy(self.counts.rows(rows)), b)[0].numpy())
+        return np.concatenate(out)
+
+    # --- the engine's interface --------------------------------------------------------------------------
+    def train_plan(self, epoch: int, rank: int, world: int) -> list[tuple[np.ndarray, np.ndarray | None]]:
+        plan = epoch_plan(self.rows, self.batch_size, self.seed, epoch, rank, world, contiguous=self.counts.backed)
+        if self.groups is None:
+            return [(rows, None) for rows in plan]
+        rng = np.random.default_rng([self.seed, epoch, 1])
+        return [(rows, sample_partners(rows, self.groups, self.members, rng)) for rows in plan]
+
+    def load(self, item: tuple[np.ndarray, np.ndarray | None]) -> dict[str, torch.Tensor]:
+        rows, partners = item
+        cells = rows if partners is None else np.concatenate([rows, partners])
+        x = np.concatenate([self.counts.rows(rows), self.counts.rows(np.sort(partners))[np.argsort(np.argsort(
+            partners))]]) if partners is not None else self.counts.rows(rows)
+        batch = {"x": torch.from_numpy(x), "p": torch.from_numpy(self.p[rows])}
+        if self.batch_codes is not None:
+            batch["batch_index"] = torch.from_numpy(self.batch_codes[cells])
+        return batch
+
+    def batch_size_of(self, batch: dict) -> int:
+        return len(batch["p"])
+
+    def term_weight(self, epoch: int) -> float:
+        warmup = self.cfg["warmup_epochs"]
+        return 1.0 if not warmup else min(1.0, (epoch + 1) / warmup)
+
+    def step(self, model: torch.nn.Module, batch: dict, epoch: int, train: bool) -> dict[str, torch.Tensor]:
+        cfg, n = self.cfg, len(batch["p"])
+        out = model(batch["x"], batch.get("batch_index"))
+        n_genes = batch["x"].shape[1]
+        reconstruction = (out["reconstruction"] + self.beta * out["kl"]).mean() / n_genes
+        clustering = dec_kl(batch["p"], out["q"][:n])
+        w = self.term_weight(epoch)
+        terms = {"reconstruction": reconstruction, "clustering": clustering}
+        loss = cfg["reconstruction_weight"] * reconstruction + w * cfg["gamma"] * clustering
+        if len(batch["x"]) > n:  # positive pairs: anchors first, partners second
+            terms["contrastive"] = nt_xent(out["z"][:n], out["z"][n:], cfg["temperature"])
+            terms["consistency"] = assignment_consistency(out["q"][:n], out["q"][n:])
+            loss = loss + w * (cfg["contrastive_weight"] * terms["contrastive"]
+                               + cfg["consistency_weight"] * terms["consistency"])
+        return {"loss": loss} | terms
+
+    def after_optimizer_step(self, model: torch.nn.Module) -> None:
+        self.steps += 1
+        if self.steps % self.cfg["update_interval"] == 0:
+            self.update_target()
+
+    def epoch_extras(self, epoch: int) -> dict[str, float]:
+        sizes = np.bincount(self.hard, minlength=self.p.shape[1]) / len(self.hard)
+        return {"changed_fraction": self.changed, "target_updates": float(self.updates),
+                "largest_cluster": float(sizes.max()), "smallest_cluster": float(sizes.min()),
+                "term_weight": self.term_weight(epoch)}
+
+    def state_dict(self) -> dict:
+        return {"p": self.p, "hard": self.hard, "steps": self.steps, "updates": self.updates,
+                "changed": self.changed}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state:
+            self.p, self.hard = np.asarray(state["p"]), np.asarray(state["hard"])
+            self.steps, self.updates, self.changed = state["steps"], state["updates"], state["changed"]
+            self.finish_reason = None
+
+
+def run(config: Config, clusters_path: Path, data_path: Path | None, output: Path, resume: Path | None = None,
+        quiet: bool = False) -> Path | None:
+    cfg, train_cfg = config["dec"], config["training"]
+    phase = PhaseRun(config, output, resume, quiet)
+    parent = read_bundle(clusters_path, ("cluster-search",), command="finetune --preset dec")
+    label_key = vae_config(parent)["data"]["label_key"]
+    if cfg["positive_key"] == "" and (cfg["contrastive_weight"] or cfg["consistency_weight"]):
+        raise UserError("dec.contrastive_weight and dec.consistency_weight need dec.positive_key (an obs column)")
+    counts, batch_codes = load_bundle_data(parent, data_path, (cfg["positive_key"],))
+    if label_key not in counts.obs:  # labels are for reporting only; new data may lack them
+        label_key = ""
+    fingerprint = counts.fingerprint()
+    phase.check_resume_data(fingerprint)
+    phase.engine.launch()
+
+    groups = category_codes(counts.obs, cfg["positive_key"])[0] if cfg["positive_key"] else None
+    seed = train_cfg["seed"]
+    torch.manual_seed(seed)
+    model = DEC(load_vae(parent), torch.from_numpy(parent.results["centres"]), cfg["alpha"])
+    model.train()
+    beta = vae_config(parent)["model"]["beta"] if vae_config(parent)["model"]["variational"] else 0.0
+    try:
+        task = DECTask(model, counts, batch_codes, groups, cfg, train_cfg["batch_size"], seed, beta)
+    except TrainingStopped as exc:  # the starting partition already breaks the guard
+        raise UserError(f"{clusters_path}: {exc}") from None
+
+    def bundle_for(result: FitResult) -> Bundle:
+        final = {k: v[-1] for k, v in result.history.items() if k.startswith("train_")}
+        q = task.soft_assignments()
+        hard = q.argmax(1)
+        sizes = np.bincount(hard, minlength=q.shape[1])
+        final |= {"k": float(q.shape[1]), "largest_cluster": float(sizes.max() / len(hard)),
+                  "smallest_cluster": float(sizes.min() / len(hard)), "target_updates": float(task.updates)}
+        if label_key:
+            final |= {f"label_{m}": v for m, v in
+                      label_agreement(counts.obs[label_key].astype(str).to_numpy(), hard).items()}
+        return Bundle(stage="finetune", model="dec", config_toml="", seed=seed, weights=weights_to_numpy(model),
+                      model_config=parent.model_config, lineage=lineage_of(parent), data=fingerprint,
+                      var_names=parent.var_names, categories=parent.categories, final_metrics=final,
+                      results={"assignments": hard.astype(np.int64), "soft_assignments": q.astype(np.float32)})
+
+    return phase.fit(task, bundle_for)

@@ -1,0 +1,153 @@
+"""Phenotype clustering: pretrain (vae) -> cluster-search -> finetune (dec) -> extract -> evaluate."""
+
+import json
+
+import anndata
+import numpy as np
+import pytest
+import torch
+
+from stagekit.bundle import read_bundle
+from stagekit.losses.clustering import dec_kl, nt_xent, student_t_assignment, target_distribution
+from stagekit.metrics.clustering import cluster_accuracy
+from stagekit.stages.cluster_search import choose_k
+from tests.conftest import run_cli
+
+
+def test_choose_k_rules():
+    table = {"k": np.array([2, 3, 4, 5, 6]),
+             "silhouette": np.array([0.30, 0.20, 0.35, 0.30, 0.10]),       # -> 4
+             "calinski_harabasz": np.array([900, 800, 700, 600, 500.0]),   # -> 2 (monotone)
+             "davies_bouldin": np.array([1.5, 1.4, 1.3, 1.2, 1.1])}        # -> 6
+    assert choose_k(table, "silhouette") == 4
+    assert choose_k(table, "calinski_harabasz") == 2
+    assert choose_k(table, "davies_bouldin") == 6
+    assert choose_k(table, "consensus") == 4  # the median vote
+    assert choose_k(table, "silhouette_plateau", tolerance=0.15) == 5  # largest k with silhouette >= 0.2975
+    assert choose_k(table, "silhouette_plateau", tolerance=0.0) == 4
+    gap = table | {"gap": np.array([0.1, 0.3, 0.5, 0.52, 0.53]), "gap_sd": np.full(5, 0.05)}
+    assert choose_k(gap, "gap") == 4  # smallest k with gap(k) >= gap(k+1) - sd(k+1)
+
+
+def test_dec_losses():
+    z = torch.tensor([[0.0, 0.0], [0.1, 0.0], [5.0, 5.0]])
+    centres = torch.tensor([[0.0, 0.0], [5.0, 5.0]])
+    q = student_t_assignment(z, centres)
+    assert torch.allclose(q.sum(1), torch.ones(3)) and q[0, 0] > 0.9 and q[2, 1] > 0.9
+    p = target_distribution(q)
+    assert (p.max(1).values >= q.max(1).values).all()  # the target is sharper
+    assert dec_kl(q, q) == pytest.approx(0.0, abs=1e-6) and dec_kl(p, q) > 0
+    a = torch.randn(16, 8)
+    assert nt_xent(a, a + 0.01 * torch.randn(16, 8)) < nt_xent(a, torch.randn(16, 8))
+
+
+def test_cluster_accuracy_uses_best_matching():
+    labels = np.array(["a"] * 5 + ["b"] * 5 + ["c"] * 5)
+    clusters = np.array([2] * 5 + [0] * 4 + [1] + [1] * 5)
+    assert cluster_accuracy(labels, clusters) == pytest.approx(14 / 15)
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory, small_h5ad):
+    """The whole chain on 600 real PBMC cells, once for the module."""
+    import contextlib
+
+    tmp = tmp_path_factory.mktemp("chain")
+    paths = {"vae": tmp / "vae.stk", "clusters": tmp / "clusters.stk", "dec": tmp / "dec.stk",
+             "cells": tmp / "cells.h5ad", "report": tmp / "report"}
+    runs = [["pretrain", "-p", "vae", small_h5ad, "--label-key", "cluster_id", "--set", "training.epochs=30",
+             "--set", "training.batch_size=64", "-o", paths["vae"]],
+            ["cluster-search", paths["vae"], "--set", "cluster.k_max=8", "-o", paths["clusters"]],
+            ["finetune", "-p", "dec", paths["clusters"], "--set", "training.epochs=15", "--set",
+             "training.batch_size=64", "--set", "dec.update_interval=10", "-o", paths["dec"]],
+            ["extract", paths["dec"], "-o", paths["cells"]],
+            ["evaluate", paths["cells"], "-o", paths["report"]]]
+    from stagekit.cli import main
+
+    codes = []
+    for args in runs:
+        try:
+            with contextlib.redirect_stdout(None):
+                main([str(a) for a in args])
+            codes.append(0)
+        except SystemExit as exc:
+            codes.append(exc.code)
+    assert codes == [0] * 5
+    return paths
+
+
+def test_cluster_search_bundle(chain):
+    b = read_bundle(chain["clusters"])
+    k = int(b.final_metrics["k"])
+    assert 2 <= k <= 8 and b.results["centres"].shape == (k, 10)
+    assert list(b.results["k"]) == list(range(2, 9)) and len(b.results["silhouette"]) == 7
+    assert b.lineage[0]["stage"] == "pretrain" and set(b.weights) == set(read_bundle(chain["vae"]).weights)
+    assert chain["clusters"].with_name("clusters.scores.png").stat().st_size > 1000
+
+
+def test_dec_learns_and_keeps_lineage(chain):
+    b = read_bundle(chain["dec"])
+    h = b.history
+    assert h["train_clustering"][-1] < h["train_clustering"][0]  # KL(P||Q) falls
+    assert [e["stage"] for e in b.lineage] == ["cluster-search", "pretrain"]
+    kmeans = read_bundle(chain["clusters"]).final_metrics
+    # DEC ends at least as close to the labels as the k-means it started from (small tolerance on 600 cells)
+    assert b.final_metrics["label_ari"] >= kmeans["label_ari"] - 0.05
+    assert b.final_metrics["label_ari"] > 0.5
+
+
+def test_extract_and_evaluate_outputs(chain):
+    cells = anndata.read_h5ad(chain["cells"])
+    assert "stagekit_cluster" in cells.obs and cells.obsm["X_stagekit"].shape == (600, 10)
+    soft = cells.obsm["stagekit_soft_assignment"]
+    assert np.allclose(soft.sum(1), 1, atol=1e-5)
+    assert cells.uns["stagekit"]["stage"] == "finetune"
+    report = json.loads((chain["report"] / "metrics.json").read_text())
+    assert {"acc", "ari", "nmi", "silhouette", "k"} <= set(report["clustering"])
+    assert sum(report["cluster_sizes"].values()) == 600
+    assert report["clustering"]["ari"] == pytest.approx(read_bundle(chain["dec"]).final_metrics["label_ari"],
+                                                        abs=1e-6)
+    for name in ("contingency.png", "umap.png", "loss_curves.png"):
+        assert (chain["report"] / name).stat().st_size > 1000
+
+
+def test_dec_is_reproducible(capsys, chain, tmp_path):
+    args = ["finetune", "-p", "dec", chain["clusters"], "--set", "training.epochs=3", "--set",
+            "training.batch_size=64", "-q"]
+    for name in ("a", "b"):
+        assert run_cli(capsys, *args, "-o", tmp_path / f"{name}.stk")[0] == 0
+    a, b = read_bundle(tmp_path / "a.stk"), read_bundle(tmp_path / "b.stk")
+    assert np.array_equal(a.results["assignments"], b.results["assignments"])
+    assert all(np.array_equal(a.weights[k], b.weights[k]) for k in a.weights)
+
+
+def test_collapse_guard_stops_with_sizes(capsys, chain, tmp_path):
+    out = tmp_path / "dec.stk"
+    code, _, err = run_cli(capsys, "finetune", "-p", "dec", chain["clusters"], "-o", out, "-q",
+                           "--set", "dec.collapse_fraction=0.2")
+    assert code == 2 and "clusters collapsed" in err and "cluster sizes [" in err and "dec.gamma" in err
+    assert not out.exists()
+
+
+def test_clustering_user_errors(capsys, chain, tmp_path):
+    code, _, err = run_cli(capsys, "finetune", "-p", "dec", chain["vae"], "-o", tmp_path / "x.stk")
+    assert code == 2 and "is a 'pretrain' bundle" in err
+    code, _, err = run_cli(capsys, "cluster-search", chain["vae"], "--set", "cluster.k_min=9",
+                           "--set", "cluster.k_max=4", "-o", tmp_path / "x.stk")
+    assert code == 2 and "k_min" in err
+    code, _, err = run_cli(capsys, "finetune", "-p", "dec", chain["clusters"], "--set", "dec.positive_key=donor",
+                           "--set", "dec.contrastive_weight=1", "-o", tmp_path / "x.stk")
+    assert code == 2 and "obs column 'donor' not found" in err
+    code, _, err = run_cli(capsys, "evaluate", chain["cells"], "--label-key", "celltype", "-o", tmp_path / "r")
+    assert code == 2 and "'celltype' not found" in err
+
+
+def test_contrastive_positive_pairs_run(capsys, chain, tmp_path):
+    out = tmp_path / "c.stk"
+    code, _, err = run_cli(capsys, "finetune", "-p", "dec", chain["clusters"], "-o", out, "-q",
+                           "--set", "dec.positive_key=cluster_id", "--set", "dec.contrastive_weight=0.5",
+                           "--set", "dec.consistency_weight=1.0", "--set", "training.epochs=3",
+                           "--set", "training.batch_size=64")
+    assert code == 0, err
+    h = read_bundle(out).history
+    assert "train_contrastive" in h and "train_consistency" in h
