@@ -151,3 +151,32 @@ def test_contrastive_positive_pairs_run(capsys, chain, tmp_path):
     assert code == 0, err
     h = read_bundle(out).history
     assert "train_contrastive" in h and "train_consistency" in h
+
+
+def test_dec_interrupt_and_resume_matches_uninterrupted(capsys, chain, tmp_path, monkeypatch):
+    import os
+    import signal
+
+    from stagekit.stages import finetune_dec
+
+    args = ["finetune", "-p", "dec", chain["clusters"], "--set", "training.epochs=4", "--set",
+            "training.batch_size=64", "--set", "dec.update_interval=4", "-q"]
+    assert run_cli(capsys, *args, "-o", tmp_path / "straight.stk")[0] == 0
+
+    original = finetune_dec.DECTask.after_optimizer_step
+
+    def interrupt_at_step_13(self, model):
+        original(self, model)
+        if self.steps == 13:  # mid-epoch, after a target update at step 12
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(finetune_dec.DECTask, "after_optimizer_step", interrupt_at_step_13)
+    code, _, err = run_cli(capsys, *args, "-o", tmp_path / "run.stk")
+    assert code == 130 and "--resume" in err
+    monkeypatch.setattr(finetune_dec.DECTask, "after_optimizer_step", original)
+    partial = tmp_path / "run.stk.partial"
+    code, _, err = run_cli(capsys, "finetune", chain["clusters"], "--resume", partial, "-o", tmp_path / "run.stk", "-q")
+    assert code == 0, err
+    a, b = read_bundle(tmp_path / "straight.stk"), read_bundle(tmp_path / "run.stk")
+    assert all(np.array_equal(a.weights[k], b.weights[k]) for k in a.weights)
+    assert np.array_equal(a.results["assignments"], b.results["assignments"])

@@ -52,6 +52,11 @@ class CountMatrix:
                                    indptr - lo), shape=(stop - start, self.n_vars))
         return block[index - start].toarray()
 
+    def rows_in_order(self, index: np.ndarray) -> np.ndarray:
+        """Like `rows`, for an index in any order and with repeats (read sorted, then put back in order)."""
+        unique, inverse = np.unique(index, return_inverse=True)
+        return self.rows(unique)[inverse]
+
     def fingerprint(self) -> dict:
         genes = hashlib.sha256("\n".join(self.var_names).encode()).hexdigest()
         return {"path": str(self.path.resolve()), "sha256": file_sha256(self.path), "n_obs": self.n_obs,

@@ -37,7 +37,8 @@ def _from_bundle(path: Path, data: Path | None, label_key: str | None):
     from stagekit.stages.vae_common import vae_config
 
     bundle = read_bundle(path, weights=False)
-    label_key = label_key or vae_config(bundle)["data"]["label_key"] if bundle.model_config else label_key
+    if not label_key and bundle.model_config:
+        label_key = vae_config(bundle)["data"]["label_key"]
     if not label_key:
         raise UserError(f"{path} was trained without labels; name the obs column with --label-key")
     bundle, counts, batch_codes = load_for(path, data, "evaluate", (label_key,))

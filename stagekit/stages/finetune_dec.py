@@ -101,10 +101,8 @@ class DECTask(Task):
 
     def load(self, item: tuple[np.ndarray, np.ndarray | None]) -> dict[str, torch.Tensor]:
         rows, partners = item
-        cells = rows if partners is None else np.concatenate([rows, partners])
-        x = np.concatenate([self.counts.rows(rows), self.counts.rows(np.sort(partners))[np.argsort(np.argsort(
-            partners))]]) if partners is not None else self.counts.rows(rows)
-        batch = {"x": torch.from_numpy(x), "p": torch.from_numpy(self.p[rows])}
+        cells = rows if partners is None else np.concatenate([rows, partners])  # anchors first, partners second
+        batch = {"x": torch.from_numpy(self.counts.rows_in_order(cells)), "p": torch.from_numpy(self.p[rows])}
         if self.batch_codes is not None:
             batch["batch_index"] = torch.from_numpy(self.batch_codes[cells])
         return batch
