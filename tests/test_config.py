@@ -29,7 +29,7 @@ def test_wrong_type_and_choice_are_errors():
     with pytest.raises(UserError, match=r"'training.epochs' must be an integer"):
         resolve_config("pretrain", "vae", [("training.epochs", "ten", "--set")])
     with pytest.raises(UserError, match=r"'model.likelihood' must be one of"):
-        resolve_config("pretrain", "vae", [("model.likelihood", "gaussian", "--set")])
+        resolve_config("pretrain", "vae", [("model.likelihood", "poisson", "--set")])
     with pytest.raises(UserError, match=r"'training.lr' must be a number"):
         resolve_config("pretrain", "vae", [("training.lr", True, "--set")])
 

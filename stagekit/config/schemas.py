@@ -58,6 +58,8 @@ DEC = {
     "warmup_epochs": Key("int", 2, "epochs over which the clustering, contrastive and consistency weights rise "
                          "linearly", minimum=0),
     "positive_key": Key("str", "", "obs column whose groups give positive pairs (contrastive, consistency)"),
+    "positive_neighbours": Key("int", 0, "or: pair each cell with one of its k nearest neighbours in the pretrain "
+                               "latent; 0 off", minimum=0),
     "contrastive_weight": Key("float", 0.0, "weight of NT-Xent on positive pairs", minimum=0),
     "temperature": Key("float", 0.5, "NT-Xent temperature", minimum=1e-4),
     "consistency_weight": Key("float", 0.0, "weight pulling a positive pair's soft assignments together", minimum=0),
@@ -70,5 +72,7 @@ DEC = {
 SCHEMAS: dict[tuple[str, str], Schema] = {
     ("pretrain", "vae"): {"data": COUNT_DATA, "model": VAE_MODEL, "training": TRAINING, "runtime": RUNTIME},
     ("cluster-search", "kmeans"): {"cluster": CLUSTER_SEARCH},
-    ("finetune", "dec"): {"dec": DEC, "training": TRAINING, "runtime": RUNTIME},
+    # DEC clusters every cell: no validation split, so no val_fraction key that would be ignored
+    ("finetune", "dec"): {"dec": DEC, "training": {k: v for k, v in TRAINING.items() if k != "val_fraction"},
+                          "runtime": RUNTIME},
 }

@@ -12,36 +12,28 @@ from stagekit.bundle import Bundle, read_bundle
 from stagekit.config import Config
 from stagekit.data.anndata_io import CountMatrix, category_codes
 from stagekit.data.batching import epoch_plan, eval_plan
+from stagekit.data.pairs import GroupPartners, NeighbourPartners
 from stagekit.errors import TrainingStopped, UserError
 from stagekit.losses.clustering import assignment_consistency, dec_kl, nt_xent, target_distribution
 from stagekit.metrics.clustering import label_agreement
 from stagekit.models.dec import DEC
 from stagekit.stages.runner import PhaseRun, lineage_of
-from stagekit.stages.vae_common import load_bundle_data, load_vae, vae_config
+from stagekit.stages.vae_common import embed, load_bundle_data, load_vae, vae_config
 from stagekit.train import FitResult, Task
 from stagekit.train.state import weights_to_numpy
-
-
-def sample_partners(rows: np.ndarray, groups: np.ndarray, members: list[np.ndarray],
-                    rng: np.random.Generator) -> np.ndarray:
-    """For each row, another cell of its group (itself when the group has one cell), vectorised."""
-    sizes = np.array([len(m) for m in members])[groups[rows]]
-    picks = (rng.random(len(rows)) * sizes).astype(np.int64)
-    offsets = np.concatenate([[0], np.cumsum([len(m) for m in members])])[groups[rows]]
-    return np.concatenate(members)[offsets + picks]
 
 
 class DECTask(Task):
     monitor = "loss"
 
-    def __init__(self, model: DEC, counts: CountMatrix, batch_codes: np.ndarray | None, groups: np.ndarray | None,
+    def __init__(self, model: DEC, counts: CountMatrix, batch_codes: np.ndarray | None,
+                 partners: GroupPartners | NeighbourPartners | None,
                  cfg: dict, batch_size: int, seed: int, beta: float) -> None:
         self.model, self.counts, self.batch_codes, self.cfg, self.beta = model, counts, batch_codes, cfg, beta
         self.batch_size, self.seed = batch_size, seed
         self.rows = np.arange(counts.n_obs)
-        self.groups = groups
-        self.members = None if groups is None else [np.flatnonzero(groups == g) for g in range(groups.max() + 1)]
-        self.steps, self.updates, self.changed = 0, 0, float("nan")
+        self.partners = partners
+        self.steps, self.updates, self.changed, self.confidence = 0, 0, float("nan"), float("nan")
         self.p: np.ndarray | None = None
         self.hard: np.ndarray | None = None
         self.update_target()
@@ -77,6 +69,7 @@ class DECTask(Task):
             hard = q.argmax(1)
         self.changed = 1.0 if self.hard is None else float(np.mean(hard != self.hard))
         self.p = target_distribution(torch.from_numpy(q), self.cfg["balance"]).numpy()
+        self.confidence = float(q.max(1).mean())  # mean soft assignment to the chosen cluster
         self.hard = hard
         self.updates += 1
         if self.updates > self.cfg["min_updates"] and self.changed < self.cfg["tol"]:
@@ -94,10 +87,10 @@ class DECTask(Task):
     # --- the engine's interface --------------------------------------------------------------------------
     def train_plan(self, epoch: int, rank: int, world: int) -> list[tuple[np.ndarray, np.ndarray | None]]:
         plan = epoch_plan(self.rows, self.batch_size, self.seed, epoch, rank, world, contiguous=self.counts.backed)
-        if self.groups is None:
+        if self.partners is None:
             return [(rows, None) for rows in plan]
         rng = np.random.default_rng([self.seed, epoch, 1])
-        return [(rows, sample_partners(rows, self.groups, self.members, rng)) for rows in plan]
+        return [(rows, self.partners.sample(rows, rng)) for rows in plan]
 
     def load(self, item: tuple[np.ndarray, np.ndarray | None]) -> dict[str, torch.Tensor]:
         rows, partners = item
@@ -138,17 +131,19 @@ class DECTask(Task):
     def epoch_extras(self, epoch: int) -> dict[str, float]:
         sizes = np.bincount(self.hard, minlength=self.p.shape[1]) / len(self.hard)
         return {"changed_fraction": self.changed, "target_updates": float(self.updates),
+                "confidence": self.confidence,
                 "largest_cluster": float(sizes.max()), "smallest_cluster": float(sizes.min()),
                 "term_weight": self.term_weight(epoch)}
 
     def state_dict(self) -> dict:
         return {"p": self.p, "hard": self.hard, "steps": self.steps, "updates": self.updates,
-                "changed": self.changed}
+                "changed": self.changed, "confidence": self.confidence}
 
     def load_state_dict(self, state: dict) -> None:
         if state:
             self.p, self.hard = np.asarray(state["p"]), np.asarray(state["hard"])
-            self.steps, self.updates, self.changed = state["steps"], state["updates"], state["changed"]
+            self.steps, self.updates = state["steps"], state["updates"]
+            self.changed, self.confidence = state["changed"], state["confidence"]
             self.finish_reason = None
 
 
@@ -158,8 +153,12 @@ def run(config: Config, clusters_path: Path, data_path: Path | None, output: Pat
     phase = PhaseRun(config, output, resume, quiet)
     parent = read_bundle(clusters_path, ("cluster-search",), command="finetune --preset dec")
     label_key = vae_config(parent)["data"]["label_key"]
-    if cfg["positive_key"] == "" and (cfg["contrastive_weight"] or cfg["consistency_weight"]):
-        raise UserError("dec.contrastive_weight and dec.consistency_weight need dec.positive_key (an obs column)")
+    pairs = bool(cfg["positive_key"]) + bool(cfg["positive_neighbours"])
+    if pairs == 2:
+        raise UserError("set dec.positive_key or dec.positive_neighbours, not both")
+    if not pairs and (cfg["contrastive_weight"] or cfg["consistency_weight"]):
+        raise UserError("dec.contrastive_weight and dec.consistency_weight need positive pairs: set "
+                        "dec.positive_key (an obs column) or dec.positive_neighbours (k)")
     counts, batch_codes = load_bundle_data(parent, data_path, (cfg["positive_key"],))
     if label_key not in counts.obs:  # labels are for reporting only; new data may lack them
         label_key = ""
@@ -167,14 +166,19 @@ def run(config: Config, clusters_path: Path, data_path: Path | None, output: Pat
     phase.check_resume_data(fingerprint)
     phase.engine.launch()
 
-    groups = category_codes(counts.obs, cfg["positive_key"])[0] if cfg["positive_key"] else None
     seed = train_cfg["seed"]
     torch.manual_seed(seed)
-    model = DEC(load_vae(parent), torch.from_numpy(parent.results["centres"]), cfg["alpha"])
+    vae = load_vae(parent)
+    partners = None
+    if cfg["positive_key"]:
+        partners = GroupPartners(category_codes(counts.obs, cfg["positive_key"])[0])
+    elif cfg["positive_neighbours"]:  # neighbours in the pretrain latent the clustering starts from
+        partners = NeighbourPartners(embed(vae, counts, batch_codes), cfg["positive_neighbours"])
+    model = DEC(vae, torch.from_numpy(parent.results["centres"]), cfg["alpha"])
     model.train()
     beta = vae_config(parent)["model"]["beta"] if vae_config(parent)["model"]["variational"] else 0.0
     try:
-        task = DECTask(model, counts, batch_codes, groups, cfg, train_cfg["batch_size"], seed, beta)
+        task = DECTask(model, counts, batch_codes, partners, cfg, train_cfg["batch_size"], seed, beta)
     except TrainingStopped as exc:  # the starting partition already breaks the guard
         raise UserError(f"{clusters_path}: {exc}") from None
 
