@@ -28,16 +28,9 @@ def finetune(
     json_: opt.Json = False,
 ) -> None:
     """Fine-tune a pretrained model with a preset-driven objective (presets: dec)."""
-    from stagekit.config import resolve_config
-
-    overrides = opt.collect_overrides(set_, locals(), opt.RUNTIME_FLAGS)
-    name, stored = opt.base_preset(preset, resume)
-    config = resolve_config("finetune", name, overrides, (stored, f"resume {resume}") if stored else None)
-    if print_config:
-        print(config.to_toml(with_sources=True))
+    config = opt.training_config("finetune", locals(), {})
+    if config is None:
         return
-    if output is None:
-        raise UserError("name the bundle to write with -o/--output PATH.stk")
     if config.model == "dec":
         from stagekit.stages import finetune_dec
 

@@ -39,6 +39,25 @@ def collect_overrides(sets: list[str] | None, flags: dict[str, Any], mapping: di
     return overrides
 
 
+def training_config(stage: str, flags: dict[str, Any], mapping: dict[str, str]):
+    """The effective config of a training phase from its command's options; None after --print-config.
+
+    `--resume` continues with the configuration stored in the bundle (`--set` may still change keys).
+    """
+    from stagekit.config import resolve_config
+
+    overrides = collect_overrides(flags.get("set_"), flags, RUNTIME_FLAGS | mapping)
+    preset, resume = flags.get("preset"), flags.get("resume")
+    name, stored = base_preset(preset, resume)
+    config = resolve_config(stage, name, overrides, (stored, f"resume {resume}") if stored else None)
+    if flags.get("print_config"):
+        print(config.to_toml(with_sources=True))
+        return None
+    if flags.get("output") is None:
+        raise UserError("name the bundle to write with -o/--output PATH.stk")
+    return config
+
+
 def base_preset(preset: str | None, resume: Path | None) -> tuple[str | None, str | None]:
     """(preset, stored config text): `--resume` continues with the configuration stored in the bundle."""
     if resume is None:

@@ -33,18 +33,10 @@ def pretrain(
     quiet: opt.Quiet = False,
     json_: opt.Json = False,
 ) -> None:
-    """Pretrain a model from raw counts (presets: vae)."""
-    from stagekit.config import resolve_config
-
-    flags = locals()
-    overrides = opt.collect_overrides(set_, flags, opt.RUNTIME_FLAGS | DATA_FLAGS)
-    name, stored = opt.base_preset(preset, resume)
-    config = resolve_config("pretrain", name, overrides, (stored, f"resume {resume}") if stored else None)
-    if print_config:
-        print(config.to_toml(with_sources=True))
+    """Pretrain a model from raw counts or features (presets: vae, autoencoder)."""
+    config = opt.training_config("pretrain", locals(), DATA_FLAGS)
+    if config is None:
         return
-    if output is None:
-        raise UserError("name the bundle to write with -o/--output PATH.stk")
     if not data:
         raise UserError("give the .h5ad file to train on")
     if config.model == "vae":
