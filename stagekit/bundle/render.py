@@ -6,6 +6,7 @@ import tomllib
 from typing import Any
 
 from rich.console import Console, Group
+from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
@@ -59,9 +60,9 @@ def render(bundle: Bundle, console: Console) -> None:
 
     config = tomllib.loads(bundle.config_toml) if bundle.config_toml else {}
     key_config = Table.grid(padding=(0, 2))
-    for section in ("model", "training"):
-        if section in config:
-            key_config.add_row(f"[{section}]", "  ".join(f"{k}={v}" for k, v in config[section].items()))
+    for section, values in config.items():
+        if section not in ("preset", "runtime", "data"):
+            key_config.add_row(escape(f"[{section}]"), escape("  ".join(f"{k}={v}" for k, v in values.items())))
     parts.append(Panel(key_config, title="config", expand=False))
 
     if bundle.final_metrics:

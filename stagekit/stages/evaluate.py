@@ -60,7 +60,9 @@ def run(source: Path, output_dir: Path, label_key: str | None = None, data: Path
     output_dir.mkdir(parents=True, exist_ok=True)
     report: dict = {"source": str(source), "label_key": label_key, "n_cells": int(len(labels)), "plots": []}
     if clusters is not None:
-        sizes = {str(c): int(n) for c, n in zip(*np.unique(clusters, return_counts=True), strict=True)}
+        names, counts = np.unique(clusters, return_counts=True)
+        order = sorted(range(len(names)), key=lambda i: (len(names[i]), names[i]))  # "2" before "10"
+        sizes = {str(names[i]): int(counts[i]) for i in order}
         scores = label_agreement(labels, clusters)
         if len(sizes) > 1:
             scores["silhouette"] = internal_scores(latent, clusters, seed=seed)["silhouette"]
