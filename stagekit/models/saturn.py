@@ -1,0 +1,64 @@
+"""SATURN-style conditional autoencoder: genes -> macrogenes -> embedding -> genes, one gene vocabulary per
+species joined through shared macrogenes (Rosen et al. 2024), with the reference's known defects fixed:
+macrogene dropout only in training (eval() turns it off), the decoder conditioned on the true species, and
+each species' mean computed over its own genes only (no zero-padded union).
+
+Groundwork for `pretrain --preset saturn`; no command uses it yet.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from stagekit.losses.counts import count_nll
+from stagekit.models.blocks import mlp
+
+
+class SaturnModel(nn.Module):
+    def __init__(self, genes_per_species: list[int], log_weights: torch.Tensor, n_hidden: int = 256,
+                 n_embed: int = 256, dropout: float = 0.1, condition_on_species: bool = True) -> None:
+        super().__init__()
+        if log_weights.shape[0] != sum(genes_per_species):
+            raise ValueError("log_weights needs one row per gene of every species, stacked in species order")
+        n_macro = log_weights.shape[1]
+        self.n_species = len(genes_per_species)
+        self.condition_on_species = condition_on_species
+        self.register_buffer("offsets", torch.tensor([0, *genes_per_species]).cumsum(0), persistent=False)
+        self.log_weights = nn.Parameter(log_weights.clone().float())  # W = exp(.) > 0, genes x macrogenes
+        self.macro_norm = nn.LayerNorm(n_macro)
+        self.macro_dropout = nn.Dropout(dropout)
+        self.encoder = nn.Sequential(mlp([n_macro, n_hidden], dropout), nn.Linear(n_hidden, n_embed))
+        n_condition = self.n_species if condition_on_species else 0
+        self.decoder = nn.Sequential(mlp([n_embed + n_condition, n_hidden], 0.0), nn.Linear(n_hidden, n_macro))
+        self.log_theta = nn.ParameterList([nn.Parameter(torch.zeros(g)) for g in genes_per_species])
+        self.zi_heads = nn.ModuleList([nn.Linear(n_macro, g) for g in genes_per_species])
+
+    def weights(self, species: int) -> torch.Tensor:
+        """W_s: this species' genes x macrogenes."""
+        return self.log_weights[self.offsets[species]:self.offsets[species + 1]].exp()
+
+    def macrogenes(self, x: torch.Tensor, species: int) -> torch.Tensor:
+        """m = Dropout(ReLU(LayerNorm(log1p(x) W_s))): dropout acts only in training mode."""
+        return self.macro_dropout(F.relu(self.macro_norm(torch.log1p(x) @ self.weights(species))))
+
+    def embed(self, x: torch.Tensor, species: int) -> torch.Tensor:
+        return self.encoder(self.macrogenes(x, species))
+
+    def decode(self, z: torch.Tensor, species: int, library: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """ZINB mean (library x softmax over this species' genes) and zero-inflation logits."""
+        if self.condition_on_species:
+            onehot = F.one_hot(torch.full((len(z),), species, device=z.device), self.n_species).to(z.dtype)
+            z = torch.cat([z, onehot], dim=-1)
+        h = self.decoder(z)  # macrogene space
+        mu = library * torch.softmax(h @ self.weights(species).T, dim=-1)
+        return mu, self.zi_heads[species](h)
+
+    def forward(self, x: torch.Tensor, species: int) -> dict[str, torch.Tensor]:
+        """Embedding and per-cell ZINB negative log-likelihood for cells of one species."""
+        z = self.embed(x, species)
+        mu, zi = self.decode(z, species, x.sum(-1, keepdim=True).clamp_min(1.0))
+        nll = count_nll(x, mu.float(), self.log_theta[species].exp(), zi.float())
+        return {"z": z, "nll": nll}
