@@ -26,6 +26,27 @@ VAE_MODEL = {
                             minimum=0),
 }
 
+SATURN_DATA = {
+    "layer": Key("str", "", "layer holding raw counts; empty means X"),
+    "species_key": Key("str", "", "obs column naming each cell's species when one file holds several species"),
+    "label_key": Key("str", "", "obs column of cell labels, kept for align and evaluate; empty for none"),
+    "hv_genes": Key("int", 8000, "highly variable genes kept per species (seurat_v3 on counts)", minimum=1),
+    "min_matched_genes": Key("int", 50, "fewest genes of a species that must have a protein embedding", minimum=1),
+}
+
+SATURN_MODEL = {
+    "n_macrogenes": Key("int", 2000, "number of macrogenes (k-means centroids of protein embeddings)", minimum=1),
+    "n_hidden": Key("int", 256, "width of the encoder and decoder hidden layer", minimum=1),
+    "n_embed": Key("int", 256, "size of the cell embedding", minimum=1),
+    "dropout": Key("float", 0.1, "dropout on macrogenes and in the encoder (training only)", minimum=0),
+    "scoring": Key("str", "default", "gene -> macrogene weight from the centroid's distance rank r: "
+                   "default 2 ln(1 + 1/r)^2, one_hot 1[r = 1], smoothed 1/r",
+                   choices=("default", "one_hot", "smoothed")),
+    "condition_on_species": Key("bool", True, "give the decoder the cell's species one-hot"),
+    "lambda_l1": Key("float", 0.0, "weight of sum |W|", minimum=0),
+    "lambda_pe": Key("float", 0.2, "weight of the protein-embedding similarity loss", minimum=0),
+}
+
 CLUSTER_SEARCH = {
     "k_min": Key("int", 2, "smallest number of clusters tried", minimum=2),
     "k_max": Key("int", 20, "largest number of clusters tried", minimum=2),
@@ -71,6 +92,7 @@ DEC = {
 
 SCHEMAS: dict[tuple[str, str], Schema] = {
     ("pretrain", "vae"): {"data": COUNT_DATA, "model": VAE_MODEL, "training": TRAINING, "runtime": RUNTIME},
+    ("pretrain", "saturn"): {"data": SATURN_DATA, "model": SATURN_MODEL, "training": TRAINING, "runtime": RUNTIME},
     ("cluster-search", "kmeans"): {"cluster": CLUSTER_SEARCH},
     # DEC clusters every cell: no validation split, so no val_fraction key that would be ignored
     ("finetune", "dec"): {"dec": DEC, "training": {k: v for k, v in TRAINING.items() if k != "val_fraction"},

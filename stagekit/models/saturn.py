@@ -13,12 +13,14 @@ from torch import nn
 from torch.nn import functional as F
 
 from stagekit.losses.counts import count_nll
+from stagekit.losses.saturn import embedding_similarity_loss, weight_l1
 from stagekit.models.blocks import mlp
 
 
 class SaturnModel(nn.Module):
     def __init__(self, genes_per_species: list[int], log_weights: torch.Tensor, n_hidden: int = 256,
-                 n_embed: int = 256, dropout: float = 0.1, condition_on_species: bool = True) -> None:
+                 n_embed: int = 256, dropout: float = 0.1, condition_on_species: bool = True,
+                 protein: torch.Tensor | None = None) -> None:
         super().__init__()
         if log_weights.shape[0] != sum(genes_per_species):
             raise ValueError("log_weights needs one row per gene of every species, stacked in species order")
@@ -34,6 +36,8 @@ class SaturnModel(nn.Module):
         self.decoder = nn.Sequential(mlp([n_embed + n_condition, n_hidden], 0.0), nn.Linear(n_hidden, n_macro))
         self.log_theta = nn.ParameterList([nn.Parameter(torch.zeros(g)) for g in genes_per_species])
         self.zi_heads = nn.ModuleList([nn.Linear(n_macro, g) for g in genes_per_species])
+        # protein embeddings of the stacked genes, for the similarity loss; not part of the saved weights
+        self.register_buffer("protein", protein, persistent=False)
 
     def weights(self, species: int) -> torch.Tensor:
         """W_s: this species' genes x macrogenes."""
@@ -56,9 +60,18 @@ class SaturnModel(nn.Module):
         mu = library * torch.softmax(h @ self.weights(species).T, dim=-1)
         return mu, self.zi_heads[species](h)
 
-    def forward(self, x: torch.Tensor, species: int) -> dict[str, torch.Tensor]:
+    def species_nll(self, x: torch.Tensor, species: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Embedding and per-cell ZINB negative log-likelihood for cells of one species."""
         z = self.embed(x, species)
         mu, zi = self.decode(z, species, x.sum(-1, keepdim=True).clamp_min(1.0))
-        nll = count_nll(x, mu.float(), self.log_theta[species].exp(), zi.float())
-        return {"z": z, "nll": nll}
+        return z, count_nll(x, mu.float(), self.log_theta[species].exp(), zi.float())
+
+    def forward(self, xs: list[torch.Tensor], partners: torch.Tensor | None = None
+                ) -> dict[str, torch.Tensor]:
+        """One batch per species in one call (one forward per step keeps DDP simple): the mean NLL of each
+        species, sum |W|, and (given `partners` and protein embeddings) the embedding-similarity loss."""
+        out = {f"nll_{s}": self.species_nll(x, s)[1].mean() for s, x in enumerate(xs)}
+        out["l1"] = weight_l1(self.log_weights)
+        if partners is not None and self.protein is not None:
+            out["protein_similarity"] = embedding_similarity_loss(self.log_weights, self.protein, partners)
+        return out

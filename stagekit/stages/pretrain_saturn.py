@@ -1,0 +1,215 @@
+"""`stagekit pretrain --preset saturn`: the macrogene autoencoder of cross-species integration (SATURN).
+
+Each species keeps its own gene vocabulary; genes meet only through macrogenes initialised from their
+protein embeddings. One step trains on one batch of every species.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from stagekit.bundle import Bundle
+from stagekit.config import Config
+from stagekit.config.loader import toml_value
+from stagekit.data.anndata_io import CountMatrix, load_counts
+from stagekit.data.batching import epoch_plan, eval_plan, split_train_val
+from stagekit.data.hvg import highly_variable_genes
+from stagekit.data.protein_embeddings import load_gene_embeddings, match_genes
+from stagekit.errors import UserError
+from stagekit.models.macrogenes import initial_log_weights
+from stagekit.models.saturn import SaturnModel
+from stagekit.stages.runner import PhaseRun
+from stagekit.train import FitResult, Task
+from stagekit.train.state import weights_to_numpy
+
+
+@dataclass
+class SpeciesData:
+    name: str
+    counts: CountMatrix  # this species' cells x its kept genes (in memory)
+    protein: np.ndarray  # kept genes x embedding dim
+    labels: np.ndarray | None
+
+
+def _split_by_species(counts: CountMatrix, key: str) -> dict[str, CountMatrix]:
+    values = counts.obs[key].astype(str).to_numpy()
+    return {name: CountMatrix(counts.path, counts.key, counts.obs.iloc[rows], counts.var_names,
+                              matrix=counts.matrix[rows])
+            for name in sorted(set(values)) for rows in [np.flatnonzero(values == name)]}
+
+
+def _embedding_paths(specs: list[str], species: list[str]) -> dict[str, Path]:
+    """`SPECIES=PATH` pairs, or plain paths in the order of the species."""
+    named = dict(s.split("=", 1) for s in specs if "=" in s)
+    plain = [s for s in specs if "=" not in s]
+    if plain and named:
+        raise UserError("--protein-emb: give every file as SPECIES=PATH, or all as plain paths in data order")
+    if plain:
+        if len(plain) != len(species):
+            raise UserError(f"--protein-emb: {len(plain)} files for {len(species)} species ({', '.join(species)}); "
+                            "give one per species, or SPECIES=PATH")
+        named = dict(zip(species, plain, strict=True))
+    unknown = sorted(set(named) - set(species))
+    if unknown:
+        raise UserError(f"--protein-emb names species {', '.join(unknown)}, not in the data "
+                        f"(species: {', '.join(species)})")
+    missing = [s for s in species if s not in named]
+    if missing:
+        raise UserError(f"species '{missing[0]}' has no protein embedding file; pass --protein-emb {missing[0]}=PATH")
+    return {s: Path(p) for s, p in named.items()}
+
+
+def load_species(config: Config, data: list[Path], species_names: list[str], embedding_specs: list[str],
+                 log=print) -> list[SpeciesData]:
+    cfg = config["data"]
+    obs_keys = tuple(k for k in (cfg["species_key"], cfg["label_key"]) if k)
+    if cfg["species_key"]:
+        if len(data) != 1:
+            raise UserError("data.species_key splits one .h5ad by species; give a single file")
+        if species_names:
+            raise UserError("--species names one file per species; with data.species_key the column names them")
+        by_species = _split_by_species(load_counts(data[0], cfg["layer"], obs_keys), cfg["species_key"])
+    else:
+        names = species_names or [p.stem for p in data]
+        if len(names) != len(data) or len(set(names)) != len(names):
+            raise UserError(f"--species: give one distinct name per data file ({len(data)} files, names {names})")
+        by_species = {n: load_counts(p, cfg["layer"], obs_keys) for n, p in zip(names, data, strict=True)}
+    if len(by_species) < 2:
+        raise UserError(f"cross-species pretraining needs at least two species; found {list(by_species)}")
+    paths = _embedding_paths(embedding_specs, list(by_species))
+    species, dims = [], {}
+    for name, counts in by_species.items():
+        embeddings = load_gene_embeddings(paths[name])
+        dims[name] = embeddings.dim
+        matched, vectors = match_genes(counts.var_names, embeddings, name, cfg["min_matched_genes"])
+        matrix = counts.matrix[:, matched]
+        keep = highly_variable_genes(matrix, cfg["hv_genes"])
+        log(f"{name}: {len(matched)} of {counts.n_vars} genes matched a protein embedding; "
+            f"{len(keep)} highly variable kept; {counts.n_obs} cells")
+        kept = CountMatrix(counts.path, counts.key, counts.obs, [counts.var_names[i] for i in matched[keep]],
+                           matrix=sp.csr_matrix(matrix[:, keep]))
+        labels = counts.obs[cfg["label_key"]].astype(str).to_numpy() if cfg["label_key"] else None
+        species.append(SpeciesData(name, kept, vectors[keep], labels))
+    if len(set(dims.values())) > 1:
+        raise UserError("protein embeddings differ in length between species ("
+                        + ", ".join(f"{s}: {d}" for s, d in dims.items()) + "); use one embedding model")
+    return species
+
+
+class SaturnTask(Task):
+    def __init__(self, model: SaturnModel, species: list[SpeciesData], splits: list[tuple[np.ndarray, np.ndarray]],
+                 batch_size: int, seed: int, weights: dict[str, float]) -> None:
+        self.model, self.species, self.splits = model, species, splits
+        self.batch_size, self.seed, self.weights = batch_size, seed, weights
+        self.n_genes = sum(s.counts.n_vars for s in species)
+
+    def train_plan(self, epoch: int, rank: int, world: int) -> list[tuple[list[np.ndarray], np.ndarray]]:
+        """Each step: one batch of every species (smaller species cycle) and a partner gene for every gene."""
+        plans = [epoch_plan(train, self.batch_size, self.seed + i, epoch, rank, world)
+                 for i, (train, _) in enumerate(self.splits)]
+        steps = max(len(p) for p in plans)
+        rng = np.random.default_rng([self.seed, epoch, 2])
+        return [([p[j % len(p)] for p in plans], rng.integers(0, self.n_genes, self.n_genes)) for j in range(steps)]
+
+    def val_plan(self, rank: int, world: int) -> list:
+        plans = [eval_plan(val, self.batch_size, rank, world) for _, val in self.splits]
+        if not all(plans):
+            return []
+        return [([p[j % len(p)] for p in plans], None) for j in range(max(len(p) for p in plans))]
+
+    def load(self, item: tuple) -> dict:
+        rows, partners = item
+        batch = {"xs": [torch.from_numpy(s.counts.rows(r)) for s, r in zip(self.species, rows, strict=True)]}
+        if partners is not None:
+            batch["partners"] = torch.from_numpy(partners)
+        return batch
+
+    def batch_size_of(self, batch: dict) -> int:
+        return sum(len(x) for x in batch["xs"])
+
+    def step(self, model: torch.nn.Module, batch: dict, epoch: int, train: bool) -> dict[str, torch.Tensor]:
+        out = model(batch["xs"], batch.get("partners"))
+        nll = sum(out[f"nll_{i}"] for i in range(len(self.species)))
+        loss = nll + self.weights["lambda_l1"] * out["l1"]
+        if "protein_similarity" in out:
+            loss = loss + self.weights["lambda_pe"] * out["protein_similarity"]
+        named = {f"nll_{s.name}": out[f"nll_{i}"] for i, s in enumerate(self.species)}
+        return {"loss": loss, "nll": nll} | named | {k: out[k] for k in ("l1", "protein_similarity") if k in out}
+
+
+def macrogene_key(species: list[SpeciesData], n_macrogenes: int, seed: int, scoring: str) -> str:
+    """What the macrogene centroids depend on: the genes of every species, M, the seed and the scoring."""
+    genes = "|".join(f"{s.name}:" + ",".join(s.counts.var_names) for s in species)
+    return hashlib.sha256(f"{genes}#{n_macrogenes}#{seed}#{scoring}".encode()).hexdigest()
+
+
+def model_config_toml(config: Config, species: list[SpeciesData]) -> str:
+    lines = ["[model]", *(f"{k} = {toml_value(v)}" for k, v in config["model"].items()),
+             "[data]", *(f"{k} = {toml_value(v)}" for k, v in config["data"].items()),
+             "[species]", f"names = {toml_value([s.name for s in species])}",
+             f"genes = {toml_value([s.counts.n_vars for s in species])}"]
+    return "\n".join(lines) + "\n"
+
+
+def load_model(bundle: Bundle) -> SaturnModel:
+    """The trained model of a saturn bundle, in eval mode (no macrogene dropout)."""
+    import tomllib
+
+    from stagekit.train.state import load_weights
+
+    config = tomllib.loads(bundle.model_config)
+    genes, model_cfg = config["species"]["genes"], config["model"]
+    model = SaturnModel(genes, torch.zeros(sum(genes), model_cfg["n_macrogenes"]), model_cfg["n_hidden"],
+                        model_cfg["n_embed"], model_cfg["dropout"], model_cfg["condition_on_species"])
+    load_weights(model, bundle.weights)
+    return model.eval()
+
+
+def run(config: Config, data: list[Path], output: Path, species_names: list[str], embedding_specs: list[str],
+        resume: Path | None = None, quiet: bool = False) -> Path | None:
+    model_cfg, train_cfg = config["model"], config["training"]
+    phase = PhaseRun(config, output, resume, quiet)
+    species = load_species(config, data, species_names, embedding_specs, log=phase.engine.reporter.log)
+    files = sorted({str(s.counts.path) for s in species})
+    fingerprint = {"path": ", ".join(files), "n_obs": sum(s.counts.n_obs for s in species),
+                   "n_vars": sum(s.counts.n_vars for s in species), "matrix": species[0].counts.key,
+                   "sha256": hashlib.sha256("".join(s.counts.fingerprint()["sha256"] for s in species)
+                                            .encode()).hexdigest(),
+                   "genes_sha256": hashlib.sha256("\n".join(g for s in species for g in s.counts.var_names)
+                                                  .encode()).hexdigest()}
+    phase.check_resume_data(fingerprint)
+    phase.engine.launch()
+
+    seed = train_cfg["seed"]
+    protein = np.concatenate([s.protein for s in species])
+    log_weights, centroids = initial_log_weights(protein, model_cfg["n_macrogenes"], seed, model_cfg["scoring"])
+    torch.manual_seed(seed)
+    model = SaturnModel([s.counts.n_vars for s in species], torch.from_numpy(log_weights), model_cfg["n_hidden"],
+                        model_cfg["n_embed"], model_cfg["dropout"], model_cfg["condition_on_species"],
+                        protein=torch.from_numpy(protein))
+    splits = [split_train_val(s.counts.n_obs, train_cfg["val_fraction"], seed + i) for i, s in enumerate(species)]
+    task = SaturnTask(model, species, splits, train_cfg["batch_size"], seed, model_cfg)
+    categories = {"species": [s.name for s in species]}
+    if config["data"]["label_key"]:
+        categories["labels"] = sorted({label for s in species for label in s.labels})
+
+    def bundle_for(result: FitResult) -> Bundle:
+        final = {k: v[-1] for k, v in result.history.items() if k.startswith(("train_", "val_"))}
+        gene_species = np.concatenate([np.full(s.counts.n_vars, i) for i, s in enumerate(species)])
+        return Bundle(stage="pretrain", model="saturn", config_toml="", seed=seed, weights=weights_to_numpy(model),
+                      model_config=model_config_toml(config, species), data=fingerprint | {
+                          "files": json.dumps({s.name: s.counts.fingerprint() for s in species})},
+                      var_names=[g for s in species for g in s.counts.var_names], categories=categories,
+                      final_metrics=final,
+                      results={"gene_species": gene_species.astype(np.int64), "macrogene_centroids": centroids,
+                               "macrogene_key": np.array(macrogene_key(species, model_cfg["n_macrogenes"], seed,
+                                                                       model_cfg["scoring"]).encode())})
+
+    return phase.fit(task, bundle_for)

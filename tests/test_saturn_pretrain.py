@@ -1,0 +1,95 @@
+"""`stagekit pretrain --preset saturn` on the two-species pancreas cells with ortholog-derived embeddings."""
+
+import anndata
+import numpy as np
+import pytest
+import torch
+
+from stagekit.bundle import read_bundle
+from stagekit.data.demo import write_demo_inputs
+from stagekit.stages.pretrain_saturn import load_model
+from tests.conftest import SHARED, run_cli
+
+FAST = ["--set", "data.hv_genes=1500", "--set", "model.n_macrogenes=150", "--set", "model.n_hidden=128",
+        "--set", "model.n_embed=64", "--set", "training.batch_size=128"]
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    return write_demo_inputs(SHARED / "celltypist_Ensembl105_Human2Mouse_Genes.csv", tmp_path_factory.mktemp("demo"))
+
+
+def _embed(bundle_path, files):
+    bundle = read_bundle(bundle_path)
+    model = load_model(bundle)
+    out = []
+    for i, path in enumerate(files):
+        cells = anndata.read_h5ad(path)
+        genes = [g for g, s in zip(bundle.var_names, bundle.results["gene_species"], strict=True) if s == i]
+        with torch.no_grad():
+            z = model.embed(torch.from_numpy(cells[:, genes].X.toarray()), i).numpy()
+        out.append((z / np.linalg.norm(z, axis=1, keepdims=True), cells.obs["Group"].astype(str).to_numpy()))
+    return bundle, out
+
+
+def test_saturn_pretrain_learns_a_shared_space(capsys, demo, tmp_path):
+    out = tmp_path / "saturn.stk"
+    code, stdout, err = run_cli(capsys, "pretrain", "-p", "saturn", demo["human"], demo["mouse"], "--protein-emb",
+                                f"human={demo['human_embeddings']}", "--protein-emb",
+                                f"mouse={demo['mouse_embeddings']}", "--label-key", "Group",
+                                "--set", "training.epochs=25", *FAST, "-o", out)
+    assert code == 0, err
+    assert "human: " in err and "genes matched a protein embedding" in err
+    bundle, ((za, la), (zb, lb)) = _embed(out, [demo["human"], demo["mouse"]])
+    h = bundle.history
+    assert h["train_nll"][-1] < 0.8 * h["train_nll"][0]
+    assert bundle.categories["species"] == ["human", "mouse"] and len(bundle.categories["labels"]) == 5
+    assert len(bundle.results["macrogene_centroids"]) == 150
+    # cells of one species find their cell type among the other species' cells (chance: 0.2)
+    assert (la[(zb @ za.T).argmax(1)] == lb).mean() > 0.6
+    assert (lb[(za @ zb.T).argmax(1)] == la).mean() > 0.6
+    # eval is deterministic: the same cells embed the same twice
+    again = _embed(out, [demo["human"], demo["mouse"]])[1][0][0]
+    assert np.array_equal(za, again)
+
+
+def _pretrain(capsys, tmp_path, *args):
+    return run_cli(capsys, "pretrain", "-p", "saturn", *args, "--set", "training.epochs=1", *FAST,
+                   "-o", tmp_path / "x.stk")
+
+
+def test_saturn_input_errors(capsys, demo, tmp_path):
+    h, m, he, me = demo["human"], demo["mouse"], demo["human_embeddings"], demo["mouse_embeddings"]
+    code, _, err = _pretrain(capsys, tmp_path, h, m, "--protein-emb", f"human={he}")
+    assert code == 2 and "species 'mouse' has no protein embedding file" in err
+    ids = tmp_path / "ensembl.npz"  # embeddings keyed by Ensembl IDs, not symbols
+    np.savez(ids, genes=np.array([f"ENSG{i:011d}" for i in range(100)]), embeddings=np.ones((100, 64), np.float32))
+    code, _, err = _pretrain(capsys, tmp_path, h, m, "--protein-emb", f"human={ids}", "--protein-emb", f"mouse={me}")
+    assert code == 2 and "species 'human': only 0 of" in err and "unmatched e.g. A1CF" in err
+    short = tmp_path / "short.npz"
+    genes = np.load(me)["genes"]
+    np.savez(short, genes=genes, embeddings=np.zeros((len(genes), 8), np.float32) + 1)
+    code, _, err = _pretrain(capsys, tmp_path, h, m, "--protein-emb", f"human={he}", "--protein-emb", f"mouse={short}")
+    assert code == 2 and "differ in length between species (human: 64, mouse: 8)" in err
+    code, _, err = _pretrain(capsys, tmp_path, h, m, "--protein-emb", he, "--protein-emb", me, "--label-key", "cell")
+    assert code == 2 and "obs column 'cell' not found" in err
+    code, _, err = _pretrain(capsys, tmp_path, h, "--protein-emb", he)
+    assert code == 2 and "at least two species" in err
+    assert not (tmp_path / "x.stk").exists()
+
+
+def test_three_species_and_species_column(capsys, demo, tmp_path):
+    code, _, err = _pretrain(capsys, tmp_path, demo["human"], demo["mouse"], demo["mouse"], "--species", "human",
+                             "--species", "mouse", "--species", "mouse2", "--protein-emb", demo["human_embeddings"],
+                             "--protein-emb", demo["mouse_embeddings"], "--protein-emb", demo["mouse_embeddings"])
+    assert code == 0, err
+    assert read_bundle(tmp_path / "x.stk").categories["species"] == ["human", "mouse", "mouse2"]
+    joined = tmp_path / "joined.h5ad"
+    cells = anndata.read_h5ad(demo["mouse"])
+    cells.obs["organism"] = np.where(np.arange(cells.n_obs) % 2, "mouse_a", "mouse_b")
+    cells.write_h5ad(joined)
+    code, _, err = _pretrain(capsys, tmp_path, joined, "--species-key", "organism", "--protein-emb",
+                             f"mouse_a={demo['mouse_embeddings']}", "--protein-emb",
+                             f"mouse_b={demo['mouse_embeddings']}")
+    assert code == 0, err
+    assert read_bundle(tmp_path / "x.stk").categories["species"] == ["mouse_a", "mouse_b"]
