@@ -93,3 +93,28 @@ def test_three_species_and_species_column(capsys, demo, tmp_path):
                              f"mouse_b={demo['mouse_embeddings']}")
     assert code == 0, err
     assert read_bundle(tmp_path / "x.stk").categories["species"] == ["mouse_a", "mouse_b"]
+
+
+def test_extract_macrogenes_and_embedding_per_species(capsys, demo, tmp_path):
+    bundle = tmp_path / "saturn.stk"
+    code, _, err = run_cli(capsys, "pretrain", "-p", "saturn", demo["human"], demo["mouse"], "--protein-emb",
+                           demo["human_embeddings"], "--protein-emb", demo["mouse_embeddings"], "--label-key",
+                           "Group", "--set", "training.epochs=2", *FAST, "-o", bundle)
+    assert code == 0, err
+    cells = tmp_path / "cells.h5ad"
+    code, out, err = run_cli(capsys, "extract", bundle, "-o", cells)
+    assert code == 0 and out.strip() == str(cells), err
+    adata = anndata.read_h5ad(cells)
+    assert adata.n_obs == 350 and adata.obsm["X_macrogenes"].shape == (350, 150)
+    assert adata.obsm["X_pretrain"].shape == (350, 64)
+    assert sorted(adata.obs["species"].unique()) == ["human", "mouse"] and "Group" in adata.obs
+    assert adata.uns["stagekit"]["macrogene_weights"].shape == (len(read_bundle(bundle).var_names), 150)
+    # deterministic (no dropout in eval), and new mouse cells map through the same model (query mapping)
+    code, _, err = run_cli(capsys, "extract", bundle, demo["mouse"], "--species", "mouse", "-o", tmp_path / "q.h5ad")
+    assert code == 0, err
+    query = anndata.read_h5ad(tmp_path / "q.h5ad")
+    mouse = adata[adata.obs["species"] == "mouse"]
+    assert np.array_equal(query.obsm["X_pretrain"], mouse.obsm["X_pretrain"])
+    code, _, err = run_cli(capsys, "extract", bundle, demo["mouse"], "--species", "zebrafish",
+                           "-o", tmp_path / "z.h5ad")
+    assert code == 2 and "species 'zebrafish' is not in" in err

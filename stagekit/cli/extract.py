@@ -11,13 +11,19 @@ from stagekit.errors import UserError
 
 
 def extract(
-    bundle: Annotated[Path, typer.Argument(help="a pretrain (vae), cluster-search or finetune (dec) bundle")],
-    data: Annotated[Path | None, typer.Argument(help=".h5ad; default: the data the bundle was trained on")] = None,
+    bundle: Annotated[Path, typer.Argument(help="a pretrain (vae, saturn), cluster-search or finetune (dec) bundle")],
+    data: Annotated[list[Path] | None, typer.Argument(
+        help=".h5ad file(s); default: the data the bundle was trained on")] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help=".h5ad to write")] = None,
+    species: Annotated[list[str] | None, typer.Option(
+        "--species", help="saturn: the species of each data file, in order")] = None,
 ) -> None:
-    """Write per-cell outputs: obsm['X_stagekit'] (latent), obs['stagekit_cluster'], soft assignments."""
+    """Write per-cell outputs: vae/dec: obsm['X_stagekit'], obs['stagekit_cluster'], soft assignments;
+    saturn: obsm['X_macrogenes'] and obsm['X_pretrain'] for every species."""
     if output is None:
         raise UserError("name the .h5ad to write with -o/--output PATH.h5ad")
+    import sys
+
     from stagekit.stages import extract as stage
 
-    print(stage.run(bundle, data, output))
+    print(stage.run(bundle, data or [], output, species, log=lambda m: print(m, file=sys.stderr)))

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 from stagekit.bundle import Bundle, atomic_output, file_sha256, read_bundle
@@ -45,30 +46,69 @@ def cell_outputs(bundle: Bundle, counts: CountMatrix, batch_codes: np.ndarray | 
 def load_for(bundle_path: Path, data_path: Path | None, command: str, obs_keys: tuple[str, ...] = ()
              ) -> tuple[Bundle, CountMatrix, np.ndarray | None]:
     bundle = read_bundle(bundle_path, EXTRACTABLE, command=command)
-    if not bundle.model_config:
+    if not bundle.model_config or bundle.model == "saturn":
         raise UserError(f"{bundle_path} is a '{bundle.model}' bundle; `stagekit {command}` reads vae-based bundles")
     counts, batch_codes = load_bundle_data(bundle, data_path, obs_keys)
     return bundle, counts, batch_codes
 
 
-def run(bundle_path: Path, data_path: Path | None, output: Path) -> Path:
+def _vae_cells(bundle_path: Path, data_path: Path | None):
     import anndata
 
-    if output.suffix != ".h5ad":
-        raise UserError(f"output {output} should end in .h5ad")
     bundle, counts, batch_codes = load_for(bundle_path, data_path, "extract")
     outputs = cell_outputs(bundle, counts, batch_codes)
     adata = anndata.read_h5ad(counts.path)
     adata.obsm["X_stagekit"] = outputs.latent
     if outputs.clusters is not None:
-        adata.obs["stagekit_cluster"] = outputs.clusters.astype(str)
-        adata.obs["stagekit_cluster"] = adata.obs["stagekit_cluster"].astype("category")
+        adata.obs["stagekit_cluster"] = pd.Categorical(outputs.clusters.astype(str))
     if outputs.soft is not None:
         adata.obsm["stagekit_soft_assignment"] = outputs.soft
+    return bundle, adata, {"label_key": vae_config(bundle)["data"]["label_key"]}
+
+
+def _saturn_cells(bundle: Bundle, data: list[Path], species: list[str], log):
+    """All species in one AnnData: X and obsm["X_macrogenes"] the macrogene values, obsm["X_pretrain"] the
+    embedding; the gene -> macrogene weight table in uns (genes differ between species, so it cannot be varm)."""
+    import anndata
+
+    from stagekit.stages.pretrain_saturn import load_model
+    from stagekit.stages.saturn_cells import cell_outputs as saturn_outputs
+    from stagekit.stages.saturn_cells import load_cells
+
+    model = load_model(bundle)
+    label_key = tomllib.loads(bundle.model_config)["data"]["label_key"]
+    parts = []
+    for cells in load_cells(bundle, data, species, log):
+        macro, embedding = saturn_outputs(model, cells)
+        obs = cells.obs.copy()
+        obs["species"] = cells.name
+        part = anndata.AnnData(X=macro, obs=obs, obsm={"X_macrogenes": macro, "X_pretrain": embedding})
+        part.obs_names = [f"{cells.name}:{n}" for n in obs.index]  # barcodes may repeat across species
+        parts.append(part)
+    adata = anndata.concat(parts, merge="same")
+    adata.var_names = [f"macrogene_{i}" for i in range(adata.n_vars)]
+    adata.obs["species"] = pd.Categorical(adata.obs["species"].astype(str))
+    weights = np.exp(bundle.weights["log_weights"])
+    extra = {"label_key": label_key, "macrogene_weights": weights.astype(np.float32),
+             "macrogene_weight_genes": np.array(bundle.var_names, dtype=str),
+             "macrogene_weight_species": np.array(bundle.categories["species"], dtype=str)[
+                 bundle.results["gene_species"]]}
+    return adata, extra
+
+
+def run(bundle_path: Path, data: list[Path], output: Path, species: list[str] | None = None, log=print) -> Path:
+    if output.suffix != ".h5ad":
+        raise UserError(f"output {output} should end in .h5ad")
+    bundle = read_bundle(bundle_path, EXTRACTABLE, command="extract")
+    if bundle.model == "saturn":
+        adata, extra = _saturn_cells(bundle, data, species or [], log)
+    else:
+        if len(data) > 1 or species:
+            raise UserError(f"{bundle_path} is a '{bundle.model}' bundle: give at most one data file, no --species")
+        bundle, adata, extra = _vae_cells(bundle_path, data[0] if data else None)
     adata.uns["stagekit"] = {"bundle": str(Path(bundle_path).resolve()), "bundle_sha256": file_sha256(bundle_path),
-                             "stage": bundle.stage, "model": bundle.model,
-                             "label_key": vae_config(bundle)["data"]["label_key"],
-                             "lineage": json.dumps(bundle.lineage), "config": bundle.config_toml}
+                             "stage": bundle.stage, "model": bundle.model, "lineage": json.dumps(bundle.lineage),
+                             "config": bundle.config_toml} | extra
     with atomic_output(output) as tmp:
         adata.write_h5ad(tmp)
     return output

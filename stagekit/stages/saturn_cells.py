@@ -1,0 +1,99 @@
+"""Cells for a saturn bundle: each species' cells on the bundle's genes, and their macrogenes and embedding."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+
+from stagekit.bundle import Bundle
+from stagekit.data.anndata_io import load_counts
+from stagekit.data.batching import eval_plan
+from stagekit.errors import UserError
+
+
+@dataclass
+class SpeciesCells:
+    species: int  # index into the bundle's species
+    name: str
+    obs: pd.DataFrame
+    matrix: sp.csr_matrix  # cells x the bundle's genes of this species
+
+
+def species_genes(bundle: Bundle, species: int) -> list[str]:
+    return [g for g, s in zip(bundle.var_names, bundle.results["gene_species"], strict=True) if s == species]
+
+
+def _align_genes(matrix: sp.csr_matrix, var_names: list[str], wanted: list[str], where: str, log) -> sp.csr_matrix:
+    """Columns in the bundle's gene order (case-insensitive); genes the data lacks are zeros."""
+    lookup = {g.upper(): i for i, g in enumerate(var_names)}
+    columns = [lookup.get(g.upper(), -1) for g in wanted]
+    missing = sum(c < 0 for c in columns)
+    if missing > len(wanted) // 2:
+        raise UserError(f"{where}: {missing} of the model's {len(wanted)} genes are missing (e.g. "
+                        f"{', '.join(g for g, c in zip(wanted, columns, strict=True) if c < 0)[:80]}); "
+                        "is this the species and gene naming the model was trained on?")
+    if missing:
+        log(f"{where}: {missing} of {len(wanted)} model genes are absent and read as zero")
+    present = np.array([c for c in columns if c >= 0])
+    block = matrix[:, present]
+    out = sp.lil_matrix((matrix.shape[0], len(wanted)), dtype=np.float32)
+    out[:, np.flatnonzero(np.array(columns) >= 0)] = block
+    return sp.csr_matrix(out)
+
+
+def load_cells(bundle: Bundle, data: list[Path], species_names: list[str], log=print) -> list[SpeciesCells]:
+    """The bundle's training files by default; new files need their species (`--species` or the species column)."""
+    config = tomllib.loads(bundle.model_config)
+    data_cfg, known = config["data"], config["species"]["names"]
+    if not data:
+        files = json.loads(bundle.data.get("files", "{}"))
+        if data_cfg["species_key"]:
+            data = sorted({Path(f["path"]) for f in files.values()})
+        else:
+            species_names, data = known, [Path(files[name]["path"]) for name in known]
+        for path in data:
+            if not path.is_file():
+                raise UserError(f"{bundle.path} was trained on {path}, which is gone; give the data files")
+    parts: list[tuple[str, Path, np.ndarray | None]] = []
+    if data_cfg["species_key"] and not species_names:
+        for path in data:
+            values = load_counts(path, data_cfg["layer"], (data_cfg["species_key"],)).obs[data_cfg["species_key"]]
+            values = values.astype(str).to_numpy()
+            parts += [(name, path, np.flatnonzero(values == name)) for name in sorted(set(values))]
+    else:
+        if len(species_names) != len(data):
+            raise UserError(f"name the species of each data file with --species ({len(data)} files); "
+                            f"the model knows {', '.join(known)}")
+        parts = [(name, path, None) for name, path in zip(species_names, data, strict=True)]
+    cells = []
+    for name, path, rows in parts:
+        if name not in known:
+            raise UserError(f"{path}: species '{name}' is not in {bundle.path} (it knows {', '.join(known)}); "
+                            "a model maps only the species it was trained on")
+        counts = load_counts(path, data_cfg["layer"])  # labels are optional for new cells
+        obs, matrix = (counts.obs, counts.matrix) if rows is None else (counts.obs.iloc[rows], counts.matrix[rows])
+        index = known.index(name)
+        aligned = _align_genes(matrix, counts.var_names, species_genes(bundle, index), f"{path} ({name})", log)
+        cells.append(SpeciesCells(index, name, obs.copy(), aligned))
+    return cells
+
+
+@torch.no_grad()
+def cell_outputs(model: torch.nn.Module, cells: SpeciesCells, batch_size: int = 4096
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Macrogene values and embedding of every cell, deterministic (eval mode: no macrogene dropout)."""
+    model.eval()
+    macro, embedding = [], []
+    for rows in eval_plan(np.arange(cells.matrix.shape[0]), batch_size):
+        x = torch.from_numpy(cells.matrix[rows].toarray())
+        m = model.macrogenes(x, cells.species)
+        macro.append(m.numpy())
+        embedding.append(model.encoder(m).numpy())
+    return np.concatenate(macro), np.concatenate(embedding)
