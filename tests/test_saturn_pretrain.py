@@ -1,5 +1,7 @@
 """`stagekit pretrain --preset saturn` on the two-species pancreas cells with ortholog-derived embeddings."""
 
+import json
+
 import anndata
 import numpy as np
 import pytest
@@ -118,3 +120,11 @@ def test_extract_macrogenes_and_embedding_per_species(capsys, demo, tmp_path):
     code, _, err = run_cli(capsys, "extract", bundle, demo["mouse"], "--species", "zebrafish",
                            "-o", tmp_path / "z.h5ad")
     assert code == 2 and "species 'zebrafish' is not in" in err
+    # evaluate scores the integration of the extracted embedding
+    code, _, err = run_cli(capsys, "evaluate", cells, "-o", tmp_path / "report", "--no-umap")
+    assert code == 0, err
+    report = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    assert set(report["label_transfer"]) == {"human->mouse", "mouse->human"}
+    assert {"accuracy", "balanced_accuracy"} == set(report["label_transfer"]["human->mouse"])
+    assert {"knn_agreement", "species_mixing", "kmeans_vs_labels", "silhouette_labels"} <= set(report["integration"])
+    assert report["integration"]["embedding"] == "X_pretrain"

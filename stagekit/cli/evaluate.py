@@ -20,7 +20,8 @@ def evaluate(
     seed: Annotated[int, typer.Option(help="seed of the silhouette subsample and UMAP")] = 0,
     json_: Annotated[bool, typer.Option("--json", help="print metrics.json on stdout")] = False,
 ) -> None:
-    """Score a bundle against labels: clustering ACC/ARI/NMI, silhouette, cluster sizes, plots."""
+    """Score a bundle against labels: clustering ACC/ARI/NMI, silhouette, cluster sizes; across species, label
+    transfer, neighbour agreement and species mixing; plots."""
     if output is None:
         raise UserError("name the report folder with -o/--output DIR")
     from rich.console import Console
@@ -37,6 +38,21 @@ def evaluate(
         for name, value in report["clustering"].items():
             table.add_row(name, f"{value:.4f}" if isinstance(value, float) else str(value))
         table.add_row("cluster sizes", " ".join(f"{k}:{v}" for k, v in report["cluster_sizes"].items()))
+        console.print(table)
+    if "label_transfer" in report:
+        table = Table(title=f"cross-species integration ({report['integration']['embedding']}, "
+                            f"labels obs['{report['label_key']}'])")
+        for column in ("", "accuracy", "balanced accuracy"):
+            table.add_column(column, justify="right" if column else "left")
+        for pair, scores in report["label_transfer"].items():
+            table.add_row(f"label transfer {pair}", f"{scores['accuracy']:.4f}", f"{scores['balanced_accuracy']:.4f}")
+        scores = report["integration"]
+        for k, value in scores["knn_agreement"].items():
+            table.add_row(f"{k}-NN cross-species label agreement", f"{value:.4f}", "")
+        table.add_row("species mixing (15 neighbours; 1 = mixed)", f"{scores['species_mixing']:.4f}", "")
+        table.add_row("k-means vs labels ARI / NMI", f"{scores['kmeans_vs_labels']['ari']:.4f}",
+                      f"{scores['kmeans_vs_labels']['nmi']:.4f}")
+        table.add_row("silhouette of labels", f"{scores['silhouette_labels']:.4f}", "")
         console.print(table)
     for plot in report["plots"]:
         console.print(f"wrote {plot}", highlight=False)

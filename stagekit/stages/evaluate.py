@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -11,32 +12,66 @@ from stagekit.bundle import atomic_output, read_bundle
 from stagekit.errors import UserError
 from stagekit.metrics import plots
 from stagekit.metrics.clustering import contingency, internal_scores, label_agreement
+from stagekit.metrics.integration import cross_species_knn_agreement, label_transfer, species_mixing
+
+EMBEDDINGS = ("X_align", "X_pretrain", "X_stagekit")  # the most refined one a file holds is evaluated
 
 
-def _from_h5ad(path: Path, label_key: str | None) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, str, list]:
+@dataclass
+class EvalInput:
+    latent: np.ndarray
+    labels: np.ndarray
+    label_key: str
+    lineage: list
+    clusters: np.ndarray | None = None
+    species: np.ndarray | None = None
+    embedding: str = "X_stagekit"
+
+
+def _from_anndata(adata, where: str, label_key: str | None) -> EvalInput:
+    embedding = next((k for k in EMBEDDINGS if k in adata.obsm), None)
+    if embedding is None:
+        raise UserError(f"{where} has no obsm['X_stagekit'|'X_pretrain'|'X_align']; evaluate a bundle or a "
+                        "`stagekit extract` output")
+    provenance = adata.uns.get("stagekit", {})
+    label_key = label_key or provenance.get("label_key", "")
+    if not label_key or label_key not in adata.obs:
+        raise UserError(f"{where}: obs column '{label_key}' not found; name the labels with --label-key")
+    lineage = [{"path": provenance["bundle"], "stage": provenance["stage"]}] if "bundle" in provenance else []
+    lineage += json.loads(provenance.get("lineage", "[]"))
+    species = adata.obs["species"].astype(str).to_numpy() if "species" in adata.obs else None
+    if species is not None and len(set(species)) < 2:
+        species = None
+    clusters = adata.obs["stagekit_cluster"].astype(str).to_numpy() if "stagekit_cluster" in adata.obs else None
+    return EvalInput(np.asarray(adata.obsm[embedding]), adata.obs[label_key].astype(str).to_numpy(), label_key,
+                     lineage, clusters, species, embedding)
+
+
+def _from_h5ad(path: Path, label_key: str | None) -> EvalInput:
     import anndata
 
     try:
         adata = anndata.read_h5ad(path)
     except Exception as exc:  # any unreadable file means the same to a user
         raise UserError(f"{path} is not a readable .h5ad file ({type(exc).__name__})") from None
-    if "X_stagekit" not in adata.obsm:
-        raise UserError(f"{path} has no obsm['X_stagekit']; evaluate a bundle or a `stagekit extract` output")
-    label_key = label_key or adata.uns.get("stagekit", {}).get("label_key", "")
-    if not label_key or label_key not in adata.obs:
-        raise UserError(f"{path}: obs column '{label_key}' not found; name the labels with --label-key")
-    clusters = adata.obs["stagekit_cluster"].astype(str).to_numpy() if "stagekit_cluster" in adata.obs else None
-    provenance = adata.uns.get("stagekit", {})
-    lineage = [{"path": provenance["bundle"], "stage": provenance["stage"]}] if "bundle" in provenance else []
-    lineage += json.loads(provenance.get("lineage", "[]"))
-    return adata.obsm["X_stagekit"], clusters, adata.obs[label_key].astype(str).to_numpy(), label_key, lineage
+    return _from_anndata(adata, str(path), label_key)
 
 
-def _from_bundle(path: Path, data: Path | None, label_key: str | None):
+def _from_bundle(path: Path, data: Path | None, label_key: str | None) -> EvalInput:
     from stagekit.stages.extract import cell_outputs, load_for
     from stagekit.stages.vae_common import vae_config
 
     bundle = read_bundle(path, weights=False)
+    history = [{"path": str(path), "stage": bundle.stage, "history": bundle.history}]
+    if bundle.model == "saturn":
+        from stagekit.stages.extract import _saturn_cells
+
+        bundle = read_bundle(path)
+        adata, extra = _saturn_cells(bundle, [data] if data else [], [], log=lambda m: None)
+        adata.uns["stagekit"] = {"label_key": extra["label_key"], "lineage": json.dumps(bundle.lineage)}
+        found = _from_anndata(adata, str(path), label_key)
+        found.lineage = history + bundle.lineage
+        return found
     if not label_key and bundle.model_config:
         label_key = vae_config(bundle)["data"]["label_key"]
     if not label_key:
@@ -44,8 +79,23 @@ def _from_bundle(path: Path, data: Path | None, label_key: str | None):
     bundle, counts, batch_codes = load_for(path, data, "evaluate", (label_key,))
     out = cell_outputs(bundle, counts, batch_codes)
     clusters = None if out.clusters is None else out.clusters.astype(str)
-    lineage = [{"path": str(path), "stage": bundle.stage, "history": bundle.history}] + bundle.lineage
-    return out.latent, clusters, counts.obs[label_key].astype(str).to_numpy(), label_key, lineage
+    return EvalInput(out.latent, counts.obs[label_key].astype(str).to_numpy(), label_key,
+                     history + bundle.lineage, clusters)
+
+
+def integration_report(found: EvalInput, seed: int = 0) -> dict:
+    """Cross-species scores of the embedding (see stagekit.metrics.integration)."""
+    from sklearn.cluster import KMeans
+
+    z, species, labels = found.latent, found.species, found.labels
+    clusters = KMeans(len(set(labels)), n_init=10, random_state=seed).fit_predict(z)
+    return {"embedding": found.embedding,
+            "label_transfer": label_transfer(z, species, labels),
+            "knn_agreement": {"1": cross_species_knn_agreement(z, species, labels, 1),
+                              "15": cross_species_knn_agreement(z, species, labels, 15)},
+            "species_mixing": species_mixing(z, species, 15),
+            "kmeans_vs_labels": label_agreement(labels, clusters),
+            "silhouette_labels": internal_scores(z, labels, seed=seed)["silhouette"]}
 
 
 def run(source: Path, output_dir: Path, label_key: str | None = None, data: Path | None = None,
@@ -55,8 +105,9 @@ def run(source: Path, output_dir: Path, label_key: str | None = None, data: Path
     if output_dir.exists() and not output_dir.is_dir():
         raise UserError(f"report folder {output_dir} is a file; give a folder path")
     is_h5ad = source.suffix == ".h5ad"
-    latent, clusters, labels, label_key, lineage = (_from_h5ad(source, label_key) if is_h5ad
-                                                    else _from_bundle(source, data, label_key))
+    found = _from_h5ad(source, label_key) if is_h5ad else _from_bundle(source, data, label_key)
+    latent, clusters, labels, label_key, lineage = (found.latent, found.clusters, found.labels, found.label_key,
+                                                    found.lineage)
     output_dir.mkdir(parents=True, exist_ok=True)
     report: dict = {"source": str(source), "label_key": label_key, "n_cells": int(len(labels)), "plots": []}
     if clusters is not None:
@@ -71,11 +122,17 @@ def run(source: Path, output_dir: Path, label_key: str | None = None, data: Path
         table, label_values, cluster_values = contingency(labels, clusters)
         report["plots"].append(str(plots.plot_contingency(table, list(label_values), list(cluster_values),
                                                           output_dir / "contingency.png")))
+    if found.species is not None:
+        integration = integration_report(found, seed)
+        report["label_transfer"] = integration.pop("label_transfer")
+        report["integration"] = integration
     if umap:
         from umap import UMAP
 
         coords = UMAP(random_state=seed, n_jobs=1).fit_transform(latent)
         colourings = {f"label ({label_key})": labels} | ({"cluster": clusters} if clusters is not None else {})
+        if found.species is not None:
+            colourings["species"] = found.species
         report["plots"].append(str(plots.plot_embedding(coords, colourings, output_dir / "umap.png")))
     histories = [(e["stage"], e["history"] if "history" in e else read_bundle(e["path"], weights=False).history)
                  for e in lineage if "history" in e or Path(e["path"]).is_file()]

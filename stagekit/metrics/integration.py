@@ -1,0 +1,58 @@
+"""Cross-species integration quality on an embedding: label transfer, neighbour agreement, species mixing."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import accuracy_score, balanced_accuracy_score
+from sklearn.neighbors import NearestNeighbors
+
+
+def label_transfer(embedding: np.ndarray, species: np.ndarray, labels: np.ndarray, c: float = 0.005,
+                   seeds: int = 10, train_fraction: float = 0.8) -> dict[str, dict[str, float]]:
+    """Logistic regression (C = `c`) trained on `train_fraction` of species A, tested on all of species B, for
+    every ordered pair; median accuracy and balanced accuracy over `seeds` random training subsets."""
+    out = {}
+    names = sorted(set(species))
+    for a in names:
+        source = np.flatnonzero(species == a)
+        for b in names:
+            if a == b:
+                continue
+            target = np.flatnonzero(species == b)
+            acc, bal = [], []
+            for seed in range(seeds):
+                train = np.random.default_rng(seed).choice(source, int(len(source) * train_fraction), replace=False)
+                if len(set(labels[train])) < 2:
+                    continue
+                model = LogisticRegression(C=c, max_iter=2000).fit(embedding[train], labels[train])
+                predicted = model.predict(embedding[target])
+                acc.append(accuracy_score(labels[target], predicted))
+                bal.append(balanced_accuracy_score(labels[target], predicted))
+            if acc:
+                out[f"{a}->{b}"] = {"accuracy": float(np.median(acc)), "balanced_accuracy": float(np.median(bal))}
+    return out
+
+
+def cross_species_knn_agreement(embedding: np.ndarray, species: np.ndarray, labels: np.ndarray, k: int
+                                ) -> float:
+    """Mean fraction of a cell's k nearest cells of the other species (cosine) that share its label."""
+    unit = embedding / np.maximum(np.linalg.norm(embedding, axis=1, keepdims=True), 1e-12)
+    agreement = []
+    for name in sorted(set(species)):
+        query, reference = species == name, species != name
+        k_eff = min(k, int(reference.sum()))
+        index = NearestNeighbors(n_neighbors=k_eff).fit(unit[reference]).kneighbors(unit[query])[1]
+        agreement.append((labels[reference][index] == labels[query][:, None]).mean(1))
+    return float(np.concatenate(agreement).mean())
+
+
+def species_mixing(embedding: np.ndarray, species: np.ndarray, k: int = 15) -> float:
+    """Observed fraction of other-species cells among each cell's k neighbours, over the fraction expected
+    if species were perfectly mixed (1 = mixed, 0 = separate), averaged over cells."""
+    unit = embedding / np.maximum(np.linalg.norm(embedding, axis=1, keepdims=True), 1e-12)
+    index = NearestNeighbors(n_neighbors=min(k + 1, len(unit))).fit(unit).kneighbors(unit)[1][:, 1:]
+    other = (species[index] != species[:, None]).mean(1)
+    share = {s: (species != s).sum() / (len(species) - 1) for s in set(species)}
+    expected = np.array([share[s] for s in species])
+    return float(np.mean(other / expected))
