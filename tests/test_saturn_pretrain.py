@@ -128,3 +128,48 @@ def test_extract_macrogenes_and_embedding_per_species(capsys, demo, tmp_path):
     assert {"accuracy", "balanced_accuracy"} == set(report["label_transfer"]["human->mouse"])
     assert {"knn_agreement", "species_mixing", "kmeans_vs_labels", "silhouette_labels"} <= set(report["integration"])
     assert report["integration"]["embedding"] == "X_pretrain"
+
+
+def test_align_improves_transfer_and_mixing(capsys, demo, tmp_path):
+    pre = tmp_path / "saturn.stk"
+    code, _, err = run_cli(capsys, "pretrain", "-p", "saturn", demo["human"], demo["mouse"], "--protein-emb",
+                           demo["human_embeddings"], "--protein-emb", demo["mouse_embeddings"], "--label-key",
+                           "Group", "--set", "training.epochs=20", *FAST, "-o", pre)
+    assert code == 0, err
+    code, _, err = run_cli(capsys, "extract", pre, "-o", tmp_path / "pre.h5ad")
+    assert code == 0, err
+    aligned = tmp_path / "align.stk"
+    code, out, err = run_cli(capsys, "align", pre, "--set", "training.epochs=20", "--set", "training.batch_size=128",
+                             "--write-h5ad", tmp_path / "align.h5ad", "-o", aligned)
+    assert code == 0 and out.strip() == str(aligned), err
+    bundle = read_bundle(aligned)
+    assert bundle.stage == "align" and bundle.lineage[0]["stage"] == "pretrain"
+    assert set(bundle.weights) >= {"log_weights", "encoder.1.weight"} and "decoder.1.weight" not in bundle.weights
+    assert np.array_equal(bundle.weights["log_weights"], read_bundle(pre).weights["log_weights"])  # frozen
+    reports = {}
+    for name in ("pre", "align"):
+        code, _, err = run_cli(capsys, "evaluate", tmp_path / f"{name}.h5ad", "-o", tmp_path / f"r_{name}",
+                               "--no-umap")
+        assert code == 0, err
+        reports[name] = json.loads((tmp_path / f"r_{name}" / "metrics.json").read_text())
+    pre_r, align_r = reports["pre"], reports["align"]
+    assert align_r["integration"]["embedding"] == "X_align"
+    for pair in ("human->mouse", "mouse->human"):
+        assert align_r["label_transfer"][pair]["balanced_accuracy"] >= 0.9
+        assert align_r["label_transfer"][pair]["balanced_accuracy"] > pre_r["label_transfer"][pair][
+            "balanced_accuracy"]
+    assert align_r["integration"]["species_mixing"] > pre_r["integration"]["species_mixing"]
+
+
+def test_align_without_labels_uses_leiden(capsys, demo, tmp_path):
+    pre = tmp_path / "saturn.stk"
+    code, _, err = run_cli(capsys, "pretrain", "-p", "saturn", demo["human"], demo["mouse"], "--protein-emb",
+                           demo["human_embeddings"], "--protein-emb", demo["mouse_embeddings"],
+                           "--set", "training.epochs=3", *FAST, "-o", pre)
+    assert code == 0, err
+    code, _, err = run_cli(capsys, "align", pre, "--set", "training.epochs=2", "--set", "training.batch_size=128",
+                           "--unfreeze-macrogenes", "-o", tmp_path / "a.stk")
+    assert code == 0, err
+    assert "Leiden clusters of the pretrain embedding used" in err
+    assert not np.array_equal(read_bundle(tmp_path / "a.stk").weights["log_weights"],
+                              read_bundle(pre).weights["log_weights"])  # --unfreeze-macrogenes trains them

@@ -47,6 +47,15 @@ SATURN_MODEL = {
     "lambda_pe": Key("float", 0.2, "weight of the protein-embedding similarity loss", minimum=0),
 }
 
+ALIGN = {
+    "margin": Key("float", 0.2, "triplet margin (cosine distance)", minimum=0),
+    "mnn": Key("bool", True, "add cross-species mutual nearest neighbours as positives"),
+    "mnn_k": Key("int", 5, "neighbours considered for mutual nearest neighbours", minimum=1),
+    "unfreeze_macrogenes": Key("bool", False, "also train the gene -> macrogene weights"),
+    "leiden_resolution": Key("float", 1.0, "resolution of the per-species Leiden clustering used when the data "
+                             "has no labels", minimum=0),
+}
+
 CLUSTER_SEARCH = {
     "k_min": Key("int", 2, "smallest number of clusters tried", minimum=2),
     "k_max": Key("int", 20, "largest number of clusters tried", minimum=2),
@@ -93,6 +102,7 @@ DEC = {
 SCHEMAS: dict[tuple[str, str], Schema] = {
     ("pretrain", "vae"): {"data": COUNT_DATA, "model": VAE_MODEL, "training": TRAINING, "runtime": RUNTIME},
     ("pretrain", "saturn"): {"data": SATURN_DATA, "model": SATURN_MODEL, "training": TRAINING, "runtime": RUNTIME},
+    ("align", "saturn"): {"align": ALIGN, "training": TRAINING, "runtime": RUNTIME},
     ("cluster-search", "kmeans"): {"cluster": CLUSTER_SEARCH},
     # DEC clusters every cell: no validation split, so no val_fraction key that would be ignored
     ("finetune", "dec"): {"dec": DEC, "training": {k: v for k, v in TRAINING.items() if k != "val_fraction"},

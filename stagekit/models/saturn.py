@@ -8,6 +8,8 @@ Groundwork for `pretrain --preset saturn`; no command uses it yet.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -75,3 +77,23 @@ class SaturnModel(nn.Module):
         if partners is not None and self.protein is not None:
             out["protein_similarity"] = embedding_similarity_loss(self.log_weights, self.protein, partners)
         return out
+
+
+class SaturnMetric(nn.Module):
+    """The encoder half of a SaturnModel (macrogenes -> embedding), for metric learning in `align`."""
+
+    def __init__(self, pretrained: SaturnModel) -> None:
+        super().__init__()
+        self.register_buffer("offsets", pretrained.offsets.clone(), persistent=False)
+        self.log_weights = nn.Parameter(pretrained.log_weights.detach().clone())
+        self.macro_norm = copy.deepcopy(pretrained.macro_norm)
+        self.macro_dropout = copy.deepcopy(pretrained.macro_dropout)
+        self.encoder = copy.deepcopy(pretrained.encoder)
+
+    weights = SaturnModel.weights
+    macrogenes = SaturnModel.macrogenes
+    embed = SaturnModel.embed
+
+    def forward(self, xs: list[torch.Tensor]) -> torch.Tensor:
+        """Embeddings of one batch per species, concatenated in species order."""
+        return torch.cat([self.embed(x, s) for s, x in enumerate(xs)])

@@ -17,7 +17,7 @@ from stagekit.errors import UserError
 from stagekit.losses.clustering import student_t_assignment
 from stagekit.stages.vae_common import embed, load_bundle_data, load_vae, vae_config
 
-EXTRACTABLE = ("pretrain", "cluster-search", "finetune")
+EXTRACTABLE = ("pretrain", "cluster-search", "finetune", "align")
 
 
 @dataclass
@@ -82,7 +82,8 @@ def _saturn_cells(bundle: Bundle, data: list[Path], species: list[str], log):
         macro, embedding = saturn_outputs(model, cells)
         obs = cells.obs.copy()
         obs["species"] = cells.name
-        part = anndata.AnnData(X=macro, obs=obs, obsm={"X_macrogenes": macro, "X_pretrain": embedding})
+        key = "X_align" if bundle.stage == "align" else "X_pretrain"
+        part = anndata.AnnData(X=macro, obs=obs, obsm={"X_macrogenes": macro, key: embedding})
         part.obs_names = [f"{cells.name}:{n}" for n in obs.index]  # barcodes may repeat across species
         parts.append(part)
     adata = anndata.concat(parts, merge="same")

@@ -24,7 +24,7 @@ from stagekit.data.hvg import highly_variable_genes
 from stagekit.data.protein_embeddings import load_gene_embeddings, match_genes
 from stagekit.errors import UserError
 from stagekit.models.macrogenes import initial_log_weights
-from stagekit.models.saturn import SaturnModel
+from stagekit.models.saturn import SaturnMetric, SaturnModel
 from stagekit.stages.runner import PhaseRun
 from stagekit.train import FitResult, Task
 from stagekit.train.state import weights_to_numpy
@@ -158,8 +158,8 @@ def model_config_toml(config: Config, species: list[SpeciesData]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def load_model(bundle: Bundle) -> SaturnModel:
-    """The trained model of a saturn bundle, in eval mode (no macrogene dropout)."""
+def load_model(bundle: Bundle) -> SaturnModel | SaturnMetric:
+    """The trained model of a saturn pretrain (or align) bundle, in eval mode (no macrogene dropout)."""
     import tomllib
 
     from stagekit.train.state import load_weights
@@ -168,6 +168,8 @@ def load_model(bundle: Bundle) -> SaturnModel:
     genes, model_cfg = config["species"]["genes"], config["model"]
     model = SaturnModel(genes, torch.zeros(sum(genes), model_cfg["n_macrogenes"]), model_cfg["n_hidden"],
                         model_cfg["n_embed"], model_cfg["dropout"], model_cfg["condition_on_species"])
+    if bundle.stage == "align":  # align keeps the encoder half only
+        model = SaturnMetric(model)
     load_weights(model, bundle.weights)
     return model.eval()
 

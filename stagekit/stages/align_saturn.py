@@ -1,0 +1,121 @@
+"""`stagekit align PRETRAIN.stk`: SATURN's metric-learning stage. The pretrained encoder, on frozen macrogenes,
+is trained with a cosine triplet margin loss on cross-species triplets (see stagekit.losses.triplet)."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from stagekit.bundle import Bundle, read_bundle
+from stagekit.config import Config
+from stagekit.data.batching import epoch_plan
+from stagekit.errors import UserError
+from stagekit.losses.triplet import cosine_triplet_loss, mine_triplets
+from stagekit.metrics.integration import cross_species_knn_agreement, species_mixing
+from stagekit.models.saturn import SaturnMetric
+from stagekit.stages.pretrain_saturn import load_model
+from stagekit.stages.runner import PhaseRun, lineage_of
+from stagekit.stages.saturn_cells import SpeciesCells, cell_outputs, load_cells
+from stagekit.train import FitResult, Task
+from stagekit.train.optim import FreezePlan
+from stagekit.train.state import weights_to_numpy
+
+
+def leiden_labels(embedding: np.ndarray, resolution: float, seed: int, k: int = 15) -> np.ndarray:
+    """Leiden clusters (RB configuration, seeded) of a k-nearest-neighbour graph of the embedding."""
+    import igraph
+    import leidenalg
+    from sklearn.neighbors import NearestNeighbors
+
+    neighbours = NearestNeighbors(n_neighbors=min(k + 1, len(embedding))).fit(embedding).kneighbors(embedding)[1]
+    edges = {(min(i, j), max(i, j)) for i, row in enumerate(neighbours) for j in row[1:]}
+    graph = igraph.Graph(n=len(embedding), edges=sorted(edges))
+    partition = leidenalg.find_partition(graph, leidenalg.RBConfigurationVertexPartition,
+                                         resolution_parameter=resolution, seed=seed)
+    return np.array([f"leiden_{c}" for c in partition.membership])
+
+
+class AlignTask(Task):
+    def __init__(self, model: SaturnMetric, cells: list[SpeciesCells], labels: list[np.ndarray], cfg: dict,
+                 batch_size: int, seed: int) -> None:
+        self.model, self.cells, self.cfg, self.batch_size, self.seed = model, cells, cfg, batch_size, seed
+        prefixed = [np.char.add(f"{c.name}:", lab.astype(str)) for c, lab in zip(cells, labels, strict=True)]
+        self.label_names = sorted(set(np.concatenate(prefixed)))
+        self.codes = [np.searchsorted(self.label_names, p) for p in prefixed]
+
+    def freeze_plan(self) -> FreezePlan:
+        return FreezePlan() if self.cfg["unfreeze_macrogenes"] else FreezePlan(frozen=("log_weights",))
+
+    def train_plan(self, epoch: int, rank: int, world: int) -> list[tuple[list[np.ndarray], int]]:
+        plans = [epoch_plan(np.arange(c.matrix.shape[0]), self.batch_size, self.seed + i, epoch, rank, world)
+                 for i, c in enumerate(self.cells)]
+        steps = max(len(p) for p in plans)
+        return [([p[j % len(p)] for p in plans], self.seed * 100_003 + epoch * 1_009 + j) for j in range(steps)]
+
+    def load(self, item: tuple[list[np.ndarray], int]) -> dict:
+        rows, step_seed = item
+        return {"xs": [torch.from_numpy(c.matrix[r].toarray()) for c, r in zip(self.cells, rows, strict=True)],
+                "labels": torch.from_numpy(np.concatenate([code[r] for code, r in zip(self.codes, rows,
+                                                                                      strict=True)])),
+                "species": torch.from_numpy(np.concatenate([np.full(len(r), i) for i, r in enumerate(rows)])),
+                "seed": torch.tensor(step_seed)}
+
+    def batch_size_of(self, batch: dict) -> int:
+        return len(batch["labels"])
+
+    def step(self, model: torch.nn.Module, batch: dict, epoch: int, train: bool) -> dict[str, torch.Tensor]:
+        z = model(batch["xs"])
+        generator = torch.Generator().manual_seed(int(batch["seed"]))
+        a, p, n = mine_triplets(z, batch["species"], batch["labels"], self.cfg["margin"], self.cfg["mnn"],
+                                self.cfg["mnn_k"], generator)
+        loss = cosine_triplet_loss(z, a, p, n, self.cfg["margin"])
+        return {"loss": loss, "triplets": torch.tensor(float(len(a)))}
+
+
+def run(config: Config, pretrain_path: Path, output: Path, resume: Path | None = None, quiet: bool = False,
+        log=print) -> Path | None:
+    cfg, train_cfg = config["align"], config["training"]
+    phase = PhaseRun(config, output, resume, quiet)
+    parent = read_bundle(pretrain_path, ("pretrain",), command="align")
+    if parent.model != "saturn":
+        raise UserError(f"{pretrain_path} holds a '{parent.model}' model; align needs `pretrain --preset saturn`")
+    cells = load_cells(parent, [], [], log)
+    phase.check_resume_data(parent.data)
+    phase.engine.launch()
+    seed = train_cfg["seed"]
+    pretrained = load_model(parent)
+    label_key = tomllib.loads(parent.model_config)["data"]["label_key"]
+    labels = []
+    for c in cells:
+        if label_key and label_key in c.obs:
+            labels.append(c.obs[label_key].astype(str).to_numpy())
+        else:  # no labels: clusters of the pretrain embedding, per species
+            labels.append(leiden_labels(cell_outputs(pretrained, c)[1], cfg["leiden_resolution"], seed))
+            log(f"{c.name}: no labels; {len(set(labels[-1]))} Leiden clusters of the pretrain embedding used")
+    for c, lab in zip(cells, labels, strict=True):
+        names, counts = np.unique(lab, return_counts=True)
+        for name in names[counts < 2]:
+            log(f"warning: label '{name}' has one {c.name} cell; it forms triplets only through MNN positives")
+    torch.manual_seed(seed)
+    model = SaturnMetric(pretrained).train()
+    task = AlignTask(model, cells, labels, cfg, train_cfg["batch_size"], seed)
+
+    def bundle_for(result: FitResult) -> Bundle:
+        final = {k: v[-1] for k, v in result.history.items() if k.startswith("train_")}
+        outputs = [cell_outputs(model, c)[1] for c in cells]
+        embedding = np.concatenate(outputs)
+        species = np.concatenate([np.full(len(o), c.name) for o, c in zip(outputs, cells, strict=True)])
+        all_labels = np.concatenate(labels)
+        final |= {"knn1_agreement": cross_species_knn_agreement(embedding, species, all_labels, 1),
+                  "species_mixing": species_mixing(embedding, species)}
+        model.train()
+        return Bundle(stage="align", model="saturn", config_toml="", seed=seed, weights=weights_to_numpy(model),
+                      model_config=parent.model_config, lineage=lineage_of(parent), data=parent.data,
+                      var_names=parent.var_names, final_metrics=final,
+                      categories=parent.categories | {"align_labels": task.label_names},
+                      results={"gene_species": parent.results["gene_species"]})
+
+    return phase.fit(task, bundle_for)
