@@ -14,16 +14,9 @@ $(BIN)/stagekit: pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $@
 
-# The clustering chain on the embedded pancreas cells (350 cells, 5 types x 2 species). Without cross-species
-# alignment the cells cluster by type and species, so the report scores against obs.initial_cluster (type_species).
+# The main job: cross-species integration of the embedded human + mouse pancreas cells (pretrain -> align -> evaluate).
 demo: $(BIN)/stagekit
-	mkdir -p $(DEMO)
-	$(BIN)/stagekit pretrain --preset vae stagekit/demo_data/pancreas_human_mouse.h5ad \
-		--label-key initial_cluster --set training.batch_size=64 -q -o $(DEMO)/pretrain.stk
-	$(BIN)/stagekit cluster-search $(DEMO)/pretrain.stk -q -o $(DEMO)/clusters.stk
-	$(BIN)/stagekit finetune --preset dec $(DEMO)/clusters.stk --set training.batch_size=64 -q -o $(DEMO)/dec.stk
-	$(BIN)/stagekit evaluate $(DEMO)/dec.stk -o $(DEMO)/report
-	$(BIN)/stagekit info $(DEMO)/dec.stk
+	$(BIN)/stagekit demo -o $(DEMO)
 
 test: $(BIN)/stagekit
 	$(BIN)/ruff check stagekit tests benchmarks

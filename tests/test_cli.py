@@ -38,6 +38,7 @@ def test_wheel_ships_presets(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert "stagekit/presets/vae.toml" in names
     assert "stagekit/demo_data/pancreas_human_mouse.h5ad" in names
+    assert "stagekit/demo_data/orthologs_human_mouse_ensembl105.csv" in names
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
                    check=True, capture_output=True, timeout=300)

@@ -1,6 +1,7 @@
 """`stagekit pretrain --preset saturn` on the two-species pancreas cells with ortholog-derived embeddings."""
 
 import json
+from pathlib import Path
 
 import anndata
 import numpy as np
@@ -173,3 +174,15 @@ def test_align_without_labels_uses_leiden(capsys, demo, tmp_path):
     assert "Leiden clusters of the pretrain embedding used" in err
     assert not np.array_equal(read_bundle(tmp_path / "a.stk").weights["log_weights"],
                               read_bundle(pre).weights["log_weights"])  # --unfreeze-macrogenes trains them
+
+
+@pytest.mark.slow
+def test_demo_meets_the_integration_targets(capsys, tmp_path):
+    code, out, err = run_cli(capsys, "demo", "-o", tmp_path / "demo", "-q")
+    assert code == 0, err
+    before = json.loads((tmp_path / "demo" / "report_pretrain" / "metrics.json").read_text())
+    after = json.loads(Path(out.strip()).read_text())
+    for pair in ("human->mouse", "mouse->human"):
+        assert after["label_transfer"][pair]["balanced_accuracy"] >= 0.9
+    assert after["integration"]["species_mixing"] > before["integration"]["species_mixing"]
+    assert (tmp_path / "demo" / "report_align" / "umap.png").stat().st_size > 1000

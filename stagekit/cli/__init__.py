@@ -20,7 +20,7 @@ app = typer.Typer(name="stagekit", no_args_is_help=True, add_completion=False, p
 
 
 def _register() -> None:
-    from stagekit.cli import align, cluster_search, evaluate, extract, finetune, info, presets, pretrain
+    from stagekit.cli import align, cluster_search, demo, evaluate, extract, finetune, info, presets, pretrain
 
     app.command("pretrain", no_args_is_help=True)(pretrain.pretrain)
     app.command("cluster-search", no_args_is_help=True)(cluster_search.cluster_search)
@@ -30,6 +30,7 @@ def _register() -> None:
     app.command("evaluate", no_args_is_help=True)(evaluate.evaluate)
     app.command("info", no_args_is_help=True)(info.info)
     app.add_typer(presets.app, name="presets")
+    app.command("demo")(demo.demo)
 
 
 _register()

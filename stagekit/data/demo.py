@@ -16,7 +16,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-DEMO_CELLS = Path(__file__).resolve().parent.parent / "demo_data" / "pancreas_human_mouse.h5ad"
+DEMO_DATA = Path(__file__).resolve().parent.parent / "demo_data"
+DEMO_CELLS = DEMO_DATA / "pancreas_human_mouse.h5ad"
+DEMO_ORTHOLOGS = DEMO_DATA / "orthologs_human_mouse_ensembl105.csv"
 
 
 def read_orthologs(path: Path) -> dict[str, tuple[str, str]]:

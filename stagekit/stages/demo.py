@@ -1,0 +1,30 @@
+"""`stagekit demo`: the cross-species chain on the embedded pancreas cells, pretrain -> align -> evaluate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from stagekit.config import resolve_config
+from stagekit.data.demo import DEMO_ORTHOLOGS, write_demo_inputs
+from stagekit.stages import align_saturn, evaluate, extract, pretrain_saturn
+
+
+def run(out_dir: Path, quiet: bool = False, log=print) -> tuple[dict, dict]:
+    """Returns the evaluation reports after pretrain and after align."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    inputs = write_demo_inputs(DEMO_ORTHOLOGS, out_dir)
+    log(f"demo inputs in {out_dir}: human.h5ad and mouse.h5ad (own gene vocabularies through Ensembl 105 "
+        "orthologs); the gene embeddings are ortholog-derived STAND-INS for ESM protein embeddings")
+    demo = "stagekit demo"
+    pretrain_config = resolve_config("pretrain", "saturn-small", [("data.label_key", "Group", demo)])
+    pretrain = pretrain_saturn.run(pretrain_config, [inputs["human"], inputs["mouse"]], out_dir / "pretrain.stk",
+                                   ["human", "mouse"], [f"human={inputs['human_embeddings']}",
+                                                        f"mouse={inputs['mouse_embeddings']}"], quiet=quiet)
+    align_config = resolve_config("align", "align", [("training.epochs", 20, demo),
+                                                     ("training.batch_size", 256, demo)])
+    aligned = align_saturn.run(align_config, pretrain, out_dir / "align.stk", quiet=quiet, log=log)
+    reports = []
+    for name, bundle in (("pretrain", pretrain), ("align", aligned)):
+        cells = extract.run(bundle, [], out_dir / f"{name}_cells.h5ad", log=log)
+        reports.append(evaluate.run(cells, out_dir / f"report_{name}", umap=name == "align"))
+    return reports[0], reports[1]
