@@ -22,3 +22,15 @@ def test_all_genes_when_fewer_than_requested_and_zero_genes_last():
     counts = sp.csr_matrix(np.array([[1, 0, 3], [2, 0, 1], [0, 0, 5]], dtype=np.float32))
     assert highly_variable_genes(counts, 10).tolist() == [0, 1, 2]
     assert seurat_v3_variances(counts)[1] == -np.inf
+
+
+def test_few_cells_still_rank_genes():
+    """35 real cells of one type give many tied means, where a narrow loess fit fails; it widens instead."""
+    import anndata
+
+    from stagekit.data.demo import DEMO_CELLS
+
+    cells = anndata.read_h5ad(DEMO_CELLS)
+    beta = cells[(cells.obs["Batch"] == "mouse") & (cells.obs["Group"] == "beta")]
+    assert beta.n_obs == 35
+    assert len(highly_variable_genes(sp.csr_matrix(beta.X), 2000)) == 2000

@@ -186,3 +186,18 @@ def test_demo_meets_the_integration_targets(capsys, tmp_path):
         assert after["label_transfer"][pair]["balanced_accuracy"] >= 0.9
     assert after["integration"]["species_mixing"] > before["integration"]["species_mixing"]
     assert (tmp_path / "demo" / "report_align" / "umap.png").stat().st_size > 1000
+
+
+def test_species_with_a_single_cell_type(capsys, demo, tmp_path):
+    beta = tmp_path / "mouse_beta.h5ad"
+    cells = anndata.read_h5ad(demo["mouse"])
+    cells[cells.obs["Group"] == "beta"].copy().write_h5ad(beta)
+    pre = tmp_path / "p.stk"
+    code, _, err = run_cli(capsys, "pretrain", "-p", "saturn", demo["human"], beta, "--species", "human",
+                           "--species", "mouse", "--protein-emb", demo["human_embeddings"], "--protein-emb",
+                           demo["mouse_embeddings"], "--label-key", "Group", "--set", "training.epochs=2", *FAST,
+                           "-o", pre)
+    assert code == 0, err
+    code, _, err = run_cli(capsys, "align", pre, "--set", "training.epochs=2", "--set", "training.batch_size=128",
+                           "-o", tmp_path / "a.stk")
+    assert code == 0, err

@@ -22,12 +22,19 @@ def seurat_v3_variances(counts: sp.csr_matrix, span: float = 0.3) -> np.ndarray:
     expressed = var > 0
     fitted = np.zeros_like(mean)
     log_mean, log_var = np.log10(mean[expressed]), np.log10(var[expressed])
-    if expressed.sum() >= 50:
-        model = loess(log_mean, log_var, span=span, degree=2)
-        model.fit()
-        fitted[expressed] = model.outputs.fitted_values
-    else:  # too few genes for a local fit (skmisc's loess crashes on a handful): a global quadratic
-        fitted[expressed] = np.polyval(np.polyfit(log_mean, log_var, min(2, int(expressed.sum()) - 1)), log_mean)
+    fit = None
+    if expressed.sum() >= 50:  # skmisc's loess crashes on a handful of genes
+        for wider in (span, 0.5, 0.8, 1.0):  # few cells give ties in the means: a wider span fits them
+            try:
+                model = loess(log_mean, log_var, span=wider, degree=2)
+                model.fit()
+                fit = model.outputs.fitted_values
+                break
+            except ValueError:
+                continue
+    if fit is None:  # too few genes or no loess fit: a global quadratic
+        fit = np.polyval(np.polyfit(log_mean, log_var, min(2, int(expressed.sum()) - 1)), log_mean)
+    fitted[expressed] = fit
     reg_std = np.sqrt(10**fitted)
     clip = mean + reg_std * np.sqrt(n)
     clipped = x.tocsc(copy=True)
