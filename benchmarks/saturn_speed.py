@@ -78,18 +78,18 @@ def main() -> None:
     pretrain_saturn.run(pre, [human, mouse], folder / "pre.stk", ["human", "mouse"],
                         [f"human={folder / 'human.npz'}", f"mouse={folder / 'mouse.npz'}"], quiet=True)
     pre_bundle = read_bundle(folder / "pre.stk", weights=False)
-    pre_epoch = np.median(pre_bundle.history["epoch_time_s"])  # wall time of the training loop per epoch
+    pre_epoch = np.median(pre_bundle.history["epoch_cpu_s"])  # CPU time of the training steps per epoch
     pre_cpu = (cpu_seconds() - c0) / args.epochs  # includes loading, HVG and k-means: an upper bound
     c0 = cpu_seconds()
     align = resolve_config("align", "align", common)
     align_saturn.run(align, folder / "pre.stk", folder / "align.stk", quiet=True, log=lambda m: None)
-    align_epoch = np.median(read_bundle(folder / "align.stk", weights=False).history["epoch_time_s"])
+    align_epoch = np.median(read_bundle(folder / "align.stk", weights=False).history["epoch_cpu_s"])
     align_cpu = (cpu_seconds() - c0) / args.epochs
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
     rows = {"pretrain epoch (CPU-s, whole run / epochs)": (pre_cpu, REFERENCE["pretrain_epoch_cpu_s"]),
-            "pretrain epoch (training loop wall-s)": (pre_epoch, REFERENCE["pretrain_epoch_cpu_s"]),
+            "pretrain epoch (training steps CPU-s)": (pre_epoch, REFERENCE["pretrain_epoch_cpu_s"]),
             "align epoch (CPU-s, whole run / epochs)": (align_cpu, REFERENCE["align_epoch_cpu_s"]),
-            "align epoch (training loop wall-s)": (align_epoch, REFERENCE["align_epoch_cpu_s"]),
+            "align epoch (training steps CPU-s)": (align_epoch, REFERENCE["align_epoch_cpu_s"]),
             "macrogene k-means (s)": (kmeans_s, REFERENCE["kmeans_s"]),
             "peak RSS (GB, whole process)": (peak_gb, REFERENCE["peak_rss_gb"])}
     print("2 species x 1,000 cells x 500 genes, M = 200, batch 4096, 2 threads, CPU")
@@ -97,6 +97,7 @@ def main() -> None:
     for name, (ours, ref) in rows.items():
         print(f"{name:<46} {ours:9.3f} {ref:9.3f} {ref / ours:6.1f}x")
     print("targets: >= 10x less time per epoch in each stage; peak memory <= 1/2 (ratio >= 2x)")
+    print("(the whole-run rows add data loading, HVG, k-means and bundle writing, spread over the epochs run)")
 
 
 if __name__ == "__main__":

@@ -202,7 +202,7 @@ class Engine:
         try:
             with _Signals() as signals:
                 while loop["epoch"] < s.epochs:
-                    epoch, t0 = loop["epoch"], time.monotonic()
+                    epoch, t0, cpu0 = loop["epoch"], time.monotonic(), time.process_time()
                     model.train()
                     plan = task.train_plan(epoch, rank, world)
                     for i in range(loop["step_in_epoch"], len(plan)):
@@ -242,8 +242,9 @@ class Engine:
                                           snapshot())
                         if task.finish_reason:
                             break
-                    train_time = time.monotonic() - t0
+                    train_time, train_cpu = time.monotonic() - t0, time.process_time() - cpu0
                     row = self._epoch_row(task, model, loop, epoch, train_time, scheduler.get_last_lr()[0])
+                    row["epoch_cpu_s"] = train_cpu  # all threads of this process, training steps only
                     for k, v in row.items():
                         loop["history"].setdefault(k, []).append(v)
                     self.reporter.epoch_end(epoch, row)
