@@ -22,6 +22,15 @@ def demo(tmp_path_factory):
     return write_demo_inputs(SHARED / "celltypist_Ensembl105_Human2Mouse_Genes.csv", tmp_path_factory.mktemp("demo"))
 
 
+def _pretrain_both(capsys, demo, out, epochs, *extra):
+    """pretrain --preset saturn on the two demo species; returns the bundle path."""
+    code, _, err = run_cli(capsys, "pretrain", "-p", "saturn", demo["human"], demo["mouse"], "--protein-emb",
+                           demo["human_embeddings"], "--protein-emb", demo["mouse_embeddings"],
+                           "--set", f"training.epochs={epochs}", *FAST, *extra, "-o", out)
+    assert code == 0, err
+    return out
+
+
 def _embed(bundle_path, files):
     bundle = read_bundle(bundle_path)
     model = load_model(bundle)
@@ -99,11 +108,7 @@ def test_three_species_and_species_column(capsys, demo, tmp_path):
 
 
 def test_extract_macrogenes_and_embedding_per_species(capsys, demo, tmp_path):
-    bundle = tmp_path / "saturn.stk"
-    code, _, err = run_cli(capsys, "pretrain", "-p", "saturn", demo["human"], demo["mouse"], "--protein-emb",
-                           demo["human_embeddings"], "--protein-emb", demo["mouse_embeddings"], "--label-key",
-                           "Group", "--set", "training.epochs=2", *FAST, "-o", bundle)
-    assert code == 0, err
+    bundle = _pretrain_both(capsys, demo, tmp_path / "saturn.stk", 2, "--label-key", "Group")
     cells = tmp_path / "cells.h5ad"
     code, out, err = run_cli(capsys, "extract", bundle, "-o", cells)
     assert code == 0 and out.strip() == str(cells), err
@@ -132,11 +137,7 @@ def test_extract_macrogenes_and_embedding_per_species(capsys, demo, tmp_path):
 
 
 def test_align_improves_transfer_and_mixing(capsys, demo, tmp_path):
-    pre = tmp_path / "saturn.stk"
-    code, _, err = run_cli(capsys, "pretrain", "-p", "saturn", demo["human"], demo["mouse"], "--protein-emb",
-                           demo["human_embeddings"], "--protein-emb", demo["mouse_embeddings"], "--label-key",
-                           "Group", "--set", "training.epochs=20", *FAST, "-o", pre)
-    assert code == 0, err
+    pre = _pretrain_both(capsys, demo, tmp_path / "saturn.stk", 20, "--label-key", "Group")
     code, _, err = run_cli(capsys, "extract", pre, "-o", tmp_path / "pre.h5ad")
     assert code == 0, err
     aligned = tmp_path / "align.stk"
@@ -163,11 +164,7 @@ def test_align_improves_transfer_and_mixing(capsys, demo, tmp_path):
 
 
 def test_align_without_labels_uses_leiden(capsys, demo, tmp_path):
-    pre = tmp_path / "saturn.stk"
-    code, _, err = run_cli(capsys, "pretrain", "-p", "saturn", demo["human"], demo["mouse"], "--protein-emb",
-                           demo["human_embeddings"], "--protein-emb", demo["mouse_embeddings"],
-                           "--set", "training.epochs=3", *FAST, "-o", pre)
-    assert code == 0, err
+    pre = _pretrain_both(capsys, demo, tmp_path / "saturn.stk", 3)
     code, _, err = run_cli(capsys, "align", pre, "--set", "training.epochs=2", "--set", "training.batch_size=128",
                            "--unfreeze-macrogenes", "-o", tmp_path / "a.stk")
     assert code == 0, err
