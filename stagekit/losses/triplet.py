@@ -43,19 +43,17 @@ def mine_triplets(z: torch.Tensor, species: torch.Tensor, labels: torch.Tensor, 
         positive = same_label & ~eye
         if mnn:
             positive |= mutual_neighbours(similarity, species, mnn_k)
+        # one noise matrix draws both picks: a uniform choice within each (disjoint) set, whole rows at once
         noise = torch.rand(positive.shape, generator=generator, device=z.device)
-        has_positive = positive.any(1)
-        anchors = has_positive.nonzero().squeeze(1)
-        positives = noise.masked_fill(~positive, -1.0)[anchors].argmax(1)
-        ap = similarity[anchors, positives]
-        candidate = ~same_label[anchors]  # another label ...
-        candidate &= (species[None, :] == species[anchors, None]) | (species[None, :] == species[positives, None])
-        gap = ap[:, None] - similarity[anchors]
-        candidate &= (gap > 0) & (gap <= margin)  # ... and semi-hard
-        has_negative = candidate.any(1)
-        noise = torch.rand(candidate.shape, generator=generator, device=z.device)
-        negatives = noise.masked_fill(~candidate, -1.0).argmax(1)
-    return anchors[has_negative], positives[has_negative], negatives[has_negative]
+        positives = noise.masked_fill(~positive, -1.0).argmax(1)
+        ap = similarity.gather(1, positives[:, None])
+        candidate = ~same_label  # another label ...
+        candidate &= (species[None, :] == species[:, None]) | (species[None, :] == species[positives, None])
+        gap = ap - similarity
+        candidate &= (gap > 0) & (gap <= margin)  # ... and semi-hard (p itself has gap 0, so it is excluded)
+        negatives = noise.masked_fill_(~candidate, -1.0).argmax(1)
+        anchors = (positive.any(1) & candidate.any(1)).nonzero().squeeze(1)
+    return anchors, positives[anchors], negatives[anchors]
 
 
 def cosine_triplet_loss(z: torch.Tensor, anchors: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor,
