@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import io
 import sys
+import tempfile
+from pathlib import Path
 
 
 def stagekit(*args: object) -> None:
@@ -29,3 +32,14 @@ def print_table(title: str, rows: dict[str, dict[str, float]]) -> None:
     print(f"{'method':<42} {'ARI':>7} {'NMI':>7} {'ACC':>7}")
     for name, m in rows.items():
         print(f"{name:<42} {m['ari']:7.3f} {m['nmi']:7.3f} {m['acc']:7.3f}")
+
+
+def seed_and_workdir(description: str, prefix: str) -> tuple[int, Path]:
+    """`--seed N` and `--workdir DIR` (default: a new temporary folder) of a clustering benchmark."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workdir", type=Path, default=None)
+    args = parser.parse_args()
+    work = args.workdir or Path(tempfile.mkdtemp(prefix=prefix))
+    work.mkdir(parents=True, exist_ok=True)
+    return args.seed, work

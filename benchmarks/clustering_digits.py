@@ -10,12 +10,10 @@ Target: DEC ACC >= 0.85 (plain k-means about 0.79; a quick reference DEC about 0
 
 from __future__ import annotations
 
-import argparse
-import tempfile
 from pathlib import Path
 
 import numpy as np
-from _chain import ari_nmi_acc, print_table, stagekit
+from _chain import ari_nmi_acc, print_table, seed_and_workdir, stagekit
 
 
 def write_digits(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -37,26 +35,21 @@ def main() -> None:
 
     from stagekit.bundle import read_bundle
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--workdir", type=Path, default=None)
-    args = parser.parse_args()
-    work = args.workdir or Path(tempfile.mkdtemp(prefix="stagekit-digits-"))
-    work.mkdir(parents=True, exist_ok=True)
+    seed_value, work = seed_and_workdir(__doc__.splitlines()[0], "stagekit-digits-")
     pixels, labels = write_digits(work / "digits.h5ad")
-    seed = ["--seed", args.seed]
+    seed = ["--seed", seed_value]
     stagekit("pretrain", "-p", "autoencoder", work / "digits.h5ad", "--label-key", "digit", "-q", *seed,
              "-o", work / "ae.stk")
     stagekit("cluster-search", work / "ae.stk", "--k", 10, "-q", *seed, "-o", work / "clusters.stk")
     stagekit("finetune", "-p", "dec", work / "clusters.stk", "--set", "dec.balance=1.0", "-q", *seed,
              "-o", work / "dec.stk")
     rows = {"k-means on raw pixels (k=10)":
-                ari_nmi_acc(labels, KMeans(10, n_init=10, random_state=args.seed).fit_predict(pixels)),
+                ari_nmi_acc(labels, KMeans(10, n_init=10, random_state=seed_value).fit_predict(pixels)),
             "k-means on the autoencoder latent (k=10)":
                 ari_nmi_acc(labels, read_bundle(work / "clusters.stk", weights=False).results["assignments"]),
             "stagekit DEC (k=10)":
                 ari_nmi_acc(labels, read_bundle(work / "dec.stk", weights=False).results["assignments"])}
-    print_table(f"sklearn digits, seed {args.seed}; bundles in {work}", rows)
+    print_table(f"sklearn digits, seed {seed_value}; bundles in {work}", rows)
     acc = rows["stagekit DEC (k=10)"]["acc"]
     print(f"DEC ACC = {acc:.3f} (target >= 0.85: {'met' if acc >= 0.85 else 'MISSED'})")
 

@@ -9,12 +9,10 @@ latent, all with the k that cluster-search chose. Targets: k within 4 +/- 1; DEC
 
 from __future__ import annotations
 
-import argparse
-import tempfile
 from pathlib import Path
 
 import numpy as np
-from _chain import ari_nmi_acc, print_table, stagekit
+from _chain import ari_nmi_acc, print_table, seed_and_workdir, stagekit
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "kang2018_muscat_subset.h5ad"
 
@@ -34,24 +32,19 @@ def main() -> None:
 
     from stagekit.bundle import read_bundle
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--workdir", type=Path, default=None)
-    args = parser.parse_args()
-    work = args.workdir or Path(tempfile.mkdtemp(prefix="stagekit-kang-"))
-    work.mkdir(parents=True, exist_ok=True)
-    seed = ["--seed", args.seed]
+    seed_value, work = seed_and_workdir(__doc__.splitlines()[0], "stagekit-kang-")
+    seed = ["--seed", seed_value]
     stagekit("pretrain", "-p", "vae", DATA, "--label-key", "cluster_id", "-q", *seed, "-o", work / "vae.stk")
     stagekit("cluster-search", work / "vae.stk", "-q", *seed, "-o", work / "clusters.stk")
     stagekit("finetune", "-p", "dec", work / "clusters.stk", "-q", *seed, "-o", work / "dec.stk")
     labels = anndata.read_h5ad(DATA, backed="r").obs["cluster_id"].astype(str).to_numpy()
     clusters = read_bundle(work / "clusters.stk", weights=False)
     k = int(clusters.final_metrics["k"])
-    rows = {f"k-means on PCA 50 of log-normalised (k={k})": ari_nmi_acc(labels, pca_kmeans(k, args.seed)),
+    rows = {f"k-means on PCA 50 of log-normalised (k={k})": ari_nmi_acc(labels, pca_kmeans(k, seed_value)),
             f"k-means on the pretrain latent (k={k})": ari_nmi_acc(labels, clusters.results["assignments"]),
             f"stagekit DEC (finetune --preset dec, k={k})":
                 ari_nmi_acc(labels, read_bundle(work / "dec.stk", weights=False).results["assignments"])}
-    print_table(f"Kang 2018 PBMC, seed {args.seed}; bundles in {work}", rows)
+    print_table(f"Kang 2018 PBMC, seed {seed_value}; bundles in {work}", rows)
     best = max(r["ari"] for name, r in rows.items() if "DEC" not in name)
     dec = rows[f"stagekit DEC (finetune --preset dec, k={k})"]["ari"]
     print(f"cluster-search chose k = {k} (target 4 +/- 1: {'met' if abs(k - 4) <= 1 else 'MISSED'})")

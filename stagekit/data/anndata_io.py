@@ -134,6 +134,14 @@ def _validate_values(counts: CountMatrix, require_counts: bool) -> None:
                                 "(name the raw layer with --set data.layer=NAME)")
 
 
+def split_by_column(counts: CountMatrix, column: str) -> dict[str, CountMatrix]:
+    """In-memory cells grouped by the values of an obs column (e.g. species), in sorted order."""
+    values = counts.obs[column].astype(str).to_numpy()
+    return {name: CountMatrix(counts.path, counts.key, counts.obs.iloc[rows], counts.var_names,
+                              matrix=counts.matrix[rows])
+            for name in sorted(set(values)) for rows in [np.flatnonzero(values == name)]}
+
+
 def category_codes(obs: pd.DataFrame, column: str) -> tuple[np.ndarray, list[str]]:
     """Integer codes and category names of an obs column, in a stable (sorted) order."""
     values = obs[column].astype(str)

@@ -64,10 +64,10 @@ def _from_bundle(path: Path, data: Path | None, label_key: str | None) -> EvalIn
     bundle = read_bundle(path, weights=False)
     history = [{"path": str(path), "stage": bundle.stage, "history": bundle.history}]
     if bundle.model == "saturn":
-        from stagekit.stages.extract import _saturn_cells
+        from stagekit.stages.extract import saturn_anndata
 
         bundle = read_bundle(path)
-        adata, extra = _saturn_cells(bundle, [data] if data else [], [], log=lambda m: None)
+        adata, extra = saturn_anndata(bundle, [data] if data else [], [], log=lambda m: None)
         adata.uns["stagekit"] = {"label_key": extra["label_key"], "lineage": json.dumps(bundle.lineage)}
         found = _from_anndata(adata, str(path), label_key)
         found.lineage = history + bundle.lineage

@@ -66,7 +66,7 @@ def _vae_cells(bundle_path: Path, data_path: Path | None):
     return bundle, adata, {"label_key": vae_config(bundle)["data"]["label_key"]}
 
 
-def _saturn_cells(bundle: Bundle, data: list[Path], species: list[str], log):
+def saturn_anndata(bundle: Bundle, data: list[Path], species: list[str], log):
     """All species in one AnnData: X and obsm["X_macrogenes"] the macrogene values, obsm["X_pretrain"] the
     embedding; the gene -> macrogene weight table in uns (genes differ between species, so it cannot be varm)."""
     import anndata
@@ -102,7 +102,7 @@ def run(bundle_path: Path, data: list[Path], output: Path, species: list[str] | 
         raise UserError(f"output {output} should end in .h5ad")
     bundle = read_bundle(bundle_path, EXTRACTABLE, command="extract")
     if bundle.model == "saturn":
-        adata, extra = _saturn_cells(bundle, data, species or [], log)
+        adata, extra = saturn_anndata(bundle, data, species or [], log)
     else:
         if len(data) > 1 or species:
             raise UserError(f"{bundle_path} is a '{bundle.model}' bundle: give at most one data file, no --species")

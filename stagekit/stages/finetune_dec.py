@@ -11,7 +11,7 @@ import torch
 from stagekit.bundle import Bundle, read_bundle
 from stagekit.config import Config
 from stagekit.data.anndata_io import CountMatrix, category_codes
-from stagekit.data.batching import epoch_plan, eval_plan
+from stagekit.data.batching import epoch_plan
 from stagekit.data.pairs import GroupPartners, NeighbourPartners
 from stagekit.errors import TrainingStopped, UserError
 from stagekit.losses.clustering import assignment_consistency, dec_kl, nt_xent, target_distribution
@@ -40,16 +40,16 @@ class DECTask(Task):
 
     # --- target distribution -------------------------------------------------------------------------
     @torch.no_grad()
-    def soft_assignments(self) -> np.ndarray:
+    def latent(self) -> np.ndarray:
+        """Posterior means of every cell (eval mode), leaving the model in the mode it was in."""
         was_training = self.model.training
-        self.model.eval()
-        out = []
-        for rows in eval_plan(self.rows, 4096):
-            x = torch.from_numpy(self.counts.rows(rows))
-            b = torch.from_numpy(self.batch_codes[rows]) if self.batch_codes is not None else None
-            out.append(self.model.assign(self.model.vae.encode(x, b)[0]).numpy())
+        latent = embed(self.model.vae, self.counts, self.batch_codes)
         self.model.train(was_training)
-        return np.concatenate(out)
+        return latent
+
+    def soft_assignments(self) -> np.ndarray:
+        with torch.no_grad():
+            return self.model.assign(torch.from_numpy(self.latent())).numpy()
 
     def update_target(self) -> None:
         q = self.soft_assignments()
@@ -61,7 +61,7 @@ class DECTask(Task):
             raise TrainingStopped(f"clusters collapsed after {self.updates} target updates (cluster sizes "
                                   f"{sizes.tolist()}); lower dec.gamma or training.lr, or set dec.reseed_empty")
         if len(empty):  # move each empty centre onto one of the least confidently assigned cells
-            latent = self._latent()
+            latent = self.latent()
             uncertain = np.argsort(q.max(1))[: len(empty)]
             with torch.no_grad():
                 self.model.centres[torch.from_numpy(empty)] = torch.from_numpy(latent[uncertain])
@@ -75,14 +75,6 @@ class DECTask(Task):
         if self.updates > self.cfg["min_updates"] and self.changed < self.cfg["tol"]:
             self.finish_reason = (f"{self.changed:.4%} of cells changed cluster between target updates "
                                   f"(< tol {self.cfg['tol']:.4%})")
-
-    @torch.no_grad()
-    def _latent(self) -> np.ndarray:
-        out = []
-        for rows in eval_plan(self.rows, 4096):
-            b = torch.from_numpy(self.batch_codes[rows]) if self.batch_codes is not None else None
-            out.append(self.model.vae.encode(torch.from_numpy(self.counts.rows(rows)), b)[0].numpy())
-        return np.concatenate(out)
 
     # --- the engine's interface --------------------------------------------------------------------------
     def train_plan(self, epoch: int, rank: int, world: int) -> list[tuple[np.ndarray, np.ndarray | None]]:

@@ -18,7 +18,7 @@ import torch
 from stagekit.bundle import Bundle
 from stagekit.config import Config
 from stagekit.config.loader import toml_value
-from stagekit.data.anndata_io import CountMatrix, load_counts
+from stagekit.data.anndata_io import CountMatrix, load_counts, split_by_column
 from stagekit.data.batching import epoch_plan, eval_plan, split_train_val
 from stagekit.data.hvg import highly_variable_genes
 from stagekit.data.protein_embeddings import load_gene_embeddings, match_genes
@@ -36,13 +36,6 @@ class SpeciesData:
     counts: CountMatrix  # this species' cells x its kept genes (in memory)
     protein: np.ndarray  # kept genes x embedding dim
     labels: np.ndarray | None
-
-
-def _split_by_species(counts: CountMatrix, key: str) -> dict[str, CountMatrix]:
-    values = counts.obs[key].astype(str).to_numpy()
-    return {name: CountMatrix(counts.path, counts.key, counts.obs.iloc[rows], counts.var_names,
-                              matrix=counts.matrix[rows])
-            for name in sorted(set(values)) for rows in [np.flatnonzero(values == name)]}
 
 
 def _embedding_paths(specs: list[str], species: list[str]) -> dict[str, Path]:
@@ -75,7 +68,7 @@ def load_species(config: Config, data: list[Path], species_names: list[str], emb
             raise UserError("data.species_key splits one .h5ad by species; give a single file")
         if species_names:
             raise UserError("--species names one file per species; with data.species_key the column names them")
-        by_species = _split_by_species(load_counts(data[0], cfg["layer"], obs_keys), cfg["species_key"])
+        by_species = split_by_column(load_counts(data[0], cfg["layer"], obs_keys), cfg["species_key"])
     else:
         names = species_names or [p.stem for p in data]
         if len(names) != len(data) or len(set(names)) != len(names):

@@ -13,7 +13,7 @@ import scipy.sparse as sp
 import torch
 
 from stagekit.bundle import Bundle
-from stagekit.data.anndata_io import load_counts
+from stagekit.data.anndata_io import load_counts, split_by_column
 from stagekit.data.batching import eval_plan
 from stagekit.errors import UserError
 
@@ -61,27 +61,26 @@ def load_cells(bundle: Bundle, data: list[Path], species_names: list[str], log=p
         for path in data:
             if not path.is_file():
                 raise UserError(f"{bundle.path} was trained on {path}, which is gone; give the data files")
-    parts: list[tuple[str, Path, np.ndarray | None]] = []
-    if data_cfg["species_key"] and not species_names:
-        for path in data:
-            values = load_counts(path, data_cfg["layer"], (data_cfg["species_key"],)).obs[data_cfg["species_key"]]
-            values = values.astype(str).to_numpy()
-            parts += [(name, path, np.flatnonzero(values == name)) for name in sorted(set(values))]
+    key = data_cfg["species_key"]
+    if key and not species_names:  # each file read once, split by its species column
+        parts = [(name, path, counts) for path in data
+                 for name, counts in split_by_column(load_counts(path, data_cfg["layer"], (key,)), key).items()]
     else:
         if len(species_names) != len(data):
             raise UserError(f"name the species of each data file with --species ({len(data)} files); "
                             f"the model knows {', '.join(known)}")
         parts = [(name, path, None) for name, path in zip(species_names, data, strict=True)]
     cells = []
-    for name, path, rows in parts:
+    for name, path, counts in parts:
         if name not in known:
             raise UserError(f"{path}: species '{name}' is not in {bundle.path} (it knows {', '.join(known)}); "
                             "a model maps only the species it was trained on")
-        counts = load_counts(path, data_cfg["layer"])  # labels are optional for new cells
-        obs, matrix = (counts.obs, counts.matrix) if rows is None else (counts.obs.iloc[rows], counts.matrix[rows])
+        if counts is None:
+            counts = load_counts(path, data_cfg["layer"])  # labels are optional for new cells
         index = known.index(name)
-        aligned = _align_genes(matrix, counts.var_names, species_genes(bundle, index), f"{path} ({name})", log)
-        cells.append(SpeciesCells(index, name, obs.copy(), aligned))
+        aligned = _align_genes(counts.matrix, counts.var_names, species_genes(bundle, index), f"{path} ({name})",
+                               log)
+        cells.append(SpeciesCells(index, name, counts.obs.copy(), aligned))
     return cells
 
 
