@@ -1,6 +1,7 @@
 """DEC on scikit-learn's bundled digits (1,797 8x8 images, 10 classes), written to .h5ad here.
 
-Chain: `pretrain --preset autoencoder` (denoising autoencoder, 500-500-2000, Gaussian on standardised pixels)
+Chain: `pretrain --preset autoencoder` (contrastive denoising autoencoder, 500-500-2000, Gaussian on standardised
+pixels, NT-Xent towards input-space neighbours)
 -> `cluster-search --k 10` -> `finetune --preset dec` with DEC's classic frequency-normalised target
 (`dec.balance = 1`, the classes are balanced). Printed beside k-means on the raw pixels.
 Target: DEC ACC >= 0.85 (plain k-means about 0.79; a quick reference DEC about 0.80-0.82).

@@ -26,6 +26,17 @@ VAE_MODEL = {
                             minimum=0),
 }
 
+CONTRASTIVE = {
+    "weight": Key("float", 0.0, "weight of NT-Xent on positive pairs (a contrastive autoencoder); it is scaled by "
+                  "the number of features so that it weighs the same against the per-feature reconstruction on "
+                  "narrow and wide data; 0 off", minimum=0),
+    "positive_key": Key("str", "", "obs column whose groups give positive pairs"),
+    "positive_neighbours": Key("int", 0, "or: pair each cell with one of its k nearest neighbours in input space "
+                               "(standardised features, or 50 principal components of log-normalised counts)",
+                               minimum=0),
+    "temperature": Key("float", 0.5, "NT-Xent temperature", minimum=1e-4),
+}
+
 SATURN_DATA = {
     "layer": Key("str", "", "layer holding raw counts; empty means X"),
     "species_key": Key("str", "", "obs column naming each cell's species when one file holds several species"),
@@ -100,7 +111,8 @@ DEC = {
 }
 
 SCHEMAS: dict[tuple[str, str], Schema] = {
-    ("pretrain", "vae"): {"data": COUNT_DATA, "model": VAE_MODEL, "training": TRAINING, "runtime": RUNTIME},
+    ("pretrain", "vae"): {"data": COUNT_DATA, "model": VAE_MODEL, "contrastive": CONTRASTIVE, "training": TRAINING,
+                          "runtime": RUNTIME},
     ("pretrain", "saturn"): {"data": SATURN_DATA, "model": SATURN_MODEL, "training": TRAINING, "runtime": RUNTIME},
     ("align", "saturn"): {"align": ALIGN, "training": TRAINING, "runtime": RUNTIME},
     ("cluster-search", "kmeans"): {"cluster": CLUSTER_SEARCH},

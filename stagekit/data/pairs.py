@@ -31,3 +31,21 @@ class NeighbourPartners:
 
     def sample(self, rows: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         return self.neighbours[rows, rng.integers(0, self.neighbours.shape[1], len(rows))]
+
+
+Partners = GroupPartners | NeighbourPartners
+
+
+def with_partners(plan: list[np.ndarray], partners: Partners | None, seed: int, epoch: int
+                  ) -> list[tuple[np.ndarray, np.ndarray | None]]:
+    """Each batch of an epoch plan with one positive partner per cell, drawn reproducibly (None: no pairs)."""
+    if partners is None:
+        return [(rows, None) for rows in plan]
+    rng = np.random.default_rng([seed, epoch, 1])
+    return [(rows, partners.sample(rows, rng)) for rows in plan]
+
+
+def cells_of(item: tuple[np.ndarray, np.ndarray | None]) -> np.ndarray:
+    """The rows to load for a batch: anchors first, then their partners."""
+    rows, partners = item
+    return rows if partners is None else np.concatenate([rows, partners])

@@ -90,7 +90,8 @@ class VAE(nn.Module):
 
     def forward(self, x: torch.Tensor, batch_index: torch.Tensor | None = None,
                 kl_weight: float = 1.0) -> dict[str, torch.Tensor]:
-        """Per-cell means of the loss terms: loss = reconstruction NLL + kl_weight * KL(q(z|x) || N(0, I))."""
-        _, reconstruction, kl = self.terms(x, batch_index)
+        """Means over cells of the loss terms, loss = reconstruction NLL + kl_weight * KL(q(z|x) || N(0, I)),
+        and each cell's posterior mean `z`."""
+        z, reconstruction, kl = self.terms(x, batch_index)
         return {"loss": (reconstruction + kl_weight * kl).mean(), "reconstruction": reconstruction.mean(),
-                "kl": kl.mean()}
+                "kl": kl.mean(), "z": z}

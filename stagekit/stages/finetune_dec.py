@@ -10,15 +10,22 @@ import torch
 
 from stagekit.bundle import Bundle, read_bundle
 from stagekit.config import Config
-from stagekit.data.anndata_io import CountMatrix, category_codes
+from stagekit.data.anndata_io import CountMatrix
 from stagekit.data.batching import epoch_plan
-from stagekit.data.pairs import GroupPartners, NeighbourPartners
+from stagekit.data.pairs import Partners, cells_of, with_partners
 from stagekit.errors import TrainingStopped, UserError
 from stagekit.losses.clustering import assignment_consistency, dec_kl, nt_xent, target_distribution
 from stagekit.metrics.clustering import label_agreement
 from stagekit.models.dec import DEC
 from stagekit.stages.runner import PhaseRun, lineage_of
-from stagekit.stages.vae_common import embed, load_bundle_data, load_vae, vae_config
+from stagekit.stages.vae_common import (
+    check_pair_config,
+    embed,
+    load_bundle_data,
+    load_vae,
+    positive_partners,
+    vae_config,
+)
 from stagekit.train import FitResult, Task
 from stagekit.train.state import weights_to_numpy
 
@@ -27,7 +34,7 @@ class DECTask(Task):
     monitor = "loss"
 
     def __init__(self, model: DEC, counts: CountMatrix, batch_codes: np.ndarray | None,
-                 partners: GroupPartners | NeighbourPartners | None,
+                 partners: Partners | None,
                  cfg: dict, batch_size: int, seed: int, beta: float) -> None:
         self.model, self.counts, self.batch_codes, self.cfg, self.beta = model, counts, batch_codes, cfg, beta
         self.batch_size, self.seed = batch_size, seed
@@ -79,15 +86,11 @@ class DECTask(Task):
     # --- the engine's interface --------------------------------------------------------------------------
     def train_plan(self, epoch: int, rank: int, world: int) -> list[tuple[np.ndarray, np.ndarray | None]]:
         plan = epoch_plan(self.rows, self.batch_size, self.seed, epoch, rank, world, contiguous=self.counts.backed)
-        if self.partners is None:
-            return [(rows, None) for rows in plan]
-        rng = np.random.default_rng([self.seed, epoch, 1])
-        return [(rows, self.partners.sample(rows, rng)) for rows in plan]
+        return with_partners(plan, self.partners, self.seed, epoch)
 
     def load(self, item: tuple[np.ndarray, np.ndarray | None]) -> dict[str, torch.Tensor]:
-        rows, partners = item
-        cells = rows if partners is None else np.concatenate([rows, partners])  # anchors first, partners second
-        batch = {"x": torch.from_numpy(self.counts.rows_in_order(cells)), "p": torch.from_numpy(self.p[rows])}
+        cells = cells_of(item)
+        batch = {"x": torch.from_numpy(self.counts.rows_in_order(cells)), "p": torch.from_numpy(self.p[item[0]])}
         if self.batch_codes is not None:
             batch["batch_index"] = torch.from_numpy(self.batch_codes[cells])
         return batch
@@ -145,12 +148,7 @@ def run(config: Config, clusters_path: Path, data_path: Path | None, output: Pat
     phase = PhaseRun(config, output, resume, quiet)
     parent = read_bundle(clusters_path, ("cluster-search",), command="finetune --preset dec")
     label_key = vae_config(parent)["data"]["label_key"]
-    pairs = bool(cfg["positive_key"]) + bool(cfg["positive_neighbours"])
-    if pairs == 2:
-        raise UserError("set dec.positive_key or dec.positive_neighbours, not both")
-    if not pairs and (cfg["contrastive_weight"] or cfg["consistency_weight"]):
-        raise UserError("dec.contrastive_weight and dec.consistency_weight need positive pairs: set "
-                        "dec.positive_key (an obs column) or dec.positive_neighbours (k)")
+    check_pair_config("dec", cfg, ("contrastive_weight", "consistency_weight"))
     counts, batch_codes = load_bundle_data(parent, data_path, (cfg["positive_key"],))
     if label_key not in counts.obs:  # labels are for reporting only; new data may lack them
         label_key = ""
@@ -161,11 +159,8 @@ def run(config: Config, clusters_path: Path, data_path: Path | None, output: Pat
     seed = train_cfg["seed"]
     torch.manual_seed(seed)
     vae = load_vae(parent)
-    partners = None
-    if cfg["positive_key"]:
-        partners = GroupPartners(category_codes(counts.obs, cfg["positive_key"])[0])
-    elif cfg["positive_neighbours"]:  # neighbours in the pretrain latent the clustering starts from
-        partners = NeighbourPartners(embed(vae, counts, batch_codes), cfg["positive_neighbours"])
+    # neighbours in the pretrain latent the clustering starts from
+    partners = positive_partners(cfg, counts, lambda: embed(vae, counts, batch_codes))
     model = DEC(vae, torch.from_numpy(parent.results["centres"]), cfg["alpha"])
     model.train()
     beta = vae_config(parent)["model"]["beta"] if vae_config(parent)["model"]["variational"] else 0.0

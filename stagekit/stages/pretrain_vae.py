@@ -11,10 +11,12 @@ from stagekit.bundle import Bundle
 from stagekit.config import Config
 from stagekit.data.anndata_io import CountMatrix, category_codes, load_counts
 from stagekit.data.batching import epoch_plan, eval_plan, split_train_val
+from stagekit.data.pairs import Partners, cells_of, with_partners
+from stagekit.losses.clustering import nt_xent
 from stagekit.losses.counts import count_nll
 from stagekit.models.vae import COUNT_LIKELIHOODS, VAE
 from stagekit.stages.runner import PhaseRun
-from stagekit.stages.vae_common import build_vae, model_config_toml
+from stagekit.stages.vae_common import build_vae, check_pair_config, model_config_toml, positive_partners
 from stagekit.train import FitResult, Task
 from stagekit.train.state import weights_to_numpy
 
@@ -23,33 +25,47 @@ class CountVAETask(Task):
     monitor = "elbo"  # independent of the KL warm-up, so early stopping compares like with like
 
     def __init__(self, model: VAE, counts: CountMatrix, batch_codes: np.ndarray | None, train_idx: np.ndarray,
-                 val_idx: np.ndarray, batch_size: int, seed: int, beta: float, kl_warmup_epochs: int) -> None:
+                 val_idx: np.ndarray, batch_size: int, seed: int, beta: float, kl_warmup_epochs: int,
+                 partners: Partners | None = None, contrastive: dict | None = None) -> None:
         self.model, self.counts, self.batch_codes = model, counts, batch_codes
         self.train_idx, self.val_idx = train_idx, val_idx
         self.batch_size, self.seed = batch_size, seed
         self.beta, self.kl_warmup_epochs = beta, kl_warmup_epochs
+        self.partners, self.contrastive = partners, contrastive or {}
 
     def kl_weight(self, epoch: int) -> float:
         if not self.kl_warmup_epochs:
             return self.beta
         return self.beta * min(1.0, (epoch + 1) / self.kl_warmup_epochs)
 
-    def train_plan(self, epoch: int, rank: int, world: int) -> list[np.ndarray]:
-        return epoch_plan(self.train_idx, self.batch_size, self.seed, epoch, rank, world,
+    def train_plan(self, epoch: int, rank: int, world: int) -> list[tuple[np.ndarray, np.ndarray | None]]:
+        plan = epoch_plan(self.train_idx, self.batch_size, self.seed, epoch, rank, world,
                           contiguous=self.counts.backed)
+        return with_partners(plan, self.partners, self.seed, epoch)
 
-    def val_plan(self, rank: int, world: int) -> list[np.ndarray]:
-        return eval_plan(self.val_idx, self.batch_size, rank, world)
+    def val_plan(self, rank: int, world: int) -> list[tuple[np.ndarray, None]]:
+        return [(rows, None) for rows in eval_plan(self.val_idx, self.batch_size, rank, world)]
 
-    def load(self, rows: np.ndarray) -> dict[str, torch.Tensor]:
-        batch = {"x": torch.from_numpy(self.counts.rows(rows))}
+    def load(self, item: tuple[np.ndarray, np.ndarray | None]) -> dict[str, torch.Tensor]:
+        cells = cells_of(item)
+        batch = {"x": torch.from_numpy(self.counts.rows_in_order(cells)), "n_anchors": len(item[0])}
         if self.batch_codes is not None:
-            batch["batch_index"] = torch.from_numpy(self.batch_codes[rows])
+            batch["batch_index"] = torch.from_numpy(self.batch_codes[cells])
         return batch
 
+    def batch_size_of(self, batch: dict) -> int:
+        return batch["n_anchors"]
+
     def step(self, model: torch.nn.Module, batch: dict, epoch: int, train: bool) -> dict[str, torch.Tensor]:
-        out = model(batch["x"], batch.get("batch_index"), kl_weight=self.kl_weight(epoch))
-        return out | {"elbo": out["reconstruction"] + out["kl"]}
+        x, n = batch["x"], batch["n_anchors"]
+        # every loaded cell (anchor or partner) is a training cell, so all count towards reconstruction
+        terms = model(x, batch.get("batch_index"), kl_weight=self.kl_weight(epoch))
+        z = terms.pop("z")
+        terms["elbo"] = terms["reconstruction"] + terms["kl"]
+        if len(x) > n:
+            terms["contrastive"] = nt_xent(z[:n], z[n:], self.contrastive["temperature"])
+            terms["loss"] = terms["loss"] + self.contrastive["weight"] * x.shape[1] * terms["contrastive"]
+        return terms
 
     def epoch_extras(self, epoch: int) -> dict[str, float]:
         return {"kl_weight": self.kl_weight(epoch)}
@@ -104,10 +120,32 @@ def feature_moments(counts: CountMatrix, rows: np.ndarray, batch_size: int = 409
     return torch.from_numpy(mean).float(), torch.from_numpy(np.where(std > 1e-8, std, 1.0)).float()
 
 
+def input_space(model: VAE, counts: CountMatrix, n_components: int = 50, block: int = 4096) -> np.ndarray:
+    """What the encoder sees of every cell (standardised features or log-normalised counts), reduced to
+    `n_components` principal components when wider; incremental, so backed data is read block by block."""
+    from sklearn.decomposition import IncrementalPCA
+
+    def blocks() -> list[np.ndarray]:
+        return np.array_split(np.arange(counts.n_obs), max(1, counts.n_obs // block))
+
+    def features(rows: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return model.transform(torch.from_numpy(counts.rows(rows)))[0].numpy()
+
+    if counts.n_vars <= n_components:
+        return np.concatenate([features(rows) for rows in blocks()])
+    pca = IncrementalPCA(n_components=min(n_components, counts.n_obs))
+    for rows in blocks():
+        pca.partial_fit(features(rows))
+    return np.concatenate([pca.transform(features(rows)) for rows in blocks()]).astype(np.float32)
+
+
 def run(config: Config, data_path: Path, output: Path, resume: Path | None = None, quiet: bool = False) -> Path | None:
     data_cfg, model_cfg, train_cfg = config["data"], config["model"], config["training"]
+    contrastive = config["contrastive"]
+    check_pair_config("contrastive", contrastive, ("weight",))
     phase = PhaseRun(config, output, resume, quiet)
-    obs_keys = tuple(k for k in (data_cfg["batch_key"], data_cfg["label_key"]) if k)
+    obs_keys = tuple(k for k in (data_cfg["batch_key"], data_cfg["label_key"], contrastive["positive_key"]) if k)
     counts = load_counts(data_path, data_cfg["layer"], obs_keys, backed=data_cfg["backed"],
                          require_counts=model_cfg["likelihood"] in COUNT_LIKELIHOODS)
     fingerprint = counts.fingerprint()
@@ -126,8 +164,10 @@ def run(config: Config, data_path: Path, output: Path, resume: Path | None = Non
     model = build_vae(model_cfg, counts.n_vars, len(categories.get("batch", [])))
     if not model.counts and model_cfg["standardize"]:
         model.feature_mean, model.feature_std = feature_moments(counts, train_idx)
+    partners = positive_partners(contrastive, counts, lambda: input_space(model, counts)) \
+        if contrastive["weight"] else None
     task = CountVAETask(model, counts, batch_codes, train_idx, val_idx, train_cfg["batch_size"], seed,
-                        model_cfg["beta"], model_cfg["kl_warmup_epochs"])
+                        model_cfg["beta"], model_cfg["kl_warmup_epochs"], partners, contrastive)
 
     def bundle_for(result: FitResult) -> Bundle:
         final = {k: v[-1] for k, v in result.history.items() if k.startswith(("train_", "val_"))}

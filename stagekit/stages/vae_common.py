@@ -4,6 +4,7 @@ trained on, and embedding cells."""
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ import torch
 from stagekit.bundle import Bundle
 from stagekit.data.anndata_io import CountMatrix, category_codes, load_counts
 from stagekit.data.batching import eval_plan
+from stagekit.data.pairs import GroupPartners, NeighbourPartners, Partners
 from stagekit.errors import UserError
 from stagekit.models.vae import COUNT_LIKELIHOODS, VAE
 from stagekit.train.state import load_weights
@@ -87,3 +89,23 @@ def embed(model: VAE, counts: CountMatrix, batch_codes: np.ndarray | None, batch
         b = torch.from_numpy(batch_codes[rows]) if batch_codes is not None else None
         out.append(model.encode(torch.from_numpy(counts.rows(rows)), b)[0].numpy())
     return np.concatenate(out)
+
+
+def check_pair_config(section: str, cfg: dict, weight_keys: tuple[str, ...]) -> None:
+    """Positive pairs come from one source, and terms that need them have them (checked before data loads)."""
+    if cfg["positive_key"] and cfg["positive_neighbours"]:
+        raise UserError(f"set {section}.positive_key or {section}.positive_neighbours, not both")
+    if not (cfg["positive_key"] or cfg["positive_neighbours"]) and any(cfg[k] for k in weight_keys):
+        names = " and ".join(f"{section}.{k}" for k in weight_keys)
+        raise UserError(f"{names} need positive pairs: set {section}.positive_key (an obs column) or "
+                        f"{section}.positive_neighbours (k)")
+
+
+def positive_partners(cfg: dict, counts: CountMatrix, neighbour_space: Callable[[], np.ndarray]
+                      ) -> Partners | None:
+    """Another cell of the same `positive_key` group, or one of the k nearest neighbours in `neighbour_space()`."""
+    if cfg["positive_key"]:
+        return GroupPartners(category_codes(counts.obs, cfg["positive_key"])[0])
+    if cfg["positive_neighbours"]:
+        return NeighbourPartners(neighbour_space(), cfg["positive_neighbours"])
+    return None
