@@ -137,7 +137,11 @@ def test_extract_macrogenes_and_embedding_per_species(capsys, demo, tmp_path):
 
 
 def test_align_improves_transfer_and_mixing(capsys, demo, tmp_path):
-    pre = _pretrain_both(capsys, demo, tmp_path / "saturn.stk", 20, "--label-key", "Group")
+    pre = tmp_path / "saturn.stk"  # the demo's settings (saturn-small: M = 2000), 20 epochs
+    code, _, err = run_cli(capsys, "pretrain", "-p", "saturn-small", demo["human"], demo["mouse"], "--protein-emb",
+                           demo["human_embeddings"], "--protein-emb", demo["mouse_embeddings"], "--label-key", "Group",
+                           "--set", "training.epochs=20", "-o", pre)
+    assert code == 0, err
     code, _, err = run_cli(capsys, "extract", pre, "-o", tmp_path / "pre.h5ad")
     assert code == 0, err
     aligned = tmp_path / "align.stk"

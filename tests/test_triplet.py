@@ -1,8 +1,8 @@
-"""Groundwork for `align`: vectorised cross-species triplet mining and the cosine triplet loss."""
+"""`align`'s vectorised cross-species triplet mining (SATURN's label groups) and the cosine triplet loss."""
 
 import torch
 
-from stagekit.losses.triplet import cosine_triplet_loss, mine_triplets, mutual_neighbours
+from stagekit.losses.triplet import cosine_triplet_loss, label_groups, mine_triplets
 
 
 def _toy(seed=0):
@@ -16,14 +16,20 @@ def _toy(seed=0):
     return z, species, labels, types
 
 
-def test_mutual_neighbours_cross_species_only():
-    z, species, _, types = _toy()
+def test_label_groups_add_mutual_cross_species_neighbours():
+    # species 0: cells 0 (label 0), 1 (label 1); species 1: cells 2 (label 2), 3 (label 3)
+    z = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.9, 0.1], [0.1, 0.9]])
+    species, labels = torch.tensor([0, 0, 1, 1]), torch.tensor([0, 1, 2, 3])
     sim = torch.nn.functional.normalize(z, dim=-1) @ torch.nn.functional.normalize(z, dim=-1).T
-    mask = mutual_neighbours(sim, species, k=3)
-    assert torch.equal(mask, mask.T) and mask.any()
-    i, j = mask.nonzero().T
-    assert (species[i] != species[j]).all()
-    assert (types[i] == types[j]).float().mean() > 0.7  # MNN pairs mostly share the cell type (chance: 0.5)
+    groups = label_groups(sim, species, labels)
+    # cell 2 is cell 0's nearest other-species cell and points back at label 0, so it joins label 0's group
+    assert groups[2, 0] and groups[0, 2] and groups[3, 1] and groups[1, 3]
+    assert not groups[2, 1] and not groups[3, 0]
+    # a one-way link is dropped with mnn and kept without it
+    z_oneway = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.6, 0.8], [0.0, 1.0]])
+    sim = torch.nn.functional.normalize(z_oneway, dim=-1) @ torch.nn.functional.normalize(z_oneway, dim=-1).T
+    # nearest other-species: 0 -> 2, 1 -> 2, 2 -> 1, 3 -> 1; 0's link to 2 is not returned (2 points at label 1)
+    assert not label_groups(sim, species, labels)[2, 0] and label_groups(sim, species, labels, mnn=False)[2, 0]
 
 
 def test_mined_triplets_obey_the_rules():
@@ -35,16 +41,18 @@ def test_mined_triplets_obey_the_rules():
     unit = torch.nn.functional.normalize(z, dim=-1)
     gap = (unit[a] * unit[p]).sum(-1) - (unit[a] * unit[n]).sum(-1)
     assert ((gap > 0) & (gap <= 0.2 + 1e-6)).all()
-    assert (species[p] != species[a]).any()  # cross-species positives from MNN
+    assert (species[p] != species[a]).all()  # every positive is from another species
 
 
-def test_label_without_partners_is_skipped_not_a_crash():
+def test_cells_without_partners_are_skipped_not_a_crash():
     z = torch.randn(6, 4)
-    species = torch.tensor([0, 0, 0, 1, 1, 1])
-    labels = torch.tensor([0, 1, 2, 3, 4, 5])  # every cell alone in its label
-    a, p, n = mine_triplets(z, species, labels, mnn=False)
+    labels = torch.tensor([0, 1, 2, 3, 4, 5])
+    a, p, n = mine_triplets(z, torch.zeros(6, dtype=torch.long), labels, mnn=False)  # one species: no positives
     assert len(a) == len(p) == len(n) == 0
     assert cosine_triplet_loss(z.requires_grad_(), a, p, n).item() == 0.0
+    # two species with a single cell type each: positives exist but no negatives
+    a, p, n = mine_triplets(z, torch.tensor([0, 0, 0, 1, 1, 1]), torch.tensor([0, 0, 0, 1, 1, 1]))
+    assert len(a) == 0
 
 
 def test_triplet_training_pulls_types_together_across_species():

@@ -36,8 +36,7 @@ def align(
         return
     from stagekit.stages import align_saturn, extract
 
-    path = align_saturn.run(config, pretrain, output, resume, quiet,
-                            log=(lambda m: None) if quiet else lambda m: print(m, file=sys.stderr))
+    path = align_saturn.run(config, pretrain, output, resume, quiet, log=opt.stderr_log(quiet))
     if path is None:  # a secondary process of a distributed run
         return
     if write_h5ad is not None:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
+
+from stagekit.cli import options as opt
 
 
 def demo(
@@ -20,8 +21,7 @@ def demo(
 
     from stagekit.stages import demo as stage
 
-    before, after = stage.run(output, quiet, log=(lambda m: None) if quiet else
-                              lambda m: print(m, file=sys.stderr))
+    before, after = stage.run(output, quiet, log=opt.stderr_log(quiet))
     table = Table(title="cross-species integration of the pancreas demo (labels: cell type)")
     for column in ("metric", "after pretrain", "after align"):
         table.add_column(column, justify="right" if column != "metric" else "left")

@@ -72,6 +72,14 @@ def base_preset(preset: str | None, resume: Path | None) -> tuple[str | None, st
     return None, read_bundle(resume, weights=False).config_toml
 
 
+def stderr_log(quiet: bool):
+    """Messages of a phase to stderr; with --quiet only its warnings."""
+    def log(message: str) -> None:
+        if not quiet or message.startswith("warning"):
+            print(message, file=sys.stderr)
+    return log
+
+
 def emit_result(path: Path, as_json: bool) -> None:
     """stdout carries only the result, so `B=$(stagekit pretrain ...)` works."""
     if not as_json:

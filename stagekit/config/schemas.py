@@ -60,8 +60,12 @@ SATURN_MODEL = {
 
 ALIGN = {
     "margin": Key("float", 0.2, "triplet margin (cosine distance)", minimum=0),
-    "mnn": Key("bool", True, "add cross-species mutual nearest neighbours as positives"),
-    "mnn_k": Key("int", 5, "neighbours considered for mutual nearest neighbours", minimum=1),
+    "mnn": Key("bool", True, "a cell's nearest cell of another species joins its label's positives only if "
+               "that cell's own nearest cross-species cell has the same label (mutual nearest neighbours)"),
+    "neighbour_space": Key("str", "macrogenes", "where nearest cross-species cells are found: macrogenes (the "
+                           "expression both species share through the protein embeddings, centred per species; "
+                           "independent of what pretraining made of each species) or embedding (the cell "
+                           "embedding being trained, as the reference does)", choices=("macrogenes", "embedding")),
     "unfreeze_macrogenes": Key("bool", False, "also train the gene -> macrogene weights"),
     "leiden_resolution": Key("float", 1.0, "resolution of the per-species Leiden clustering used when the data "
                              "has no labels", minimum=0),

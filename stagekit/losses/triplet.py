@@ -1,14 +1,17 @@
 """Cross-species triplet mining and the cosine triplet margin loss (SATURN's metric-learning stage).
 
-Groundwork for `stagekit align`; no command uses it yet. Everything is vectorised over the batch: no Python
-loop over labels or pairs.
+Everything is vectorised over the batch: no Python loop over labels, pairs or cells.
 
-Labels are species-prefixed codes ("human:beta" and "mouse:beta" differ). For an anchor a:
-- positives: cells of a's own label, and (with `mnn`) cells of another species that are mutual nearest
-  neighbours of a among that species (top `mnn_k` by cosine similarity, both ways);
-- negatives: cells of another label, from a's species or the positive's species;
+Labels are species-prefixed codes ("human:beta" and "mouse:beta" differ), so positives have to be inferred
+across species, as SATURN's cross-species miner does. Each label L defines a group: its own cells, plus, for each
+of them, its nearest cell of another species, when that cell's own nearest cell of another species carries L
+again (a mutual-neighbour check at the label level, `mnn = true`; without it every nearest cell joins). Then
+for an anchor a:
+- positives: cells of another species that share one of a's groups (so every positive is cross-species);
+- negatives: cells sharing no group with a, from a's species or the positive's species;
 - semi-hard: 0 < cos(a, p) - cos(a, n) <= margin.
-One positive is drawn per anchor and one semi-hard negative per (anchor, positive), at random.
+One positive is drawn per anchor and one semi-hard negative per (anchor, positive), at random. Nearest cells
+are found in `neighbour_space` when given (e.g. macrogene expression), else in the embedding itself.
 """
 
 from __future__ import annotations
@@ -17,40 +20,42 @@ import torch
 from torch.nn import functional as F
 
 
-def mutual_neighbours(similarity: torch.Tensor, species: torch.Tensor, k: int) -> torch.Tensor:
-    """(B, B) mask: j is among i's top-k most similar cells of j's species (another species than i's), and
-    i among j's top-k of i's species."""
+def label_groups(similarity: torch.Tensor, species: torch.Tensor, labels: torch.Tensor, mnn: bool = True
+                 ) -> torch.Tensor:
+    """(B, n_labels) membership: each cell's own label, plus the labels of the cells of another species whose
+    nearest cross-species cell it is (kept only if it points back to that label, with `mnn`)."""
     other = species[:, None] != species[None, :]
-    mask = torch.zeros_like(other)
-    for s in species.unique():  # a loop over species (a handful), not over cells or labels
-        columns = species == s
-        scores = similarity[:, columns].masked_fill(~other[:, columns], float("-inf"))
-        top = scores.topk(min(k, int(columns.sum())), dim=1).indices
-        block = torch.zeros_like(scores, dtype=torch.bool).scatter_(1, top, True) & other[:, columns]
-        mask[:, columns] = block
-    return mask & mask.T
+    nearest = similarity.masked_fill(~other, float("-inf")).argmax(1)  # nearest cell of another species
+    has_other = other.any(1)
+    linked = has_other & (labels[nearest[nearest]] == labels) if mnn else has_other
+    groups = F.one_hot(labels, int(labels.max()) + 1).bool()
+    groups[nearest[linked], labels[linked]] = True
+    return groups
 
 
 def mine_triplets(z: torch.Tensor, species: torch.Tensor, labels: torch.Tensor, margin: float = 0.2,
-                  mnn: bool = True, mnn_k: int = 5, generator: torch.Generator | None = None
-                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                  mnn: bool = True, generator: torch.Generator | None = None,
+                  neighbour_space: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Indices (anchors, positives, negatives) of semi-hard triplets; anchors without one are left out."""
     with torch.no_grad():
         unit = F.normalize(z.detach().float(), dim=-1)
         similarity = unit @ unit.T
-        same_label = labels[:, None] == labels[None, :]
-        eye = torch.eye(len(z), dtype=torch.bool, device=z.device)
-        positive = same_label & ~eye
-        if mnn:
-            positive |= mutual_neighbours(similarity, species, mnn_k)
+        if neighbour_space is None:
+            neighbour_similarity = similarity
+        else:
+            space = F.normalize(neighbour_space.detach().float(), dim=-1)
+            neighbour_similarity = space @ space.T
+        groups = label_groups(neighbour_similarity, species, labels, mnn).float()
+        shared = (groups @ groups.T) > 0
+        positive = shared & (species[:, None] != species[None, :])
         # one noise matrix draws both picks: a uniform choice within each (disjoint) set, whole rows at once
         noise = torch.rand(positive.shape, generator=generator, device=z.device)
         positives = noise.masked_fill(~positive, -1.0).argmax(1)
         ap = similarity.gather(1, positives[:, None])
-        candidate = ~same_label  # another label ...
+        candidate = ~shared
         candidate &= (species[None, :] == species[:, None]) | (species[None, :] == species[positives, None])
         gap = ap - similarity
-        candidate &= (gap > 0) & (gap <= margin)  # ... and semi-hard (p itself has gap 0, so it is excluded)
+        candidate &= (gap > 0) & (gap <= margin)  # semi-hard
         negatives = noise.masked_fill_(~candidate, -1.0).argmax(1)
         anchors = (positive.any(1) & candidate.any(1)).nonzero().squeeze(1)
     return anchors, positives[anchors], negatives[anchors]

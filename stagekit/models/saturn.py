@@ -45,9 +45,13 @@ class SaturnModel(nn.Module):
         """W_s: this species' genes x macrogenes."""
         return self.log_weights[self.offsets[species]:self.offsets[species + 1]].exp()
 
+    def macrogene_values(self, x: torch.Tensor, species: int) -> torch.Tensor:
+        """ReLU(LayerNorm(log1p(x) W_s)): macrogene expression without dropout, comparable across species."""
+        return F.relu(self.macro_norm(torch.log1p(x) @ self.weights(species)))
+
     def macrogenes(self, x: torch.Tensor, species: int) -> torch.Tensor:
         """m = Dropout(ReLU(LayerNorm(log1p(x) W_s))): dropout acts only in training mode."""
-        return self.macro_dropout(F.relu(self.macro_norm(torch.log1p(x) @ self.weights(species))))
+        return self.macro_dropout(self.macrogene_values(x, species))
 
     def embed(self, x: torch.Tensor, species: int) -> torch.Tensor:
         return self.encoder(self.macrogenes(x, species))
@@ -91,6 +95,7 @@ class SaturnMetric(nn.Module):
         self.encoder = copy.deepcopy(pretrained.encoder)
 
     weights = SaturnModel.weights
+    macrogene_values = SaturnModel.macrogene_values
     macrogenes = SaturnModel.macrogenes
     embed = SaturnModel.embed
 

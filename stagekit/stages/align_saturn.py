@@ -13,7 +13,7 @@ from stagekit.bundle import Bundle, read_bundle
 from stagekit.config import Config
 from stagekit.data.batching import epoch_plan
 from stagekit.errors import UserError
-from stagekit.losses.triplet import cosine_triplet_loss, mine_triplets
+from stagekit.losses.triplet import cosine_triplet_loss, label_groups, mine_triplets
 from stagekit.metrics.integration import cross_species_knn_agreement, species_mixing
 from stagekit.models.saturn import SaturnMetric
 from stagekit.stages.pretrain_saturn import load_model
@@ -66,11 +66,36 @@ class AlignTask(Task):
     def batch_size_of(self, batch: dict) -> int:
         return len(batch["labels"])
 
+    @torch.no_grad()
+    def neighbour_space(self, xs: list[torch.Tensor]) -> torch.Tensor | None:
+        """Macrogene values centred per species (what differs between cells, not between the species' data
+        sets), or None to find neighbours in the embedding itself."""
+        if self.cfg["neighbour_space"] != "macrogenes":
+            return None
+        values = [self.model.macrogene_values(x, s) for s, x in enumerate(xs)]
+        return torch.cat([v - v.mean(0) for v in values])
+
+    @torch.no_grad()
+    def unlinked_labels(self) -> list[str]:
+        """Labels of the first batch whose group gains no cell of another species: they form no triplets."""
+        batch = self.load(self.train_plan(0, 0, 1)[0])
+        space = self.neighbour_space(batch["xs"])
+        if space is None:
+            space = self.model.eval()(batch["xs"])
+            self.model.train()
+        unit = torch.nn.functional.normalize(space.float(), dim=-1)
+        groups = label_groups(unit @ unit.T, batch["species"], batch["labels"], self.cfg["mnn"])
+        # a label is linked when its group holds cells of two species or more
+        species_in_group = torch.stack([groups[batch["species"] == sp].any(0) for sp in batch["species"].unique()])
+        linked = set((species_in_group.sum(0) >= 2).nonzero().squeeze(1).tolist())
+        present = set(batch["labels"].unique().tolist())
+        return [self.label_names[i] for i in sorted(present - linked)]
+
     def step(self, model: torch.nn.Module, batch: dict, epoch: int, train: bool) -> dict[str, torch.Tensor]:
         z = model(batch["xs"])
         generator = torch.Generator().manual_seed(int(batch["seed"]))
         a, p, n = mine_triplets(z, batch["species"], batch["labels"], self.cfg["margin"], self.cfg["mnn"],
-                                self.cfg["mnn_k"], generator)
+                                generator, self.neighbour_space(batch["xs"]))
         loss = cosine_triplet_loss(z, a, p, n, self.cfg["margin"])
         return {"loss": loss, "triplets": torch.tensor(float(len(a)))}
 
@@ -95,13 +120,12 @@ def run(config: Config, pretrain_path: Path, output: Path, resume: Path | None =
         else:  # no labels: clusters of the pretrain embedding, per species
             labels.append(leiden_labels(cell_outputs(pretrained, c)[1], cfg["leiden_resolution"], seed))
             log(f"{c.name}: no labels; {len(set(labels[-1]))} Leiden clusters of the pretrain embedding used")
-    for c, lab in zip(cells, labels, strict=True):
-        names, counts = np.unique(lab, return_counts=True)
-        for name in names[counts < 2]:
-            log(f"warning: label '{name}' has one {c.name} cell; it forms triplets only through MNN positives")
     torch.manual_seed(seed)
     model = SaturnMetric(pretrained).train()
     task = AlignTask(model, cells, labels, cfg, train_cfg["batch_size"], seed)
+    for name in task.unlinked_labels():
+        log(f"warning: label '{name}' has no cell of another species among its nearest cross-species cells "
+            f"(align.neighbour_space = {cfg['neighbour_space']}); its cells form no triplets and it is skipped")
 
     def bundle_for(result: FitResult) -> Bundle:
         final = {k: v[-1] for k, v in result.history.items() if k.startswith("train_")}
