@@ -7,7 +7,7 @@ import torch
 
 from stagekit.data.protein_embeddings import load_gene_embeddings, match_genes
 from stagekit.errors import UserError
-from stagekit.models.macrogenes import initial_log_weights, rank_weights
+from stagekit.models.macrogenes import initial_log_weights, log_weights_from_centroids, rank_weights
 
 GENES = ["Ins1", "Gcg", "Sst", "Ppy", "Actb"]
 
@@ -77,3 +77,11 @@ def test_macrogene_weights_follow_rank():
     assert len(set(nearest[:20])) == 1 and len(set(nearest[20:])) == 1 and nearest[0] != nearest[20]
     again, _ = initial_log_weights(genes, 2, seed=0)
     assert np.array_equal(log_w, again)  # seeded
+
+
+def test_weights_from_centroids_match_brute_force_ranks_in_blocks():
+    rng = np.random.default_rng(1)
+    genes, centroids = rng.normal(size=(50, 8)), rng.normal(size=(7, 8))
+    brute = ((genes[:, None, :] - centroids[None]) ** 2).sum(-1).argsort(1).argsort(1) + 1.0
+    expected = np.log(rank_weights(brute, "smoothed") + 1e-6).astype(np.float32)
+    assert np.array_equal(log_weights_from_centroids(genes, centroids, "smoothed", block=16), expected)

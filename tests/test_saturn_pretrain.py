@@ -202,3 +202,21 @@ def test_species_with_a_single_cell_type(capsys, demo, tmp_path):
     code, _, err = run_cli(capsys, "align", pre, "--set", "training.epochs=2", "--set", "training.batch_size=128",
                            "-o", tmp_path / "a.stk")
     assert code == 0, err
+
+
+def test_macrogene_centroids_are_reused_only_for_the_same_inputs(capsys, demo, tmp_path):
+    first = _pretrain_both(capsys, demo, tmp_path / "a.stk", 1)
+    code, _, err = run_cli(capsys, "pretrain", "-p", "saturn", demo["human"], demo["mouse"], "--protein-emb",
+                           demo["human_embeddings"], "--protein-emb", demo["mouse_embeddings"], *FAST,
+                           "--set", "training.epochs=1", "--macrogenes-from", first, "-o", tmp_path / "b.stk")
+    assert code == 0 and "macrogene centroids reused" in err, err
+    assert np.array_equal(read_bundle(first).weights["log_weights"], read_bundle(tmp_path / "b.stk").weights[
+        "log_weights"])  # same start, same seed, same training
+    code, _, err = run_cli(capsys, "pretrain", "-p", "saturn", demo["human"], demo["mouse"], "--protein-emb",
+                           demo["human_embeddings"], "--protein-emb", demo["mouse_embeddings"], *FAST,
+                           "--set", "training.epochs=1", "--seed", "1", "--macrogenes-from", first,
+                           "-o", tmp_path / "c.stk")
+    assert code == 0 and "running k-means" in err, err
+    code, _, err = run_cli(capsys, "pretrain", "-p", "vae", demo["human"], "--macrogenes-from", first,
+                           "-o", tmp_path / "d.stk")
+    assert code == 2 and "--macrogenes-from are for --preset saturn" in err

@@ -30,6 +30,10 @@ def pretrain(
         "--species", help="saturn: species name of each data file, in order (default: file names)")] = None,
     species_key: Annotated[str | None, typer.Option(
         help="saturn: obs column of species when one file holds several (data.species_key)")] = None,
+    macrogenes_from: Annotated[Path | None, typer.Option(
+        "--macrogenes-from", help="saturn: reuse the macrogene centroids of an earlier saturn pretrain bundle "
+                                  "when computed from the same genes, embeddings, M and seed (else k-means runs)")
+    ] = None,
     seed: opt.Seed = None,
     accelerator: opt.Accelerator = None,
     devices: opt.Devices = None,
@@ -51,15 +55,16 @@ def pretrain(
 
         if len(data) != 1:
             raise UserError(f"the vae preset trains on one .h5ad file; got {len(data)}")
-        if protein_emb or species or config["data"].get("species_key"):
-            raise UserError("--protein-emb, --species and --species-key are for --preset saturn")
+        if protein_emb or species or config["data"].get("species_key") or macrogenes_from:
+            raise UserError("--protein-emb, --species, --species-key and --macrogenes-from are for --preset saturn")
         path = pretrain_vae.run(config, data[0], output, resume, quiet)
     elif config.model == "saturn":
         from stagekit.stages import pretrain_saturn
 
         if not protein_emb:
             raise UserError("saturn needs protein embeddings of each species' genes: --protein-emb SPECIES=PATH")
-        path = pretrain_saturn.run(config, data, output, species or [], protein_emb, resume, quiet)
+        path = pretrain_saturn.run(config, data, output, species or [], protein_emb, resume, quiet,
+                                   macrogenes_from)
     else:  # a schema exists for every shipped model; this guards a preset naming one not built yet
         raise UserError(f"pretrain model '{config.model}' is not available in this version")
     if path is not None:  # None on the secondary processes of a distributed run

@@ -1,7 +1,4 @@
-"""Macrogene initialisation (SATURN): k-means centroids of protein embeddings, gene -> macrogene weights by rank.
-
-Groundwork for cross-species integration; no command uses it yet.
-"""
+"""Macrogene initialisation (SATURN): k-means centroids of protein embeddings, gene -> macrogene weights by rank."""
 
 from __future__ import annotations
 
@@ -21,16 +18,36 @@ def rank_weights(ranks: np.ndarray, scoring: str = "default") -> np.ndarray:
     raise ValueError(f"unknown macrogene scoring {scoring!r}; choose one of {SCORINGS}")
 
 
-def initial_log_weights(gene_embeddings: np.ndarray, n_macrogenes: int, seed: int = 0, scoring: str = "default",
-                        floor: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
-    """(log weights genes x macrogenes, centroids macrogenes x dim); W = exp(log weights) > 0 everywhere.
-
-    `floor` keeps zero weights (one_hot) trainable and finite in log space.
-    """
+def macrogene_centroids(gene_embeddings: np.ndarray, n_macrogenes: int, seed: int = 0) -> np.ndarray:
+    """k-means centroids (macrogenes x dim) of the stacked gene embeddings, seeded."""
     from sklearn.cluster import KMeans
 
     n_macrogenes = min(n_macrogenes, len(gene_embeddings))
-    centroids = KMeans(n_clusters=n_macrogenes, n_init=1, random_state=seed).fit(gene_embeddings).cluster_centers_
-    distances = ((gene_embeddings[:, None, :] - centroids[None, :, :]) ** 2).sum(-1)
-    ranks = distances.argsort(1).argsort(1) + 1.0
-    return np.log(rank_weights(ranks, scoring) + floor).astype(np.float32), centroids.astype(np.float32)
+    kmeans = KMeans(n_clusters=n_macrogenes, n_init=1, random_state=seed).fit(gene_embeddings)
+    return kmeans.cluster_centers_.astype(np.float32)
+
+
+def log_weights_from_centroids(gene_embeddings: np.ndarray, centroids: np.ndarray, scoring: str = "default",
+                               floor: float = 1e-6, block: int = 4096) -> np.ndarray:
+    """Log weights (genes x macrogenes) from each gene's distance rank to every centroid; W = exp(.) > 0.
+
+    Distances come from |g|^2 - 2 g.c + |c|^2 one block of genes at a time, so memory stays at genes x
+    macrogenes (never genes x macrogenes x dim). `floor` keeps zero weights (one_hot) trainable and finite.
+    """
+    genes = gene_embeddings.astype(np.float64)
+    centres = centroids.astype(np.float64)
+    out = np.empty((len(genes), len(centres)), dtype=np.float32)
+    centre_sq = (centres**2).sum(1)
+    for start in range(0, len(genes), block):
+        chunk = genes[start:start + block]
+        distances = (chunk**2).sum(1)[:, None] - 2.0 * chunk @ centres.T + centre_sq[None, :]
+        ranks = distances.argsort(1).argsort(1) + 1.0
+        out[start:start + block] = np.log(rank_weights(ranks, scoring) + floor)
+    return out
+
+
+def initial_log_weights(gene_embeddings: np.ndarray, n_macrogenes: int, seed: int = 0, scoring: str = "default",
+                        floor: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
+    """(log weights genes x macrogenes, centroids macrogenes x dim)."""
+    centroids = macrogene_centroids(gene_embeddings, n_macrogenes, seed)
+    return log_weights_from_centroids(gene_embeddings, centroids, scoring, floor), centroids

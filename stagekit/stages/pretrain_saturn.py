@@ -23,7 +23,7 @@ from stagekit.data.batching import epoch_plan, eval_plan, split_train_val
 from stagekit.data.hvg import highly_variable_genes
 from stagekit.data.protein_embeddings import load_gene_embeddings, match_genes
 from stagekit.errors import UserError
-from stagekit.models.macrogenes import initial_log_weights
+from stagekit.models.macrogenes import log_weights_from_centroids, macrogene_centroids
 from stagekit.models.saturn import SaturnMetric, SaturnModel
 from stagekit.stages.runner import PhaseRun
 from stagekit.train import FitResult, Task
@@ -137,10 +137,32 @@ class SaturnTask(Task):
         return {"loss": loss, "nll": nll} | named | {k: out[k] for k in ("l1", "protein_similarity") if k in out}
 
 
-def macrogene_key(species: list[SpeciesData], n_macrogenes: int, seed: int, scoring: str) -> str:
-    """What the macrogene centroids depend on: the genes of every species, M, the seed and the scoring."""
-    genes = "|".join(f"{s.name}:" + ",".join(s.counts.var_names) for s in species)
-    return hashlib.sha256(f"{genes}#{n_macrogenes}#{seed}#{scoring}".encode()).hexdigest()
+def macrogene_key(species: list[SpeciesData], protein: np.ndarray, n_macrogenes: int, seed: int) -> str:
+    """What the macrogene centroids depend on: every species' kept genes and their embeddings, M and the seed."""
+    digest = hashlib.sha256()
+    for s in species:
+        digest.update(f"{s.name}:{','.join(s.counts.var_names)};".encode())
+    digest.update(np.ascontiguousarray(protein, dtype=np.float32).tobytes())
+    digest.update(f"#{n_macrogenes}#{seed}".encode())
+    return digest.hexdigest()
+
+
+def cached_centroids(source: Path | None, key: str, log=print) -> np.ndarray | None:
+    """The centroids stored in an earlier saturn pretrain bundle, if computed from the same inputs (same key)."""
+    if source is None:
+        return None
+    from stagekit.bundle import read_bundle
+
+    bundle = read_bundle(source, ("pretrain",), command="pretrain --preset saturn --macrogenes-from", weights=False)
+    stored = bundle.results.get("macrogene_key")
+    if stored is None or "macrogene_centroids" not in bundle.results:
+        raise UserError(f"{source} holds no macrogene centroids; was it written by `pretrain --preset saturn`?")
+    stored = bytes(np.asarray(stored).tobytes()).decode() if not isinstance(stored, str) else stored
+    if stored != key:
+        log(f"{source}: its macrogenes were computed from other genes, embeddings, M or seed; running k-means")
+        return None
+    log(f"macrogene centroids reused from {source} (same genes, embeddings, M and seed)")
+    return np.asarray(bundle.results["macrogene_centroids"], dtype=np.float32)
 
 
 def model_config_toml(config: Config, species: list[SpeciesData]) -> str:
@@ -168,7 +190,7 @@ def load_model(bundle: Bundle) -> SaturnModel | SaturnMetric:
 
 
 def run(config: Config, data: list[Path], output: Path, species_names: list[str], embedding_specs: list[str],
-        resume: Path | None = None, quiet: bool = False) -> Path | None:
+        resume: Path | None = None, quiet: bool = False, macrogenes_from: Path | None = None) -> Path | None:
     model_cfg, train_cfg = config["model"], config["training"]
     phase = PhaseRun(config, output, resume, quiet)
     species = load_species(config, data, species_names, embedding_specs, log=phase.engine.reporter.log)
@@ -184,7 +206,11 @@ def run(config: Config, data: list[Path], output: Path, species_names: list[str]
 
     seed = train_cfg["seed"]
     protein = np.concatenate([s.protein for s in species])
-    log_weights, centroids = initial_log_weights(protein, model_cfg["n_macrogenes"], seed, model_cfg["scoring"])
+    key = macrogene_key(species, protein, model_cfg["n_macrogenes"], seed)
+    centroids = cached_centroids(macrogenes_from or resume, key, phase.engine.reporter.log)
+    if centroids is None:
+        centroids = macrogene_centroids(protein, model_cfg["n_macrogenes"], seed)
+    log_weights = log_weights_from_centroids(protein, centroids, model_cfg["scoring"])
     torch.manual_seed(seed)
     model = SaturnModel([s.counts.n_vars for s in species], torch.from_numpy(log_weights), model_cfg["n_hidden"],
                         model_cfg["n_embed"], model_cfg["dropout"], model_cfg["condition_on_species"],
@@ -204,7 +230,6 @@ def run(config: Config, data: list[Path], output: Path, species_names: list[str]
                       var_names=[g for s in species for g in s.counts.var_names], categories=categories,
                       final_metrics=final,
                       results={"gene_species": gene_species.astype(np.int64), "macrogene_centroids": centroids,
-                               "macrogene_key": np.array(macrogene_key(species, model_cfg["n_macrogenes"], seed,
-                                                                       model_cfg["scoring"]).encode())})
+                               "macrogene_key": np.array(key.encode())})
 
     return phase.fit(task, bundle_for)
