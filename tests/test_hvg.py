@@ -34,3 +34,15 @@ def test_few_cells_still_rank_genes():
     beta = cells[(cells.obs["Batch"] == "mouse") & (cells.obs["Group"] == "beta")]
     assert beta.n_obs == 35
     assert len(highly_variable_genes(sp.csr_matrix(beta.X), 2000)) == 2000
+
+
+def test_backed_blocks_give_the_in_memory_genes():
+    from stagekit.data.anndata_io import load_counts
+    from tests.conftest import KANG
+
+    in_memory = load_counts(KANG)
+    backed = load_counts(KANG, backed=True)  # 8,684 cells: two blocks of at most 8,192
+    assert np.array_equal(highly_variable_genes(in_memory.matrix, 1000), highly_variable_genes(backed, 1000))
+    subset = np.arange(0, in_memory.n_vars, 3)
+    assert np.array_equal(highly_variable_genes(in_memory.select_genes(subset).matrix, 300),
+                          highly_variable_genes(backed.select_genes(subset), 300))

@@ -49,14 +49,14 @@ def test_saturn_pretrain_learns_a_shared_space(capsys, demo, tmp_path):
     code, stdout, err = run_cli(capsys, "pretrain", "-p", "saturn", demo["human"], demo["mouse"], "--protein-emb",
                                 f"human={demo['human_embeddings']}", "--protein-emb",
                                 f"mouse={demo['mouse_embeddings']}", "--label-key", "Group",
-                                "--set", "training.epochs=25", *FAST, "-o", out)
+                                "--set", "training.epochs=25", *FAST, "--set", "model.n_macrogenes=1500", "-o", out)
     assert code == 0, err
     assert "human: " in err and "genes matched a protein embedding" in err
     bundle, ((za, la), (zb, lb)) = _embed(out, [demo["human"], demo["mouse"]])
     h = bundle.history
     assert h["train_nll"][-1] < 0.8 * h["train_nll"][0]
     assert bundle.categories["species"] == ["human", "mouse"] and len(bundle.categories["labels"]) == 5
-    assert len(bundle.results["macrogene_centroids"]) == 150
+    assert len(bundle.results["macrogene_centroids"]) == 1500
     # cells of one species find their cell type among the other species' cells (chance: 0.2)
     assert (la[(zb @ za.T).argmax(1)] == lb).mean() > 0.6
     assert (lb[(za @ zb.T).argmax(1)] == la).mean() > 0.6
@@ -220,3 +220,20 @@ def test_macrogene_centroids_are_reused_only_for_the_same_inputs(capsys, demo, t
     code, _, err = run_cli(capsys, "pretrain", "-p", "vae", demo["human"], "--macrogenes-from", first,
                            "-o", tmp_path / "d.stk")
     assert code == 2 and "--macrogenes-from are for --preset saturn" in err
+
+
+def test_backed_pretrain_align_extract(capsys, demo, tmp_path):
+    """--backed reads each species from disk: the same genes are kept as in memory, training learns, and align
+    and extract read the bundle's genes block by block."""
+    in_memory = _pretrain_both(capsys, demo, tmp_path / "m.stk", 1)
+    backed = _pretrain_both(capsys, demo, tmp_path / "b.stk", 6, "--backed")
+    bundle = read_bundle(backed)
+    assert bundle.var_names == read_bundle(in_memory).var_names
+    assert bundle.history["train_nll"][-1] < bundle.history["train_nll"][0]
+    code, _, err = run_cli(capsys, "align", backed, "--set", "training.epochs=1", "--set", "training.batch_size=128",
+                           "-q", "--write-h5ad", tmp_path / "cells.h5ad", "-o", tmp_path / "a.stk")
+    assert code == 0, err
+    assert anndata.read_h5ad(tmp_path / "cells.h5ad").obsm["X_macrogenes"].shape == (350, 150)
+    code, _, err = run_cli(capsys, "pretrain", "-p", "saturn", demo["human"], "--species-key", "Group",
+                           "--protein-emb", demo["human_embeddings"], "--backed", "-o", tmp_path / "x.stk")
+    assert code == 2 and "one file per species" in err

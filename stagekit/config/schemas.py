@@ -40,6 +40,8 @@ CONTRASTIVE = {
 SATURN_DATA = {
     "layer": Key("str", "", "layer holding raw counts; empty means X"),
     "species_key": Key("str", "", "obs column naming each cell's species when one file holds several species"),
+    "backed": Key("bool", False, "read cells from disk in contiguous blocks (one file per species): highly "
+                  "variable genes in two passes, training batches block by block"),
     "label_key": Key("str", "", "obs column of cell labels, kept for align and evaluate; empty for none"),
     "hv_genes": Key("int", 8000, "highly variable genes kept per species (seurat_v3 on counts)", minimum=1),
     "min_matched_genes": Key("int", 50, "fewest genes of a species that must have a protein embedding", minimum=1),

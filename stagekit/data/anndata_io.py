@@ -19,7 +19,11 @@ _CHUNK = 1 << 22  # values checked per read when validating on disk
 
 @dataclass
 class CountMatrix:
-    """Rows of a cells x genes matrix: an in-memory CSR, or an HDF5 group/dataset read in blocks."""
+    """Rows of a cells x genes matrix: an in-memory CSR, or an HDF5 group/dataset read in blocks.
+
+    A backed matrix may show a subset of the stored genes (`columns`, indices into the stored columns), so a
+    gene selection never needs the whole matrix in memory.
+    """
 
     path: Path
     key: str  # "X" or "layers/NAME"
@@ -27,6 +31,8 @@ class CountMatrix:
     var_names: list[str]
     matrix: sp.csr_matrix | None = None  # in memory
     backed: bool = False
+    columns: np.ndarray | None = None  # backed: the stored columns shown, in order; None for all
+    stored_n_vars: int = 0  # backed: columns stored in the file
 
     @property
     def n_obs(self) -> int:
@@ -36,21 +42,42 @@ class CountMatrix:
     def n_vars(self) -> int:
         return len(self.var_names)
 
+    def select_genes(self, columns: np.ndarray) -> CountMatrix:
+        """The same cells on a subset of this matrix's genes (`columns` index its current genes)."""
+        columns = np.asarray(columns, dtype=np.int64)
+        names = [self.var_names[i] for i in columns]
+        if self.matrix is not None:
+            return CountMatrix(self.path, self.key, self.obs, names, matrix=sp.csr_matrix(self.matrix[:, columns]))
+        stored = columns if self.columns is None else self.columns[columns]
+        return CountMatrix(self.path, self.key, self.obs, names, backed=True, columns=stored,
+                           stored_n_vars=self.stored_n_vars)
+
+    def block(self, start: int, stop: int) -> sp.csr_matrix:
+        """Cells start..stop-1 as float32 CSR (one contiguous disk read when backed)."""
+        if self.matrix is not None:
+            return self.matrix[start:stop]
+        with h5py.File(self.path, "r") as f:
+            node = f[self.key]
+            if isinstance(node, h5py.Dataset):
+                block = sp.csr_matrix(node[start:stop].astype(np.float32))
+            else:
+                indptr = node["indptr"][start:stop + 1]
+                lo, hi = int(indptr[0]), int(indptr[-1])
+                block = sp.csr_matrix((node["data"][lo:hi].astype(np.float32), node["indices"][lo:hi],
+                                       indptr - lo), shape=(stop - start, self.stored_n_vars))
+        return block if self.columns is None else block[:, self.columns]
+
+    def blocks(self, size: int = 8192):
+        """Every cell in order, as CSR blocks of `size` cells."""
+        for start in range(0, self.n_obs, size):
+            yield self.block(start, min(start + size, self.n_obs))
+
     def rows(self, index: np.ndarray) -> np.ndarray:
         """Dense float32 rows for sorted `index`, sliced in bulk (one CSR fancy-index or one disk block)."""
         if self.matrix is not None:
             return self.matrix[index].toarray()
         start, stop = int(index[0]), int(index[-1]) + 1
-        with h5py.File(self.path, "r") as f:
-            node = f[self.key]
-            if isinstance(node, h5py.Dataset):
-                block = node[start:stop].astype(np.float32)
-                return block[index - start]
-            indptr = node["indptr"][start:stop + 1]
-            lo, hi = int(indptr[0]), int(indptr[-1])
-            block = sp.csr_matrix((node["data"][lo:hi].astype(np.float32), node["indices"][lo:hi],
-                                   indptr - lo), shape=(stop - start, self.n_vars))
-        return block[index - start].toarray()
+        return self.block(start, stop)[index - start].toarray()
 
     def rows_in_order(self, index: np.ndarray) -> np.ndarray:
         """Like `rows`, for an index in any order and with repeats (read sorted, then put back in order)."""
@@ -97,7 +124,7 @@ def load_counts(path: str | Path, layer: str = "", obs_keys: tuple[str, ...] = (
             raise UserError(f"{path}: the matrix is empty ({adata.n_obs} cells x {adata.n_vars} genes)")
         var_names = [str(v) for v in adata.var_names]
         if backed:
-            counts = CountMatrix(path, key, obs, var_names, backed=True)
+            counts = CountMatrix(path, key, obs, var_names, backed=True, stored_n_vars=len(var_names))
         else:
             matrix = adata.layers[layer] if layer else adata.X
             matrix = sp.csr_matrix(matrix, dtype=np.float32)

@@ -7,17 +7,32 @@ standardised, clipped counts. Computed from sparse matrices without densifying t
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
 import numpy as np
 import scipy.sparse as sp
 
+if TYPE_CHECKING:
+    from stagekit.data.anndata_io import CountMatrix
 
-def seurat_v3_variances(counts: sp.csr_matrix, span: float = 0.3) -> np.ndarray:
+
+def seurat_v3_variances(counts: sp.csr_matrix | CountMatrix, span: float = 0.3) -> np.ndarray:
+    """Standardised clipped variance of every gene, from two passes over the cells: an in-memory matrix in one
+    block, a backed CountMatrix block by block."""
     from skmisc.loess import loess
 
-    n = counts.shape[0]
-    x = sp.csr_matrix(counts, dtype=np.float64)
-    mean = np.asarray(x.mean(0)).ravel()
-    var = np.asarray(x.multiply(x).mean(0)).ravel() - mean**2
+    def blocks() -> Iterable[sp.csr_matrix]:
+        return [counts] if sp.issparse(counts) else counts.blocks()
+
+    n, total, total_sq = 0, 0.0, 0.0
+    for block in blocks():
+        x = sp.csr_matrix(block, dtype=np.float64)
+        n += x.shape[0]
+        total = total + np.asarray(x.sum(0)).ravel()
+        total_sq = total_sq + np.asarray(x.multiply(x).sum(0)).ravel()
+    mean = total / n
+    var = total_sq / n - mean**2
     var *= n / max(n - 1, 1)
     expressed = var > 0
     fitted = np.zeros_like(mean)
@@ -37,19 +52,21 @@ def seurat_v3_variances(counts: sp.csr_matrix, span: float = 0.3) -> np.ndarray:
     fitted[expressed] = fit
     reg_std = np.sqrt(10**fitted)
     clip = mean + reg_std * np.sqrt(n)
-    clipped = x.tocsc(copy=True)
-    columns = np.repeat(np.arange(x.shape[1]), np.diff(clipped.indptr))
-    np.minimum(clipped.data, clip[columns], out=clipped.data)
-    sum_sq = np.asarray(clipped.multiply(clipped).sum(0)).ravel()
-    total = np.asarray(clipped.sum(0)).ravel()
+    clipped_total, clipped_sq = 0.0, 0.0
+    for block in blocks():
+        x = sp.csr_matrix(block, dtype=np.float64, copy=True)
+        np.minimum(x.data, clip[x.indices], out=x.data)
+        clipped_total = clipped_total + np.asarray(x.sum(0)).ravel()
+        clipped_sq = clipped_sq + np.asarray(x.multiply(x).sum(0)).ravel()
     with np.errstate(divide="ignore", invalid="ignore"):
-        norm_var = (n * mean**2 + sum_sq - 2 * mean * total) / ((n - 1) * reg_std**2)
+        norm_var = (n * mean**2 + clipped_sq - 2 * mean * clipped_total) / ((n - 1) * reg_std**2)
     return np.where(expressed, norm_var, -np.inf)
 
 
-def highly_variable_genes(counts: sp.csr_matrix, n_top: int) -> np.ndarray:
-    """Sorted column indices of the `n_top` most variable genes (all genes when there are fewer)."""
-    if n_top >= counts.shape[1]:
-        return np.arange(counts.shape[1])
+def highly_variable_genes(counts: sp.csr_matrix | CountMatrix, n_top: int) -> np.ndarray:
+    """Sorted column indices of the `n_top` most variable genes (all genes when there are fewer). A backed
+    CountMatrix is read block by block, twice."""
+    if n_top >= counts.shape[1] if sp.issparse(counts) else n_top >= counts.n_vars:
+        return np.arange(counts.shape[1] if sp.issparse(counts) else counts.n_vars)
     order = np.argsort(-seurat_v3_variances(counts), kind="stable")
     return np.sort(order[:n_top])

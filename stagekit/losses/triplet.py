@@ -40,7 +40,7 @@ def mine_triplets(z: torch.Tensor, species: torch.Tensor, labels: torch.Tensor, 
     with torch.no_grad():
         unit = F.normalize(z.detach().float(), dim=-1)
         similarity = unit @ unit.T
-        if neighbour_space is None:
+        if neighbour_space is None or neighbour_space is z:
             neighbour_similarity = similarity
         else:
             space = F.normalize(neighbour_space.detach().float(), dim=-1)

@@ -34,25 +34,40 @@ def label_transfer(embedding: np.ndarray, species: np.ndarray, labels: np.ndarra
     return out
 
 
-def cross_species_knn_agreement(embedding: np.ndarray, species: np.ndarray, labels: np.ndarray, k: int
-                                ) -> float:
-    """Mean fraction of a cell's k nearest cells of the other species (cosine) that share its label."""
+MAX_QUERIES = 10_000  # cells whose neighbours are scored; estimates stay unbiased, cost stays linear in cells
+
+
+def query_cells(mask: np.ndarray, max_queries: int = MAX_QUERIES, seed: int = 0) -> np.ndarray:
+    """Indices of the cells in `mask`, a seeded uniform subsample when there are more than `max_queries`."""
+    index = np.flatnonzero(mask)
+    if len(index) <= max_queries:
+        return index
+    return np.sort(np.random.default_rng(seed).choice(index, max_queries, replace=False))
+
+
+def cross_species_knn_agreement(embedding: np.ndarray, species: np.ndarray, labels: np.ndarray, k: int,
+                                max_queries: int = MAX_QUERIES) -> float:
+    """Mean fraction of a cell's k nearest cells of the other species (cosine) that share its label
+    (over at most `max_queries` cells per species; the neighbours come from all cells)."""
     unit = embedding / np.maximum(np.linalg.norm(embedding, axis=1, keepdims=True), 1e-12)
     agreement = []
     for name in sorted(set(species)):
-        query, reference = species == name, species != name
+        query, reference = query_cells(species == name, max_queries), species != name
         k_eff = min(k, int(reference.sum()))
         index = NearestNeighbors(n_neighbors=k_eff).fit(unit[reference]).kneighbors(unit[query])[1]
         agreement.append((labels[reference][index] == labels[query][:, None]).mean(1))
     return float(np.concatenate(agreement).mean())
 
 
-def species_mixing(embedding: np.ndarray, species: np.ndarray, k: int = 15) -> float:
+def species_mixing(embedding: np.ndarray, species: np.ndarray, k: int = 15, max_queries: int = MAX_QUERIES
+                   ) -> float:
     """Observed fraction of other-species cells among each cell's k neighbours, over the fraction expected
-    if species were perfectly mixed (1 = mixed, 0 = separate), averaged over cells."""
+    if species were perfectly mixed (1 = mixed, 0 = separate), averaged over cells (at most `max_queries`
+    of them; the neighbours come from all cells)."""
     unit = embedding / np.maximum(np.linalg.norm(embedding, axis=1, keepdims=True), 1e-12)
-    index = NearestNeighbors(n_neighbors=min(k + 1, len(unit))).fit(unit).kneighbors(unit)[1][:, 1:]
-    other = (species[index] != species[:, None]).mean(1)
+    query = query_cells(np.ones(len(unit), dtype=bool), max_queries)
+    index = NearestNeighbors(n_neighbors=min(k + 1, len(unit))).fit(unit).kneighbors(unit[query])[1][:, 1:]
+    other = (species[index] != species[query, None]).mean(1)
     share = {s: (species != s).sum() / (len(species) - 1) for s in set(species)}
-    expected = np.array([share[s] for s in species])
+    expected = np.array([share[s] for s in species[query]])
     return float(np.mean(other / expected))

@@ -28,7 +28,7 @@ def macrogene_centroids(gene_embeddings: np.ndarray, n_macrogenes: int, seed: in
 
 
 def log_weights_from_centroids(gene_embeddings: np.ndarray, centroids: np.ndarray, scoring: str = "default",
-                               floor: float = 1e-6, block: int = 4096) -> np.ndarray:
+                               floor: float = 1e-6, block: int = 512) -> np.ndarray:
     """Log weights (genes x macrogenes) from each gene's distance rank to every centroid; W = exp(.) > 0.
 
     Distances come from |g|^2 - 2 g.c + |c|^2 one block of genes at a time, so memory stays at genes x

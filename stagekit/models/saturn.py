@@ -99,6 +99,8 @@ class SaturnMetric(nn.Module):
     macrogenes = SaturnModel.macrogenes
     embed = SaturnModel.embed
 
-    def forward(self, xs: list[torch.Tensor]) -> torch.Tensor:
-        """Embeddings of one batch per species, concatenated in species order."""
-        return torch.cat([self.embed(x, s) for s, x in enumerate(xs)])
+    def forward(self, xs: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Embeddings of one batch per species, concatenated in species order, and each species' macrogene
+        values before dropout (what align finds cross-species neighbours in)."""
+        values = [self.macrogene_values(x, s) for s, x in enumerate(xs)]
+        return torch.cat([self.encoder(self.macro_dropout(v)) for v in values]), values

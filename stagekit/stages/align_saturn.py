@@ -67,22 +67,19 @@ class AlignTask(Task):
         return len(batch["labels"])
 
     @torch.no_grad()
-    def neighbour_space(self, xs: list[torch.Tensor]) -> torch.Tensor | None:
+    def neighbour_space(self, z: torch.Tensor, values: list[torch.Tensor]) -> torch.Tensor:
         """Macrogene values centred per species (what differs between cells, not between the species' data
-        sets), or None to find neighbours in the embedding itself."""
+        sets), or the embedding itself."""
         if self.cfg["neighbour_space"] != "macrogenes":
-            return None
-        values = [self.model.macrogene_values(x, s) for s, x in enumerate(xs)]
+            return z
         return torch.cat([v - v.mean(0) for v in values])
 
     @torch.no_grad()
     def unlinked_labels(self) -> list[str]:
         """Labels of the first batch whose group gains no cell of another species: they form no triplets."""
         batch = self.load(self.train_plan(0, 0, 1)[0])
-        space = self.neighbour_space(batch["xs"])
-        if space is None:
-            space = self.model.eval()(batch["xs"])
-            self.model.train()
+        space = self.neighbour_space(*self.model.eval()(batch["xs"]))
+        self.model.train()
         unit = torch.nn.functional.normalize(space.float(), dim=-1)
         groups = label_groups(unit @ unit.T, batch["species"], batch["labels"], self.cfg["mnn"])
         # a label is linked when its group holds cells of two species or more
@@ -92,10 +89,10 @@ class AlignTask(Task):
         return [self.label_names[i] for i in sorted(present - linked)]
 
     def step(self, model: torch.nn.Module, batch: dict, epoch: int, train: bool) -> dict[str, torch.Tensor]:
-        z = model(batch["xs"])
+        z, values = model(batch["xs"])
         generator = torch.Generator().manual_seed(int(batch["seed"]))
         a, p, n = mine_triplets(z, batch["species"], batch["labels"], self.cfg["margin"], self.cfg["mnn"],
-                                generator, self.neighbour_space(batch["xs"]))
+                                generator, self.neighbour_space(z, values))
         loss = cosine_triplet_loss(z, a, p, n, self.cfg["margin"])
         return {"loss": loss, "triplets": torch.tensor(float(len(a)))}
 

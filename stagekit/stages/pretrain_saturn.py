@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import scipy.sparse as sp
 import torch
 
 from stagekit.bundle import Bundle
@@ -64,6 +63,9 @@ def load_species(config: Config, data: list[Path], species_names: list[str], emb
     cfg = config["data"]
     obs_keys = tuple(k for k in (cfg["species_key"], cfg["label_key"]) if k)
     if cfg["species_key"]:
+        if cfg["backed"]:
+            raise UserError("data.backed reads one file per species; split the file by species (one .h5ad each) "
+                            "or train in memory without --backed")
         if len(data) != 1:
             raise UserError("data.species_key splits one .h5ad by species; give a single file")
         if species_names:
@@ -73,7 +75,8 @@ def load_species(config: Config, data: list[Path], species_names: list[str], emb
         names = species_names or [p.stem for p in data]
         if len(names) != len(data) or len(set(names)) != len(names):
             raise UserError(f"--species: give one distinct name per data file ({len(data)} files, names {names})")
-        by_species = {n: load_counts(p, cfg["layer"], obs_keys) for n, p in zip(names, data, strict=True)}
+        by_species = {n: load_counts(p, cfg["layer"], obs_keys, backed=cfg["backed"])
+                      for n, p in zip(names, data, strict=True)}
     if len(by_species) < 2:
         raise UserError(f"cross-species pretraining needs at least two species; found {list(by_species)}")
     paths = _embedding_paths(embedding_specs, list(by_species))
@@ -82,12 +85,11 @@ def load_species(config: Config, data: list[Path], species_names: list[str], emb
         embeddings = load_gene_embeddings(paths[name])
         dims[name] = embeddings.dim
         matched, vectors = match_genes(counts.var_names, embeddings, name, cfg["min_matched_genes"])
-        matrix = counts.matrix[:, matched]
-        keep = highly_variable_genes(matrix, cfg["hv_genes"])
+        with_embedding = counts.select_genes(matched)
+        keep = highly_variable_genes(with_embedding if counts.backed else with_embedding.matrix, cfg["hv_genes"])
         log(f"{name}: {len(matched)} of {counts.n_vars} genes matched a protein embedding; "
-            f"{len(keep)} highly variable kept; {counts.n_obs} cells")
-        kept = CountMatrix(counts.path, counts.key, counts.obs, [counts.var_names[i] for i in matched[keep]],
-                           matrix=sp.csr_matrix(matrix[:, keep]))
+            f"{len(keep)} highly variable kept; {counts.n_obs} cells" + (" (backed)" if counts.backed else ""))
+        kept = with_embedding.select_genes(keep)
         labels = counts.obs[cfg["label_key"]].astype(str).to_numpy() if cfg["label_key"] else None
         species.append(SpeciesData(name, kept, vectors[keep], labels))
     if len(set(dims.values())) > 1:
@@ -105,8 +107,9 @@ class SaturnTask(Task):
 
     def train_plan(self, epoch: int, rank: int, world: int) -> list[tuple[list[np.ndarray], np.ndarray]]:
         """Each step: one batch of every species (smaller species cycle) and a partner gene for every gene."""
-        plans = [epoch_plan(train, self.batch_size, self.seed + i, epoch, rank, world)
-                 for i, (train, _) in enumerate(self.splits)]
+        plans = [epoch_plan(train, self.batch_size, self.seed + i, epoch, rank, world,
+                            contiguous=s.counts.backed)
+                 for i, ((train, _), s) in enumerate(zip(self.splits, self.species, strict=True))]
         steps = max(len(p) for p in plans)
         rng = np.random.default_rng([self.seed, epoch, 2])
         return [([p[j % len(p)] for p in plans], rng.integers(0, self.n_genes, self.n_genes)) for j in range(steps)]

@@ -13,7 +13,7 @@ import scipy.sparse as sp
 import torch
 
 from stagekit.bundle import Bundle
-from stagekit.data.anndata_io import load_counts, split_by_column
+from stagekit.data.anndata_io import CountMatrix, load_counts, split_by_column
 from stagekit.data.batching import eval_plan
 from stagekit.errors import UserError
 
@@ -30,22 +30,24 @@ def species_genes(bundle: Bundle, species: int) -> list[str]:
     return [g for g, s in zip(bundle.var_names, bundle.results["gene_species"], strict=True) if s == species]
 
 
-def _align_genes(matrix: sp.csr_matrix, var_names: list[str], wanted: list[str], where: str, log) -> sp.csr_matrix:
-    """Columns in the bundle's gene order (case-insensitive); genes the data lacks are zeros."""
-    lookup = {g.upper(): i for i, g in enumerate(var_names)}
-    columns = [lookup.get(g.upper(), -1) for g in wanted]
-    missing = sum(c < 0 for c in columns)
+def _align_genes(counts: CountMatrix, wanted: list[str], where: str, log) -> sp.csr_matrix:
+    """Columns in the bundle's gene order (case-insensitive); genes the data lacks are zeros. A backed matrix is
+    read block by block, keeping only the bundle's genes in memory."""
+    lookup = {g.upper(): i for i, g in enumerate(counts.var_names)}
+    columns = np.array([lookup.get(g.upper(), -1) for g in wanted])
+    missing = int((columns < 0).sum())
     if missing > len(wanted) // 2:
         raise UserError(f"{where}: {missing} of the model's {len(wanted)} genes are missing (e.g. "
                         f"{', '.join(g for g, c in zip(wanted, columns, strict=True) if c < 0)[:80]}); "
                         "is this the species and gene naming the model was trained on?")
     if missing:
         log(f"{where}: {missing} of {len(wanted)} model genes are absent and read as zero")
-    present = np.array([c for c in columns if c >= 0])
-    block = matrix[:, present]
-    out = sp.lil_matrix((matrix.shape[0], len(wanted)), dtype=np.float32)
-    out[:, np.flatnonzero(np.array(columns) >= 0)] = block
-    return sp.csr_matrix(out)
+    present = np.flatnonzero(columns >= 0)
+    selected = counts.select_genes(columns[present])
+    block = selected.matrix if selected.matrix is not None else sp.vstack(list(selected.blocks())).tocsr()
+    block.sort_indices()
+    # column j of the selection is the bundle's gene present[j]
+    return sp.csr_matrix((block.data, present[block.indices], block.indptr), shape=(block.shape[0], len(wanted)))
 
 
 def load_cells(bundle: Bundle, data: list[Path], species_names: list[str], log=print) -> list[SpeciesCells]:
@@ -76,10 +78,10 @@ def load_cells(bundle: Bundle, data: list[Path], species_names: list[str], log=p
             raise UserError(f"{path}: species '{name}' is not in {bundle.path} (it knows {', '.join(known)}); "
                             "a model maps only the species it was trained on")
         if counts is None:
-            counts = load_counts(path, data_cfg["layer"])  # labels are optional for new cells
+            # labels are optional for new cells
+            counts = load_counts(path, data_cfg["layer"], backed=data_cfg.get("backed", False))
         index = known.index(name)
-        aligned = _align_genes(counts.matrix, counts.var_names, species_genes(bundle, index), f"{path} ({name})",
-                               log)
+        aligned = _align_genes(counts, species_genes(bundle, index), f"{path} ({name})", log)
         cells.append(SpeciesCells(index, name, counts.obs.copy(), aligned))
     return cells
 
