@@ -200,7 +200,7 @@ def test_species_with_a_single_cell_type(capsys, demo, tmp_path):
                            "-o", pre)
     assert code == 0, err
     code, _, err = run_cli(capsys, "align", pre, "--set", "training.epochs=2", "--set", "training.batch_size=128",
-                           "-o", tmp_path / "a.stk")
+                           "--set", "align.balance_species=true", "-o", tmp_path / "a.stk")
     assert code == 0, err
 
 

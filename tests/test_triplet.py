@@ -74,3 +74,17 @@ def test_triplet_training_pulls_types_together_across_species():
         loss.backward()
         optimizer.step()
     assert before <= 0.85 and transfer(z) >= 0.95
+
+
+def test_species_balancing_equalises_triplets_per_anchor_species():
+    z, species, labels, _ = _toy()
+    keep = torch.cat([torch.arange(20), torch.arange(20, 28)])  # species 1 has far fewer cells
+    z, species, labels = z[keep], species[keep], labels[keep]
+    a, _, _ = mine_triplets(z, species, labels, margin=0.5, generator=torch.Generator().manual_seed(0))
+    counts = torch.bincount(species[a], minlength=2)
+    assert counts[0] != counts[1]
+    a, p, n = mine_triplets(z, species, labels, margin=0.5, generator=torch.Generator().manual_seed(0),
+                            balance_species=True)  # the same draw, then a balanced subset
+    counts_balanced = torch.bincount(species[a], minlength=2)
+    assert counts_balanced[0] == counts_balanced[1] == counts.min()
+    assert (species[p] != species[a]).all()

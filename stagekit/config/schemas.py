@@ -68,6 +68,8 @@ ALIGN = {
                            "expression both species share through the protein embeddings, centred per species; "
                            "independent of what pretraining made of each species) or embedding (the cell "
                            "embedding being trained, as the reference does)", choices=("macrogenes", "embedding")),
+    "balance_species": Key("bool", False, "keep the same number of triplets per anchor species each step (a "
+                           "random subset), so a species that forms more triplets does not dominate the loss"),
     "unfreeze_macrogenes": Key("bool", False, "also train the gene -> macrogene weights"),
     "leiden_resolution": Key("float", 1.0, "resolution of the per-species Leiden clustering used when the data "
                              "has no labels", minimum=0),

@@ -35,8 +35,10 @@ def label_groups(similarity: torch.Tensor, species: torch.Tensor, labels: torch.
 
 def mine_triplets(z: torch.Tensor, species: torch.Tensor, labels: torch.Tensor, margin: float = 0.2,
                   mnn: bool = True, generator: torch.Generator | None = None,
-                  neighbour_space: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Indices (anchors, positives, negatives) of semi-hard triplets; anchors without one are left out."""
+                  neighbour_space: torch.Tensor | None = None, balance_species: bool = False
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Indices (anchors, positives, negatives) of semi-hard triplets; anchors without one are left out.
+    `balance_species` keeps the same number of triplets for every anchor species (a random subset of each)."""
     with torch.no_grad():
         unit = F.normalize(z.detach().float(), dim=-1)
         similarity = unit @ unit.T
@@ -58,7 +60,24 @@ def mine_triplets(z: torch.Tensor, species: torch.Tensor, labels: torch.Tensor, 
         candidate &= (gap > 0) & (gap <= margin)  # semi-hard
         negatives = noise.masked_fill_(~candidate, -1.0).argmax(1)
         anchors = (positive.any(1) & candidate.any(1)).nonzero().squeeze(1)
+        if balance_species and len(anchors):
+            anchors = _balanced(anchors, species[anchors],
+                                torch.rand(len(anchors), generator=generator, device=z.device))
     return anchors, positives[anchors], negatives[anchors]
+
+
+def _balanced(anchors: torch.Tensor, species: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """A random subset of the anchors with as many of each species present as the rarest one has."""
+    names, counts = species.unique(return_counts=True)
+    keep = int(counts.min()) if len(names) > 1 else len(anchors)
+    # rank each anchor within its species by random noise; keep the first `keep` of every species
+    order = torch.argsort(noise)
+    ranked_species = species[order]
+    rank = torch.zeros_like(order)
+    for name in names:  # a handful of species, not cells
+        members = ranked_species == name
+        rank[order[members]] = torch.arange(int(members.sum()), device=anchors.device)
+    return anchors[rank < keep]
 
 
 def cosine_triplet_loss(z: torch.Tensor, anchors: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor,

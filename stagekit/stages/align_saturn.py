@@ -92,7 +92,7 @@ class AlignTask(Task):
         z, values = model(batch["xs"])
         generator = torch.Generator().manual_seed(int(batch["seed"]))
         a, p, n = mine_triplets(z, batch["species"], batch["labels"], self.cfg["margin"], self.cfg["mnn"],
-                                generator, self.neighbour_space(z, values))
+                                generator, self.neighbour_space(z, values), self.cfg["balance_species"])
         loss = cosine_triplet_loss(z, a, p, n, self.cfg["margin"])
         return {"loss": loss, "triplets": torch.tensor(float(len(a)))}
 
