@@ -84,3 +84,17 @@ def test_output_folder_missing_and_resume_of_non_bundle(capsys, tmp_path, small_
     fake.write_text("x")
     _assert_user_error(*run_cli(capsys, "pretrain", small_h5ad, "-o", tmp_path / "o.stk", "--resume", fake),
                        "not a stagekit bundle")
+
+
+def test_written_h5ad_has_plain_strings_for_any_anndata(tmp_path):
+    """pandas 3 makes string columns Arrow-backed by default; anndata refuses to write those unless told to."""
+    import anndata
+    import pandas as pd
+
+    from stagekit.data.anndata_io import write_h5ad
+
+    obs = pd.DataFrame({"label": pd.array(["a", "b", "c"], dtype="string")},
+                       index=pd.Index(["x", "y", "z"], dtype="string"))
+    write_h5ad(anndata.AnnData(np.ones((3, 2), dtype=np.float32), obs=obs), tmp_path / "t.h5ad")
+    back = anndata.read_h5ad(tmp_path / "t.h5ad")
+    assert back.obs["label"].tolist() == ["a", "b", "c"] and back.obs_names.tolist() == ["x", "y", "z"]

@@ -175,3 +175,16 @@ def category_codes(obs: pd.DataFrame, column: str) -> tuple[np.ndarray, list[str
     names = sorted(values.unique())
     lookup = {name: i for i, name in enumerate(names)}
     return values.map(lookup).to_numpy(np.int64), names
+
+
+def write_h5ad(adata, path: Path) -> None:
+    """Write an AnnData readable by every anndata version: pandas' nullable/Arrow string columns and indexes
+    (the default from pandas 3) are written as plain strings, which older anndata can read and newer anndata
+    otherwise refuses to write unless told to."""
+    for frame in (adata.obs, adata.var):
+        frame.index = frame.index.astype(object)
+        for column in frame.columns:
+            if pd.api.types.is_string_dtype(frame[column].dtype) and not isinstance(frame[column].dtype,
+                                                                                    pd.CategoricalDtype):
+                frame[column] = frame[column].astype(object)
+    adata.write_h5ad(path)

@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from stagekit.data.anndata_io import write_h5ad
+
 DEMO_DATA = Path(__file__).resolve().parent.parent / "demo_data"
 DEMO_CELLS = DEMO_DATA / "pancreas_human_mouse.h5ad"
 DEMO_ORTHOLOGS = DEMO_DATA / "orthologs_human_mouse_ensembl105.csv"
@@ -57,7 +59,7 @@ def write_demo_inputs(orthologs: Path, out_dir: Path, dim: int = 64, noise: floa
             shared = _vector(f"pair:{upper}", dim) if upper in table else _vector(f"{species}:{upper}", dim)
             vectors.append(shared + noise * _vector(f"noise:{species}:{symbol}", dim))
         paths[species] = out_dir / f"{species}.h5ad"
-        part.write_h5ad(paths[species])
+        write_h5ad(part, paths[species])
         paths[f"{species}_embeddings"] = out_dir / f"{species}_embeddings.npz"
         np.savez(paths[f"{species}_embeddings"], genes=np.array(part.var_names, dtype=str),
                  embeddings=np.stack(vectors))

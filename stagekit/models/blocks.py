@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
+
+
+def device_of(module: nn.Module) -> torch.device:
+    """Where a model's parameters live: inputs built outside the training loop must go there too."""
+    return next(module.parameters()).device
 
 
 def mlp(sizes: list[int], dropout: float) -> nn.Sequential:

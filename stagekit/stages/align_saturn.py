@@ -90,7 +90,7 @@ class AlignTask(Task):
 
     def step(self, model: torch.nn.Module, batch: dict, epoch: int, train: bool) -> dict[str, torch.Tensor]:
         z, values = model(batch["xs"])
-        generator = torch.Generator().manual_seed(int(batch["seed"]))
+        generator = torch.Generator(device=z.device).manual_seed(int(batch["seed"]))
         a, p, n = mine_triplets(z, batch["species"], batch["labels"], self.cfg["margin"], self.cfg["mnn"],
                                 generator, self.neighbour_space(z, values), self.cfg["balance_species"])
         loss = cosine_triplet_loss(z, a, p, n, self.cfg["margin"])

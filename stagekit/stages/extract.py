@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 
 from stagekit.bundle import Bundle, atomic_output, file_sha256, read_bundle
-from stagekit.data.anndata_io import CountMatrix
+from stagekit.data.anndata_io import CountMatrix, write_h5ad
 from stagekit.errors import UserError
 from stagekit.losses.clustering import student_t_assignment
 from stagekit.stages.vae_common import embed, load_bundle_data, load_vae, vae_config
@@ -111,5 +111,5 @@ def run(bundle_path: Path, data: list[Path], output: Path, species: list[str] | 
                              "stage": bundle.stage, "model": bundle.model, "lineage": json.dumps(bundle.lineage),
                              "config": bundle.config_toml} | extra
     with atomic_output(output) as tmp:
-        adata.write_h5ad(tmp)
+        write_h5ad(adata, tmp)
     return output

@@ -56,7 +56,8 @@ class DECTask(Task):
 
     def soft_assignments(self) -> np.ndarray:
         with torch.no_grad():
-            return self.model.assign(torch.from_numpy(self.latent())).numpy()
+            latent = torch.from_numpy(self.latent()).to(self.model.centres.device)
+            return self.model.assign(latent).float().cpu().numpy()
 
     def update_target(self) -> None:
         q = self.soft_assignments()
@@ -71,7 +72,8 @@ class DECTask(Task):
             latent = self.latent()
             uncertain = np.argsort(q.max(1))[: len(empty)]
             with torch.no_grad():
-                self.model.centres[torch.from_numpy(empty)] = torch.from_numpy(latent[uncertain])
+                self.model.centres[torch.from_numpy(empty)] = torch.from_numpy(latent[uncertain]).to(
+                    self.model.centres.device)
             q = self.soft_assignments()
             hard = q.argmax(1)
         self.changed = 1.0 if self.hard is None else float(np.mean(hard != self.hard))

@@ -14,6 +14,7 @@ from stagekit.data.batching import epoch_plan, eval_plan, split_train_val
 from stagekit.data.pairs import Partners, cells_of, with_partners
 from stagekit.losses.clustering import nt_xent
 from stagekit.losses.counts import count_nll
+from stagekit.models.blocks import device_of
 from stagekit.models.vae import COUNT_LIKELIHOODS, VAE
 from stagekit.stages.runner import PhaseRun
 from stagekit.stages.vae_common import build_vae, check_pair_config, model_config_toml, positive_partners
@@ -82,15 +83,16 @@ def reconstruction_report(model: VAE, counts: CountMatrix, batch_codes: np.ndarr
     Other features: MSE on standardised features, the baseline predicting each feature's training mean.
     """
     model.eval()
-    share = torch.zeros(counts.n_vars)
+    device = device_of(model)
+    share = torch.zeros(counts.n_vars, device=device)
     for rows in eval_plan(train_idx, batch_size):
-        x = torch.from_numpy(counts.rows(rows))
+        x = torch.from_numpy(counts.rows(rows)).to(device)
         share += (model.transform(x)[0] if not model.counts else x / x.sum(1, keepdim=True).clamp_min(1)).sum(0)
     share /= len(train_idx)  # mean normalised expression (counts) or mean standardised feature
     totals = {"recon_mse": 0.0, "baseline_mse": 0.0, "recon_nll": 0.0, "baseline_nll": 0.0}
     for rows in eval_plan(eval_idx, batch_size):
-        x = torch.from_numpy(counts.rows(rows))
-        b = torch.from_numpy(batch_codes[rows]) if batch_codes is not None else None
+        x = torch.from_numpy(counts.rows(rows)).to(device)
+        b = torch.from_numpy(batch_codes[rows]).to(device) if batch_codes is not None else None
         mean, _, library = model.encode(x, b)
         mu, zi = model.decode(mean, library, b)
         if model.counts:

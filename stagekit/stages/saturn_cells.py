@@ -16,6 +16,7 @@ from stagekit.bundle import Bundle
 from stagekit.data.anndata_io import CountMatrix, load_counts, split_by_column
 from stagekit.data.batching import eval_plan
 from stagekit.errors import UserError
+from stagekit.models.blocks import device_of
 
 
 @dataclass
@@ -91,10 +92,11 @@ def cell_outputs(model: torch.nn.Module, cells: SpeciesCells, batch_size: int = 
                  ) -> tuple[np.ndarray, np.ndarray]:
     """Macrogene values and embedding of every cell, deterministic (eval mode: no macrogene dropout)."""
     model.eval()
+    device = device_of(model)
     macro, embedding = [], []
     for rows in eval_plan(np.arange(cells.matrix.shape[0]), batch_size):
-        x = torch.from_numpy(cells.matrix[rows].toarray())
+        x = torch.from_numpy(cells.matrix[rows].toarray()).to(device)
         m = model.macrogenes(x, cells.species)
-        macro.append(m.numpy())
-        embedding.append(model.encoder(m).numpy())
+        macro.append(m.float().cpu().numpy())
+        embedding.append(model.encoder(m).float().cpu().numpy())
     return np.concatenate(macro), np.concatenate(embedding)

@@ -15,6 +15,7 @@ from stagekit.data.anndata_io import CountMatrix, category_codes, load_counts
 from stagekit.data.batching import eval_plan
 from stagekit.data.pairs import GroupPartners, NeighbourPartners, Partners
 from stagekit.errors import UserError
+from stagekit.models.blocks import device_of
 from stagekit.models.vae import COUNT_LIKELIHOODS, VAE
 from stagekit.train.state import load_weights
 
@@ -84,10 +85,11 @@ def load_bundle_data(bundle: Bundle, data_path: Path | None, obs_keys: tuple[str
 def embed(model: VAE, counts: CountMatrix, batch_codes: np.ndarray | None, batch_size: int = 2048) -> np.ndarray:
     """Posterior means of every cell, deterministic (eval mode)."""
     model.eval()
+    device = device_of(model)
     out = []
     for rows in eval_plan(np.arange(counts.n_obs), batch_size):
-        b = torch.from_numpy(batch_codes[rows]) if batch_codes is not None else None
-        out.append(model.encode(torch.from_numpy(counts.rows(rows)), b)[0].numpy())
+        b = torch.from_numpy(batch_codes[rows]).to(device) if batch_codes is not None else None
+        out.append(model.encode(torch.from_numpy(counts.rows(rows)).to(device), b)[0].float().cpu().numpy())
     return np.concatenate(out)
 
 
