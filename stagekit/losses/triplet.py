@@ -25,8 +25,8 @@ def label_groups(similarity: torch.Tensor, species: torch.Tensor, labels: torch.
     """(B, n_labels) membership: each cell's own label, plus the labels of the cells of another species whose
     nearest cross-species cell it is (kept only if it points back to that label, with `mnn`)."""
     other = species[:, None] != species[None, :]
-    nearest = similarity.masked_fill(~other, float("-inf")).argmax(1)  # nearest cell of another species
-    has_other = other.any(1)
+    best, nearest = similarity.masked_fill(~other, float("-inf")).max(1)  # nearest cell of another species
+    has_other = best > float("-inf")
     linked = has_other & (labels[nearest[nearest]] == labels) if mnn else has_other
     groups = F.one_hot(labels, int(labels.max()) + 1).bool()
     groups[nearest[linked], labels[linked]] = True
@@ -50,16 +50,18 @@ def mine_triplets(z: torch.Tensor, species: torch.Tensor, labels: torch.Tensor, 
         groups = label_groups(neighbour_similarity, species, labels, mnn).float()
         shared = (groups @ groups.T) > 0
         positive = shared & (species[:, None] != species[None, :])
-        # one noise matrix draws both picks: a uniform choice within each (disjoint) set, whole rows at once
-        noise = torch.rand(positive.shape, generator=generator, device=z.device)
-        positives = noise.masked_fill(~positive, -1.0).argmax(1)
+        # one key matrix draws both picks, a uniform choice within each (disjoint) set, whole rows at once: row i's
+        # keys are frac(c_j + r_i), i.i.d. uniform along the row, at the price of 2 x B random numbers, not B x B
+        column_keys, row_shifts = torch.rand(2, len(z), generator=generator, device=z.device)
+        noise = (column_keys[None, :] + row_shifts[:, None]).frac_()
+        positive_key, positives = noise.masked_fill(~positive, -1.0).max(1)  # key -1: no positive in the row
         ap = similarity.gather(1, positives[:, None])
         candidate = ~shared
         candidate &= (species[None, :] == species[:, None]) | (species[None, :] == species[positives, None])
         gap = ap - similarity
         candidate &= (gap > 0) & (gap <= margin)  # semi-hard
-        negatives = noise.masked_fill_(~candidate, -1.0).argmax(1)
-        anchors = (positive.any(1) & candidate.any(1)).nonzero().squeeze(1)
+        negative_key, negatives = noise.masked_fill_(~candidate, -1.0).max(1)
+        anchors = ((positive_key >= 0) & (negative_key >= 0)).nonzero().squeeze(1)
         if balance_species and len(anchors):
             anchors = _balanced(anchors, species[anchors],
                                 torch.rand(len(anchors), generator=generator, device=z.device))
