@@ -21,7 +21,7 @@ def test_label_groups_add_mutual_cross_species_neighbours():
     z = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.9, 0.1], [0.1, 0.9]])
     species, labels = torch.tensor([0, 0, 1, 1]), torch.tensor([0, 1, 2, 3])
     sim = torch.nn.functional.normalize(z, dim=-1) @ torch.nn.functional.normalize(z, dim=-1).T
-    groups = label_groups(sim, species, labels)
+    groups = label_groups(sim, species, labels, mnn_k=1)
     # cell 2 is cell 0's nearest other-species cell and points back at label 0, so it joins label 0's group
     assert groups[2, 0] and groups[0, 2] and groups[3, 1] and groups[1, 3]
     assert not groups[2, 1] and not groups[3, 0]
@@ -29,7 +29,18 @@ def test_label_groups_add_mutual_cross_species_neighbours():
     z_oneway = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.6, 0.8], [0.0, 1.0]])
     sim = torch.nn.functional.normalize(z_oneway, dim=-1) @ torch.nn.functional.normalize(z_oneway, dim=-1).T
     # nearest other-species: 0 -> 2, 1 -> 2, 2 -> 1, 3 -> 1; 0's link to 2 is not returned (2 points at label 1)
-    assert not label_groups(sim, species, labels)[2, 0] and label_groups(sim, species, labels, mnn=False)[2, 0]
+    assert not label_groups(sim, species, labels, mnn_k=1)[2, 0] and label_groups(sim, species, labels, mnn=False)[2, 0]
+
+
+def test_label_links_are_confirmed_by_a_majority_of_neighbours():
+    # species 0: cells 0-2 label 0, cell 3 label 1; species 1: cell 4 (label 2) sits nearest to cell 3 but its
+    # other neighbours are label-0 cells: with 3 voters the link 3 -> 4 is not confirmed, with 1 voter it is
+    z = torch.tensor([[1.0, 0.05], [1.0, 0.1], [1.0, 0.15], [1.0, 0.0], [1.0, 0.01]])
+    species, labels = torch.tensor([0, 0, 0, 0, 1]), torch.tensor([0, 0, 0, 1, 2])
+    unit = torch.nn.functional.normalize(z, dim=-1)
+    sim = unit @ unit.T
+    assert label_groups(sim, species, labels, mnn_k=1)[4, 1]
+    assert not label_groups(sim, species, labels, mnn_k=3)[4, 1]
 
 
 def test_mined_triplets_obey_the_rules():

@@ -64,6 +64,8 @@ ALIGN = {
     "margin": Key("float", 0.2, "triplet margin (cosine distance)", minimum=0),
     "mnn": Key("bool", True, "a cell's nearest cell of another species joins its label's positives only if "
                "that cell's own nearest cross-species cell has the same label (mutual nearest neighbours)"),
+    "mnn_k": Key("int", 5, "the link is confirmed when the majority label of that cell's mnn_k nearest "
+                 "cross-species cells is the anchor's label (1: its single nearest, as the reference)", minimum=1),
     "neighbour_space": Key("str", "macrogenes", "where nearest cross-species cells are found: macrogenes (the "
                            "expression both species share through the protein embeddings, centred per species; "
                            "independent of what pretraining made of each species) or embedding (the cell "

@@ -5,7 +5,8 @@ Everything is vectorised over the batch: no Python loop over labels, pairs or ce
 Labels are species-prefixed codes ("human:beta" and "mouse:beta" differ), so positives have to be inferred
 across species, as SATURN's cross-species miner does. Each label L defines a group: its own cells, plus, for each
 of them, its nearest cell of another species, when that cell's own nearest cell of another species carries L
-again (a mutual-neighbour check at the label level, `mnn = true`; without it every nearest cell joins). Then
+again (a mutual-neighbour check at the label level, `mnn = true`: the majority label of that cell's `mnn_k`
+nearest cross-species cells, 1 being the reference's single nearest; without it every nearest cell joins). Then
 for an anchor a:
 - positives: cells of another species that share one of a's groups (so every positive is cross-species);
 - negatives: cells sharing no group with a, from a's species or the positive's species;
@@ -20,14 +21,24 @@ import torch
 from torch.nn import functional as F
 
 
-def label_groups(similarity: torch.Tensor, species: torch.Tensor, labels: torch.Tensor, mnn: bool = True
-                 ) -> torch.Tensor:
+def label_groups(similarity: torch.Tensor, species: torch.Tensor, labels: torch.Tensor, mnn: bool = True,
+                 mnn_k: int = 5) -> torch.Tensor:
     """(B, n_labels) membership: each cell's own label, plus the labels of the cells of another species whose
-    nearest cross-species cell it is (kept only if it points back to that label, with `mnn`)."""
+    nearest cross-species cell it is, kept (with `mnn`) only if it points back to that label: the majority label
+    of its `mnn_k` nearest cross-species cells (1: its single nearest, as the reference)."""
     other = species[:, None] != species[None, :]
-    best, nearest = similarity.masked_fill(~other, float("-inf")).max(1)  # nearest cell of another species
+    scores = similarity.masked_fill(~other, float("-inf"))
+    best, nearest = scores.max(1)  # nearest cell of another species
     has_other = best > float("-inf")
-    linked = has_other & (labels[nearest[nearest]] == labels) if mnn else has_other
+    if mnn:
+        k = max(1, min(mnn_k, int(other.sum(1).max())))
+        closest, voters = scores.topk(k, dim=1)  # each cell's k nearest cells of another species ...
+        votes = torch.zeros(len(labels), int(labels.max()) + 1, device=labels.device)
+        # ... fewer where a species has fewer than k cells in the batch (those picks score -inf)
+        votes.scatter_add_(1, labels[voters], (closest > float("-inf")).to(votes.dtype))
+        linked = has_other & (votes.argmax(1)[nearest] == labels)
+    else:
+        linked = has_other
     groups = F.one_hot(labels, int(labels.max()) + 1).bool()
     groups[nearest[linked], labels[linked]] = True
     return groups
@@ -35,7 +46,7 @@ def label_groups(similarity: torch.Tensor, species: torch.Tensor, labels: torch.
 
 def mine_triplets(z: torch.Tensor, species: torch.Tensor, labels: torch.Tensor, margin: float = 0.2,
                   mnn: bool = True, generator: torch.Generator | None = None,
-                  neighbour_space: torch.Tensor | None = None, balance_species: bool = False
+                  neighbour_space: torch.Tensor | None = None, balance_species: bool = False, mnn_k: int = 5
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Indices (anchors, positives, negatives) of semi-hard triplets; anchors without one are left out.
     `balance_species` keeps the same number of triplets for every anchor species (a random subset of each)."""
@@ -47,7 +58,7 @@ def mine_triplets(z: torch.Tensor, species: torch.Tensor, labels: torch.Tensor, 
         else:
             space = F.normalize(neighbour_space.detach().float(), dim=-1)
             neighbour_similarity = space @ space.T
-        groups = label_groups(neighbour_similarity, species, labels, mnn).float()
+        groups = label_groups(neighbour_similarity, species, labels, mnn, mnn_k).float()
         shared = (groups @ groups.T) > 0
         positive = shared & (species[:, None] != species[None, :])
         # one key matrix draws both picks, a uniform choice within each (disjoint) set, whole rows at once: row i's

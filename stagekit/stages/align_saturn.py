@@ -81,7 +81,7 @@ class AlignTask(Task):
         space = self.neighbour_space(*self.model.eval()(batch["xs"]))
         self.model.train()
         unit = torch.nn.functional.normalize(space.float(), dim=-1)
-        groups = label_groups(unit @ unit.T, batch["species"], batch["labels"], self.cfg["mnn"])
+        groups = label_groups(unit @ unit.T, batch["species"], batch["labels"], self.cfg["mnn"], self.cfg["mnn_k"])
         # a label is linked when its group holds cells of two species or more
         species_in_group = torch.stack([groups[batch["species"] == sp].any(0) for sp in batch["species"].unique()])
         linked = set((species_in_group.sum(0) >= 2).nonzero().squeeze(1).tolist())
@@ -92,7 +92,8 @@ class AlignTask(Task):
         z, values = model(batch["xs"])
         generator = torch.Generator(device=z.device).manual_seed(int(batch["seed"]))
         a, p, n = mine_triplets(z, batch["species"], batch["labels"], self.cfg["margin"], self.cfg["mnn"],
-                                generator, self.neighbour_space(z, values), self.cfg["balance_species"])
+                                generator, self.neighbour_space(z, values), self.cfg["balance_species"],
+                                self.cfg["mnn_k"])
         loss = cosine_triplet_loss(z, a, p, n, self.cfg["margin"])
         return {"loss": loss, "triplets": torch.tensor(float(len(a)))}
 
