@@ -46,3 +46,4 @@ def test_backed_blocks_give_the_in_memory_genes():
     subset = np.arange(0, in_memory.n_vars, 3)
     assert np.array_equal(highly_variable_genes(in_memory.select_genes(subset).matrix, 300),
                           highly_variable_genes(backed.select_genes(subset), 300))
+

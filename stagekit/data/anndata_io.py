@@ -15,6 +15,7 @@ from stagekit.bundle import file_sha256
 from stagekit.errors import UserError
 
 _CHUNK = 1 << 22  # values checked per read when validating on disk
+_GAP = 256  # rows between two wanted rows beyond which a backed read splits in two
 
 
 @dataclass
@@ -57,14 +58,16 @@ class CountMatrix:
         if self.matrix is not None:
             return self.matrix[start:stop]
         with h5py.File(self.path, "r") as f:
-            node = f[self.key]
-            if isinstance(node, h5py.Dataset):
-                block = sp.csr_matrix(node[start:stop].astype(np.float32))
-            else:
-                indptr = node["indptr"][start:stop + 1]
-                lo, hi = int(indptr[0]), int(indptr[-1])
-                block = sp.csr_matrix((node["data"][lo:hi].astype(np.float32), node["indices"][lo:hi],
-                                       indptr - lo), shape=(stop - start, self.stored_n_vars))
+            return self._read(f[self.key], start, stop)
+
+    def _read(self, node: h5py.Group | h5py.Dataset, start: int, stop: int) -> sp.csr_matrix:
+        if isinstance(node, h5py.Dataset):
+            block = sp.csr_matrix(node[start:stop].astype(np.float32))
+        else:
+            indptr = node["indptr"][start:stop + 1]
+            lo, hi = int(indptr[0]), int(indptr[-1])
+            block = sp.csr_matrix((node["data"][lo:hi].astype(np.float32), node["indices"][lo:hi],
+                                   indptr - lo), shape=(stop - start, self.stored_n_vars))
         return block if self.columns is None else block[:, self.columns]
 
     def blocks(self, size: int = 8192):
@@ -73,11 +76,14 @@ class CountMatrix:
             yield self.block(start, min(start + size, self.n_obs))
 
     def rows(self, index: np.ndarray) -> np.ndarray:
-        """Dense float32 rows for sorted `index`, sliced in bulk (one CSR fancy-index or one disk block)."""
+        """Dense float32 rows for sorted `index`: one CSR fancy-index in memory; on disk one read per run of
+        nearby rows (gaps over `_GAP` rows start a new read, so scattered rows never pull in the cells between)."""
         if self.matrix is not None:
             return self.matrix[index].toarray()
-        start, stop = int(index[0]), int(index[-1]) + 1
-        return self.block(start, stop)[index - start].toarray()
+        runs = np.split(index, np.flatnonzero(np.diff(index) > _GAP) + 1)
+        with h5py.File(self.path, "r") as f:
+            node = f[self.key]
+            return np.concatenate([self._read(node, int(r[0]), int(r[-1]) + 1)[r - r[0]].toarray() for r in runs])
 
     def rows_in_order(self, index: np.ndarray) -> np.ndarray:
         """Like `rows`, for an index in any order and with repeats (read sorted, then put back in order)."""
