@@ -18,31 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
-
-def write_species(folder: Path, n_cells: int, n_genes: int = 500, dim: int = 64, chunk: int = 20_000) -> list[Path]:
-    import anndata
-    import pandas as pd
-    import scipy.sparse as sp
-
-    rng = np.random.default_rng(0)
-    programs = rng.gamma(0.3, 1.0, (6, n_genes))
-    base = rng.normal(size=(n_genes, dim))
-    paths = []
-    for name in ("human", "mouse"):
-        types = rng.integers(0, 6, n_cells)
-        blocks = [sp.csr_matrix(rng.poisson(programs[types[i:i + chunk]] * 2).astype(np.float32))
-                  for i in range(0, n_cells, chunk)]
-        adata = anndata.AnnData(X=sp.vstack(blocks).tocsr(), obs=pd.DataFrame(
-            {"cell_type": types.astype(str)}, index=[f"{name}{i}" for i in range(n_cells)]))
-        adata.var_names = [f"{name}_g{i}" for i in range(n_genes)]
-        adata.write_h5ad(folder / f"{name}.h5ad")
-        np.savez(folder / f"{name}.npz", genes=np.array(adata.var_names, dtype=str),
-                 embeddings=(base + 0.1 * rng.normal(size=base.shape)).astype(np.float32))
-        paths.append(folder / f"{name}.h5ad")
-        del adata, blocks
-    return paths
+from saturn_speed import write_species
 
 
 def peak_rss_gb(*args: object) -> tuple[float, float]:

@@ -23,7 +23,10 @@ import numpy as np
 REFERENCE = {"pretrain_epoch_cpu_s": 1.34, "align_epoch_cpu_s": 1.80, "kmeans_s": 13.0, "peak_rss_gb": 0.94}
 
 
-def write_species(folder: Path, n_cells: int = 1000, n_genes: int = 500, dim: int = 64) -> list[Path]:
+def write_species(folder: Path, n_cells: int = 1000, n_genes: int = 500, dim: int = 64, chunk: int = 20_000
+                  ) -> list[Path]:
+    """Two species of synthetic counts (6 cell-type programs) and their gene embeddings; cells are drawn `chunk`
+    at a time so 100,000 cells need no dense 100,000 x genes array."""
     import anndata
     import pandas as pd
     import scipy.sparse as sp
@@ -34,7 +37,8 @@ def write_species(folder: Path, n_cells: int = 1000, n_genes: int = 500, dim: in
     paths = []
     for name in ("human", "mouse"):
         types = rng.integers(0, 6, n_cells)
-        counts = sp.csr_matrix(rng.poisson(programs[types] * 2).astype(np.float32))
+        counts = sp.vstack([sp.csr_matrix(rng.poisson(programs[types[i:i + chunk]] * 2).astype(np.float32))
+                            for i in range(0, n_cells, chunk)]).tocsr()
         adata = anndata.AnnData(X=counts, obs=pd.DataFrame({"cell_type": types.astype(str)},
                                                            index=[f"{name}{i}" for i in range(n_cells)]))
         adata.var_names = [f"{name}_g{i}" for i in range(n_genes)]
