@@ -3,11 +3,10 @@
 import numpy as np
 
 
-def test_backed_rows_match_memory_for_scattered_and_contiguous_rows():
+def test_backed_rows_match_memory_for_scattered_and_contiguous_rows(kang):
     from stagekit.data.anndata_io import load_counts
-    from tests.conftest import KANG
 
-    in_memory, backed = load_counts(KANG), load_counts(KANG, backed=True).select_genes(np.arange(0, 500, 7))
+    in_memory, backed = load_counts(kang), load_counts(kang, backed=True).select_genes(np.arange(0, 500, 7))
     in_memory = in_memory.select_genes(np.arange(0, 500, 7))
     for index in (np.arange(100, 400), np.array([3, 4, 900, 5000, 5001, 8683])):
         assert np.array_equal(backed.rows(index), in_memory.rows(index))

@@ -36,12 +36,11 @@ def test_few_cells_still_rank_genes():
     assert len(highly_variable_genes(sp.csr_matrix(beta.X), 2000)) == 2000
 
 
-def test_backed_blocks_give_the_in_memory_genes():
+def test_backed_blocks_give_the_in_memory_genes(kang):
     from stagekit.data.anndata_io import load_counts
-    from tests.conftest import KANG
 
-    in_memory = load_counts(KANG)
-    backed = load_counts(KANG, backed=True)  # 8,684 cells: two blocks of at most 8,192
+    in_memory = load_counts(kang)
+    backed = load_counts(kang, backed=True)  # 8,684 cells: two blocks of at most 8,192
     assert np.array_equal(highly_variable_genes(in_memory.matrix, 1000), highly_variable_genes(backed, 1000))
     subset = np.arange(0, in_memory.n_vars, 3)
     assert np.array_equal(highly_variable_genes(in_memory.select_genes(subset).matrix, 300),

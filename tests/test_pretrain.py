@@ -12,12 +12,12 @@ import pytest
 
 from stagekit.bundle import read_bundle
 from stagekit.stages import runner
-from tests.conftest import KANG, run_cli, run_subprocess
+from tests.conftest import run_cli, run_subprocess
 
 
-def test_pretrain_learns_on_kang_pbmc(capsys, tmp_path):
+def test_pretrain_learns_on_kang_pbmc(capsys, tmp_path, kang):
     out = tmp_path / "vae.stk"
-    code, stdout, err = run_cli(capsys, "pretrain", "--preset", "vae", KANG, "-o", out, "--label-key", "cluster_id",
+    code, stdout, err = run_cli(capsys, "pretrain", "--preset", "vae", kang, "-o", out, "--label-key", "cluster_id",
                                 "--set", "training.epochs=3", "--json")
     assert code == 0, err
     summary = json.loads(stdout)  # stdout is only the JSON result
@@ -67,8 +67,8 @@ def test_checkpoints_go_to_partial_file(capsys, tmp_path, small_h5ad, monkeypatc
 
 
 @pytest.mark.slow
-def test_sigint_saves_resumable_bundle_and_resume_matches_uninterrupted(tmp_path):
-    args = ["pretrain", "-p", "vae", KANG, "--set", "training.epochs=4", "--set", "training.early_stopping_patience=0",
+def test_sigint_saves_resumable_bundle_and_resume_matches_uninterrupted(tmp_path, kang):
+    args = ["pretrain", "-p", "vae", kang, "--set", "training.epochs=4", "--set", "training.early_stopping_patience=0",
             "--set", "training.val_fraction=0.05"]
     straight = run_subprocess(*args, "-o", tmp_path / "straight.stk", "-q")
     assert straight.returncode == 0, straight.stderr
@@ -88,7 +88,7 @@ def test_sigint_saves_resumable_bundle_and_resume_matches_uninterrupted(tmp_path
     with h5py.File(partial) as f:
         assert f.attrs["status"] == "interrupted"
 
-    resumed = run_subprocess("pretrain", KANG, "--resume", partial, "-o", out, "-q")
+    resumed = run_subprocess("pretrain", kang, "--resume", partial, "-o", out, "-q")
     assert resumed.returncode == 0, resumed.stderr
     a, b = read_bundle(tmp_path / "straight.stk"), read_bundle(out)
     assert b.status == "complete" and b.epochs_done == 4

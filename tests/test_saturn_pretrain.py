@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from stagekit.bundle import read_bundle
-from stagekit.data.demo import write_demo_inputs
+from stagekit.data.demo import DEMO_ORTHOLOGS, write_demo_inputs
 from stagekit.stages.pretrain_saturn import load_model
-from tests.conftest import SHARED, run_cli
+from tests.conftest import run_cli
 
 FAST = ["--set", "data.hv_genes=1500", "--set", "model.n_macrogenes=150", "--set", "model.n_hidden=128",
         "--set", "model.n_embed=64", "--set", "training.batch_size=128"]
@@ -19,7 +19,7 @@ FAST = ["--set", "data.hv_genes=1500", "--set", "model.n_macrogenes=150", "--set
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
-    return write_demo_inputs(SHARED / "celltypist_Ensembl105_Human2Mouse_Genes.csv", tmp_path_factory.mktemp("demo"))
+    return write_demo_inputs(DEMO_ORTHOLOGS, tmp_path_factory.mktemp("demo"))  # the copy the package ships
 
 
 def _pretrain_both(capsys, demo, out, epochs, *extra):
