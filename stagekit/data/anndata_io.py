@@ -96,19 +96,28 @@ class CountMatrix:
                 "n_vars": self.n_vars, "genes_sha256": genes, "matrix": self.key}
 
 
-def load_counts(path: str | Path, layer: str = "", obs_keys: tuple[str, ...] = (), backed: bool = False,
-                require_counts: bool = True) -> CountMatrix:
-    """Read and validate. Every failure is a UserError naming the file, key or column."""
+def read_anndata(path: str | Path, backed: bool = False):
+    """The AnnData in `path` (backed read-only or in memory); a UserError when it is missing or unreadable."""
     import anndata
 
     path = Path(path)
     if not path.is_file():
         raise UserError(f"data file {path} does not exist")
     try:
-        adata = anndata.read_h5ad(path, backed="r" if backed else None)
+        return anndata.read_h5ad(path, backed="r" if backed else None)
     except Exception as exc:  # anndata raises many types for a bad file; all mean the same to a user
         reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
         raise UserError(f"{path} is not a readable .h5ad file ({reason}); give an AnnData .h5ad") from None
+
+
+def load_counts(path: str | Path, layer: str = "", obs_keys: tuple[str, ...] = (), backed: bool = False,
+                require_counts: bool = True, adata=None) -> CountMatrix:
+    """Read and validate. Every failure is a UserError naming the file, key or column. `adata`: the file's
+    AnnData already read into memory by the caller (it is not read again; `backed` is then ignored)."""
+    path = Path(path)
+    backed = backed and adata is None
+    if adata is None:
+        adata = read_anndata(path, backed)
     try:
         key = "X"
         if layer:

@@ -21,6 +21,12 @@ import torch
 from torch.nn import functional as F
 
 
+def cosine_similarity(x: torch.Tensor) -> torch.Tensor:
+    """(B, B) cosine similarity between the rows of x (no gradient)."""
+    unit = F.normalize(x.detach().float(), dim=-1)
+    return unit @ unit.T
+
+
 def label_groups(similarity: torch.Tensor, species: torch.Tensor, labels: torch.Tensor, mnn: bool = True,
                  mnn_k: int = 5) -> torch.Tensor:
     """(B, n_labels) membership: each cell's own label, plus the labels of the cells of another species whose
@@ -51,13 +57,8 @@ def mine_triplets(z: torch.Tensor, species: torch.Tensor, labels: torch.Tensor, 
     """Indices (anchors, positives, negatives) of semi-hard triplets; anchors without one are left out.
     `balance_species` keeps the same number of triplets for every anchor species (a random subset of each)."""
     with torch.no_grad():
-        unit = F.normalize(z.detach().float(), dim=-1)
-        similarity = unit @ unit.T
-        if neighbour_space is None or neighbour_space is z:
-            neighbour_similarity = similarity
-        else:
-            space = F.normalize(neighbour_space.detach().float(), dim=-1)
-            neighbour_similarity = space @ space.T
+        similarity = cosine_similarity(z)
+        neighbour_similarity = similarity if neighbour_space is None else cosine_similarity(neighbour_space)
         groups = label_groups(neighbour_similarity, species, labels, mnn, mnn_k).float()
         shared = (groups @ groups.T) > 0
         positive = shared & (species[:, None] != species[None, :])

@@ -13,7 +13,7 @@ from stagekit.bundle import Bundle, read_bundle
 from stagekit.config import Config
 from stagekit.data.batching import epoch_plan
 from stagekit.errors import UserError
-from stagekit.losses.triplet import cosine_triplet_loss, label_groups, mine_triplets
+from stagekit.losses.triplet import cosine_similarity, cosine_triplet_loss, label_groups, mine_triplets
 from stagekit.metrics.integration import cross_species_knn_agreement, species_mixing
 from stagekit.models.saturn import SaturnMetric
 from stagekit.stages.pretrain_saturn import load_model
@@ -67,21 +67,22 @@ class AlignTask(Task):
         return len(batch["labels"])
 
     @torch.no_grad()
-    def neighbour_space(self, z: torch.Tensor, values: list[torch.Tensor]) -> torch.Tensor:
+    def neighbour_space(self, values: list[torch.Tensor]) -> torch.Tensor | None:
         """Macrogene values centred per species (what differs between cells, not between the species' data
-        sets), or the embedding itself."""
+        sets), or None: neighbours in the embedding itself."""
         if self.cfg["neighbour_space"] != "macrogenes":
-            return z
+            return None
         return torch.cat([v - v.mean(0) for v in values])
 
     @torch.no_grad()
     def unlinked_labels(self) -> list[str]:
         """Labels of the first batch whose group gains no cell of another species: they form no triplets."""
         batch = self.load(self.train_plan(0, 0, 1)[0])
-        space = self.neighbour_space(*self.model.eval()(batch["xs"]))
+        z, values = self.model.eval()(batch["xs"])
         self.model.train()
-        unit = torch.nn.functional.normalize(space.float(), dim=-1)
-        groups = label_groups(unit @ unit.T, batch["species"], batch["labels"], self.cfg["mnn"], self.cfg["mnn_k"])
+        space = self.neighbour_space(values)
+        similarity = cosine_similarity(z if space is None else space)
+        groups = label_groups(similarity, batch["species"], batch["labels"], self.cfg["mnn"], self.cfg["mnn_k"])
         # a label is linked when its group holds cells of two species or more
         species_in_group = torch.stack([groups[batch["species"] == sp].any(0) for sp in batch["species"].unique()])
         linked = set((species_in_group.sum(0) >= 2).nonzero().squeeze(1).tolist())
@@ -92,7 +93,7 @@ class AlignTask(Task):
         z, values = model(batch["xs"])
         generator = torch.Generator(device=z.device).manual_seed(int(batch["seed"]))
         a, p, n = mine_triplets(z, batch["species"], batch["labels"], self.cfg["margin"], self.cfg["mnn"],
-                                generator, self.neighbour_space(z, values), self.cfg["balance_species"],
+                                generator, self.neighbour_space(values), self.cfg["balance_species"],
                                 self.cfg["mnn_k"])
         loss = cosine_triplet_loss(z, a, p, n, self.cfg["margin"])
         return {"loss": loss, "triplets": torch.tensor(float(len(a)))}

@@ -12,10 +12,10 @@ import pandas as pd
 import torch
 
 from stagekit.bundle import Bundle, atomic_output, file_sha256, read_bundle
-from stagekit.data.anndata_io import CountMatrix, write_h5ad
+from stagekit.data.anndata_io import CountMatrix, read_anndata, write_h5ad
 from stagekit.errors import UserError
 from stagekit.losses.clustering import student_t_assignment
-from stagekit.stages.vae_common import embed, load_bundle_data, load_vae, vae_config
+from stagekit.stages.vae_common import bundle_data_path, embed, load_bundle_data, load_vae, vae_config
 
 EXTRACTABLE = ("pretrain", "cluster-search", "finetune", "align")
 
@@ -43,21 +43,26 @@ def cell_outputs(bundle: Bundle, counts: CountMatrix, batch_codes: np.ndarray | 
     return CellOutputs(latent, soft.argmax(1), soft)
 
 
-def load_for(bundle_path: Path, data_path: Path | None, command: str, obs_keys: tuple[str, ...] = ()
-             ) -> tuple[Bundle, CountMatrix, np.ndarray | None]:
+def _vae_bundle(bundle_path: Path, command: str) -> Bundle:
     bundle = read_bundle(bundle_path, EXTRACTABLE, command=command)
     if not bundle.model_config or bundle.model == "saturn":
         raise UserError(f"{bundle_path} is a '{bundle.model}' bundle; `stagekit {command}` reads vae-based bundles")
+    return bundle
+
+
+def load_for(bundle_path: Path, data_path: Path | None, command: str, obs_keys: tuple[str, ...] = ()
+             ) -> tuple[Bundle, CountMatrix, np.ndarray | None]:
+    bundle = _vae_bundle(bundle_path, command)
     counts, batch_codes = load_bundle_data(bundle, data_path, obs_keys)
     return bundle, counts, batch_codes
 
 
 def _vae_cells(bundle_path: Path, data_path: Path | None):
-    import anndata
-
-    bundle, counts, batch_codes = load_for(bundle_path, data_path, "extract")
+    bundle = _vae_bundle(bundle_path, "extract")
+    # the output is the user's whole AnnData plus our columns: read it once and take the counts from it
+    adata = read_anndata(bundle_data_path(bundle, data_path))
+    counts, batch_codes = load_bundle_data(bundle, data_path, adata=adata)
     outputs = cell_outputs(bundle, counts, batch_codes)
-    adata = anndata.read_h5ad(counts.path)
     adata.obsm["X_stagekit"] = outputs.latent
     if outputs.clusters is not None:
         adata.obs["stagekit_cluster"] = pd.Categorical(outputs.clusters.astype(str))

@@ -52,18 +52,24 @@ def load_vae(bundle: Bundle) -> VAE:
     return model
 
 
-def load_bundle_data(bundle: Bundle, data_path: Path | None, obs_keys: tuple[str, ...] = ()
-                     ) -> tuple[CountMatrix, np.ndarray | None]:
-    """Cells for a model from `bundle`: its training file unless `data_path` is given; genes must match.
-    Read backed (from disk) when the pretraining was."""
-    data_cfg = vae_config(bundle)["data"]
+def bundle_data_path(bundle: Bundle, data_path: Path | None) -> Path:
+    """`data_path`, or the file the bundle was trained on when it still exists."""
     path = Path(data_path) if data_path else Path(bundle.data.get("path", ""))
     if data_path is None and not path.is_file():
         raise UserError(f"{bundle.path} was trained on {path}, which is gone; give the data file explicitly")
+    return path
+
+
+def load_bundle_data(bundle: Bundle, data_path: Path | None, obs_keys: tuple[str, ...] = (), adata=None
+                     ) -> tuple[CountMatrix, np.ndarray | None]:
+    """Cells for a model from `bundle`: its training file unless `data_path` is given; genes must match.
+    Read backed (from disk) when the pretraining was, unless the caller passes the file's AnnData (`adata`)."""
+    data_cfg = vae_config(bundle)["data"]
+    path = bundle_data_path(bundle, data_path)
     keys = tuple(k for k in (data_cfg["batch_key"], *obs_keys) if k)
     likelihood = vae_config(bundle)["model"]["likelihood"]
     counts = load_counts(path, data_cfg["layer"], keys, backed=data_cfg["backed"],
-                         require_counts=likelihood in COUNT_LIKELIHOODS)
+                         require_counts=likelihood in COUNT_LIKELIHOODS, adata=adata)
     if counts.var_names != bundle.var_names:
         missing = [g for g in bundle.var_names if g not in set(counts.var_names)][:3]
         detail = f"missing e.g. {', '.join(missing)}" if missing else "same genes in another order"
