@@ -1,5 +1,6 @@
 """`align`'s vectorised cross-species triplet mining (SATURN's label groups) and the cosine triplet loss."""
 
+import pytest
 import torch
 
 from stagekit.losses.triplet import cosine_triplet_loss, label_groups, mine_triplets
@@ -20,16 +21,15 @@ def test_label_groups_add_mutual_cross_species_neighbours():
     # species 0: cells 0 (label 0), 1 (label 1); species 1: cells 2 (label 2), 3 (label 3)
     z = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.9, 0.1], [0.1, 0.9]])
     species, labels = torch.tensor([0, 0, 1, 1]), torch.tensor([0, 1, 2, 3])
-    sim = torch.nn.functional.normalize(z, dim=-1) @ torch.nn.functional.normalize(z, dim=-1).T
-    groups = label_groups(sim, species, labels, mnn_k=1)
+    groups = label_groups(z, species, labels, mnn_k=1)
     # cell 2 is cell 0's nearest other-species cell and points back at label 0, so it joins label 0's group
     assert groups[2, 0] and groups[0, 2] and groups[3, 1] and groups[1, 3]
     assert not groups[2, 1] and not groups[3, 0]
     # a one-way link is dropped with mnn and kept without it
     z_oneway = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.6, 0.8], [0.0, 1.0]])
-    sim = torch.nn.functional.normalize(z_oneway, dim=-1) @ torch.nn.functional.normalize(z_oneway, dim=-1).T
     # nearest other-species: 0 -> 2, 1 -> 2, 2 -> 1, 3 -> 1; 0's link to 2 is not returned (2 points at label 1)
-    assert not label_groups(sim, species, labels, mnn_k=1)[2, 0] and label_groups(sim, species, labels, mnn=False)[2, 0]
+    assert not label_groups(z_oneway, species, labels, mnn_k=1)[2, 0]
+    assert label_groups(z_oneway, species, labels, mnn=False)[2, 0]
 
 
 def test_label_links_are_confirmed_by_a_majority_of_neighbours():
@@ -37,10 +37,8 @@ def test_label_links_are_confirmed_by_a_majority_of_neighbours():
     # other neighbours are label-0 cells: with 3 voters the link 3 -> 4 is not confirmed, with 1 voter it is
     z = torch.tensor([[1.0, 0.05], [1.0, 0.1], [1.0, 0.15], [1.0, 0.0], [1.0, 0.01]])
     species, labels = torch.tensor([0, 0, 0, 0, 1]), torch.tensor([0, 0, 0, 1, 2])
-    unit = torch.nn.functional.normalize(z, dim=-1)
-    sim = unit @ unit.T
-    assert label_groups(sim, species, labels, mnn_k=1)[4, 1]
-    assert not label_groups(sim, species, labels, mnn_k=3)[4, 1]
+    assert label_groups(z, species, labels, mnn_k=1)[4, 1]
+    assert not label_groups(z, species, labels, mnn_k=3)[4, 1]
 
 
 def test_mined_triplets_obey_the_rules():
@@ -96,3 +94,21 @@ def test_species_balancing_equalises_triplets_per_anchor_species():
     counts_balanced = torch.bincount(species[a], minlength=2)
     assert counts_balanced[0] == counts_balanced[1] == counts.min()
     assert (species[p] != species[a]).all()
+
+
+def test_three_species_negatives_come_from_the_anchor_or_positive_species():
+    g = torch.Generator().manual_seed(1)
+    types = torch.arange(60) % 3
+    species = torch.arange(60) // 20
+    z = torch.eye(4)[types] + 0.5 * torch.randn(60, 4, generator=g) + 0.3 * species[:, None]
+    labels = species * 3 + types
+    a, p, n = mine_triplets(z, species, labels, margin=0.3, generator=torch.Generator().manual_seed(0))
+    assert len(a) > 0 and (species[p] != species[a]).all()
+    assert ((species[n] == species[a]) | (species[n] == species[p])).all()
+    assert (species[n] != species[a]).any()  # some negatives from the positive's species: all three are used
+
+
+def test_cells_must_come_grouped_by_species():
+    z = torch.randn(4, 3)
+    with pytest.raises(ValueError, match="grouped by species"):
+        mine_triplets(z, torch.tensor([0, 1, 0, 1]), torch.tensor([0, 1, 0, 1]))

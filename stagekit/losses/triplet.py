@@ -1,6 +1,8 @@
 """Cross-species triplet mining and the cosine triplet margin loss (SATURN's metric-learning stage).
 
-Everything is vectorised over the batch: no Python loop over labels, pairs or cells.
+Everything is vectorised over the batch: no Python loop over labels, pairs or cells. The only loops run over the
+species: cells come grouped by species, so one species' anchors meet every cell in one (n_s, B) block and "another
+species" is the columns outside the block, with no (B, B) species masks.
 
 Labels are species-prefixed codes ("human:beta" and "mouse:beta" differ), so positives have to be inferred
 across species, as SATURN's cross-species miner does. Each label L defines a group: its own cells, plus, for each
@@ -21,31 +23,43 @@ import torch
 from torch.nn import functional as F
 
 
-def cosine_similarity(x: torch.Tensor) -> torch.Tensor:
-    """(B, B) cosine similarity between the rows of x (no gradient)."""
-    unit = F.normalize(x.detach().float(), dim=-1)
-    return unit @ unit.T
+def species_blocks(species: torch.Tensor) -> list[tuple[int, int]]:
+    """(start, stop) of each species' run of cells; the cells must come grouped by species (as align's batches
+    do: one block per species), so that "another species" is every column outside the block, no B x B mask."""
+    change = (species[1:] != species[:-1]).nonzero().squeeze(1) + 1
+    bounds = [0, *change.tolist(), len(species)]
+    blocks = list(zip(bounds[:-1], bounds[1:], strict=True))
+    if len({int(species[a]) for a, _ in blocks}) != len(blocks):
+        raise ValueError("cells must be grouped by species (one contiguous run per species)")
+    return blocks
 
 
-def label_groups(similarity: torch.Tensor, species: torch.Tensor, labels: torch.Tensor, mnn: bool = True,
+def _outside(start: int, stop: int, n: int, device: torch.device) -> torch.Tensor:
+    return torch.cat([torch.arange(0, start, device=device), torch.arange(stop, n, device=device)])
+
+
+def label_groups(space: torch.Tensor, species: torch.Tensor, labels: torch.Tensor, mnn: bool = True,
                  mnn_k: int = 5) -> torch.Tensor:
     """(B, n_labels) membership: each cell's own label, plus the labels of the cells of another species whose
-    nearest cross-species cell it is, kept (with `mnn`) only if it points back to that label: the majority label
-    of its `mnn_k` nearest cross-species cells (1: its single nearest, as the reference)."""
-    other = species[:, None] != species[None, :]
-    scores = similarity.masked_fill(~other, float("-inf"))
-    best, nearest = scores.max(1)  # nearest cell of another species
-    has_other = best > float("-inf")
+    nearest cross-species cell it is (cosine similarity of the rows of `space`), kept (with `mnn`) only if it
+    points back to that label: the majority label of its `mnn_k` nearest cross-species cells (1: its single
+    nearest, as the reference). Cells come grouped by species."""
+    unit = F.normalize(space.detach().float(), dim=-1)
+    n_labels = int(labels.max()) + 1
+    nearest = torch.full_like(labels, -1)  # nearest cell of another species; -1: none in the batch
+    votes = torch.zeros(len(labels), n_labels, device=labels.device)
+    for start, stop in species_blocks(species):
+        others = _outside(start, stop, len(labels), labels.device)
+        if len(others) == 0:
+            continue
+        scores = unit[start:stop] @ unit[others].T  # this species' cells x every cell of another species
+        voters = others[scores.topk(min(mnn_k if mnn else 1, len(others)), dim=1).indices]  # nearest first
+        nearest[start:stop] = voters[:, 0]
+        votes[start:stop].scatter_add_(1, labels[voters], torch.ones(voters.shape, device=votes.device))
+    linked = nearest >= 0
     if mnn:
-        k = max(1, min(mnn_k, int(other.sum(1).max())))
-        closest, voters = scores.topk(k, dim=1)  # each cell's k nearest cells of another species ...
-        votes = torch.zeros(len(labels), int(labels.max()) + 1, device=labels.device)
-        # ... fewer where a species has fewer than k cells in the batch (those picks score -inf)
-        votes.scatter_add_(1, labels[voters], (closest > float("-inf")).to(votes.dtype))
-        linked = has_other & (votes.argmax(1)[nearest] == labels)
-    else:
-        linked = has_other
-    groups = F.one_hot(labels, int(labels.max()) + 1).bool()
+        linked &= votes.argmax(1)[nearest.clamp_min(0)] == labels
+    groups = F.one_hot(labels, n_labels).bool()
     groups[nearest[linked], labels[linked]] = True
     return groups
 
@@ -55,25 +69,41 @@ def mine_triplets(z: torch.Tensor, species: torch.Tensor, labels: torch.Tensor, 
                   neighbour_space: torch.Tensor | None = None, balance_species: bool = False, mnn_k: int = 5
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Indices (anchors, positives, negatives) of semi-hard triplets; anchors without one are left out.
-    `balance_species` keeps the same number of triplets for every anchor species (a random subset of each)."""
+    Cells come grouped by species. `balance_species` keeps the same number of triplets for every anchor species
+    (a random subset of each)."""
+    n = len(z)
     with torch.no_grad():
-        similarity = cosine_similarity(z)
-        neighbour_similarity = similarity if neighbour_space is None else cosine_similarity(neighbour_space)
-        groups = label_groups(neighbour_similarity, species, labels, mnn, mnn_k).float()
-        shared = (groups @ groups.T) > 0
-        positive = shared & (species[:, None] != species[None, :])
+        unit = F.normalize(z.detach().float(), dim=-1)
+        groups = label_groups(z if neighbour_space is None else neighbour_space, species, labels, mnn,
+                              mnn_k).float()
+        blocks = species_blocks(species)
         # one key matrix draws both picks, a uniform choice within each (disjoint) set, whole rows at once: row i's
         # keys are frac(c_j + r_i), i.i.d. uniform along the row, at the price of 2 x B random numbers, not B x B
-        column_keys, row_shifts = torch.rand(2, len(z), generator=generator, device=z.device)
-        noise = (column_keys[None, :] + row_shifts[:, None]).frac_()
-        positive_key, positives = noise.masked_fill(~positive, -1.0).max(1)  # key -1: no positive in the row
-        ap = similarity.gather(1, positives[:, None])
-        candidate = ~shared
-        candidate &= (species[None, :] == species[:, None]) | (species[None, :] == species[positives, None])
-        gap = ap - similarity
-        candidate &= (gap > 0) & (gap <= margin)  # semi-hard
-        negative_key, negatives = noise.masked_fill_(~candidate, -1.0).max(1)
-        anchors = ((positive_key >= 0) & (negative_key >= 0)).nonzero().squeeze(1)
+        column_keys, row_shifts = torch.rand(2, n, generator=generator, device=z.device)
+        positives, negatives = torch.zeros_like(labels), torch.zeros_like(labels)
+        found = torch.zeros(n, dtype=torch.bool, device=z.device)
+        for start, stop in blocks:  # one species' anchors against every cell: (n_s, B), never (B, B) at once
+            rows = slice(start, stop)
+            not_shared = (groups[rows] @ groups.T) == 0
+            keys = (column_keys[None, :] + row_shifts[rows, None]).frac_()
+            positive_key = torch.full((stop - start,), -1.0, device=z.device)  # -1: no positive
+            for other_start, other_stop in blocks:  # every positive is from another species
+                if other_start != start:
+                    columns = slice(other_start, other_stop)
+                    key, pick = keys[:, columns].masked_fill(not_shared[:, columns], -1.0).max(1)
+                    better = key > positive_key
+                    positive_key = torch.where(better, key, positive_key)
+                    positives[rows] = torch.where(better, pick + other_start, positives[rows])
+            similarity = unit[rows] @ unit.T
+            ap = similarity.gather(1, positives[rows, None])
+            candidate = not_shared
+            if len(blocks) > 2:  # with two species every cell is of the anchor's or the positive's species
+                candidate &= ((species[None, :] == species[start])
+                              | (species[None, :] == species[positives[rows], None]))
+            candidate &= (similarity < ap) & (similarity >= ap - margin)  # semi-hard: 0 < a.p - a.n <= margin
+            negative_key, negatives[rows] = keys.masked_fill_(~candidate, -1.0).max(1)
+            found[rows] = (positive_key >= 0) & (negative_key >= 0)
+        anchors = found.nonzero().squeeze(1)
         if balance_species and len(anchors):
             anchors = _balanced(anchors, species[anchors],
                                 torch.rand(len(anchors), generator=generator, device=z.device))
@@ -99,6 +129,8 @@ def cosine_triplet_loss(z: torch.Tensor, anchors: torch.Tensor, positives: torch
     """mean(max(0, d(a, p) - d(a, n) + margin)) with d = 1 - cosine similarity; zero with no triplets."""
     if len(anchors) == 0:
         return z.sum() * 0.0
-    a, p, n = (F.normalize(z[i], dim=-1) for i in (anchors, positives, negatives))
+    unit = F.normalize(z, dim=-1)
+    # index_select: its backward is an index_add, far cheaper than the index_put of z[indices]
+    a, p, n = (unit.index_select(0, i) for i in (anchors, positives, negatives))
     d_ap, d_an = 1 - (a * p).sum(-1), 1 - (a * n).sum(-1)
     return F.relu(d_ap - d_an + margin).mean()

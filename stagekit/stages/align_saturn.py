@@ -13,7 +13,7 @@ from stagekit.bundle import Bundle, read_bundle
 from stagekit.config import Config
 from stagekit.data.batching import epoch_plan
 from stagekit.errors import UserError
-from stagekit.losses.triplet import cosine_similarity, cosine_triplet_loss, label_groups, mine_triplets
+from stagekit.losses.triplet import cosine_triplet_loss, label_groups, mine_triplets
 from stagekit.metrics.integration import cross_species_knn_agreement, species_mixing
 from stagekit.models.saturn import SaturnMetric
 from stagekit.stages.pretrain_saturn import load_model
@@ -81,8 +81,8 @@ class AlignTask(Task):
         z, values = self.model.eval()(batch["xs"])
         self.model.train()
         space = self.neighbour_space(values)
-        similarity = cosine_similarity(z if space is None else space)
-        groups = label_groups(similarity, batch["species"], batch["labels"], self.cfg["mnn"], self.cfg["mnn_k"])
+        groups = label_groups(z if space is None else space, batch["species"], batch["labels"], self.cfg["mnn"],
+                              self.cfg["mnn_k"])
         # a label is linked when its group holds cells of two species or more
         species_in_group = torch.stack([groups[batch["species"] == sp].any(0) for sp in batch["species"].unique()])
         linked = set((species_in_group.sum(0) >= 2).nonzero().squeeze(1).tolist())
