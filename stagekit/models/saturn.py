@@ -16,7 +16,7 @@ from torch.nn import functional as F
 
 from stagekit.losses.counts import count_nll
 from stagekit.losses.saturn import embedding_similarity_loss, weight_l1
-from stagekit.models.blocks import mlp
+from stagekit.models.blocks import Dropout, mlp
 
 
 class SaturnModel(nn.Module):
@@ -32,7 +32,7 @@ class SaturnModel(nn.Module):
         self.register_buffer("offsets", torch.tensor([0, *genes_per_species]).cumsum(0), persistent=False)
         self.log_weights = nn.Parameter(log_weights.clone().float())  # W = exp(.) > 0, genes x macrogenes
         self.macro_norm = nn.LayerNorm(n_macro)
-        self.macro_dropout = nn.Dropout(dropout)
+        self.macro_dropout = Dropout(dropout)
         self.encoder = nn.Sequential(mlp([n_macro, n_hidden], dropout), nn.Linear(n_hidden, n_embed))
         n_condition = self.n_species if condition_on_species else 0
         self.decoder = nn.Sequential(mlp([n_embed + n_condition, n_hidden], 0.0), nn.Linear(n_hidden, n_macro))
@@ -56,27 +56,38 @@ class SaturnModel(nn.Module):
     def embed(self, x: torch.Tensor, species: int) -> torch.Tensor:
         return self.encoder(self.macrogenes(x, species))
 
-    def decode(self, z: torch.Tensor, species: int, library: torch.Tensor
-               ) -> tuple[torch.Tensor, torch.Tensor]:
-        """ZINB mean (library x softmax over this species' genes) and zero-inflation logits."""
+    def decoder_hidden(self, z: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
+        """Decoder output in macrogene space, each cell conditioned on its own species (one-hot)."""
         if self.condition_on_species:
-            onehot = F.one_hot(torch.full((len(z),), species, device=z.device), self.n_species).to(z.dtype)
-            z = torch.cat([z, onehot], dim=-1)
-        h = self.decoder(z)  # macrogene space
+            z = torch.cat([z, F.one_hot(species, self.n_species).to(z.dtype)], dim=-1)
+        return self.decoder(z)
+
+    def gene_parameters(self, h: torch.Tensor, species: int, library: torch.Tensor
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+        """ZINB mean (library x softmax over this species' genes only) and zero-inflation logits."""
         mu = library * torch.softmax(h @ self.weights(species).T, dim=-1)
         return mu, self.zi_heads[species](h)
 
-    def species_nll(self, x: torch.Tensor, species: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Embedding and per-cell ZINB negative log-likelihood for cells of one species."""
-        z = self.embed(x, species)
-        mu, zi = self.decode(z, species, x.sum(-1, keepdim=True).clamp_min(1.0))
-        return z, count_nll(x, mu.float(), self.log_theta[species].exp(), zi.float())
+    def decode(self, z: torch.Tensor, species: int, library: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """gene_parameters of cells of one species from their embedding."""
+        h = self.decoder_hidden(z, torch.full((len(z),), species, device=z.device))
+        return self.gene_parameters(h, species, library)
 
     def forward(self, xs: list[torch.Tensor], partners: torch.Tensor | None = None
                 ) -> dict[str, torch.Tensor]:
         """One batch per species in one call (one forward per step keeps DDP simple): the mean NLL of each
-        species, sum |W|, and (given `partners` and protein embeddings) the embedding-similarity loss."""
-        out = {f"nll_{s}": self.species_nll(x, s)[1].mean() for s, x in enumerate(xs)}
+        species, sum |W|, and (given `partners` and protein embeddings) the embedding-similarity loss. Encoder
+        and decoder run once on every species' cells together; only the gene layers are per species."""
+        sizes = [len(x) for x in xs]
+        species = torch.repeat_interleave(torch.arange(len(xs), device=xs[0].device),
+                                          torch.tensor(sizes, device=xs[0].device))
+        values = torch.cat([self.macrogene_values(x, s) for s, x in enumerate(xs)])
+        hidden = self.decoder_hidden(self.encoder(self.macro_dropout(values)), species)
+        out = {}
+        for s, (x, h) in enumerate(zip(xs, hidden.split(sizes), strict=True)):
+            mu, zi = self.gene_parameters(h, s, x.sum(-1, keepdim=True).clamp_min(1.0))
+            out[f"nll_{s}"] = count_nll(x, mu.float(), self.log_theta[s].exp(), zi.float()).mean()
         out["l1"] = weight_l1(self.log_weights)
         if partners is not None and self.protein is not None:
             out["protein_similarity"] = embedding_similarity_loss(self.log_weights, self.protein, partners)
@@ -103,4 +114,4 @@ class SaturnMetric(nn.Module):
         """Embeddings of one batch per species, concatenated in species order, and each species' macrogene
         values before dropout (what align finds cross-species neighbours in)."""
         values = [self.macrogene_values(x, s) for s, x in enumerate(xs)]
-        return torch.cat([self.encoder(self.macro_dropout(v)) for v in values]), values
+        return self.encoder(self.macro_dropout(torch.cat(values))), values  # one encoder pass for all species
