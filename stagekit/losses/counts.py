@@ -13,14 +13,15 @@ from scvi.distributions._negative_binomial import log_nb_positive, log_zinb_posi
 
 def digamma(x: torch.Tensor) -> torch.Tensor:
     """psi(x) for x > 0 in whole-tensor operations: psi(x) = psi(x + 6) - sum_{k<6} 1 / (x + k), and the
-    asymptotic series at x + 6 >= 6 (truncation error < 1e-8). torch.digamma's CPU kernel is scalar and costs
-    as much as the rest of the likelihood's backward pass together."""
+    asymptotic series at x + 6 >= 6 (truncation error < 1e-8). In place after the first two buffers: torch.digamma's
+    CPU kernel is scalar and costs as much as the rest of the likelihood's backward pass together."""
     shifted = x + 6.0
-    inverse_sq = shifted.reciprocal().square()
-    series = inverse_sq * (1 / 12 - inverse_sq * (1 / 120 - inverse_sq / 252))
-    result = shifted.log() - 0.5 / shifted - series
+    inverse = shifted.reciprocal()
+    inverse_sq = inverse * inverse
+    series = inverse_sq.mul(-1 / 252).add_(1 / 120).mul_(inverse_sq).sub_(1 / 12).mul_(inverse_sq)
+    result = shifted.log_().sub_(inverse, alpha=0.5).add_(series)
     for k in range(6):
-        result -= (x + k).reciprocal()
+        result.sub_(torch.add(x, k, out=inverse).reciprocal_())
     return result
 
 
