@@ -129,7 +129,9 @@ def run(source: Path, output_dir: Path, label_key: str | None = None, data: Path
     if umap:
         from umap import UMAP
 
-        coords = UMAP(random_state=seed, n_jobs=1).fit_transform(latent)
+        # PCA initialisation: the default spectral one fails (with a warning) on the disconnected neighbour graphs
+        # that well-separated cell types give, and falls back to a random layout
+        coords = UMAP(init="pca", random_state=seed, n_jobs=1).fit_transform(latent)
         colourings = {f"label ({label_key})": labels} | ({"cluster": clusters} if clusters is not None else {})
         if found.species is not None:
             colourings["species"] = found.species
