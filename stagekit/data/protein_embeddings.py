@@ -1,6 +1,6 @@
 """Protein embeddings of genes (gene symbol -> vector) and case-insensitive matching to a species' genes.
 
-Groundwork for cross-species integration (SATURN-style macrogenes); no command uses it yet.
+Read by `pretrain --preset saturn` (`--protein-emb SPECIES=PATH`) for SATURN-style macrogenes.
 Accepted files: `.h5` (datasets `genes` + `embeddings`, or one dataset per gene), `.npz` (the same two
 layouts), `.pt` (a dict symbol -> tensor, loaded with `weights_only=True`, never unpickling code).
 """

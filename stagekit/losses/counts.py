@@ -40,6 +40,7 @@ class _Lgamma(torch.autograd.Function):
 
 
 def lgamma(x: torch.Tensor) -> torch.Tensor:
+    """torch.lgamma; where a gradient is needed, the one from `digamma` above."""
     return _Lgamma.apply(x) if x.requires_grad else torch.lgamma(x)
 
 

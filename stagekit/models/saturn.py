@@ -3,7 +3,7 @@ species joined through shared macrogenes (Rosen et al. 2024), with the reference
 macrogene dropout only in training (eval() turns it off), the decoder conditioned on the true species, and
 each species' mean computed over its own genes only (no zero-padded union).
 
-Groundwork for `pretrain --preset saturn`; no command uses it yet.
+`pretrain --preset saturn` trains it; `align` fine-tunes its encoder half (SaturnMetric).
 """
 
 from __future__ import annotations
