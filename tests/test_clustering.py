@@ -222,3 +222,12 @@ def test_contrastive_pretraining_user_errors(capsys, small_h5ad, tmp_path):
     code, _, err = run_cli(capsys, *base, "--set", "contrastive.weight=1", "--set", "contrastive.positive_key=donor")
     assert code == 2 and "obs column 'donor' not found" in err
     assert not (tmp_path / "x.stk").exists()
+
+
+def test_extract_and_evaluate_take_quiet_like_every_phase(capsys, chain, tmp_path):
+    cells = tmp_path / "q.h5ad"
+    code, out, err = run_cli(capsys, "extract", chain["dec"], "-o", cells, "-q")
+    assert code == 0 and out.strip() == str(cells) and err == ""
+    code, out, err = run_cli(capsys, "evaluate", cells, "--label-key", "cluster_id", "-o", tmp_path / "r", "--no-umap",
+                             "--quiet")
+    assert code == 0 and out.strip() == str(tmp_path / "r" / "metrics.json") and err == ""

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from stagekit.cli import options as opt
 from stagekit.errors import UserError
 
 
@@ -19,6 +20,7 @@ def evaluate(
     umap: Annotated[bool, typer.Option("--umap/--no-umap", help="draw a UMAP of the latent")] = True,
     seed: Annotated[int, typer.Option(help="seed of the silhouette subsample and UMAP")] = 0,
     json_: Annotated[bool, typer.Option("--json", help="print metrics.json on stdout")] = False,
+    quiet: opt.Quiet = False,
 ) -> None:
     """Score a bundle against labels: clustering ACC/ARI/NMI, silhouette, cluster sizes; across species, label
     transfer, neighbour agreement and species mixing; plots."""
@@ -30,7 +32,7 @@ def evaluate(
     from stagekit.stages import evaluate as stage
 
     report = stage.run(source, output, label_key, data, umap, seed)
-    console = Console(stderr=True)
+    console = Console(stderr=True, quiet=quiet)  # --quiet: no tables; stdout still names metrics.json
     if "clustering" in report:
         table = Table(title=f"clustering vs obs['{report['label_key']}'] ({report['n_cells']} cells)")
         table.add_column("metric")

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from stagekit.cli import options as opt
 from stagekit.errors import UserError
 
 
@@ -17,13 +18,12 @@ def extract(
     output: Annotated[Path | None, typer.Option("--output", "-o", help=".h5ad to write")] = None,
     species: Annotated[list[str] | None, typer.Option(
         "--species", help="saturn: the species of each data file, in order")] = None,
+    quiet: opt.Quiet = False,
 ) -> None:
     """Write per-cell outputs: vae/dec: obsm['X_stagekit'], obs['stagekit_cluster'], soft assignments;
     saturn: obsm['X_macrogenes'] and obsm['X_pretrain'] for every species."""
     if output is None:
         raise UserError("name the .h5ad to write with -o/--output PATH.h5ad")
-    import sys
-
     from stagekit.stages import extract as stage
 
-    print(stage.run(bundle, data or [], output, species, log=lambda m: print(m, file=sys.stderr)))
+    print(stage.run(bundle, data or [], output, species, log=opt.stderr_log(quiet)))
