@@ -66,7 +66,8 @@ def seurat_v3_variances(counts: sp.csr_matrix | CountMatrix, span: float = 0.3) 
 def highly_variable_genes(counts: sp.csr_matrix | CountMatrix, n_top: int) -> np.ndarray:
     """Sorted column indices of the `n_top` most variable genes (all genes when there are fewer). A backed
     CountMatrix is read block by block, twice."""
-    if n_top >= counts.shape[1] if sp.issparse(counts) else n_top >= counts.n_vars:
-        return np.arange(counts.shape[1] if sp.issparse(counts) else counts.n_vars)
+    n_genes = counts.shape[1] if sp.issparse(counts) else counts.n_vars
+    if n_top >= n_genes:
+        return np.arange(n_genes)
     order = np.argsort(-seurat_v3_variances(counts), kind="stable")
     return np.sort(order[:n_top])

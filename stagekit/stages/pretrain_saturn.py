@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from stagekit.bundle import Bundle
+from stagekit.bundle import Bundle, read_bundle
 from stagekit.config import Config
 from stagekit.config.loader import toml_value
 from stagekit.data.anndata_io import CountMatrix, load_counts, split_by_column
@@ -154,8 +154,6 @@ def cached_centroids(source: Path | None, key: str, log=print) -> np.ndarray | N
     """The centroids stored in an earlier saturn pretrain bundle, if computed from the same inputs (same key)."""
     if source is None:
         return None
-    from stagekit.bundle import read_bundle
-
     bundle = read_bundle(source, ("pretrain",), command="pretrain --preset saturn --macrogenes-from", weights=False)
     stored = bundle.results.get("macrogene_key")
     if stored is None or "macrogene_centroids" not in bundle.results:

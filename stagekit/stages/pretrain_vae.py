@@ -166,8 +166,8 @@ def run(config: Config, data_path: Path, output: Path, resume: Path | None = Non
     model = build_vae(model_cfg, counts.n_vars, len(categories.get("batch", [])))
     if not model.counts and model_cfg["standardize"]:
         model.feature_mean, model.feature_std = feature_moments(counts, train_idx)
-    partners = positive_partners(contrastive, counts, lambda: input_space(model, counts)) \
-        if contrastive["weight"] else None
+    partners = (positive_partners(contrastive, counts, lambda: input_space(model, counts))
+                if contrastive["weight"] else None)
     task = CountVAETask(model, counts, batch_codes, train_idx, val_idx, train_cfg["batch_size"], seed,
                         model_cfg["beta"], model_cfg["kl_warmup_epochs"], partners, contrastive)
 
