@@ -78,7 +78,7 @@ def main() -> None:
     from stagekit.bundle import read_bundle
     from stagekit.config import resolve_config
     from stagekit.models.macrogenes import initial_log_weights
-    from stagekit.stages import align_saturn, pretrain_saturn
+    from stagekit.stages.registry import PhaseRequest, run_phase
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=10)
@@ -98,14 +98,15 @@ def main() -> None:
                                                          ("model.n_macrogenes", 200, "bench"),
                                                          ("data.label_key", "cell_type", "bench")])
     c0 = cpu_seconds()
-    pretrain_saturn.run(pre, [human, mouse], folder / "pre.stk", ["human", "mouse"],
-                        [f"human={folder / 'human.npz'}", f"mouse={folder / 'mouse.npz'}"], quiet=True)
+    embeddings = [f"human={folder / 'human.npz'}", f"mouse={folder / 'mouse.npz'}"]
+    run_phase(PhaseRequest(pre, folder / "pre.stk", [human, mouse], quiet=True,
+                           options={"species": ["human", "mouse"], "protein_emb": embeddings}))
     pre_bundle = read_bundle(folder / "pre.stk", weights=False)
     pre_epoch = np.median(pre_bundle.history["epoch_cpu_s"])  # CPU time of the training steps per epoch
     pre_cpu = (cpu_seconds() - c0) / args.epochs  # includes loading, HVG and k-means: an upper bound
     c0 = cpu_seconds()
     align = resolve_config("align", "align", common)
-    align_saturn.run(align, folder / "pre.stk", folder / "align.stk", quiet=True, log=lambda m: None)
+    run_phase(PhaseRequest(align, folder / "align.stk", parent=folder / "pre.stk", quiet=True, log=lambda m: None))
     align_epoch = np.median(read_bundle(folder / "align.stk", weights=False).history["epoch_cpu_s"])
     align_cpu = (cpu_seconds() - c0) / args.epochs
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2

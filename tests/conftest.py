@@ -66,9 +66,9 @@ def small_h5ad(tmp_path_factory, kang) -> Path:
 @pytest.fixture(scope="session")
 def small_bundle(tmp_path_factory, small_h5ad) -> Path:
     from stagekit.config import resolve_config
-    from stagekit.stages import pretrain_vae
+    from stagekit.stages.registry import PhaseRequest, run_phase
 
     config = resolve_config("pretrain", "vae", [("training.epochs", 2, "test"), ("data.label_key", "cluster_id", "t"),
                                                 ("data.batch_key", "sample_id", "t")])
     out = tmp_path_factory.mktemp("bundle") / "small.stk"
-    return pretrain_vae.run(config, small_h5ad, out, quiet=True)
+    return run_phase(PhaseRequest(config, out, [small_h5ad], quiet=True))

@@ -19,7 +19,7 @@ def demo(
     from rich.console import Console
     from rich.table import Table
 
-    from stagekit.stages import demo as stage
+    from stagekit.stages.cross_species import demo as stage
 
     before, after = stage.run(output, quiet, log=opt.stderr_log(quiet))
     table = Table(title="cross-species integration of the pancreas demo (labels: cell type)")

@@ -1,9 +1,17 @@
-"""Options every training phase shares, declared once, and how they map onto config keys."""
+"""Options every training phase shares, declared once, and how they map onto config keys.
+
+`@phase_command(...)` appends the shared options (preset, --set, output, seed, devices, precision, resume, ...)
+to a command's own parameters and hands them to it as one `PhaseOptions` argument named `opts`.
+"""
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -11,21 +19,60 @@ import typer
 
 from stagekit.errors import UserError
 
-Preset = Annotated[str | None, typer.Option("--preset", "-p", help="shipped preset NAME or a PATH to a .toml")]
-Set = Annotated[list[str] | None, typer.Option("--set", help="override a key: section.key=VALUE (TOML value)")]
-Output = Annotated[Path | None, typer.Option("--output", "-o", help="bundle to write (.stk)")]
-Seed = Annotated[int | None, typer.Option(help="random seed (training.seed)")]
-Accelerator = Annotated[str | None, typer.Option(help="cpu, cuda, mps or auto (runtime.accelerator)")]
-Devices = Annotated[int | None, typer.Option(help="number of devices/processes (runtime.devices)")]
-Strategy = Annotated[str | None, typer.Option(help="auto or ddp (runtime.strategy)")]
-Precision = Annotated[str | None, typer.Option(help="32-true, bf16-mixed, 16-mixed (runtime.precision)")]
-Resume = Annotated[Path | None, typer.Option(help="continue an interrupted run from its .partial bundle")]
-PrintConfig = Annotated[bool, typer.Option("--print-config", help="print the effective config with sources; exit")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="no progress output")]
 Json = Annotated[bool, typer.Option("--json", help="print a JSON summary on stdout instead of the path")]
 
-RUNTIME_FLAGS = {"seed": "training.seed", "accelerator": "runtime.accelerator", "devices": "runtime.devices",
+
+@dataclass
+class PhaseOptions:
+    preset: Annotated[str | None, typer.Option("--preset", "-p", help="shipped preset NAME or a PATH to a .toml")]
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override a key: section.key=VALUE (TOML value)")]
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="bundle to write (.stk)")]
+    seed: Annotated[int | None, typer.Option(help="random seed (training.seed; cluster-search: cluster.seed)")]
+    accelerator: Annotated[str | None, typer.Option(help="cpu, cuda, mps or auto (runtime.accelerator)")]
+    devices: Annotated[int | None, typer.Option(help="number of devices/processes (runtime.devices)")]
+    strategy: Annotated[str | None, typer.Option(help="auto or ddp (runtime.strategy)")]
+    precision: Annotated[str | None, typer.Option(help="32-true, bf16-mixed, 16-mixed (runtime.precision)")]
+    resume: Annotated[Path | None, typer.Option(help="continue an interrupted run from its .partial bundle")]
+    print_config: Annotated[bool, typer.Option("--print-config", help="print the effective config with sources; "
+                                                                      "exit")]
+    quiet: Quiet
+    json_: Json
+
+    def log(self) -> Callable[[str], None]:
+        return stderr_log(self.quiet)
+
+
+RUNTIME_FLAGS = {"accelerator": "runtime.accelerator", "devices": "runtime.devices",
                  "strategy": "runtime.strategy", "precision": "runtime.precision"}
+_NO_TRAINING_LOOP = ("accelerator", "devices", "strategy", "precision", "resume")
+
+
+def phase_command(default_preset: str | None = None, training: bool = True) -> Callable:
+    """Add the shared phase options to a command whose last parameter is `opts: PhaseOptions`.
+
+    `training=False` (a phase without a training loop, e.g. cluster-search) leaves out the device, precision
+    and resume options."""
+    def wrap(func: Callable) -> Callable:
+        own = [p for p in inspect.signature(func, eval_str=True).parameters.values() if p.name != "opts"]
+        defaults = {"preset": default_preset, "print_config": False, "quiet": False, "json_": False}
+        annotations = inspect.get_annotations(PhaseOptions, eval_str=True)
+        shared = [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, annotation=annotations[f.name],
+                                    default=defaults.get(f.name))
+                  for f in fields(PhaseOptions) if training or f.name not in _NO_TRAINING_LOOP]
+
+        @functools.wraps(func)
+        def command(**kwargs: Any) -> Any:
+            values = {f.name: kwargs.pop(f.name, defaults.get(f.name)) for f in fields(PhaseOptions)}
+            if values["resume"] is not None and values["preset"] == default_preset:
+                values["preset"] = None  # a resumed run continues with its stored configuration
+            return func(**kwargs, opts=PhaseOptions(**values))
+
+        parameters = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own] + shared
+        command.__signature__ = inspect.Signature(parameters)
+        command.__annotations__ = {p.name: p.annotation for p in parameters}
+        return command
+    return wrap
 
 
 def collect_overrides(sets: list[str] | None, flags: dict[str, Any], mapping: dict[str, str]) -> list[tuple]:
@@ -39,21 +86,23 @@ def collect_overrides(sets: list[str] | None, flags: dict[str, Any], mapping: di
     return overrides
 
 
-def training_config(stage: str, flags: dict[str, Any], mapping: dict[str, str]):
-    """The effective config of a training phase from its command's options; None after --print-config.
+def phase_config(stage: str, opts: PhaseOptions, flags: dict[str, Any] | None = None,
+                 mapping: dict[str, str] | None = None, seed_key: str = "training.seed"):
+    """The effective config of a phase from its command's options; None after --print-config.
 
+    `flags` are the command's own config flags (e.g. --label-key) and `mapping` their dotted keys.
     `--resume` continues with the configuration stored in the bundle (`--set` may still change keys).
     """
     from stagekit.config import resolve_config
 
-    overrides = collect_overrides(flags.get("set_"), flags, RUNTIME_FLAGS | mapping)
-    preset, resume = flags.get("preset"), flags.get("resume")
-    name, stored = base_preset(preset, resume)
-    config = resolve_config(stage, name, overrides, (stored, f"resume {resume}") if stored else None)
-    if flags.get("print_config"):
+    given = vars(opts) | (flags or {})
+    overrides = collect_overrides(opts.set_, given, {"seed": seed_key} | RUNTIME_FLAGS | (mapping or {}))
+    name, stored = base_preset(opts.preset, opts.resume)
+    config = resolve_config(stage, name, overrides, (stored, f"resume {opts.resume}") if stored else None)
+    if opts.print_config:
         print(config.to_toml(with_sources=True))
         return None
-    if flags.get("output") is None:
+    if opts.output is None:
         raise UserError("name the bundle to write with -o/--output PATH.stk")
     return config
 
@@ -72,7 +121,24 @@ def base_preset(preset: str | None, resume: Path | None) -> tuple[str | None, st
     return None, read_bundle(resume, weights=False).config_toml
 
 
-def stderr_log(quiet: bool):
+def run_training_phase(stage: str, opts: PhaseOptions, data: list[Path] | None = None, parent: Path | None = None,
+                       flags: dict[str, Any] | None = None, mapping: dict[str, str] | None = None,
+                       options: dict[str, Any] | None = None, seed_key: str = "training.seed",
+                       log: Callable[[str], None] | None = None) -> Path | None:
+    """Resolve the config, run the phase the registry names for its (stage, model), print the result."""
+    config = phase_config(stage, opts, flags, mapping, seed_key)
+    if config is None:
+        return None
+    from stagekit.stages.registry import PhaseRequest, run_phase
+
+    path = run_phase(PhaseRequest(config, opts.output, list(data or []), parent, opts.resume, opts.quiet,
+                                  options or {}, log or opts.log()))
+    if path is not None:  # None on the secondary processes of a distributed run
+        emit_result(path, opts.json_)
+    return path
+
+
+def stderr_log(quiet: bool) -> Callable[[str], None]:
     """Messages of a phase to stderr; with --quiet only its warnings."""
     def log(message: str) -> None:
         if not quiet or message.startswith("warning"):

@@ -58,29 +58,14 @@ def _from_h5ad(path: Path, label_key: str | None) -> EvalInput:
 
 
 def _from_bundle(path: Path, data: Path | None, label_key: str | None) -> EvalInput:
-    from stagekit.stages.extract import cell_outputs, load_for
-    from stagekit.stages.vae_common import vae_config
+    from stagekit.stages.registry import cells_of
 
-    bundle = read_bundle(path, weights=False)
-    history = [{"path": str(path), "stage": bundle.stage, "history": bundle.history}]
-    if bundle.model == "saturn":
-        from stagekit.stages.extract import saturn_anndata
-
-        bundle = read_bundle(path)
-        adata, extra = saturn_anndata(bundle, [data] if data else [], [], log=lambda m: None)
-        adata.uns["stagekit"] = {"label_key": extra["label_key"], "lineage": json.dumps(bundle.lineage)}
-        found = _from_anndata(adata, str(path), label_key)
-        found.lineage = history + bundle.lineage
-        return found
-    if not label_key and bundle.model_config:
-        label_key = vae_config(bundle)["data"]["label_key"]
-    if not label_key:
-        raise UserError(f"{path} was trained without labels; name the obs column with --label-key")
-    bundle, counts, batch_codes = load_for(path, data, "evaluate", (label_key,))
-    out = cell_outputs(bundle, counts, batch_codes)
-    clusters = None if out.clusters is None else out.clusters.astype(str)
-    return EvalInput(out.latent, counts.obs[label_key].astype(str).to_numpy(), label_key,
-                     history + bundle.lineage, clusters)
+    bundle = read_bundle(path)
+    adata, extra = cells_of(bundle, [data] if data else [], [], log=lambda m: None)
+    adata.uns["stagekit"] = {"label_key": extra["label_key"]}
+    found = _from_anndata(adata, str(path), label_key)
+    found.lineage = [{"path": str(path), "stage": bundle.stage, "history": bundle.history}, *bundle.lineage]
+    return found
 
 
 def integration_report(found: EvalInput, seed: int = 0) -> dict:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from stagekit.bundle import read_bundle
-from stagekit.stages import runner
+from stagekit.stages import phase as runner
 from tests.conftest import run_cli, run_subprocess
 
 

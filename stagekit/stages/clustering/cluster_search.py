@@ -10,12 +10,12 @@ from sklearn.cluster import KMeans
 from sklearn.decomposition import PCA
 
 from stagekit.bundle import Bundle, read_bundle, write_bundle
-from stagekit.config import Config
 from stagekit.errors import UserError
 from stagekit.metrics.clustering import internal_scores, label_agreement
 from stagekit.metrics.plots import plot_k_scores
-from stagekit.stages.runner import check_output, lineage_of, stamp
-from stagekit.stages.vae_common import embed, load_bundle_data, load_vae, vae_config
+from stagekit.stages.clustering.vae_common import embed, load_bundle_data, load_vae, vae_config
+from stagekit.stages.phase import check_output, lineage_of, stamp
+from stagekit.stages.registry import PhaseRequest
 
 HIGHER_IS_BETTER = {"silhouette": True, "calinski_harabasz": True, "davies_bouldin": False, "gap": True}
 
@@ -69,8 +69,13 @@ def choose_k(table: dict[str, np.ndarray], selection: str, tolerance: float = 0.
     return int(ks[np.argmax(values) if HIGHER_IS_BETTER[selection] else np.argmin(values)])
 
 
-def run(config: Config, pretrain_path: Path, data_path: Path | None, output: Path, k: int | None = None,
-        log=print) -> tuple[Path, dict[str, np.ndarray], int]:
+def run(request: PhaseRequest) -> Path:
+    """Writes the bundle; its results hold the score table (k and one array per criterion) and chosen k."""
+    config, pretrain_path, output, log = request.config, request.parent, request.output, request.log
+    k = request.options.get("k")
+    if len(request.data) > 1:
+        raise UserError(f"cluster-search reads at most one .h5ad; got {len(request.data)}")
+    data_path = request.data[0] if request.data else None
     started = time.time()
     check_output(output)
     cfg = config["cluster"]
@@ -114,4 +119,4 @@ def run(config: Config, pretrain_path: Path, data_path: Path | None, output: Pat
     write_bundle(stamp(bundle, config, cfg["seed"], started, "cpu (scikit-learn k-means)"), output)
     if len(ks) > 1:
         plot_k_scores(table, chosen, output.with_name(output.stem + ".scores.png"))
-    return output, table, chosen
+    return output

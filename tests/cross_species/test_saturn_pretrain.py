@@ -10,7 +10,7 @@ import torch
 
 from stagekit.bundle import read_bundle
 from stagekit.data.demo import DEMO_ORTHOLOGS, write_demo_inputs
-from stagekit.stages.pretrain_saturn import load_model
+from stagekit.stages.cross_species.pretrain_saturn import load_model
 from tests.conftest import run_cli
 
 FAST = ["--set", "data.hv_genes=1500", "--set", "model.n_macrogenes=150", "--set", "model.n_hidden=128",
@@ -219,7 +219,7 @@ def test_macrogene_centroids_are_reused_only_for_the_same_inputs(capsys, demo, t
     assert code == 0 and "running k-means" in err, err
     code, _, err = run_cli(capsys, "pretrain", "-p", "vae", demo["human"], "--macrogenes-from", first,
                            "-o", tmp_path / "d.stk")
-    assert code == 2 and "--macrogenes-from are for --preset saturn" in err
+    assert code == 2 and "--macrogenes-from does not apply" in err and "--preset saturn" in err
 
 
 def test_backed_pretrain_align_extract(capsys, demo, tmp_path):

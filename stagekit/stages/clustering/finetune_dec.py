@@ -9,7 +9,6 @@ import numpy as np
 import torch
 
 from stagekit.bundle import Bundle, read_bundle
-from stagekit.config import Config
 from stagekit.data.anndata_io import CountMatrix
 from stagekit.data.batching import epoch_plan
 from stagekit.data.pairs import Partners, cells_of, with_partners
@@ -17,8 +16,7 @@ from stagekit.errors import TrainingStopped, UserError
 from stagekit.losses.clustering import assignment_consistency, dec_kl, nt_xent, target_distribution
 from stagekit.metrics.clustering import label_agreement
 from stagekit.models.dec import DEC
-from stagekit.stages.runner import PhaseRun, lineage_of
-from stagekit.stages.vae_common import (
+from stagekit.stages.clustering.vae_common import (
     check_pair_config,
     embed,
     load_bundle_data,
@@ -26,6 +24,8 @@ from stagekit.stages.vae_common import (
     positive_partners,
     vae_config,
 )
+from stagekit.stages.phase import PhaseRun, lineage_of
+from stagekit.stages.registry import PhaseRequest
 from stagekit.train import FitResult, Task
 from stagekit.train.state import weights_to_numpy
 
@@ -144,10 +144,13 @@ class DECTask(Task):
             self.finish_reason = None
 
 
-def run(config: Config, clusters_path: Path, data_path: Path | None, output: Path, resume: Path | None = None,
-        quiet: bool = False) -> Path | None:
+def run(request: PhaseRequest) -> Path | None:
+    config, clusters_path = request.config, request.parent
+    if len(request.data) > 1:
+        raise UserError(f"finetune --preset dec reads at most one .h5ad; got {len(request.data)}")
+    data_path = request.data[0] if request.data else None
     cfg, train_cfg = config["dec"], config["training"]
-    phase = PhaseRun(config, output, resume, quiet)
+    phase = PhaseRun(config, request.output, request.resume, request.quiet)
     parent = read_bundle(clusters_path, ("cluster-search",), command="finetune --preset dec")
     label_key = vae_config(parent)["data"]["label_key"]
     check_pair_config("dec", cfg, ("contrastive_weight", "consistency_weight"))

@@ -100,3 +100,33 @@ def cell_outputs(model: torch.nn.Module, cells: SpeciesCells, batch_size: int = 
         macro.append(m.float().cpu().numpy())
         embedding.append(model.encoder(m).float().cpu().numpy())
     return np.concatenate(macro), np.concatenate(embedding)
+
+
+def saturn_anndata(bundle: Bundle, data: list[Path], species: list[str], log=print):
+    """All species in one AnnData: X and obsm["X_macrogenes"] the macrogene values, obsm["X_pretrain"] (or
+    "X_align") the embedding; the gene -> macrogene weight table in uns (genes differ between species, so it
+    cannot be varm)."""
+    import anndata
+
+    from stagekit.stages.cross_species.pretrain_saturn import load_model
+
+    model = load_model(bundle)
+    label_key = tomllib.loads(bundle.model_config)["data"]["label_key"]
+    parts = []
+    for cells in load_cells(bundle, data, species, log):
+        macro, embedding = cell_outputs(model, cells)
+        obs = cells.obs.copy()
+        obs["species"] = cells.name
+        key = "X_align" if bundle.stage == "align" else "X_pretrain"
+        part = anndata.AnnData(X=macro, obs=obs, obsm={"X_macrogenes": macro, key: embedding})
+        part.obs_names = [f"{cells.name}:{n}" for n in obs.index]  # barcodes may repeat across species
+        parts.append(part)
+    adata = anndata.concat(parts, merge="same")
+    adata.var_names = [f"macrogene_{i}" for i in range(adata.n_vars)]
+    adata.obs["species"] = pd.Categorical(adata.obs["species"].astype(str))
+    weights = np.exp(bundle.weights["log_weights"])
+    extra = {"label_key": label_key, "macrogene_weights": weights.astype(np.float32),
+             "macrogene_weight_genes": np.array(bundle.var_names, dtype=str),
+             "macrogene_weight_species": np.array(bundle.categories["species"], dtype=str)[
+                 bundle.results["gene_species"]]}
+    return adata, extra

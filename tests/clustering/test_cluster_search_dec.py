@@ -10,7 +10,7 @@ import torch
 from stagekit.bundle import read_bundle
 from stagekit.losses.clustering import dec_kl, nt_xent, student_t_assignment, target_distribution
 from stagekit.metrics.clustering import cluster_accuracy
-from stagekit.stages.cluster_search import choose_k
+from stagekit.stages.clustering.cluster_search import choose_k
 from tests.conftest import run_cli
 
 
@@ -164,7 +164,7 @@ def test_dec_interrupt_and_resume_matches_uninterrupted(capsys, chain, tmp_path,
     import os
     import signal
 
-    from stagekit.stages import finetune_dec
+    from stagekit.stages.clustering import finetune_dec
 
     args = ["finetune", "-p", "dec", chain["clusters"], "--set", "training.epochs=4", "--set",
             "training.batch_size=64", "--set", "dec.update_interval=4", "-q"]

@@ -6,7 +6,8 @@ from pathlib import Path
 
 from stagekit.config import resolve_config
 from stagekit.data.demo import DEMO_ORTHOLOGS, write_demo_inputs
-from stagekit.stages import align_saturn, evaluate, extract, pretrain_saturn
+from stagekit.stages import evaluate, extract
+from stagekit.stages.registry import PhaseRequest, run_phase
 
 
 def run(out_dir: Path, quiet: bool = False, log=print) -> tuple[dict, dict]:
@@ -17,12 +18,13 @@ def run(out_dir: Path, quiet: bool = False, log=print) -> tuple[dict, dict]:
         "orthologs); the gene embeddings are ortholog-derived STAND-INS for ESM protein embeddings")
     demo = "stagekit demo"
     pretrain_config = resolve_config("pretrain", "saturn-small", [("data.label_key", "Group", demo)])
-    pretrain = pretrain_saturn.run(pretrain_config, [inputs["human"], inputs["mouse"]], out_dir / "pretrain.stk",
-                                   ["human", "mouse"], [f"human={inputs['human_embeddings']}",
-                                                        f"mouse={inputs['mouse_embeddings']}"], quiet=quiet)
+    embeddings = [f"human={inputs['human_embeddings']}", f"mouse={inputs['mouse_embeddings']}"]
+    pretrain = run_phase(PhaseRequest(pretrain_config, out_dir / "pretrain.stk", [inputs["human"], inputs["mouse"]],
+                                      quiet=quiet, options={"species": ["human", "mouse"], "protein_emb": embeddings},
+                                      log=log))
     align_config = resolve_config("align", "align", [("training.epochs", 20, demo),
                                                      ("training.batch_size", 256, demo)])
-    aligned = align_saturn.run(align_config, pretrain, out_dir / "align.stk", quiet=quiet, log=log)
+    aligned = run_phase(PhaseRequest(align_config, out_dir / "align.stk", parent=pretrain, quiet=quiet, log=log))
     reports = []
     for name, bundle in (("pretrain", pretrain), ("align", aligned)):
         cells = extract.run(bundle, [], out_dir / f"{name}_cells.h5ad", log=log)

@@ -8,16 +8,17 @@ import numpy as np
 import torch
 
 from stagekit.bundle import Bundle
-from stagekit.config import Config
 from stagekit.data.anndata_io import CountMatrix, category_codes, load_counts
 from stagekit.data.batching import epoch_plan, eval_plan, split_train_val
 from stagekit.data.pairs import Partners, cells_of, with_partners
+from stagekit.errors import UserError
 from stagekit.losses.clustering import nt_xent
 from stagekit.losses.counts import count_nll
 from stagekit.models.blocks import device_of
 from stagekit.models.vae import COUNT_LIKELIHOODS, VAE
-from stagekit.stages.runner import PhaseRun
-from stagekit.stages.vae_common import build_vae, check_pair_config, model_config_toml, positive_partners
+from stagekit.stages.clustering.vae_common import build_vae, check_pair_config, model_config_toml, positive_partners
+from stagekit.stages.phase import PhaseRun
+from stagekit.stages.registry import PhaseRequest
 from stagekit.train import FitResult, Task
 from stagekit.train.state import weights_to_numpy
 
@@ -142,11 +143,15 @@ def input_space(model: VAE, counts: CountMatrix, n_components: int = 50, block: 
     return np.concatenate([pca.transform(features(rows)) for rows in blocks()]).astype(np.float32)
 
 
-def run(config: Config, data_path: Path, output: Path, resume: Path | None = None, quiet: bool = False) -> Path | None:
+def run(request: PhaseRequest) -> Path | None:
+    config = request.config
     data_cfg, model_cfg, train_cfg = config["data"], config["model"], config["training"]
     contrastive = config["contrastive"]
+    if len(request.data) != 1:
+        raise UserError(f"the {config.model} preset trains on one .h5ad file; got {len(request.data)}")
+    data_path = request.data[0]
     check_pair_config("contrastive", contrastive, ("weight",))
-    phase = PhaseRun(config, output, resume, quiet)
+    phase = PhaseRun(config, request.output, request.resume, request.quiet)
     obs_keys = tuple(k for k in (data_cfg["batch_key"], data_cfg["label_key"], contrastive["positive_key"]) if k)
     counts = load_counts(data_path, data_cfg["layer"], obs_keys, backed=data_cfg["backed"],
                          require_counts=model_cfg["likelihood"] in COUNT_LIKELIHOODS)

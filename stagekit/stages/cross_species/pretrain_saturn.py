@@ -24,7 +24,8 @@ from stagekit.data.protein_embeddings import load_gene_embeddings, match_genes
 from stagekit.errors import UserError
 from stagekit.models.macrogenes import log_weights_from_centroids, macrogene_centroids
 from stagekit.models.saturn import SaturnMetric, SaturnModel
-from stagekit.stages.runner import PhaseRun
+from stagekit.stages.phase import PhaseRun
+from stagekit.stages.registry import PhaseRequest
 from stagekit.train import FitResult, Task
 from stagekit.train.state import weights_to_numpy
 
@@ -190,10 +191,15 @@ def load_model(bundle: Bundle) -> SaturnModel | SaturnMetric:
     return model.eval()
 
 
-def run(config: Config, data: list[Path], output: Path, species_names: list[str], embedding_specs: list[str],
-        resume: Path | None = None, quiet: bool = False, macrogenes_from: Path | None = None) -> Path | None:
+def run(request: PhaseRequest) -> Path | None:
+    config, data, resume = request.config, request.data, request.resume
+    species_names = request.options.get("species") or []
+    embedding_specs = request.options.get("protein_emb") or []
+    macrogenes_from = request.options.get("macrogenes_from")
+    if not embedding_specs:
+        raise UserError("saturn needs protein embeddings of each species' genes: --protein-emb SPECIES=PATH")
     model_cfg, train_cfg = config["model"], config["training"]
-    phase = PhaseRun(config, output, resume, quiet)
+    phase = PhaseRun(config, request.output, resume, request.quiet)
     species = load_species(config, data, species_names, embedding_specs, log=phase.engine.reporter.log)
     files = sorted({str(s.counts.path) for s in species})
     fingerprint = {"path": ", ".join(files), "n_obs": sum(s.counts.n_obs for s in species),

@@ -10,15 +10,15 @@ import numpy as np
 import torch
 
 from stagekit.bundle import Bundle, read_bundle
-from stagekit.config import Config
 from stagekit.data.batching import epoch_plan
 from stagekit.errors import UserError
 from stagekit.losses.triplet import cosine_triplet_loss, label_groups, mine_triplets
 from stagekit.metrics.integration import cross_species_knn_agreement, species_mixing
 from stagekit.models.saturn import SaturnMetric
-from stagekit.stages.pretrain_saturn import load_model
-from stagekit.stages.runner import PhaseRun, lineage_of
-from stagekit.stages.saturn_cells import SpeciesCells, cell_outputs, load_cells
+from stagekit.stages.cross_species.pretrain_saturn import load_model
+from stagekit.stages.cross_species.saturn_cells import SpeciesCells, cell_outputs, load_cells
+from stagekit.stages.phase import PhaseRun, lineage_of
+from stagekit.stages.registry import PhaseRequest
 from stagekit.train import FitResult, Task
 from stagekit.train.optim import FreezePlan
 from stagekit.train.state import weights_to_numpy
@@ -99,10 +99,12 @@ class AlignTask(Task):
         return {"loss": loss, "triplets": torch.tensor(float(len(a)))}
 
 
-def run(config: Config, pretrain_path: Path, output: Path, resume: Path | None = None, quiet: bool = False,
-        log=print) -> Path | None:
+def run(request: PhaseRequest) -> Path | None:
+    config, pretrain_path, log = request.config, request.parent, request.log
+    if request.data:
+        raise UserError("align trains on the cells its pretrain bundle was trained on; give no data files")
     cfg, train_cfg = config["align"], config["training"]
-    phase = PhaseRun(config, output, resume, quiet)
+    phase = PhaseRun(config, request.output, request.resume, request.quiet)
     parent = read_bundle(pretrain_path, ("pretrain",), command="align")
     if parent.model != "saturn":
         raise UserError(f"{pretrain_path} holds a '{parent.model}' model; align needs `pretrain --preset saturn`")

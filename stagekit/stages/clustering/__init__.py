@@ -1,0 +1,1 @@
+"""Phenotype clustering: VAE pretrain -> cluster-search -> DEC finetune."""

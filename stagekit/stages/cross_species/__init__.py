@@ -1,0 +1,1 @@
+"""Cross-species integration (SATURN): macrogene pretrain -> align, the demo."""
