@@ -98,3 +98,59 @@ def test_written_h5ad_has_plain_strings_for_any_anndata(tmp_path):
     write_h5ad(anndata.AnnData(np.ones((3, 2), dtype=np.float32), obs=obs), tmp_path / "t.h5ad")
     back = anndata.read_h5ad(tmp_path / "t.h5ad")
     assert back.obs["label"].tolist() == ["a", "b", "c"] and back.obs_names.tolist() == ["x", "y", "z"]
+
+
+def test_all_zero_counts(capsys, tmp_path, existing_output):
+    """Every cell with zero counts: one line naming the file (normalising by totals used to divide by zero)."""
+    zero = _write(tmp_path / "zero.h5ad", sp.csr_matrix((40, 60), dtype=np.float32))
+    _assert_user_error(*_pretrain(capsys, zero, existing_output), "zero.h5ad", "every cell has zero counts")
+    assert existing_output.read_bytes() == b"precious"
+    _assert_user_error(*run_cli(capsys, "pretrain", "--preset", "autoencoder", zero, "-o", existing_output,
+                                "--set", "training.epochs=1"), "zero.h5ad", "every value is zero")
+    assert existing_output.read_bytes() == b"precious"
+
+
+def test_zero_count_cells_and_genes_among_others_train(capsys, tmp_path):
+    X = np.random.default_rng(0).poisson(1.0, (40, 60)).astype(np.float32)
+    X[[3, 7]] = 0  # empty droplets
+    X[:, 5] = 0  # a gene never seen
+    code, out, err = _pretrain(capsys, _write(tmp_path / "some.h5ad", sp.csr_matrix(X)), tmp_path / "o.stk")
+    assert code == 0 and out.strip().endswith("o.stk"), err
+
+
+def test_a_species_or_gene_selection_without_counts(tmp_path):
+    from stagekit.data.anndata_io import load_counts, split_by_column
+    from stagekit.data.hvg import highly_variable_genes
+    from stagekit.errors import UserError
+
+    X = np.random.default_rng(0).poisson(1.0, (40, 80)).astype(np.float32)
+    X[20:] = 0
+    data = _write(tmp_path / "two.h5ad", sp.csr_matrix(X), {"species": ["human"] * 20 + ["mouse"] * 20})
+    counts = load_counts(data, obs_keys=("species",))
+    with pytest.raises(UserError, match=r"two.h5ad \(X\): every cell of obs column 'species' = 'mouse' has zero"):
+        split_by_column(counts, "species")
+    with pytest.raises(UserError, match="none of the 80 genes varies across cells"):
+        highly_variable_genes(sp.csr_matrix(X[20:]), 10)
+    backed = load_counts(data, backed=True).select_genes(np.arange(40))
+    X[:, :40] = 0
+    _write(data, sp.csr_matrix(X))
+    with pytest.raises(UserError, match=r"two.h5ad \(X\): none of the 40 genes varies"):
+        highly_variable_genes(backed, 10)
+
+
+def test_pickled_protein_embeddings_are_refused_in_one_line(tmp_path):
+    import torch
+
+    from stagekit.data.protein_embeddings import load_gene_embeddings
+    from stagekit.errors import UserError
+
+    pickled = tmp_path / "emb.pt"
+    torch.save({"INS": np.ones(4)}, pickled)  # numpy arrays are pickled objects to torch
+    with pytest.raises(UserError) as caught:
+        load_gene_embeddings(pickled)
+    message = str(caught.value)
+    assert message == (f"{pickled} holds pickled Python objects, which stagekit never loads; save a dict of gene "
+                       "symbol -> tensor with torch.save (tensors only), or use .h5/.npz")
+    plain = tmp_path / "plain.pt"
+    torch.save({"INS": torch.ones(4), "GCG": torch.zeros(4, dtype=torch.float64)}, plain)
+    assert load_gene_embeddings(plain).vectors.shape == (2, 4)  # tensors only: still accepted

@@ -1,4 +1,6 @@
 import json
+import pickle
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -79,12 +81,141 @@ def test_failed_write_leaves_existing_output_untouched(tmp_path: Path, monkeypat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.stk"]
 
 
-def test_bundle_never_unpickles(tmp_path: Path):
+class _Trap:
+    """Unpickling this creates `marker` (pickle calls Path.touch via __reduce__)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_bundle_never_unpickles(tmp_path: Path, capsys):
+    """Pickle payloads in the weights and the resume state come back as bytes or are refused; never unpickled."""
+    marker = tmp_path / "unpickled"
+    payload = np.void(pickle.dumps(_Trap(marker)))
+    pickle.loads(payload.tobytes())  # the trap works: unpickling it creates the marker
+    assert marker.exists()
+    marker.unlink()
     path = write_bundle(_bundle(), tmp_path / "a.stk")
-    with h5py.File(path) as f:
-        kinds = []
-        f.visititems(lambda n, node: kinds.append(node.dtype.kind) if isinstance(node, h5py.Dataset) else None)
-    assert "V" not in kinds  # no opaque (pickled) blobs
+    with h5py.File(path, "r+") as f:
+        f["weights"].create_dataset("evil", data=payload)  # opaque bytes, as a pickling writer would store them
+        node = f["resume"].create_dataset("evil", data=payload)
+        node.attrs.update({"kind": "array", "key_type": "str"})
+        f["resume/loop"].create_dataset("blob", data=np.frombuffer(payload.tobytes(), np.uint8))
+        f["resume/loop/blob"].attrs.update({"kind": "array", "key_type": "str"})
+    with pytest.raises(UserError, match="corrupted"):  # the checksums do not cover what was slipped in
+        read_bundle(path, resume=True)
+    code, _, err = run_cli(capsys, "info", path, "--verify")
+    assert code == 2 and "checksum mismatch" in err
+    with h5py.File(path, "r+") as f:  # now with matching checksums: read, as bytes
+        for name in ("weights", "resume"):
+            f[name].attrs["sha256"] = bundle_format._digest(bundle_format._arrays(f[name]))
+    b = read_bundle(path, resume=True)
+    assert b.weights["evil"].tobytes() == payload.tobytes() and b.resume["evil"].tobytes() == payload.tobytes()
+    assert run_cli(capsys, "info", path, "--verify")[0] == 0
+    assert not marker.exists()
+
+
+def _cluster_bundle() -> Bundle:
+    b = _bundle()
+    b.stage, b.results = "cluster-search", {"centres": np.arange(12, dtype=np.float32).reshape(4, 3),
+                                            "assignments": np.arange(5) % 4, "key": np.array(b"abc")}
+    return b
+
+
+def _flip_bit(path: Path, dataset: str) -> None:
+    """Flip one bit inside `dataset`'s stored bytes, as a failing disk would (h5py is not told)."""
+    with h5py.File(path, "r") as f:
+        node = f[dataset]
+        offset, size = node.id.get_offset(), node.id.get_storage_size()
+    assert offset is not None and size
+    data = bytearray(path.read_bytes())
+    data[offset + size // 2] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(("dataset", "part"), [("results/centres", "results"), ("data/var_names", "gene names"),
+                                               ("categories/labels", "categories")])
+def test_bit_flips_in_results_genes_and_categories_are_detected(tmp_path: Path, capsys, dataset: str, part: str):
+    path = write_bundle(_cluster_bundle(), tmp_path / "c.stk")
+    b = read_bundle(path)
+    assert np.array_equal(b.results["centres"], np.arange(12).reshape(4, 3)) and bytes(b.results["key"]) == b"abc"
+    assert verify_bundle(path) == []
+    if dataset.startswith("data/") or dataset.startswith("categories/"):  # vlen strings live in the global heap
+        with h5py.File(path, "r+") as f:
+            values = f[dataset][()]
+            values[0] = values[0][:-1] + bytes([values[0][-1] ^ 1])
+            f[dataset][...] = values
+    else:
+        _flip_bit(path, dataset)
+    with pytest.raises(UserError, match=f"{part} are corrupted"):
+        read_bundle(path, weights=False)
+    assert verify_bundle(path) == [f"{part}: checksum mismatch"]
+    code, _, err = run_cli(capsys, "info", path, "--verify")
+    assert code == 2 and f"{part}: checksum mismatch" in err and len(err.strip().splitlines()) == 1
+
+
+def test_bundles_written_before_the_new_checksums_still_read(tmp_path: Path, capsys):
+    path = write_bundle(_cluster_bundle(), tmp_path / "old.stk")
+    with h5py.File(path, "r+") as f:  # what earlier versions wrote: checksums on weights and resume state only
+        for name in ("results", "data/var_names", "categories"):
+            del f[name].attrs["sha256"]
+    assert read_bundle(path).results["centres"].shape == (4, 3)
+    unchecked: list[str] = []
+    assert verify_bundle(path, unchecked) == [] and unchecked == ["results", "gene names", "categories"]
+    code, _, err = run_cli(capsys, "info", path, "--verify")
+    assert code == 0 and "no checksum, written by an older stagekit" in err
+
+
+def test_info_does_not_read_results(tmp_path: Path, capsys, monkeypatch):
+    b = _cluster_bundle()
+    b.results["soft_assignments"] = np.random.default_rng(0).random((20_000, 30), dtype=np.float32)
+    path = write_bundle(b, tmp_path / "big.stk")
+    code, before, _ = run_cli(capsys, "info", path, "--json")
+    assert code == 0
+    read = []
+    original = h5py.Dataset.__getitem__
+
+    def spy(self, key):
+        read.append(self.name)
+        return original(self, key)
+
+    monkeypatch.setattr(h5py.Dataset, "__getitem__", spy)
+    code, out, _ = run_cli(capsys, "info", path, "--json")
+    assert code == 0 and out == before and json.loads(out)["stage"] == "cluster-search"
+    assert read and not [name for name in read if name.startswith("/results")], read
+    assert read_bundle(path, weights=False, results=False).results == {}
+    assert set(read_bundle(path, weights=False).results) == {"centres", "assignments", "key", "soft_assignments"}
+
+
+def test_incomplete_bundle_is_one_line(tmp_path: Path, capsys):
+    path = tmp_path / "half.stk"
+    with h5py.File(path, "w") as f:
+        f.attrs.update({"format": bundle_format.FORMAT, "format_version": 1})
+    message = "half.stk: bundle is incomplete (missing 'stage'); it was not written by stagekit or was truncated"
+    with pytest.raises(UserError, match=re.escape(message)):
+        read_bundle(path)
+    for args in (["info", path], ["info", path, "--verify", "--json"]):
+        code, out, err = run_cli(capsys, *args)
+        assert code == 2 and out == "" and message in err and len(err.strip().splitlines()) == 1, err
+    full = write_bundle(_bundle(), tmp_path / "full.stk")
+    with h5py.File(full, "r+") as f:
+        del f["results"]
+    with pytest.raises(UserError, match=re.escape("bundle is incomplete (missing 'results')")):
+        read_bundle(full)
+    with h5py.File(full, "r+") as f:
+        f.create_group("results")
+        del f["lineage"]
+        f["lineage"] = 3  # present, but not what stagekit writes
+    with pytest.raises(UserError, match="bundle is damaged"):
+        read_bundle(full)
+
+
+def test_info_help_states_exit_2_for_a_mismatch(capsys):
+    code, out, _ = run_cli(capsys, "info", "--help")
+    assert code == 0 and "exit 2 on a mismatch" in " ".join(out.split())
 
 
 def test_info_json_and_no_torch_import(small_bundle: Path):

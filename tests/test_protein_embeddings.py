@@ -56,7 +56,7 @@ def test_bad_embedding_files(tmp_path):
         load_gene_embeddings(ragged)
     unsafe = tmp_path / "code.pt"
     torch.save({"A": object()}, unsafe)  # needs unpickling of arbitrary objects: refused
-    with pytest.raises(UserError, match="cannot read"):
+    with pytest.raises(UserError, match="holds pickled Python objects, which stagekit never loads"):
         load_gene_embeddings(unsafe)
     other = tmp_path / "emb.csv"
     other.write_text("A,1\n")

@@ -4,10 +4,12 @@ from stagekit.bundle.format import (
     FORMAT_VERSION,
     Bundle,
     atomic_output,
+    ensure_writable_folder,
     file_sha256,
     read_bundle,
     verify_bundle,
     write_bundle,
 )
 
-__all__ = ["FORMAT_VERSION", "Bundle", "atomic_output", "file_sha256", "read_bundle", "verify_bundle", "write_bundle"]
+__all__ = ["FORMAT_VERSION", "Bundle", "atomic_output", "ensure_writable_folder", "file_sha256", "read_bundle",
+           "verify_bundle", "write_bundle"]

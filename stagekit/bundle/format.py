@@ -7,20 +7,30 @@ Layout (see `h5ls -r file.stk`):
   /model_config     what rebuilding the weights needs (architecture, data keys), TOML text; copied by descendants
   /lineage          JSON list of ancestors, parent first: {sha256, stage, model, path, created}
   /versions         attrs: stagekit, python, torch, anndata, scvi-tools, ...
-  /data             attrs: path, sha256, n_obs, n_vars, genes_sha256; datasets var_names, obs_names?
-  /categories/NAME  category names of an obs column (species, batch, labels), in code order
+  /data             attrs: path, sha256 (of the input file), n_obs, n_vars, genes_sha256;
+                    dataset var_names (attrs sha256)
+  /categories/NAME  category names of an obs column (species, batch, labels), in code order; attrs sha256
   /metrics/history/NAME  one value per epoch;  /metrics/final  attrs
   /weights/NAME     model tensors; attrs sha256 over all of them
-  /results/NAME     other arrays a phase produces (cluster centres, score tables, ...)
+  /results/NAME     other arrays a phase produces (cluster centres, score tables, ...); attrs sha256
   /resume/...       optimizer, scheduler, RNG and loop state for exact resume; attrs sha256
+
+Checksums: every array a later phase reads (weights, results, gene names, categories, resume state) carries a
+sha256 attr over names, dtypes, shapes and bytes, recomputed when the part is read and by `verify_bundle`
+(`stagekit info --verify`). Bundles written before results, gene names and categories had one are still read;
+those parts are then not checked, and `verify_bundle` reports them as unchecked.
+
+Reading never unpickles: every value is a numeric or string HDF5 dataset or attribute, read with h5py.
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +44,15 @@ from stagekit.errors import UserError
 
 FORMAT = "stagekit-bundle"
 FORMAT_VERSION = 1
+
+# What a bundle must hold (besides `format` and `format_version`); checked when it is opened, so a foreign or
+# truncated file gives one line naming what is missing. `model_config` and `resume` are optional.
+_REQUIRED_ATTRS = ("stage", "model", "status", "seed", "epochs_done", "created", "wall_time_s", "device", "argv")
+_REQUIRED_NODES = ("config", "lineage", "versions", "data", "data/var_names", "categories", "metrics/history",
+                   "metrics/final", "weights", "results")
+# The checksummed parts: node -> how problems name it.
+_CHECKED = {"weights": "weights", "results": "results", "data/var_names": "gene names",
+            "categories": "categories", "resume": "resume state"}
 
 
 @dataclass
@@ -84,16 +103,59 @@ def _str_dataset(group: h5py.Group, name: str, values: list[str]) -> None:
     group.create_dataset(name, data=np.array(values, dtype=object), dtype=h5py.string_dtype())
 
 
+def ensure_writable_folder(path: str | Path) -> None:
+    """UserError unless new files can be created where `path` (an output file, or a folder) would be written.
+
+    Creates and deletes a small temp file there: os.access checks permissions, which on some file systems
+    (network mounts, ACLs) are not what a write meets."""
+    path = Path(path)
+    folder = path if path.is_dir() else path.parent
+    if not folder.is_dir():
+        raise UserError(f"output folder {folder} does not exist; create it first")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".stagekit-write-test.", dir=folder)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise UserError(f"output folder {folder} is not writable ({reason}); choose another output path "
+                        "or make the folder writable") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only checks that the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    except (OverflowError, ValueError):  # not a possible pid
+        return False
+    return True
+
+
+def _remove_stale_temp_files(path: Path) -> None:
+    """Remove `.NAME.PID.tmp` files a killed writer of `path` left behind (PID no longer running); the temp
+    files of running writers are theirs."""
+    prefix = f".{path.name}."
+    for tmp in path.parent.glob(glob.escape(prefix) + "*.tmp"):
+        pid = tmp.name[len(prefix):-len(".tmp")]
+        if pid.isdigit() and not _alive(int(pid)):
+            with contextlib.suppress(OSError):  # another writer may be removing it at the same time
+                tmp.unlink()
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | Path):
     """Yield a temp path in the same folder; on success fsync and rename it over `path`, else remove it.
 
-    An existing file at `path` is never half-overwritten."""
+    An existing file at `path` is never half-overwritten. Temp files of earlier writers of `path` that were
+    killed are removed first."""
     path = Path(path)
     if path.exists() and path.is_dir():
         raise UserError(f"output {path} is a folder; give a file name such as {path / ('out' + path.suffix)}")
-    if not path.parent.exists():
-        raise UserError(f"output folder {path.parent} does not exist; create it first")
+    ensure_writable_folder(path.parent)
+    _remove_stale_temp_files(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         yield tmp
@@ -141,21 +203,45 @@ def _fill(f: h5py.File, b: Bundle) -> None:
     weights = f.create_group("weights")
     for name, array in b.weights.items():
         weights.create_dataset(name, data=array)
-    weights.attrs["sha256"] = arrays_sha256(b.weights)
     results = f.create_group("results")
     for name, array in b.results.items():
         results.create_dataset(name, data=array)
     if b.resume is not None:
-        resume = f.create_group("resume")
-        write_tree(resume, b.resume)
-        resume.attrs["sha256"] = _tree_sha256(resume)
+        write_tree(f.create_group("resume"), b.resume)
+    for name in _CHECKED:
+        if name in f:  # checksums of what was stored, as it reads back, so reading compares like with like
+            f[name].attrs["sha256"] = _digest(_arrays(f[name]))
 
 
-def _tree_sha256(group: h5py.Group) -> str:
-    arrays: dict[str, np.ndarray] = {}
-    group.visititems(lambda name, node: arrays.__setitem__(name, np.asarray(node[()]))
-                     if isinstance(node, h5py.Dataset) else None)
-    return arrays_sha256({k: v if v.dtype != object else v.astype(str) for k, v in arrays.items()})
+def _arrays(node: h5py.Group | h5py.Dataset) -> dict[str, Any]:
+    """Every dataset under `node` (or `node` itself), by path relative to it, as h5py reads it."""
+    if isinstance(node, h5py.Dataset):
+        return {node.name.rsplit("/", 1)[-1]: node[()]}
+    arrays: dict[str, Any] = {}
+    node.visititems(lambda name, child: arrays.__setitem__(name, child[()])
+                    if isinstance(child, h5py.Dataset) else None)
+    return arrays
+
+
+def _digest(arrays: dict[str, Any]) -> str:
+    """arrays_sha256, with variable-length strings (object arrays of bytes) hashed by their text."""
+    plain = {k: np.asarray(v) for k, v in arrays.items()}
+    return arrays_sha256({k: v.astype(str) if v.dtype == object else v for k, v in plain.items()})
+
+
+def _check(path: str | Path, f: h5py.File, name: str, arrays: dict[str, Any]) -> None:
+    """UserError when the checksum of part `name` does not match `arrays` read from it. Parts written before
+    they had a checksum are not checked."""
+    stored = f[name].attrs.get("sha256")
+    if stored is not None and _digest(arrays) != stored:
+        what = _CHECKED[name]
+        raise UserError(f"{path}: {what} {'is' if what == 'resume state' else 'are'} corrupted (checksum "
+                        "mismatch); re-run the phase that wrote this bundle")
+
+
+def _incomplete(path: str | Path, missing: str) -> UserError:
+    return UserError(f"{path}: bundle is incomplete (missing '{missing}'); it was not written by stagekit "
+                     "or was truncated")
 
 
 def _open(path: str | Path) -> h5py.File:
@@ -166,49 +252,71 @@ def _open(path: str | Path) -> h5py.File:
         f = h5py.File(path, "r")
     except OSError:
         raise UserError(f"{path} is not a stagekit bundle (not an HDF5 file)") from None
-    if f.attrs.get("format") != FORMAT:
+    try:
+        if f.attrs.get("format") != FORMAT:
+            raise UserError(f"{path} is an HDF5 file but not a stagekit bundle")
+        if "format_version" not in f.attrs:
+            raise _incomplete(path, "format_version")
+        version = int(f.attrs["format_version"])
+        if version > FORMAT_VERSION:
+            raise UserError(f"{path} uses bundle format {version}, newer than this stagekit reads "
+                            f"({FORMAT_VERSION}); upgrade stagekit")
+        missing = [a for a in _REQUIRED_ATTRS if a not in f.attrs] + [n for n in _REQUIRED_NODES if n not in f]
+        if missing:
+            raise _incomplete(path, missing[0])
+    except BaseException:
         f.close()
-        raise UserError(f"{path} is an HDF5 file but not a stagekit bundle")
-    version = int(f.attrs["format_version"])
-    if version > FORMAT_VERSION:
-        f.close()
-        raise UserError(f"{path} uses bundle format {version}, newer than this stagekit reads "
-                        f"({FORMAT_VERSION}); upgrade stagekit")
+        raise
     return f
 
 
+@contextlib.contextmanager
+def _readable(path: str | Path):
+    """A part of the expected shape that cannot be read or decoded: damaged, one line instead of a traceback."""
+    try:
+        yield
+    except (KeyError, OSError, ValueError, TypeError, AttributeError) as exc:
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0][:160]
+        raise UserError(f"{path}: bundle is damaged ({reason}); re-run the phase that wrote it") from None
+
+
 def read_bundle(path: str | Path, expect_stage: tuple[str, ...] | None = None, command: str = "",
-                weights: bool = True, resume: bool = False) -> Bundle:
-    """Read a bundle; checks format, stage and (when loading them) the weight checksum."""
-    with _open(path) as f:
+                weights: bool = True, resume: bool = False, results: bool = True) -> Bundle:
+    """Read a bundle; checks format, completeness, stage and the checksums of what it reads. `results=False`
+    leaves `/results` (possibly an array per cell) unread, for summaries."""
+    with _open(path) as f, _readable(path):
         stage = str(f.attrs["stage"])
         if expect_stage and stage not in expect_stage:
             wanted = " or ".join(f"'{s}'" for s in expect_stage)
             raise UserError(f"{path} is a '{stage}' bundle; `stagekit {command}` needs a {wanted} bundle")
+        var_names = _arrays(f["data/var_names"])
+        _check(path, f, "data/var_names", var_names)
+        categories = _arrays(f["categories"])
+        _check(path, f, "categories", categories)
         b = Bundle(stage=stage, model=str(f.attrs["model"]), config_toml=f["config"][()].decode(),
-                   seed=int(f.attrs["seed"]), weights={}, model_config=f["model_config"][()].decode(),
+                   seed=int(f.attrs["seed"]), weights={},
+                   model_config=f["model_config"][()].decode() if "model_config" in f else "",
                    status=str(f.attrs["status"]),
                    epochs_done=int(f.attrs["epochs_done"]), lineage=json.loads(f["lineage"][()].decode()),
                    data={k: _plain(v) for k, v in f["data"].attrs.items()},
-                   var_names=[v.decode() for v in f["data/var_names"][()]],
-                   categories={k: [v.decode() for v in d[()]] for k, d in f["categories"].items()},
+                   var_names=[v.decode() for v in var_names["var_names"]],
+                   categories={k: [v.decode() for v in d] for k, d in categories.items()},
                    history={k: d[()].tolist() for k, d in f["metrics/history"].items()},
                    final_metrics={k: float(v) for k, v in f["metrics/final"].attrs.items()},
                    versions={k: str(v) for k, v in f["versions"].attrs.items()},
-                   results={k: d[()] for k, d in f["results"].items()},
                    wall_time_s=float(f.attrs["wall_time_s"]), device=str(f.attrs["device"]),
                    argv=json.loads(f.attrs["argv"]), created=str(f.attrs["created"]), path=str(path))
+        if results:
+            b.results = _arrays(f["results"])
+            _check(path, f, "results", b.results)
         if weights:
-            b.weights = {k: d[()] for k, d in f["weights"].items()}
-            if arrays_sha256(b.weights) != f["weights"].attrs["sha256"]:
-                raise UserError(f"{path}: weights are corrupted (checksum mismatch); re-run the phase "
-                                "that wrote this bundle")
+            b.weights = _arrays(f["weights"])
+            _check(path, f, "weights", b.weights)
         if resume:
             if "resume" not in f:
                 raise UserError(f"{path} holds no resume state; it was written by a finished run "
                                 "without `--resume` support")
-            if _tree_sha256(f["resume"]) != f["resume"].attrs["sha256"]:
-                raise UserError(f"{path}: resume state is corrupted (checksum mismatch)")
+            _check(path, f, "resume", _arrays(f["resume"]))
             b.resume = read_tree(f["resume"])
     return b
 
@@ -217,20 +325,22 @@ def _plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
-def verify_bundle(path: str | Path) -> list[str]:
-    """Recompute every checksum; return a list of problems (empty when the bundle is intact)."""
+def verify_bundle(path: str | Path, unchecked: list[str] | None = None) -> list[str]:
+    """Recompute every checksum; return a list of problems (empty when the bundle is intact). Parts without a
+    checksum (written by an older stagekit) are appended to `unchecked` when it is given."""
     problems = []
     with _open(path) as f:
-        try:
-            weights = {k: d[()] for k, d in f["weights"].items()}
-            if arrays_sha256(weights) != f["weights"].attrs["sha256"]:
-                problems.append("weights: checksum mismatch")
-        except (OSError, KeyError) as exc:
-            problems.append(f"weights: unreadable ({exc})")
-        if "resume" in f:
+        for name, what in _CHECKED.items():
+            if name not in f:  # resume state is optional
+                continue
+            stored = f[name].attrs.get("sha256")
+            if stored is None:
+                if unchecked is not None:
+                    unchecked.append(what)
+                continue
             try:
-                if _tree_sha256(f["resume"]) != f["resume"].attrs["sha256"]:
-                    problems.append("resume state: checksum mismatch")
+                if _digest(_arrays(f[name])) != stored:
+                    problems.append(f"{what}: checksum mismatch")
             except (OSError, KeyError) as exc:
-                problems.append(f"resume state: unreadable ({exc})")
+                problems.append(f"{what}: unreadable ({(str(exc).splitlines() or [''])[0]})")
     return problems

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import h5py
@@ -34,6 +34,9 @@ class CountMatrix:
     backed: bool = False
     columns: np.ndarray | None = None  # backed: the stored columns shown, in order; None for all
     stored_n_vars: int = 0  # backed: columns stored in the file
+    # sha256 of the file, computed by the first fingerprint() and shared with matrices derived from this one:
+    # fingerprints are taken at every checkpoint, and hashing a large file each time costs minutes
+    file_hash: str | None = field(default=None, repr=False, compare=False)
 
     @property
     def n_obs(self) -> int:
@@ -48,10 +51,11 @@ class CountMatrix:
         columns = np.asarray(columns, dtype=np.int64)
         names = [self.var_names[i] for i in columns]
         if self.matrix is not None:
-            return CountMatrix(self.path, self.key, self.obs, names, matrix=sp.csr_matrix(self.matrix[:, columns]))
+            return CountMatrix(self.path, self.key, self.obs, names, matrix=sp.csr_matrix(self.matrix[:, columns]),
+                               file_hash=self.file_hash)
         stored = columns if self.columns is None else self.columns[columns]
         return CountMatrix(self.path, self.key, self.obs, names, backed=True, columns=stored,
-                           stored_n_vars=self.stored_n_vars)
+                           stored_n_vars=self.stored_n_vars, file_hash=self.file_hash)
 
     def block(self, start: int, stop: int) -> sp.csr_matrix:
         """Cells start..stop-1 as float32 CSR (one contiguous disk read when backed)."""
@@ -91,8 +95,11 @@ class CountMatrix:
         return self.rows(unique)[inverse]
 
     def fingerprint(self) -> dict:
+        """What the bundle records about its input; the file is hashed once per matrix (see `file_hash`)."""
+        if self.file_hash is None:
+            self.file_hash = file_sha256(self.path)
         genes = hashlib.sha256("\n".join(self.var_names).encode()).hexdigest()
-        return {"path": str(self.path.resolve()), "sha256": file_sha256(self.path), "n_obs": self.n_obs,
+        return {"path": str(self.path.resolve()), "sha256": self.file_hash, "n_obs": self.n_obs,
                 "n_vars": self.n_vars, "genes_sha256": genes, "matrix": self.key}
 
 
@@ -164,7 +171,9 @@ def _value_chunks(counts: CountMatrix):
 
 def _validate_values(counts: CountMatrix, require_counts: bool) -> None:
     where = f"{counts.path} ({counts.key})"
+    any_nonzero = False
     for values in _value_chunks(counts):
+        any_nonzero = any_nonzero or bool(values.any())
         if not np.isfinite(values).all():
             raise UserError(f"{where} contains NaN or infinite values; clean the matrix first")
         if require_counts:
@@ -174,14 +183,24 @@ def _validate_values(counts: CountMatrix, require_counts: bool) -> None:
             if not np.array_equal(values, np.round(values)):
                 raise UserError(f"{where} has non-integer values; this model needs raw counts "
                                 "(name the raw layer with --set data.layer=NAME)")
+    if not any_nonzero:  # nothing to learn from, and normalising by totals would divide by zero
+        what = "every cell has zero counts" if require_counts else "every value is zero"
+        raise UserError(f"{where}: {what}; check that this is the right file and layer "
+                        "(name another layer with --set data.layer=NAME)")
 
 
 def split_by_column(counts: CountMatrix, column: str) -> dict[str, CountMatrix]:
-    """In-memory cells grouped by the values of an obs column (e.g. species), in sorted order."""
+    """In-memory cells grouped by the values of an obs column (e.g. species), in sorted order. A group whose
+    cells all have zero counts is a UserError (each group is modelled on its own)."""
     values = counts.obs[column].astype(str).to_numpy()
-    return {name: CountMatrix(counts.path, counts.key, counts.obs.iloc[rows], counts.var_names,
-                              matrix=counts.matrix[rows])
-            for name in sorted(set(values)) for rows in [np.flatnonzero(values == name)]}
+    groups = {name: CountMatrix(counts.path, counts.key, counts.obs.iloc[rows], counts.var_names,
+                                matrix=counts.matrix[rows], file_hash=counts.file_hash)
+              for name in sorted(set(values)) for rows in [np.flatnonzero(values == name)]}
+    for name, group in groups.items():
+        if not group.matrix.data.any():
+            raise UserError(f"{counts.path} ({counts.key}): every cell of obs column '{column}' = '{name}' has "
+                            "zero counts; drop those cells or check the layer (--set data.layer=NAME)")
+    return groups
 
 
 def category_codes(obs: pd.DataFrame, column: str) -> tuple[np.ndarray, list[str]]:

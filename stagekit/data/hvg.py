@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import scipy.sparse as sp
 
+from stagekit.errors import UserError
+
 if TYPE_CHECKING:
     from stagekit.data.anndata_io import CountMatrix
 
@@ -35,6 +37,10 @@ def seurat_v3_variances(counts: sp.csr_matrix | CountMatrix, span: float = 0.3) 
     var = total_sq / n - mean**2
     var *= n / max(n - 1, 1)
     expressed = var > 0
+    if not expressed.any():  # no trend to fit (np.polyfit fails on no points): say what is wrong with the data
+        where = "the data" if sp.issparse(counts) else f"{counts.path} ({counts.key})"
+        raise UserError(f"{where}: none of the {len(var)} genes varies across cells (all zero or constant), so "
+                        "no gene is highly variable; check the file and layer (--set data.layer=NAME)")
     fitted = np.zeros_like(mean)
     log_mean, log_var = np.log10(mean[expressed]), np.log10(var[expressed])
     fit = None

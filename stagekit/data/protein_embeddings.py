@@ -2,7 +2,8 @@
 
 Read by `pretrain --preset saturn` (`--protein-emb SPECIES=PATH`) for SATURN-style macrogenes.
 Accepted files: `.h5` (datasets `genes` + `embeddings`, or one dataset per gene), `.npz` (the same two
-layouts), `.pt` (a dict symbol -> tensor, loaded with `weights_only=True`, never unpickling code).
+layouts), `.pt` (a dict symbol -> tensor, loaded with `weights_only=True`: a file that pickles other objects is refused,
+never unpickled).
 """
 
 from __future__ import annotations
@@ -63,17 +64,34 @@ def load_gene_embeddings(path: str | Path) -> GeneEmbeddings:
             with np.load(path, allow_pickle=False) as f:
                 return _from_table(path, {k: f[k] for k in f.files})
         if suffix == ".pt":
-            import torch
-
-            table = torch.load(path, map_location="cpu", weights_only=True)
-            if not isinstance(table, dict):
-                raise UserError(f"{path}: expected a dict of gene symbol -> tensor")
-            return _stack(path, list(table), [v.float().numpy() for v in table.values()])
+            return _from_torch(path)
     except UserError:
         raise
-    except Exception as exc:  # unreadable or unsafe content: one message for the user
-        raise UserError(f"{path}: cannot read protein embeddings ({type(exc).__name__}: {exc})"[:300]) from None
+    except Exception as exc:  # unreadable content: one line for the user (library messages span several)
+        reason = (str(exc).splitlines() or [""])[0]
+        raise UserError(f"{path}: cannot read protein embeddings ({type(exc).__name__}: {reason})"[:300]) from None
     raise UserError(f"{path}: unknown embedding format '{suffix}'; use .h5, .npz or .pt")
+
+
+def _from_torch(path: Path) -> GeneEmbeddings:
+    """A dict of gene symbol -> tensor saved with torch.save, loaded with weights_only=True (tensors and plain
+    containers only). torch's refusal of anything else is several lines of advice on loading the file unsafely;
+    ours is one line on saving it safely."""
+    import pickle
+
+    import torch
+
+    try:
+        table = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "Unsupported global" in str(exc):  # torch's words for "the pickle names a class or function"
+            raise UserError(f"{path} holds pickled Python objects, which stagekit never loads; save a dict of gene "
+                            "symbol -> tensor with torch.save (tensors only), or use .h5/.npz") from None
+        raise UserError(f"{path} is not a torch.save file of tensors; save a dict of gene symbol -> tensor with "
+                        "torch.save, or use .h5/.npz") from None
+    if not isinstance(table, dict) or not all(isinstance(v, torch.Tensor) for v in table.values()):
+        raise UserError(f"{path}: expected a dict of gene symbol -> tensor")
+    return _stack(path, list(table), [v.float().numpy() for v in table.values()])
 
 
 def match_genes(var_names: list[str], embeddings: GeneEmbeddings, species: str, min_matched: int = 50

@@ -2,13 +2,27 @@
 
 from __future__ import annotations
 
+from functools import cache
+
 import torch
 
-# The functions behind scvi-tools' NegativeBinomial / ZeroInflatedNegativeBinomial.log_prob. Called directly
-# because the classes broadcast a per-gene theta to cells x genes (so lgamma(theta), and digamma(theta) in the
-# backward pass, run once per cell instead of once per gene) and re-check the support of the counts on every call
-# (the counts are validated once, when read). tests/test_losses.py pins the values to the classes'.
-from scvi.distributions._negative_binomial import log_nb_positive, log_zinb_positive
+
+@cache
+def _scvi_likelihoods():
+    """scvi-tools' log_nb_positive and log_zinb_positive: the functions behind its NegativeBinomial /
+    ZeroInflatedNegativeBinomial.log_prob. Called directly because the classes broadcast a per-gene theta to
+    cells x genes (so lgamma(theta), and digamma(theta) in the backward pass, run once per cell instead of once
+    per gene) and re-check the support of the counts on every call (the counts are validated once, when read).
+    tests/test_losses.py pins the values to the classes'.
+
+    scvi.distributions does not export the functions (scvi-tools 1.4), so they come from the module that defines
+    them; pyproject.toml pins the scvi-tools versions this was tested with. Any scvi import runs scvi's package
+    __init__ (models, data, ~1.6 s and ~1,700 modules beyond torch and lightning), public path or not, so the
+    import waits for the first likelihood: commands that only embed cells (cluster-search, extract) or use a
+    Gaussian likelihood never load scvi-tools."""
+    from scvi.distributions._negative_binomial import log_nb_positive, log_zinb_positive
+
+    return log_nb_positive, log_zinb_positive
 
 
 def digamma(x: torch.Tensor) -> torch.Tensor:
@@ -48,6 +62,7 @@ def count_nll(x: torch.Tensor, mu: torch.Tensor, theta: torch.Tensor,
               zi_logits: torch.Tensor | None = None) -> torch.Tensor:
     """Negative log-likelihood summed over genes: NB, or ZINB when `zi_logits` is given. `theta` is per gene
     (genes,) or per cell and gene."""
+    log_nb_positive, log_zinb_positive = _scvi_likelihoods()
     if zi_logits is None:
         return -log_nb_positive(x, mu, theta, lgamma_fn=lgamma).sum(-1)
     return -log_zinb_positive(x, mu, theta, zi_logits, lgamma_fn=lgamma).sum(-1)
