@@ -11,3 +11,7 @@ class TrainingStopped(Exception):
 
 class Interrupted(Exception):
     """SIGINT/SIGTERM during training; a resumable bundle was written. The CLI exits 130."""
+
+
+class TrainingFinished(Exception):
+    """Raised by a hook to end training early as a success (e.g. a convergence rule); the epoch is completed."""

@@ -154,3 +154,9 @@ def test_pickled_protein_embeddings_are_refused_in_one_line(tmp_path):
     plain = tmp_path / "plain.pt"
     torch.save({"INS": torch.ones(4), "GCG": torch.zeros(4, dtype=torch.float64)}, plain)
     assert load_gene_embeddings(plain).vectors.shape == (2, 4)  # tensors only: still accepted
+
+
+def test_one_cell_is_too_few_to_train(capsys, tmp_path, existing_output):
+    data = _write(tmp_path / "one.h5ad", sp.csr_matrix(np.ones((1, 5), np.float32)))
+    _assert_user_error(*_pretrain(capsys, data, existing_output), "one.h5ad", "1 cell", "too few to train")
+    assert existing_output.read_bytes() == b"precious"

@@ -73,3 +73,13 @@ def test_presets_list_and_show(capsys):
     assert code == 0 and "vae" in out
     code, out, _ = run_cli(capsys, "presets", "show", "vae")
     assert code == 0 and 'model = "vae"' in out
+
+
+def test_cli_unknown_key_in_a_preset_file_is_one_line_with_the_nearest_key(capsys, tmp_path):
+    preset = tmp_path / "mine.toml"
+    preset.write_text('[preset]\nstage = "pretrain"\nmodel = "vae"\n[model]\nn_latnet = 8\n')
+    code, out, err = run_cli(capsys, "pretrain", "--preset", preset, "-o", tmp_path / "x.stk",
+                             tmp_path / "missing.h5ad")
+    assert code == 2 and out == "" and "Traceback" not in err
+    assert err.strip().count("\n") == 0
+    assert "mine.toml: unknown key 'model.n_latnet'" in err and "did you mean 'model.n_latent'" in err

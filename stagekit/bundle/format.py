@@ -14,6 +14,8 @@ Layout (see `h5ls -r file.stk`):
   /weights/NAME     model tensors; attrs sha256 over all of them
   /results/NAME     other arrays a phase produces (cluster centres, score tables, ...); attrs sha256
   /resume/...       optimizer, scheduler, RNG and loop state for exact resume; attrs sha256
+  /top_k/NAME/...   the best states by the monitored metric (training.save_top_k), best first: model tensors;
+                    attrs epoch, metric, value, rank; /top_k attrs sha256. /weights is the first of them.
 
 Checksums: every array a later phase reads (weights, results, gene names, categories, resume state) carries a
 sha256 attr over names, dtypes, shapes and bytes, recomputed when the part is read and by `verify_bundle`
@@ -52,7 +54,7 @@ _REQUIRED_NODES = ("config", "lineage", "versions", "data", "data/var_names", "c
                    "metrics/final", "weights", "results")
 # The checksummed parts: node -> how problems name it.
 _CHECKED = {"weights": "weights", "results": "results", "data/var_names": "gene names",
-            "categories": "categories", "resume": "resume state"}
+            "categories": "categories", "resume": "resume state", "top_k": "top-k states"}
 
 
 @dataclass
@@ -74,6 +76,7 @@ class Bundle:
     versions: dict[str, str] = field(default_factory=dict)
     results: dict[str, np.ndarray] = field(default_factory=dict)
     resume: dict | None = None
+    top_k: list[dict] = field(default_factory=list)  # {"name", "epoch", "metric", "value", "weights"}, best first
     wall_time_s: float = 0.0
     device: str = ""
     argv: list[str] = field(default_factory=list)
@@ -208,6 +211,14 @@ def _fill(f: h5py.File, b: Bundle) -> None:
         results.create_dataset(name, data=array)
     if b.resume is not None:
         write_tree(f.create_group("resume"), b.resume)
+    if b.top_k:
+        top_k = f.create_group("top_k")
+        for rank, state in enumerate(b.top_k):
+            group = top_k.create_group(state["name"])
+            group.attrs.update({"epoch": state["epoch"], "metric": state["metric"], "value": state["value"],
+                                "rank": rank})
+            for name, array in state["weights"].items():
+                group.create_dataset(name, data=array)
     for name in _CHECKED:
         if name in f:  # checksums of what was stored, as it reads back, so reading compares like with like
             f[name].attrs["sha256"] = _digest(_arrays(f[name]))
@@ -312,6 +323,13 @@ def read_bundle(path: str | Path, expect_stage: tuple[str, ...] | None = None, c
         if weights:
             b.weights = _arrays(f["weights"])
             _check(path, f, "weights", b.weights)
+        if "top_k" in f:  # names, epochs and metrics always; the tensors with the weights
+            if weights:
+                _check(path, f, "top_k", _arrays(f["top_k"]))
+            states = sorted(f["top_k"].values(), key=lambda g: int(g.attrs["rank"]))
+            b.top_k = [{"name": g.name.rsplit("/", 1)[-1], "epoch": int(g.attrs["epoch"]),
+                        "metric": str(g.attrs["metric"]), "value": float(g.attrs["value"]),
+                        "weights": _arrays(g) if weights else {}} for g in states]
         if resume:
             if "resume" not in f:
                 raise UserError(f"{path} holds no resume state; it was written by a finished run "

@@ -34,7 +34,8 @@ def summary(bundle: Bundle) -> dict[str, Any]:
             "wall_time_s": bundle.wall_time_s, "device": bundle.device, "argv": bundle.argv,
             "lineage": bundle.lineage, "data": bundle.data, "n_genes": len(bundle.var_names),
             "categories": {k: v for k, v in bundle.categories.items()}, "config": config,
-            "final_metrics": bundle.final_metrics, "history": bundle.history, "versions": bundle.versions}
+            "final_metrics": bundle.final_metrics, "history": bundle.history, "versions": bundle.versions,
+            "top_k": [{k: v for k, v in s.items() if k != "weights"} for s in bundle.top_k]}
 
 
 def render(bundle: Bundle, console: Console) -> None:
@@ -72,6 +73,19 @@ def render(bundle: Bundle, console: Console) -> None:
         for k, v in bundle.final_metrics.items():
             metrics.add_row(k, f"{v:.5g}")
         parts.append(metrics)
+
+    if bundle.top_k:
+        kept = Table(title=f"kept states by {bundle.top_k[0]['metric']} (best first; the weights are top1)")
+        for column in ("name", "epoch", "value"):
+            kept.add_column(column, justify="left" if column == "name" else "right")
+        for state in bundle.top_k:
+            kept.add_row(state["name"], str(state["epoch"]), f"{state['value']:.5g}")
+        parts.append(kept)
+
+    phases = bundle.history.get("phase", [])
+    if phases and max(phases) > 0:
+        spans = [(int(p), sum(1 for q in phases if q == p)) for p in sorted(set(phases))]
+        parts.append(Panel("  ".join(f"phase {p + 1}: {n} epochs" for p, n in spans), title="phases", expand=False))
 
     curves = [k for k in ("train_loss", "val_loss") if bundle.history.get(k)]
     if curves:

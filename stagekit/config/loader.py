@@ -70,23 +70,67 @@ def parse_override(text: str) -> tuple[str, Any]:
     return dotted, value
 
 
+class Section(dict):
+    """One section of a resolved config: a plain dict that records each key the code reads.
+
+    `section[key]`, `section.get(key)` and iterating `.items()` / `.values()` (code that hands every key on,
+    such as a stored model description) add "section.key" to `read`. Copies (`dict(section)`, `a | b`,
+    `{**section}`, `.copy()`) are plain, untracked dicts and count as no read: read a key where you act on it.
+    """
+
+    def __init__(self, name: str, values: dict[str, Any], read: set[str]) -> None:
+        super().__init__(values)
+        self.name, self.read = name, read
+
+    def _mark(self, *keys: str) -> None:
+        self.read.update(f"{self.name}.{k}" for k in keys if dict.__contains__(self, k))
+
+    def __getitem__(self, key: str) -> Any:
+        self._mark(key)
+        return super().__getitem__(key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self._mark(key)
+        return super().get(key, default)
+
+    def items(self):
+        self._mark(*self.keys())
+        return super().items()
+
+    def values(self):
+        self._mark(*self.keys())
+        return super().values()
+
+
 @dataclass
 class Config:
+    """The effective config. `config[section]` is a `Section`; `read_keys` collects the "section.key" names the
+    code has read, so a test can check that no key is accepted and ignored (`unread_keys()`)."""
+
     stage: str
     model: str
     preset: str
     schema: Schema
     values: dict[str, dict[str, Any]]
     sources: dict[str, str] = field(default_factory=dict)
+    read_keys: set[str] = field(default_factory=set)
 
-    def __getitem__(self, section: str) -> dict[str, Any]:
+    def __post_init__(self) -> None:
+        self.values = {name: Section(name, keys, self.read_keys) for name, keys in self.values.items()}
+
+    def __getitem__(self, section: str) -> Section:
         return self.values[section]
 
+    def unread_keys(self) -> list[str]:
+        """Schema keys the code has not read (so far)."""
+        return [dotted for dotted in _all_keys(self.schema) if dotted not in self.read_keys]
+
     def to_toml(self, with_sources: bool = False) -> str:
+        """The config as a preset. Storing the config is not acting on it, so this reads no key."""
         lines = [f"[{HEADER}]", f'stage = "{self.stage}"', f'model = "{self.model}"', ""]
         for section, keys in self.values.items():
             lines.append(f"[{section}]")
-            for key, value in keys.items():
+            for key, value in dict.items(keys):
                 line = f"{key} = {toml_value(value)}"
                 if with_sources:
                     line = f"{line:<44} # {self.sources[f'{section}.{key}']}"

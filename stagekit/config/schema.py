@@ -60,11 +60,16 @@ TRAINING = {
                         minimum=0),
     "grad_clip": Key("float", 0.0, "clip the gradient norm to this value; 0 disables", minimum=0),
     "scheduler": Key("str", "constant", "learning-rate schedule", choices=("constant", "cosine")),
-    "warmup_ratio": Key("float", 0.0, "fraction of steps of linear warm-up (cosine schedule)", minimum=0),
+    "warmup_ratio": Key("float", 0.0, "fraction of steps of linear warm-up to lr (constant and cosine schedules)",
+                        minimum=0),
     "min_lr_ratio": Key("float", 0.0, "final lr as a fraction of lr (cosine schedule)", minimum=0),
     "val_fraction": Key("float", 0.1, "fraction of cells held out for validation; 0 disables", minimum=0),
     "early_stopping_patience": Key("int", 0, "epochs without validation improvement before stopping; 0 off",
                                    minimum=0),
+    "min_epochs": Key("int", 0, "epochs before early stopping may stop the run", minimum=0),
+    "save_top_k": Key("int", 0, "keep the k best states by the monitored validation metric in the bundle (the "
+                      "final weights are the best one); 0 keeps only the final state unless early stopping is on",
+                      minimum=0),
     "checkpoint_every": Key("int", 0, "write a resumable bundle every N epochs; 0 only at the end",
                             minimum=0),
     "seed": Key("int", 0, "seed for initialisation, splits, shuffling and sampling", minimum=0),
@@ -78,4 +83,6 @@ RUNTIME = {
     "precision": Key("str", "32-true", "numeric precision",
                      choices=("32-true", "16-mixed", "bf16-mixed", "64-true")),
     "threads": Key("int", 0, "torch CPU threads per process; 0 keeps torch's default", minimum=0),
+    "num_workers": Key("int", 0, "DataLoader worker processes that load batches ahead of the training step; 0 loads "
+                       "in the training process", minimum=0),
 }

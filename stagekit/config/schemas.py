@@ -4,6 +4,12 @@ from __future__ import annotations
 
 from stagekit.config.schema import RUNTIME, TRAINING, Key, Schema
 
+# SATURN pretrain and align take one batch of every species per step, so their batch size is per species
+CROSS_SPECIES_TRAINING = TRAINING | {
+    "batch_size": Key("int", 256, "cells of each species per optimizer step (each step takes one batch of every "
+                      "species; summed over all processes)", minimum=1),
+}
+
 COUNT_DATA = {
     "layer": Key("str", "", "layer holding raw counts; empty means X"),
     "batch_key": Key("str", "", "obs column of a batch covariate to condition on; empty for none"),
@@ -123,8 +129,12 @@ DEC = {
 SCHEMAS: dict[tuple[str, str], Schema] = {
     ("pretrain", "vae"): {"data": COUNT_DATA, "model": VAE_MODEL, "contrastive": CONTRASTIVE, "training": TRAINING,
                           "runtime": RUNTIME},
-    ("pretrain", "saturn"): {"data": SATURN_DATA, "model": SATURN_MODEL, "training": TRAINING, "runtime": RUNTIME},
-    ("align", "saturn"): {"align": ALIGN, "training": TRAINING, "runtime": RUNTIME},
+    ("pretrain", "saturn"): {"data": SATURN_DATA, "model": SATURN_MODEL, "training": CROSS_SPECIES_TRAINING,
+                             "runtime": RUNTIME},
+    # align trains on every cell (triplets are mined per batch): no validation split, so no val_fraction key
+    ("align", "saturn"): {"align": ALIGN,
+                          "training": {k: v for k, v in CROSS_SPECIES_TRAINING.items() if k != "val_fraction"},
+                          "runtime": RUNTIME},
     ("cluster-search", "kmeans"): {"cluster": CLUSTER_SEARCH},
     # DEC clusters every cell: no validation split, so no val_fraction key that would be ignored
     ("finetune", "dec"): {"dec": DEC, "training": {k: v for k, v in TRAINING.items() if k != "val_fraction"},

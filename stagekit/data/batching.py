@@ -4,12 +4,23 @@ from __future__ import annotations
 
 import numpy as np
 
+from stagekit.errors import UserError
 
-def split_train_val(n_obs: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+
+MIN_TRAINING_CELLS = 2
+
+
+def split_train_val(n_obs: int, val_fraction: float, seed: int, where: str = "the data"
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded (training, validation) row indices; at least one validation cell when `val_fraction` > 0."""
     order = np.random.default_rng([seed, 7]).permutation(n_obs)
     n_val = int(round(n_obs * val_fraction))
     if val_fraction > 0 and n_val == 0:
         n_val = 1
+    if n_obs - n_val < MIN_TRAINING_CELLS:
+        raise UserError(f"{where} has {n_obs} cell{'s' if n_obs != 1 else ''}: too few to train (at least "
+                        f"{MIN_TRAINING_CELLS} training cells are needed after {n_val} are held out for validation "
+                        "by training.val_fraction)")
     return np.sort(order[n_val:]), np.sort(order[:n_val])
 
 

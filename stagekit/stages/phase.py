@@ -9,11 +9,12 @@ from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 
-from stagekit.bundle import Bundle, file_sha256, read_bundle, write_bundle
+from stagekit.bundle import Bundle, ensure_writable_folder, file_sha256, read_bundle, write_bundle
 from stagekit.config import Config
 from stagekit.errors import Interrupted, UserError
 from stagekit.train import Engine, FitResult, RunSettings, Task
 from stagekit.train.progress import ProgressReporter
+from stagekit.train.state import from_storable
 
 
 def package_versions() -> dict[str, str]:
@@ -36,12 +37,18 @@ def check_output(output: Path) -> None:
         raise UserError(f"output {output} is a folder; give a file name such as {output / 'out.stk'}")
     if not output.parent.exists():
         raise UserError(f"output folder {output.parent} does not exist; create it first")
+    ensure_writable_folder(output.parent)  # before training, not after it
 
 
 def lineage_of(parent: Bundle) -> list[dict]:
     entry = {"sha256": file_sha256(parent.path), "stage": parent.stage, "model": parent.model,
              "path": str(Path(parent.path).resolve()), "created": parent.created}
     return [entry, *parent.lineage]
+
+
+def kept_metrics(result: FitResult, prefixes: str | tuple[str, ...]) -> dict[str, float]:
+    """The history row of the state the run kept (the best epoch when a metric is monitored, else the last)."""
+    return {k: v for k, v in result.final_metrics.items() if k.startswith(prefixes)}
 
 
 def stamp(bundle: Bundle, config: Config, seed: int, started: float, device: str, status: str = "complete",
@@ -74,6 +81,8 @@ class PhaseRun:
 
     def _complete(self, bundle: Bundle, result: FitResult, status: str) -> Bundle:
         bundle.history, bundle.resume = result.history, result.resume_state
+        bundle.top_k = [state | {"weights": {k: v.numpy() for k, v in from_storable(state["weights"]).items()}}
+                        for state in result.top_k]
         return stamp(bundle, self.config, self.settings.seed, self.started, result.device, status,
                      result.epochs_done)
 

@@ -1,10 +1,10 @@
-"""AdamW parameter groups (no decay on biases/norms/embeddings, per-prefix lr scales, frozen prefixes)
-and learning-rate schedules."""
+"""AdamW parameter groups (no decay on biases/norms/embeddings or what the model declares, per-prefix lr scales,
+freeze plans), layer-wise lr decay scales and learning-rate schedules."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -13,53 +13,78 @@ from torch import nn
 _NO_DECAY_MODULES = (nn.LayerNorm, nn.BatchNorm1d, nn.GroupNorm, nn.Embedding)
 
 
+def _matches(name: str, prefix: str) -> bool:
+    return name == prefix or name.startswith(prefix + ".")
+
+
 @dataclass
 class FreezePlan:
     """Which parameters train and at what relative lr. Prefixes match dotted parameter names.
 
-    `lr_scales` maps a prefix to a multiplier of the base lr; the longest matching prefix wins, so a
-    layer-wise decay is a list of prefixes with decreasing scales.
+    `frozen` prefixes stop training, `trainable` prefixes (re)start it; where both match, the longer prefix wins
+    (freeze "blocks", train "blocks.3"). A parameter neither mentions keeps its current state, so the plans of
+    successive phases compose (progressive unfreezing) instead of silently unfreezing everything.
+    `lr_scales` maps a prefix to a multiplier of the base lr; the longest matching prefix wins.
     """
 
     frozen: tuple[str, ...] = ()
+    trainable: tuple[str, ...] = ()
     lr_scales: dict[str, float] = field(default_factory=dict)
 
-    def is_frozen(self, name: str) -> bool:
-        return any(name == p or name.startswith(p + ".") for p in self.frozen)
+    def apply(self, model: nn.Module) -> None:
+        for name, param in model.named_parameters():
+            rules = [(len(p), False) for p in self.frozen if _matches(name, p)]
+            rules += [(len(p), True) for p in self.trainable if _matches(name, p)]
+            if rules:
+                param.requires_grad_(max(rules)[1])
+
+    def scale_prefix(self, name: str) -> str:
+        """The lr-scale prefix that applies to a parameter ('' for none)."""
+        matches = [p for p in self.lr_scales if _matches(name, p)]
+        return max(matches, key=len) if matches else ""
 
     def lr_scale(self, name: str) -> float:
-        matches = [p for p in self.lr_scales if name == p or name.startswith(p + ".")]
-        return self.lr_scales[max(matches, key=len)] if matches else 1.0
+        prefix = self.scale_prefix(name)
+        return self.lr_scales[prefix] if prefix else 1.0
 
 
-def _no_decay_names(model: nn.Module) -> set[str]:
+def layer_decay_scales(blocks: Sequence[str], decay: float) -> dict[str, float]:
+    """Layer-wise lr decay (timm's rule): for prefixes ordered bottom -> top, block i of n gets
+    decay ** (n - 1 - i), so the top keeps the base lr and each block below it a factor `decay` less."""
+    n = len(blocks)
+    return {prefix: decay ** (n - 1 - i) for i, prefix in enumerate(blocks)}
+
+
+def no_decay_names(model: nn.Module) -> set[str]:
+    """Parameters without weight decay: biases and other 1-d tensors, norm layers, embeddings, and whatever the
+    model lists in `no_weight_decay()` (names or prefixes, timm's convention)."""
+    declared = tuple(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else ()
     names = set()
     for module_name, module in model.named_modules():
         for param_name, param in module.named_parameters(recurse=False):
             full = f"{module_name}.{param_name}" if module_name else param_name
-            if isinstance(module, _NO_DECAY_MODULES) or param.ndim <= 1:
+            if (isinstance(module, _NO_DECAY_MODULES) or param.ndim <= 1
+                    or any(_matches(full, p) for p in declared)):
                 names.add(full)
     return names
 
 
-def param_groups(model: nn.Module, lr: float, weight_decay: float,
-                 plan: FreezePlan | None = None) -> list[dict]:
-    """Groups keyed by (decay?, lr scale); frozen parameters get requires_grad=False and no group."""
+def param_groups(model: nn.Module, lr: float, weight_decay: float, plan: FreezePlan | None = None) -> list[dict]:
+    """Apply the freeze plan, then group trainable parameters by (lr-scale prefix, decay?). Each group is named
+    by its prefix ('base' where no scale applies) so the history can show its lr."""
     plan = plan or FreezePlan()
-    no_decay = _no_decay_names(model)
-    groups: dict[tuple[bool, float], dict] = {}
+    plan.apply(model)
+    no_decay = no_decay_names(model)
+    groups: dict[tuple[str, bool], dict] = {}
     for name, param in model.named_parameters():
-        param.requires_grad_(not plan.is_frozen(name))
         if not param.requires_grad:
             continue
-        decay = name not in no_decay
-        scale = plan.lr_scale(name)
-        group = groups.setdefault((decay, scale), {"params": [], "names": [], "lr": lr * scale,
-                                                   "weight_decay": weight_decay if decay else 0.0})
+        prefix, decay = plan.scale_prefix(name), name not in no_decay
+        group = groups.setdefault((prefix, decay), {"params": [], "lr": lr * plan.lr_scale(name),
+                                                    "weight_decay": weight_decay if decay else 0.0,
+                                                    "name": prefix or "base"})
         group["params"].append(param)
-        group["names"].append(name)
-    return [{k: v for k, v in g.items() if k != "names"} | {"name": ",".join(g["names"][:3])}
-            for g in groups.values()]
+    return list(groups.values())
 
 
 def lr_lambda(scheduler: str, total_steps: int, warmup_ratio: float, min_lr_ratio: float

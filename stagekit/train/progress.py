@@ -23,22 +23,24 @@ class ProgressReporter:
         if self.rich:
             self._bar = Progress(TextColumn("[bold]epoch {task.fields[epoch]}/{task.fields[epochs]}"), BarColumn(),
                                  TextColumn("step {task.completed}/{task.total}"),
-                                 TextColumn("loss {task.fields[loss]:.4g}  lr {task.fields[lr]:.2e}  "
+                                 TextColumn("loss {task.fields[loss]:.4g}  lr {task.fields[lr]}  "
                                             "{task.fields[rate]:.0f} cells/s"),
                                  TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
                                  console=self.console, transient=True)
             self._bar.start()
             self._task = self._bar.add_task("train", total=epochs * steps_per_epoch,
                                             completed=first_epoch * steps_per_epoch, epoch=first_epoch + 1,
-                                            epochs=epochs, loss=float("nan"), lr=0.0, rate=0.0)
+                                            epochs=epochs, loss=float("nan"), lr="", rate=0.0)
         self._t0 = time.monotonic()
 
-    def step(self, epoch: int, global_step: int, loss: float, lr: float, rate: float) -> None:
+    def step(self, epoch: int, global_step: int, loss: float, lrs: tuple[float, float], rate: float) -> None:
+        """`lrs`: the lowest and highest lr of the parameter groups (one value shown when they agree)."""
+        lr = f"{lrs[1]:.2e}" if lrs[0] == lrs[1] else f"{lrs[0]:.1e}..{lrs[1]:.1e}"
         if self._bar is not None:
             self._bar.update(self._task, completed=global_step, epoch=epoch + 1, loss=loss, lr=lr, rate=rate)
         elif not self.quiet and time.monotonic() - self._last_line > self.interval_s:
             self._last_line = time.monotonic()
-            self.log(f"epoch {epoch + 1}/{self.epochs} step {global_step} loss {loss:.4g} lr {lr:.2e} "
+            self.log(f"epoch {epoch + 1}/{self.epochs} step {global_step} loss {loss:.4g} lr {lr} "
                      f"{rate:.0f} cells/s")
 
     def epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:

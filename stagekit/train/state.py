@@ -1,11 +1,15 @@
-"""Convert state dicts with tensors into trees of numpy arrays the bundle can store, and back."""
+"""Resume state: tensors <-> numpy trees the bundle can store, the loop state, and RNG state per process."""
 
 from __future__ import annotations
 
+import copy
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import numpy as np
 import torch
+
+from stagekit.errors import UserError
 
 _TAG = "__tensor__"
 
@@ -42,3 +46,65 @@ def weights_to_numpy(module: torch.nn.Module) -> dict[str, np.ndarray]:
 def load_weights(module: torch.nn.Module, weights: dict[str, np.ndarray]) -> None:
     own = module.state_dict()
     module.load_state_dict({k: torch.from_numpy(np.asarray(v)).to(own[k].dtype) for k, v in weights.items()})
+
+
+@dataclass
+class LoopState:
+    """Where the loop is and what it has accumulated; stored in the resume state, so it is plain data.
+
+    `epoch` counts over the whole run (all phases); `top_k` holds the best states by the monitored metric,
+    best first, each {"epoch", "value", "weights", "row"}."""
+
+    epoch: int = 0
+    step_in_epoch: int = 0
+    global_step: int = 0
+    phase: int = 0
+    sums: dict[str, float] = field(default_factory=dict)
+    count: int = 0
+    history: dict[str, list[float]] = field(default_factory=dict)
+    monitor_key: str = ""
+    bad_epochs: int = 0
+    top_k: list[dict] = field(default_factory=list)
+    finished: str = ""
+
+    def to_dict(self) -> dict:
+        return copy.deepcopy(asdict(self))
+
+    @classmethod
+    def from_dict(cls, state: dict) -> LoopState:
+        known = {f.name for f in fields(cls)}
+        if "phase" not in state:
+            raise UserError("this resume state was written by an older stagekit (no phase in its loop state); "
+                            "start the phase again without --resume")
+        return cls(**{k: v for k, v in copy.deepcopy(state).items() if k in known})
+
+    def record(self, row: dict[str, float]) -> None:
+        """Append an epoch row; a column that appears later (or stops) is NaN where absent, so every history
+        column has one value per epoch."""
+        done = len(self.history.get("epoch", []))
+        for key in row.keys() - self.history.keys():
+            self.history[key] = [float("nan")] * done
+        for key, values in self.history.items():
+            values.append(float(row.get(key, float("nan"))))
+
+
+def capture_rng(fabric: Any) -> dict:
+    """CPU (and CUDA, where used) RNG state of every process, one row per rank: under DDP each process draws its
+    own dropout noise, and resume gives each its own stream back (a collective call: every rank must call)."""
+    local = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        local["cuda"] = torch.cuda.get_rng_state(fabric.device if fabric.device.type == "cuda" else None)
+    if fabric.world_size == 1:
+        return {k: v[None] for k, v in local.items()}
+    return {k: fabric.all_gather(v.to(fabric.device)).cpu() for k, v in local.items()}
+
+
+def restore_rng(state: dict, rank: int, world: int) -> None:
+    if state["torch"].ndim == 1:  # written before per-rank states: one process
+        state = {k: v[None] for k, v in state.items()}
+    if len(state["torch"]) != world:
+        raise UserError(f"this run was interrupted with {len(state['torch'])} processes; resume it with the same "
+                        f"number (--devices/--num-nodes), not {world}")
+    torch.set_rng_state(state["torch"][rank])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"][rank])

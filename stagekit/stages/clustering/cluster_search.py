@@ -79,6 +79,7 @@ def run(request: PhaseRequest) -> Path:
     started = time.time()
     check_output(output)
     cfg = config["cluster"]
+    gap_references = cfg["gap_references"]  # read on every run, so a misspelt or unused key cannot slip by
     parent = read_bundle(pretrain_path, ("pretrain",), command="cluster-search")
     if parent.model != "vae":
         raise UserError(f"{pretrain_path} holds a '{parent.model}' model; cluster-search needs a vae pretrain")
@@ -103,7 +104,7 @@ def run(request: PhaseRequest) -> Path:
     table["inertia"] = np.array([fits[kk].inertia_ for kk in ks])
     if cfg["gap"] or cfg["selection"] == "gap":
         table["gap"], table["gap_sd"] = gap_statistic(latent, {kk: fits[kk].inertia_ for kk in ks},
-                                                      cfg["gap_references"], cfg["seed"])
+                                                      gap_references, cfg["seed"])
     chosen = ks[0] if len(ks) == 1 else choose_k(table, cfg["selection"], cfg["tolerance"])
     best = fits[chosen]
 

@@ -12,7 +12,7 @@ from stagekit.bundle import Bundle, read_bundle
 from stagekit.data.anndata_io import CountMatrix
 from stagekit.data.batching import epoch_plan
 from stagekit.data.pairs import Partners, cells_of, with_partners
-from stagekit.errors import TrainingStopped, UserError
+from stagekit.errors import TrainingFinished, UserError
 from stagekit.losses.clustering import assignment_consistency, dec_kl, nt_xent, target_distribution
 from stagekit.metrics.clustering import label_agreement
 from stagekit.models.dec import DEC
@@ -24,19 +24,23 @@ from stagekit.stages.clustering.vae_common import (
     positive_partners,
     vae_config,
 )
-from stagekit.stages.phase import PhaseRun, lineage_of
+from stagekit.stages.phase import PhaseRun, kept_metrics, lineage_of
 from stagekit.stages.registry import PhaseRequest
-from stagekit.train import FitResult, Task
+from stagekit.train import FitResult, Guard, Hook, StepContext, Task
 from stagekit.train.state import weights_to_numpy
 
 
 class DECTask(Task):
     monitor = "loss"
+    loads_in_workers = False  # batches carry the target P, which changes within an epoch
 
     def __init__(self, model: DEC, counts: CountMatrix, batch_codes: np.ndarray | None,
                  partners: Partners | None,
                  cfg: dict, batch_size: int, seed: int, beta: float) -> None:
         self.model, self.counts, self.batch_codes, self.cfg, self.beta = model, counts, batch_codes, cfg, beta
+        # keys that act only in some situations are read up front, so every run reads (and checks) them
+        self.tol, self.min_updates, self.reseed_empty = cfg["tol"], cfg["min_updates"], cfg["reseed_empty"]
+        self.temperature = cfg["temperature"]
         self.batch_size, self.seed = batch_size, seed
         self.rows = np.arange(counts.n_obs)
         self.partners = partners
@@ -60,15 +64,11 @@ class DECTask(Task):
             return self.model.assign(latent).float().cpu().numpy()
 
     def update_target(self) -> None:
+        """Recompute the target P from the current soft assignments (re-seeding emptied centres when asked)."""
         q = self.soft_assignments()
         hard = q.argmax(1)
-        k = q.shape[1]
-        sizes = np.bincount(hard, minlength=k)
-        empty = np.flatnonzero(sizes == 0)
-        if sizes.max() > self.cfg["collapse_fraction"] * len(hard) or (len(empty) and not self.cfg["reseed_empty"]):
-            raise TrainingStopped(f"clusters collapsed after {self.updates} target updates (cluster sizes "
-                                  f"{sizes.tolist()}); lower dec.gamma or training.lr, or set dec.reseed_empty")
-        if len(empty):  # move each empty centre onto one of the least confidently assigned cells
+        empty = np.flatnonzero(np.bincount(hard, minlength=q.shape[1]) == 0)
+        if len(empty) and self.reseed_empty:  # move each empty centre onto one of the least confident cells
             latent = self.latent()
             uncertain = np.argsort(q.max(1))[: len(empty)]
             with torch.no_grad():
@@ -81,9 +81,22 @@ class DECTask(Task):
         self.confidence = float(q.max(1).mean())  # mean soft assignment to the chosen cluster
         self.hard = hard
         self.updates += 1
-        if self.updates > self.cfg["min_updates"] and self.changed < self.cfg["tol"]:
-            self.finish_reason = (f"{self.changed:.4%} of cells changed cluster between target updates "
-                                  f"(< tol {self.cfg['tol']:.4%})")
+
+    def cluster_sizes(self) -> np.ndarray:
+        return np.bincount(self.hard, minlength=self.p.shape[1])
+
+    def collapse(self) -> dict[str, float]:
+        """What the collapse guards watch: the largest cluster's share of cells and the number of empty ones."""
+        sizes = self.cluster_sizes()
+        return {"largest_cluster": float(sizes.max() / sizes.sum()), "empty_clusters": float((sizes == 0).sum())}
+
+    def collapse_hint(self) -> str:
+        return (f"clusters collapsed after {self.updates} target updates (cluster sizes "
+                f"{self.cluster_sizes().tolist()}); lower dec.gamma or training.lr, or set dec.reseed_empty")
+
+    def hooks(self) -> list[Hook]:
+        return [Guard("largest_cluster", maximum=self.cfg["collapse_fraction"], at="step", hint=self.collapse_hint),
+                Guard("empty_clusters", maximum=0.0, at="step", hint=self.collapse_hint)]
 
     # --- the engine's interface --------------------------------------------------------------------------
     def train_plan(self, epoch: int, rank: int, world: int) -> list[tuple[np.ndarray, np.ndarray | None]]:
@@ -104,26 +117,31 @@ class DECTask(Task):
         warmup = self.cfg["warmup_epochs"]
         return 1.0 if not warmup else min(1.0, (epoch + 1) / warmup)
 
-    def step(self, model: torch.nn.Module, batch: dict, epoch: int, train: bool) -> dict[str, torch.Tensor]:
+    def step(self, model: torch.nn.Module, batch: dict, ctx: StepContext) -> dict[str, torch.Tensor]:
         cfg, n = self.cfg, len(batch["p"])
         out = model(batch["x"], batch.get("batch_index"))
         n_genes = batch["x"].shape[1]
         reconstruction = (out["reconstruction"] + self.beta * out["kl"]).mean() / n_genes
         clustering = dec_kl(batch["p"], out["q"][:n])
-        w = self.term_weight(epoch)
+        w = self.term_weight(ctx.epoch)
         terms = {"reconstruction": reconstruction, "clustering": clustering}
         loss = cfg["reconstruction_weight"] * reconstruction + w * cfg["gamma"] * clustering
         if len(batch["x"]) > n:  # positive pairs: anchors first, partners second
-            terms["contrastive"] = nt_xent(out["z"][:n], out["z"][n:], cfg["temperature"])
+            terms["contrastive"] = nt_xent(out["z"][:n], out["z"][n:], self.temperature)
             terms["consistency"] = assignment_consistency(out["q"][:n], out["q"][n:])
             loss = loss + w * (cfg["contrastive_weight"] * terms["contrastive"]
                                + cfg["consistency_weight"] * terms["consistency"])
         return {"loss": loss} | terms
 
-    def after_optimizer_step(self, model: torch.nn.Module) -> None:
+    def after_optimizer_step(self, model: torch.nn.Module, ctx: StepContext, values: dict[str, float]) -> None:
         self.steps += 1
-        if self.steps % self.cfg["update_interval"] == 0:
-            self.update_target()
+        if self.steps % self.cfg["update_interval"]:
+            return
+        self.update_target()
+        values |= self.collapse()  # for the guards, which run after the task
+        if self.updates > self.min_updates and self.changed < self.tol:
+            raise TrainingFinished(f"{self.changed:.4%} of cells changed cluster between target updates "
+                                   f"(< tol {self.tol:.4%})")
 
     def epoch_extras(self, epoch: int) -> dict[str, float]:
         sizes = np.bincount(self.hard, minlength=self.p.shape[1]) / len(self.hard)
@@ -141,7 +159,6 @@ class DECTask(Task):
             self.p, self.hard = np.asarray(state["p"]), np.asarray(state["hard"])
             self.steps, self.updates = state["steps"], state["updates"]
             self.changed, self.confidence = state["changed"], state["confidence"]
-            self.finish_reason = None
 
 
 def run(request: PhaseRequest) -> Path | None:
@@ -169,13 +186,15 @@ def run(request: PhaseRequest) -> Path | None:
     model = DEC(vae, torch.from_numpy(parent.results["centres"]), cfg["alpha"])
     model.train()
     beta = vae_config(parent)["model"]["beta"] if vae_config(parent)["model"]["variational"] else 0.0
-    try:
-        task = DECTask(model, counts, batch_codes, partners, cfg, train_cfg["batch_size"], seed, beta)
-    except TrainingStopped as exc:  # the starting partition already breaks the guard
-        raise UserError(f"{clusters_path}: {exc}") from None
+    task = DECTask(model, counts, batch_codes, partners, cfg, train_cfg["batch_size"], seed, beta)
+    start = task.collapse()
+    if start["largest_cluster"] > cfg["collapse_fraction"] or start["empty_clusters"]:
+        raise UserError(f"{clusters_path}: the starting partition already breaks the collapse guard (cluster sizes "
+                        f"{task.cluster_sizes().tolist()}, dec.collapse_fraction {cfg['collapse_fraction']}); "
+                        "raise dec.collapse_fraction or choose another k")
 
     def bundle_for(result: FitResult) -> Bundle:
-        final = {k: v[-1] for k, v in result.history.items() if k.startswith("train_")}
+        final = kept_metrics(result, "train_")
         q = task.soft_assignments()
         hard = q.argmax(1)
         sizes = np.bincount(hard, minlength=q.shape[1])

@@ -17,9 +17,9 @@ from stagekit.losses.counts import count_nll
 from stagekit.models.blocks import device_of
 from stagekit.models.vae import COUNT_LIKELIHOODS, VAE
 from stagekit.stages.clustering.vae_common import build_vae, check_pair_config, model_config_toml, positive_partners
-from stagekit.stages.phase import PhaseRun
+from stagekit.stages.phase import PhaseRun, kept_metrics
 from stagekit.stages.registry import PhaseRequest
-from stagekit.train import FitResult, Task
+from stagekit.train import FitResult, StepContext, Task
 from stagekit.train.state import weights_to_numpy
 
 
@@ -28,12 +28,13 @@ class CountVAETask(Task):
 
     def __init__(self, model: VAE, counts: CountMatrix, batch_codes: np.ndarray | None, train_idx: np.ndarray,
                  val_idx: np.ndarray, batch_size: int, seed: int, beta: float, kl_warmup_epochs: int,
-                 partners: Partners | None = None, contrastive: dict | None = None) -> None:
+                 partners: Partners | None, contrastive: dict) -> None:
         self.model, self.counts, self.batch_codes = model, counts, batch_codes
         self.train_idx, self.val_idx = train_idx, val_idx
         self.batch_size, self.seed = batch_size, seed
         self.beta, self.kl_warmup_epochs = beta, kl_warmup_epochs
-        self.partners, self.contrastive = partners, contrastive or {}
+        self.partners = partners
+        self.contrastive_weight, self.temperature = contrastive["weight"], contrastive["temperature"]
 
     def kl_weight(self, epoch: int) -> float:
         if not self.kl_warmup_epochs:
@@ -58,15 +59,15 @@ class CountVAETask(Task):
     def batch_size_of(self, batch: dict) -> int:
         return batch["n_anchors"]
 
-    def step(self, model: torch.nn.Module, batch: dict, epoch: int, train: bool) -> dict[str, torch.Tensor]:
+    def step(self, model: torch.nn.Module, batch: dict, ctx: StepContext) -> dict[str, torch.Tensor]:
         x, n = batch["x"], batch["n_anchors"]
         # every loaded cell (anchor or partner) is a training cell, so all count towards reconstruction
-        terms = model(x, batch.get("batch_index"), kl_weight=self.kl_weight(epoch))
+        terms = model(x, batch.get("batch_index"), kl_weight=self.kl_weight(ctx.epoch))
         z = terms.pop("z")
         terms["elbo"] = terms["reconstruction"] + terms["kl"]
         if len(x) > n:
-            terms["contrastive"] = nt_xent(z[:n], z[n:], self.contrastive["temperature"])
-            terms["loss"] = terms["loss"] + self.contrastive["weight"] * x.shape[1] * terms["contrastive"]
+            terms["contrastive"] = nt_xent(z[:n], z[n:], self.temperature)
+            terms["loss"] = terms["loss"] + self.contrastive_weight * x.shape[1] * terms["contrastive"]
         return terms
 
     def epoch_extras(self, epoch: int) -> dict[str, float]:
@@ -166,7 +167,7 @@ def run(request: PhaseRequest) -> Path | None:
     if data_cfg["label_key"]:
         categories["labels"] = category_codes(counts.obs, data_cfg["label_key"])[1]
     seed = train_cfg["seed"]
-    train_idx, val_idx = split_train_val(counts.n_obs, train_cfg["val_fraction"], seed)
+    train_idx, val_idx = split_train_val(counts.n_obs, train_cfg["val_fraction"], seed, str(data_path))
     torch.manual_seed(seed)
     model = build_vae(model_cfg, counts.n_vars, len(categories.get("batch", [])))
     if not model.counts and model_cfg["standardize"]:
@@ -177,7 +178,7 @@ def run(request: PhaseRequest) -> Path | None:
                         model_cfg["beta"], model_cfg["kl_warmup_epochs"], partners, contrastive)
 
     def bundle_for(result: FitResult) -> Bundle:
-        final = {k: v[-1] for k, v in result.history.items() if k.startswith(("train_", "val_"))}
+        final = kept_metrics(result, ("train_", "val_"))
         if result.status == "complete":
             final |= reconstruction_report(model, counts, batch_codes, train_idx,
                                            val_idx if len(val_idx) else train_idx)

@@ -17,9 +17,9 @@ from stagekit.metrics.integration import cross_species_knn_agreement, species_mi
 from stagekit.models.saturn import SaturnMetric
 from stagekit.stages.cross_species.pretrain_saturn import load_model
 from stagekit.stages.cross_species.saturn_cells import SpeciesCells, cell_outputs, load_cells
-from stagekit.stages.phase import PhaseRun, lineage_of
+from stagekit.stages.phase import PhaseRun, kept_metrics, lineage_of
 from stagekit.stages.registry import PhaseRequest
-from stagekit.train import FitResult, Task
+from stagekit.train import FitResult, StepContext, Task
 from stagekit.train.optim import FreezePlan
 from stagekit.train.state import weights_to_numpy
 
@@ -89,7 +89,7 @@ class AlignTask(Task):
         present = set(batch["labels"].unique().tolist())
         return [self.label_names[i] for i in sorted(present - linked)]
 
-    def step(self, model: torch.nn.Module, batch: dict, epoch: int, train: bool) -> dict[str, torch.Tensor]:
+    def step(self, model: torch.nn.Module, batch: dict, ctx: StepContext) -> dict[str, torch.Tensor]:
         z, values = model(batch["xs"])
         generator = torch.Generator(device=z.device).manual_seed(int(batch["seed"]))
         a, p, n = mine_triplets(z, batch["species"], batch["labels"], self.cfg["margin"], self.cfg["mnn"],
@@ -114,12 +114,12 @@ def run(request: PhaseRequest) -> Path | None:
     seed = train_cfg["seed"]
     pretrained = load_model(parent)
     label_key = tomllib.loads(parent.model_config)["data"]["label_key"]
-    labels = []
+    labels, resolution = [], cfg["leiden_resolution"]
     for c in cells:
         if label_key and label_key in c.obs:
             labels.append(c.obs[label_key].astype(str).to_numpy())
         else:  # no labels: clusters of the pretrain embedding, per species
-            labels.append(leiden_labels(cell_outputs(pretrained, c)[1], cfg["leiden_resolution"], seed))
+            labels.append(leiden_labels(cell_outputs(pretrained, c)[1], resolution, seed))
             log(f"{c.name}: no labels; {len(set(labels[-1]))} Leiden clusters of the pretrain embedding used")
     torch.manual_seed(seed)
     model = SaturnMetric(pretrained).train()
@@ -129,7 +129,7 @@ def run(request: PhaseRequest) -> Path | None:
             f"(align.neighbour_space = {cfg['neighbour_space']}); its cells form no triplets and it is skipped")
 
     def bundle_for(result: FitResult) -> Bundle:
-        final = {k: v[-1] for k, v in result.history.items() if k.startswith("train_")}
+        final = kept_metrics(result, "train_")
         outputs = [cell_outputs(model, c)[1] for c in cells]
         embedding = np.concatenate(outputs)
         species = np.concatenate([np.full(len(o), c.name) for o, c in zip(outputs, cells, strict=True)])

@@ -24,9 +24,9 @@ from stagekit.data.protein_embeddings import load_gene_embeddings, match_genes
 from stagekit.errors import UserError
 from stagekit.models.macrogenes import log_weights_from_centroids, macrogene_centroids
 from stagekit.models.saturn import SaturnMetric, SaturnModel
-from stagekit.stages.phase import PhaseRun
+from stagekit.stages.phase import PhaseRun, kept_metrics
 from stagekit.stages.registry import PhaseRequest
-from stagekit.train import FitResult, Task
+from stagekit.train import FitResult, StepContext, Task
 from stagekit.train.state import weights_to_numpy
 
 
@@ -131,7 +131,7 @@ class SaturnTask(Task):
     def batch_size_of(self, batch: dict) -> int:
         return sum(len(x) for x in batch["xs"])
 
-    def step(self, model: torch.nn.Module, batch: dict, epoch: int, train: bool) -> dict[str, torch.Tensor]:
+    def step(self, model: torch.nn.Module, batch: dict, ctx: StepContext) -> dict[str, torch.Tensor]:
         out = model(batch["xs"], batch.get("partners"))
         nll = sum(out[f"nll_{i}"] for i in range(len(self.species)))
         loss = nll + self.weights["lambda_l1"] * out["l1"]
@@ -222,14 +222,15 @@ def run(request: PhaseRequest) -> Path | None:
     model = SaturnModel([s.counts.n_vars for s in species], torch.from_numpy(log_weights), model_cfg["n_hidden"],
                         model_cfg["n_embed"], model_cfg["dropout"], model_cfg["condition_on_species"],
                         protein=torch.from_numpy(protein))
-    splits = [split_train_val(s.counts.n_obs, train_cfg["val_fraction"], seed + i) for i, s in enumerate(species)]
+    splits = [split_train_val(s.counts.n_obs, train_cfg["val_fraction"], seed + i, f"{s.counts.path} ({s.name})")
+              for i, s in enumerate(species)]
     task = SaturnTask(model, species, splits, train_cfg["batch_size"], seed, model_cfg)
     categories = {"species": [s.name for s in species]}
     if config["data"]["label_key"]:
         categories["labels"] = sorted({label for s in species for label in s.labels})
 
     def bundle_for(result: FitResult) -> Bundle:
-        final = {k: v[-1] for k, v in result.history.items() if k.startswith(("train_", "val_"))}
+        final = kept_metrics(result, ("train_", "val_"))
         gene_species = np.concatenate([np.full(s.counts.n_vars, i) for i, s in enumerate(species)])
         return Bundle(stage="pretrain", model="saturn", config_toml="", seed=seed, weights=weights_to_numpy(model),
                       model_config=model_config_toml(config, species), data=fingerprint | {
