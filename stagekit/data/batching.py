@@ -6,7 +6,6 @@ import numpy as np
 
 from stagekit.errors import UserError
 
-
 MIN_TRAINING_CELLS = 2
 
 

@@ -121,8 +121,11 @@ def run(source: Path, output_dir: Path, label_key: str | None = None, data: Path
         if found.species is not None:
             colourings["species"] = found.species
         report["plots"].append(str(plots.plot_embedding(coords, colourings, output_dir / "umap.png")))
-    histories = [(e["stage"], e["history"] if "history" in e else read_bundle(e["path"], weights=False, results=False).history)
-                 for e in lineage if "history" in e or Path(e["path"]).is_file()]
+    def history_of(entry: dict) -> dict:
+        return entry["history"] if "history" in entry else read_bundle(entry["path"], weights=False,
+                                                                       results=False).history
+
+    histories = [(e["stage"], history_of(e)) for e in lineage if "history" in e or Path(e["path"]).is_file()]
     histories = [(stage, h) for stage, h in histories if h.get("train_loss")]
     if histories:
         report["plots"].append(str(plots.plot_history(histories[::-1], output_dir / "loss_curves.png")))
