@@ -1,5 +1,6 @@
 """The engine under 2-process CPU DDP: validation metrics come from the whole validation set gathered from both
-processes (not per-process or per-batch averages), and each process's RNG stream is stored for resume."""
+processes (not per-process or per-batch averages); each process's RNG stream is stored and restored on resume; a
+signal or a stop on one process is applied by all at the same step."""
 
 import json
 import os
@@ -21,3 +22,8 @@ def test_whole_set_metrics_and_per_rank_rng_under_ddp():
     assert report["val_n"] == [report["n_val"]] * 4  # every validation cell, from both processes, once
     assert report["val_auroc"] == pytest.approx(report["recomputed_auroc"], abs=1e-6) and report["val_auroc"] > 0.75
     assert report["rng_rows"] == 2 and report["rng_rows_differ"]
+    # a signal to one process stops both at the same step; resume restores each process's RNG stream
+    assert report["interrupted"] == "interrupted" and report["resumed_equal"]
+    # a guard that fires on one process only stops both, with its message, at the last good state
+    assert report["stopped"] == "stopped" and report["stop_message"] == "rank 1 saw a collapse"
+    assert report["stopped_epochs"] == 1

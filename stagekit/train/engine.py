@@ -213,24 +213,27 @@ class Engine:
         hooks: list[Hook] = [task, *task.hooks()]
         stored = from_storable(resume) if resume is not None else None
         loop = self._restore(stored, raw, hooks) if stored is not None else LoopState()
-        if stored is None and fabric.world_size > 1:  # same weights (DDP broadcasts them), own dropout noise
+        if resume is None and fabric.world_size > 1:  # same weights (DDP broadcasts them), own dropout noise
             torch.manual_seed(self.settings.seed * 1000 + fabric.global_rank)
         if not fabric.is_global_zero:
             self.reporter.quiet, self.reporter.rich = True, False
         run: _PhaseRun | None = None
-        last_good: dict = {}
+        last_good: dict = resume or {}  # what a stop returns to (a resumed run with nothing left returns it)
 
         def result(status: str, message: str, state: dict) -> FitResult:
-            return FitResult(status, message, loop.epoch, state["loop"]["history"], state, self._device_name(),
-                             fabric.is_global_zero, self._kept_row(loop), self._top_k(loop))
+            history = state["loop"]["history"]
+            final = self._kept_row(loop) if status == "complete" else {k: v[-1] for k, v in history.items()}
+            return FitResult(status, message, int(state["loop"]["epoch"]), history, state, self._device_name(),
+                             fabric.is_global_zero, final, self._top_k(loop))
 
         try:
             with _Signals() as signals:
                 while loop.epoch < total_epochs and not loop.finished:
                     index = phase_at(phases, loop.epoch)
                     if run is None or run.index != index:
-                        run = self._enter_phase(task, phases, index, stored if run is None else None)
-                        if not last_good:
+                        first = run is None
+                        run = self._enter_phase(task, phases, index, stored if first else None)
+                        if first:
                             for hook in hooks:
                                 hook.on_fit_start(raw)
                             self.reporter.start(total_epochs, run.steps_per_epoch, loop.epoch)
@@ -240,18 +243,17 @@ class Engine:
                         if not self._train_epoch(task, hooks, run, loop, signals):
                             return result("interrupted", f"{signals.received} at epoch {loop.epoch + 1}, step "
                                           f"{loop.step_in_epoch}", self._snapshot(task, hooks, run, loop))
-                        self._end_epoch(task, hooks, run, loop)
+                        interrupted = self._end_epoch(task, hooks, run, loop, signals)
                     except TrainingStopped as exc:
                         self._restore(last_good, raw, hooks)
                         return result("stopped", str(exc), last_good)
-                    early_stop = self._update_monitor(task, loop, raw)
+                    if self._update_monitor(task, loop, raw):
+                        self._stop_early(phases, index, loop)
+                    if phase_at(phases, loop.epoch) != index:  # each phase gets its own patience
+                        loop.bad_epochs = 0
                     last_good = self._snapshot(task, hooks, run, loop)
-                    if signals.received:  # arrived during validation or between epochs
+                    if interrupted:  # a signal arrived during validation or between epochs
                         return result("interrupted", f"{signals.received} after epoch {loop.epoch}", last_good)
-                    if early_stop:
-                        self.reporter.log(f"early stopping: no improvement of {loop.monitor_key} in "
-                                          f"{self.settings.early_stopping_patience} epochs")
-                        break
                     if loop.finished:
                         self.reporter.log(f"finished early: {loop.finished}")
                     every = self.settings.checkpoint_every
@@ -265,7 +267,8 @@ class Engine:
 
     def _train_epoch(self, task: Task, hooks: list[Hook], run: _PhaseRun, loop: LoopState,
                      signals: _Signals) -> bool:
-        """One epoch of optimizer steps from `loop.step_in_epoch`; False when a signal interrupted it."""
+        """One epoch of optimizer steps from `loop.step_in_epoch`; False when a signal interrupted it. Every
+        decision to leave the epoch is agreed by all processes at the same step."""
         fabric, world = self.fabric, self.fabric.world_size
         epoch, t0, cpu0 = loop.epoch, time.monotonic(), time.process_time()
         run.model.train()
@@ -278,7 +281,7 @@ class Engine:
             ctx = StepContext(epoch, loop.global_step, run.phase.name, run.index)
             out = task.step(run.model, batch, ctx)
             loss = out["loss"]
-            if self._any_rank(not bool(torch.isfinite(loss.detach())), signals):
+            if self._agree(not bool(torch.isfinite(loss.detach())))[0]:
                 raise TrainingStopped(f"loss became non-finite at epoch {epoch + 1}, step {loop.step_in_epoch + 1}; "
                                       "lower training.lr or set training.grad_clip")
             run.optimizer.zero_grad(set_to_none=True)
@@ -294,25 +297,24 @@ class Engine:
             loop.count += n
             loop.step_in_epoch += 1
             loop.global_step += 1
-            try:
-                for hook in hooks:
-                    hook.after_optimizer_step(task.model, ctx, values)
-            except TrainingFinished as exc:
-                loop.finished = str(exc)
+            stop, finish = self._run_hooks(hooks, "after_optimizer_step", task.model, ctx, values)
+            interrupted = self._settle(stop, finish, loop, signals)
             lrs = [g["lr"] for g in run.optimizer.param_groups]
             self.reporter.step(epoch, loop.global_step, values["loss"], (min(lrs), max(lrs)),
                                loop.count * world / max(time.monotonic() - t0, 1e-9))
-            if self._any_rank(False, signals) or signals.received:
-                return False
-            if loop.finished:
+            if loop.finished:  # complete and validate this epoch first (a signal is answered after it)
                 break
+            if interrupted:
+                return False
         # time of the training steps, loading included (all threads of this process for the CPU time)
         loop.sums["_time_s"] = loop.sums.get("_time_s", 0.0) + time.monotonic() - t0
         loop.sums["_cpu_s"] = loop.sums.get("_cpu_s", 0.0) + time.process_time() - cpu0
         return True
 
-    def _end_epoch(self, task: Task, hooks: list[Hook], run: _PhaseRun, loop: LoopState) -> None:
-        """Training means, whole-set validation, lr per group and timing into the history; reset the sums."""
+    def _end_epoch(self, task: Task, hooks: list[Hook], run: _PhaseRun, loop: LoopState,
+                   signals: _Signals) -> bool:
+        """Training means, whole-set validation, lr per group and timing into the history; reset the sums.
+        Returns whether a signal (on any process) asks to stop."""
         epoch, model = loop.epoch, run.model
         elapsed, cpu = loop.sums.pop("_time_s", 0.0), loop.sums.pop("_cpu_s", 0.0)
         totals = self._sum(loop.sums | {"_count": float(loop.count)})
@@ -320,23 +322,33 @@ class Engine:
         row = {"epoch": float(epoch + 1), "phase": float(run.index)}
         row |= {f"train_{k}": v / count for k, v in totals.items()}
         ctx = StepContext(epoch, loop.global_step, run.phase.name, run.index, train=False)
-        row |= self._validate(task, hooks, model, ctx)
+        metrics = self._validate(task, hooks, model, ctx)
+        stop, finish = None, None
+        if metrics:
+            stop, finish = self._run_hooks(hooks, "on_validation_end", task.model, ctx, metrics)
+        row |= metrics
         lrs = {g["name"]: g["lr"] for g in run.optimizer.param_groups}
         row["lr"] = max(lrs.values())
         if len(set(lrs.values())) > 1:
             row |= {f"lr_{name}": value for name, value in lrs.items()}
         row |= {"epoch_time_s": elapsed, "epoch_cpu_s": cpu, "cells_per_s": count / max(elapsed, 1e-9)}
         row |= task.epoch_extras(epoch)
-        for hook in hooks:
-            hook.on_epoch_end(task.model, ctx, row)
+        if stop is None:
+            stop, also = self._run_hooks(hooks, "on_epoch_end", task.model, ctx, row)
+            finish = finish or also
         loop.record(row)
         self.reporter.epoch_end(epoch, row)
         loop.epoch, loop.step_in_epoch, loop.sums, loop.count = epoch + 1, 0, {}, 0
+        return self._settle(stop, finish, loop, signals)
 
     def _validate(self, task: Task, hooks: list[Hook], model: nn.Module, ctx: StepContext) -> dict[str, float]:
         plan = task.val_plan(self.fabric.global_rank, self.fabric.world_size)
-        if not plan:
+        some, empty = self._agree(bool(plan), not plan)
+        if not some:
             return {}
+        if empty:  # every process must take part in the reductions below
+            raise UserError("a process has no validation cells: use fewer devices or a larger "
+                            "training.val_fraction")
         model.eval()
         sums: dict[str, float] = {}
         samples: dict[str, list[torch.Tensor]] = {}
@@ -360,8 +372,6 @@ class Engine:
         if samples:
             gathered = {k: gather_rows(self.fabric, torch.cat(v)).float().cpu().numpy() for k, v in samples.items()}
             metrics |= {f"val_{k}": float(v) for k, v in task.val_metrics(gathered).items()}
-        for hook in hooks:
-            hook.on_validation_end(task.model, ctx, metrics)
         return metrics
 
     # --- phases, monitor, state ------------------------------------------------------------------------------
@@ -395,6 +405,10 @@ class Engine:
             return False
         row = {k: v[-1] for k, v in loop.history.items()}
         key = f"val_{task.monitor}" if f"val_{task.monitor}" in row else f"train_{task.monitor}"
+        if key not in row:
+            raise UserError(f"the monitored metric '{task.monitor}' is not among this phase's metrics "
+                            f"({', '.join(k for k in row if k.startswith(('val_', 'train_')))}); turn off "
+                            "training.early_stopping_patience and training.save_top_k, or give it validation cells")
         loop.monitor_key, value = key, row[key]
         if math.isfinite(value):
             sign = 1.0 if task.monitor_mode == "min" else -1.0
@@ -447,16 +461,60 @@ class Engine:
                                                num_workers=min(workers, len(items)), collate_fn=_as_is,
                                                generator=torch.Generator().manual_seed(0))
 
-    def _any_rank(self, flag: bool, signals: _Signals) -> bool:
-        """Whether any process has `flag` set; also shares a received signal so all ranks stop at one step."""
-        world = self.fabric.world_size
-        if world == 1:
-            return flag
-        both = torch.tensor([float(flag), float(bool(signals.received))], device=self.fabric.device)
-        both = self.fabric.all_reduce(both, reduce_op="max")
-        if both[1] > 0 and not signals.received:
+    def _stop_early(self, phases: list[Phase], index: int, loop: LoopState) -> None:
+        """Early stopping ends the current phase: the run goes on with the next one, or ends after the last."""
+        following = first_epoch(phases, index + 1)
+        where = f"phase '{phases[index].name}'" if len(phases) > 1 else "training"
+        self.reporter.log(f"early stopping of {where}: no improvement of {loop.monitor_key} in "
+                          f"{self.settings.early_stopping_patience} epochs")
+        if index + 1 < len(phases):
+            loop.epoch = following
+        else:
+            loop.finished = f"early stopping after {loop.epoch} epochs"
+
+    @staticmethod
+    def _run_hooks(hooks: list[Hook], method: str, *args: Any) -> tuple[str | None, str | None]:
+        """Call every hook in order: a stop ends the round at once; a finish is remembered while the rest run
+        (an EMA teacher still takes the last step, a guard still checks it). Returns (stop, finish) messages."""
+        finish = None
+        for hook in hooks:
+            try:
+                getattr(hook, method)(*args)
+            except TrainingStopped as exc:
+                return str(exc), finish
+            except TrainingFinished as exc:
+                finish = finish or str(exc)
+        return None, finish
+
+    def _settle(self, stop: str | None, finish: str | None, loop: LoopState, signals: _Signals) -> bool:
+        """Apply, on every process alike, a stop or finish raised on any of them; returns whether a signal
+        reached any of them."""
+        stopped, finished, interrupted = self._agree(stop is not None, finish is not None, bool(signals.received))
+        if stopped:
+            raise TrainingStopped(self._shared_message(stop))
+        if finished:
+            loop.finished = self._shared_message(finish)
+        if interrupted and not signals.received:
             signals.received = "SIGINT (another process)"
-        return bool(both[0] > 0)
+        return interrupted
+
+    def _agree(self, *flags: bool) -> list[bool]:
+        """Whether any process set each flag (one all_reduce), so all processes take the same branch."""
+        if self.fabric.world_size == 1:
+            return [bool(f) for f in flags]
+        reduced = self.fabric.all_reduce(torch.tensor([float(f) for f in flags], device=self.fabric.device),
+                                         reduce_op="max")
+        return [bool(v > 0) for v in reduced.tolist()]
+
+    def _shared_message(self, local: str | None) -> str:
+        """The message of the process that raised (the first one, by rank), on every process."""
+        if self.fabric.world_size == 1:
+            return local or ""
+        import torch.distributed as dist
+
+        messages: list[str | None] = [None] * self.fabric.world_size
+        dist.all_gather_object(messages, local)
+        return next(m for m in messages if m)
 
     def _sum(self, values: dict[str, float]) -> dict[str, float]:
         if self.fabric.world_size == 1 or not values:

@@ -1,6 +1,7 @@
 """Hooks: objects with state the engine calls at fixed points of the loop. A hook may stop the run
 (raise TrainingStopped: the engine keeps the last good state of model, task and hooks) or finish it as a
-success (raise TrainingFinished: the current epoch is completed, validated and recorded first).
+success (raise TrainingFinished: the epoch ends at that step and is validated and recorded; the hooks after
+the one that raised still run for that step).
 
 Hooks run in order, the task first, and each sees what earlier ones added to the `values` / `row` dicts,
 so a guard can watch a number the task publishes."""

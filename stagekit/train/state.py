@@ -21,6 +21,8 @@ def to_storable(obj: Any) -> Any:
         if tensor.dtype == torch.bfloat16:  # numpy has no bfloat16
             tensor = tensor.float()
         return {_TAG: tensor.numpy().copy(), "dtype": dtype}
+    if isinstance(obj, np.ndarray):  # a copy: a snapshot must not change with the live state it was taken from
+        return obj.copy()
     if isinstance(obj, dict):
         return {k: to_storable(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
@@ -82,7 +84,7 @@ class LoopState:
         """Append an epoch row; a column that appears later (or stops) is NaN where absent, so every history
         column has one value per epoch."""
         done = len(self.history.get("epoch", []))
-        for key in row.keys() - self.history.keys():
+        for key in [k for k in row if k not in self.history]:  # in row order, so every run lays out the same
             self.history[key] = [float("nan")] * done
         for key, values in self.history.items():
             values.append(float(row.get(key, float("nan"))))
@@ -105,6 +107,7 @@ def restore_rng(state: dict, rank: int, world: int) -> None:
     if len(state["torch"]) != world:
         raise UserError(f"this run was interrupted with {len(state['torch'])} processes; resume it with the same "
                         f"number (--devices/--num-nodes), not {world}")
-    torch.set_rng_state(state["torch"][rank])
+    # a row of the stacked states is a view at an offset, which set_rng_state cannot take (it crashes): copy it
+    torch.set_rng_state(state["torch"][rank].clone())
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"][rank])
+        torch.cuda.set_rng_state(state["cuda"][rank].clone())

@@ -2,6 +2,8 @@
 per process; rank 0 prints one JSON line with what the test checks."""
 
 import json
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -10,31 +12,55 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from stagekit.errors import TrainingStopped  # noqa: E402
 from stagekit.train import Engine, RunSettings  # noqa: E402
 from stagekit.train.state import from_storable  # noqa: E402
 from tests.test_engine import Classifier  # noqa: E402
 
 
 class Counting(Classifier):
+    """Counts the validation cells it scores; optionally signals rank 0, or stops on rank 1, at a step."""
+
+    def __init__(self, rank, interrupt_at=None, stop_at=None):
+        super().__init__()
+        self.rank, self.interrupt_at, self.stop_at, self.steps = rank, interrupt_at, stop_at, 0
+
     def val_metrics(self, outputs):
         return super().val_metrics(outputs) | {"n": float(len(outputs["target"]))}
+
+    def after_optimizer_step(self, model, ctx, values):
+        self.steps += 1
+        if self.rank == 0 and self.steps == self.interrupt_at:
+            os.kill(os.getpid(), signal.SIGINT)  # this process only
+        if self.rank == 1 and self.steps == self.stop_at:
+            raise TrainingStopped("rank 1 saw a collapse")
 
 
 def main() -> None:
     engine = Engine(RunSettings(epochs=4, lr=5e-2, devices=2, strategy="ddp"))
     engine.launch()
-    task = Counting()
-    result = engine.fit(task)
+    rank = engine.fabric.global_rank
+    straight = Counting(rank)
+    result = engine.fit(straight)
+    interrupted = engine.fit(Counting(rank, interrupt_at=9))  # mid-epoch 2 (7 steps an epoch)
+    resumed = Counting(rank)
+    torch.manual_seed(99 + rank)
+    engine.fit(resumed, resume=interrupted.resume_state)
+    stopped = engine.fit(Counting(rank, stop_at=10))
     if engine.is_global_zero:
         from sklearn.metrics import roc_auc_score
 
         with torch.no_grad():
-            score = task.model(torch.from_numpy(task.X[task.val_idx])).squeeze(-1).numpy()
+            score = straight.model(torch.from_numpy(straight.X[straight.val_idx])).squeeze(-1).numpy()
         rng = from_storable(result.resume_state["rng"])["torch"].numpy()
+        same = all(torch.equal(v, resumed.model.state_dict()[k]) for k, v in straight.model.state_dict().items())
         print(json.dumps({"val_n": result.history["val_n"], "val_auroc": result.history["val_auroc"][-1],
-                          "recomputed_auroc": float(roc_auc_score(task.y[task.val_idx], score)),
-                          "n_val": int(len(task.val_idx)), "rng_rows": int(np.asarray(rng).shape[0]),
-                          "rng_rows_differ": bool(not np.array_equal(np.asarray(rng)[0], np.asarray(rng)[1]))}))
+                          "recomputed_auroc": float(roc_auc_score(straight.y[straight.val_idx], score)),
+                          "n_val": int(len(straight.val_idx)), "rng_rows": int(rng.shape[0]),
+                          "rng_rows_differ": bool(not np.array_equal(rng[0], rng[1])),
+                          "interrupted": interrupted.status, "resumed_equal": same,
+                          "stopped": stopped.status, "stop_message": stopped.message,
+                          "stopped_epochs": stopped.epochs_done}))
 
 
 if __name__ == "__main__":
