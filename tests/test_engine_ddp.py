@@ -27,3 +27,4 @@ def test_whole_set_metrics_and_per_rank_rng_under_ddp():
     # a guard that fires on one process only stops both, with its message, at the last good state
     assert report["stopped"] == "stopped" and report["stop_message"] == "rank 1 saw a collapse"
     assert report["stopped_epochs"] == 1
+    assert report["two_phase_ranks_equal"]  # both processes trained the unfrozen layer identically in phase 2

@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from stagekit.errors import TrainingStopped  # noqa: E402
 from stagekit.train import Engine, RunSettings  # noqa: E402
 from stagekit.train.state import from_storable  # noqa: E402
-from tests.test_engine import Classifier  # noqa: E402
+from tests.test_engine import Classifier, TwoPhase  # noqa: E402
 
 
 class Counting(Classifier):
@@ -47,6 +47,11 @@ def main() -> None:
     torch.manual_seed(99 + rank)
     engine.fit(resumed, resume=interrupted.resume_state)
     stopped = engine.fit(Counting(rank, stop_at=10))
+    two_phase = TwoPhase()  # unfreezing at the phase boundary: DDP is set up again for the new parameters
+    engine.fit(two_phase)
+    flat = torch.cat([p.detach().reshape(-1) for p in two_phase.model.parameters()])
+    both = engine.fabric.all_gather(flat)
+    phases_in_step = bool(torch.equal(both[0], both[1]))
     if engine.is_global_zero:
         from sklearn.metrics import roc_auc_score
 
@@ -60,7 +65,7 @@ def main() -> None:
                           "rng_rows_differ": bool(not np.array_equal(rng[0], rng[1])),
                           "interrupted": interrupted.status, "resumed_equal": same,
                           "stopped": stopped.status, "stop_message": stopped.message,
-                          "stopped_epochs": stopped.epochs_done}))
+                          "stopped_epochs": stopped.epochs_done, "two_phase_ranks_equal": phases_in_step}))
 
 
 if __name__ == "__main__":
