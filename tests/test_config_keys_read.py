@@ -57,6 +57,16 @@ def saturn_bundle(tmp_path_factory, demo) -> Path:
     return out
 
 
+MEAN_TEACHER = [*ONE_EPOCH, ("data.label_key", "cluster_id"), ("data.labelled_fraction", 0.1)]
+
+
+@pytest.fixture(scope="module")
+def mean_teacher_bundle(tmp_path_factory, small_h5ad) -> Path:
+    out = tmp_path_factory.mktemp("mean_teacher") / "s1.stk"
+    run("pretrain", "mean-teacher", MEAN_TEACHER, out, data=[small_h5ad])
+    return out
+
+
 # (stage, model) -> fixture getter -> the phase's overrides and inputs (data, parent, options) for a tiny run
 RUNS: dict[tuple[str, str], Callable[[Callable[[str], Any]], dict[str, Any]]] = {
     ("pretrain", "vae"): lambda fixture: {"overrides": ONE_EPOCH, "data": [fixture("small_h5ad")]},
@@ -65,6 +75,9 @@ RUNS: dict[tuple[str, str], Callable[[Callable[[str], Any]], dict[str, Any]]] = 
     ("pretrain", "saturn"): lambda fixture: {"overrides": [*ONE_EPOCH, *SATURN_FAST], **saturn_inputs(fixture("demo"))},
     ("align", "saturn"): lambda fixture: {"overrides": [*ONE_EPOCH, ("training.batch_size", 128)],
                                           "parent": fixture("saturn_bundle")},
+    ("pretrain", "mean-teacher"): lambda fixture: {"overrides": MEAN_TEACHER, "data": [fixture("small_h5ad")]},
+    ("finetune", "mean-teacher"): lambda fixture: {"overrides": [*ONE_EPOCH, ("data.labelled_fraction", 0.2)],
+                                                   "parent": fixture("mean_teacher_bundle")},
 }
 
 

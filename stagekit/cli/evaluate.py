@@ -41,6 +41,18 @@ def evaluate(
             table.add_row(name, f"{value:.4f}" if isinstance(value, float) else str(value))
         table.add_row("cluster sizes", " ".join(f"{k}:{v}" for k, v in report["cluster_sizes"].items()))
         console.print(table)
+    if "classification" in report:
+        scores = report["classification"]
+        table = Table(title=f"classification vs obs['{report['label_key']}'] ({scores['cells']} cells: "
+                            f"{scores['scored_on']})")
+        table.add_column("metric")
+        table.add_column("value", justify="right")
+        for name, value in scores.items():
+            if isinstance(value, float):
+                table.add_row(name, f"{value:.4f}")
+        for name, value in scores.get("f1_per_class", {}).items():
+            table.add_row(f"F1 {name}", f"{value:.4f}")
+        console.print(table)
     if "label_transfer" in report:
         table = Table(title=f"cross-species integration ({report['integration']['embedding']}, "
                             f"labels obs['{report['label_key']}'])")

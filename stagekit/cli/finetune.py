@@ -14,8 +14,12 @@ from stagekit.cli import options as opt
 def finetune(
     parent: Annotated[Path, typer.Argument(help="bundle to fine-tune (dec: from `stagekit cluster-search`)")],
     data: Annotated[Path | None, typer.Argument(help=".h5ad; default: the data the parent was trained on")] = None,
+    labelled_fraction: Annotated[float | None, typer.Option(
+        help="mean-teacher: fraction of the labelled cells whose labels are used (data.labelled_fraction)")] = None,
     *,
     opts: opt.PhaseOptions,
 ) -> None:
-    """Fine-tune a pretrained model with a preset-driven objective (presets: dec)."""
-    opt.run_training_phase("finetune", opts, data=[data] if data else [], parent=parent)
+    """Fine-tune a pretrained model with a preset-driven objective (presets: dec, mean-teacher)."""
+    opt.run_training_phase("finetune", opts, data=[data] if data else [], parent=parent,
+                           flags={"labelled_fraction": labelled_fraction},
+                           mapping={"labelled_fraction": "data.labelled_fraction"})

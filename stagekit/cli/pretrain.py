@@ -11,7 +11,8 @@ from stagekit.cli import options as opt
 from stagekit.errors import UserError
 
 DATA_FLAGS = {"backed": "data.backed", "layer": "data.layer", "batch_key": "data.batch_key",
-              "label_key": "data.label_key", "species_key": "data.species_key"}
+              "label_key": "data.label_key", "species_key": "data.species_key",
+              "labelled_fraction": "data.labelled_fraction", "positive_class": "data.positive_class"}
 
 
 @opt.phase_command()
@@ -32,14 +33,20 @@ def pretrain(
         "--macrogenes-from", help="saturn: reuse the macrogene centroids of an earlier saturn pretrain bundle "
                                   "when computed from the same genes, embeddings, M and seed (else k-means runs)")
     ] = None,
+    labelled_fraction: Annotated[float | None, typer.Option(
+        help="mean-teacher: fraction of the labelled cells whose labels are used (data.labelled_fraction)")] = None,
+    positive_class: Annotated[str | None, typer.Option(
+        help="mean-teacher: a binary task, this label against the rest (data.positive_class)")] = None,
+    init_from: Annotated[Path | None, typer.Option(
+        "--init-from", help="mean-teacher: start the classifier from a `pretrain --preset vae` encoder")] = None,
     *,
     opts: opt.PhaseOptions,
 ) -> None:
-    """Pretrain a model from raw counts or features (presets: vae, autoencoder, saturn)."""
+    """Pretrain a model from raw counts or features (presets: vae, autoencoder, saturn, mean-teacher)."""
     if not data and not opts.print_config:
         raise UserError("give the .h5ad file to train on")
     flags = {"layer": layer, "batch_key": batch_key, "label_key": label_key, "backed": backed,
-             "species_key": species_key}
+             "species_key": species_key, "labelled_fraction": labelled_fraction, "positive_class": positive_class}
     opt.run_training_phase("pretrain", opts, data=data, flags=flags, mapping=DATA_FLAGS,
                            options={"protein_emb": protein_emb, "species": species,
-                                    "macrogenes_from": macrogenes_from})
+                                    "macrogenes_from": macrogenes_from, "init_from": init_from})

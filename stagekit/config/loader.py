@@ -34,15 +34,17 @@ def list_presets() -> list[dict[str, str]]:
     return rows
 
 
-def preset_path(name_or_path: str) -> Path:
+def preset_path(name_or_path: str, stage: str = "") -> Path:
+    """A preset file, or a shipped preset by name. One name can serve two commands (`pretrain --preset
+    mean-teacher`, `finetune --preset mean-teacher`): the file NAME.STAGE.toml is preferred for that stage."""
     path = Path(name_or_path)
     if path.suffix == ".toml" or path.exists():
         if not path.is_file():
             raise UserError(f"preset file {path} does not exist")
         return path
-    shipped = presets_dir() / f"{name_or_path}.toml"
-    if shipped.is_file():
-        return shipped
+    for file_name in ([f"{name_or_path}.{stage}.toml"] if stage else []) + [f"{name_or_path}.toml"]:
+        if (presets_dir() / file_name).is_file():
+            return presets_dir() / file_name
     names = [p.stem for p in presets_dir().glob("*.toml")]
     hint = difflib.get_close_matches(name_or_path, names, n=1)
     suggestion = f"did you mean '{hint[0]}'? " if hint else ""
@@ -180,7 +182,7 @@ def resolve_config(stage: str, preset: str | None, overrides: list[tuple[str, An
     if stored is not None:
         path, raw = Path(stored[1]), tomllib.loads(stored[0])
     else:
-        path = preset_path(preset)
+        path = preset_path(preset, stage)
         raw = _read_toml(path)
     header = raw.pop(HEADER, None)
     if not isinstance(header, dict) or "stage" not in header or "model" not in header:

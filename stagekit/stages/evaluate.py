@@ -26,6 +26,35 @@ class EvalInput:
     clusters: np.ndarray | None = None
     species: np.ndarray | None = None
     embedding: str = "X_stagekit"
+    classification: dict | None = None  # predictions, probabilities, split, positive class of a classifier
+
+
+def classification_report(found: EvalInput) -> dict:
+    """A classifier's predictions against the labels, on the labelled cells whose labels training did not use
+    (all labelled cells when the file does not say which those were). Binary tasks compare with
+    label == positive class."""
+    from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score, roc_auc_score
+
+    c = found.classification
+    keep = found.labels != "nan"
+    if c["split"] is not None:
+        keep &= c["split"] != "labelled"
+    truth, predicted = found.labels[keep], c["predictions"][keep]
+    report = {"cells": int(keep.sum()), "scored_on": "cells whose labels training did not see"
+              if c["split"] is not None else "every labelled cell"}
+    if c["positive_class"]:
+        y, hit = truth == c["positive_class"], predicted == c["positive_class"]
+        report |= {"f1": float(f1_score(y, hit)), "precision": float(precision_score(y, hit, zero_division=0)),
+                   "recall": float(recall_score(y, hit, zero_division=0)),
+                   "positive_share_true": float(y.mean()), "positive_share_predicted": float(hit.mean())}
+        if 0 < y.sum() < len(y):
+            report["auroc"] = float(roc_auc_score(y, c["probability"][keep]))
+        return report
+    classes = sorted(set(truth) | set(predicted))
+    per_class = f1_score(truth, predicted, labels=classes, average=None, zero_division=0)
+    return report | {"accuracy": float(accuracy_score(truth, predicted)),
+                     "macro_f1": float(f1_score(truth, predicted, average="macro", zero_division=0)),
+                     "f1_per_class": {name: float(v) for name, v in zip(classes, per_class, strict=True)}}
 
 
 def _from_anndata(adata, where: str, label_key: str | None) -> EvalInput:
@@ -43,8 +72,16 @@ def _from_anndata(adata, where: str, label_key: str | None) -> EvalInput:
     if species is not None and len(set(species)) < 2:
         species = None
     clusters = adata.obs["stagekit_cluster"].astype(str).to_numpy() if "stagekit_cluster" in adata.obs else None
-    return EvalInput(np.asarray(adata.obsm[embedding]), adata.obs[label_key].astype(str).to_numpy(), label_key,
-                     lineage, clusters, species, embedding)
+    classification = None
+    if "stagekit_prediction" in adata.obs:
+        classification = {"predictions": adata.obs["stagekit_prediction"].astype(str).to_numpy(),
+                          "probability": adata.obs["stagekit_probability"].to_numpy(),
+                          "split": adata.obs["stagekit_split"].astype(str).to_numpy()
+                          if "stagekit_split" in adata.obs else None,
+                          "positive_class": str(provenance.get("positive_class", ""))}
+    labels = adata.obs[label_key].astype(str).to_numpy()
+    return EvalInput(np.asarray(adata.obsm[embedding]), labels, label_key, lineage, clusters, species, embedding,
+                     classification)
 
 
 def _from_h5ad(path: Path, label_key: str | None) -> EvalInput:
@@ -62,7 +99,7 @@ def _from_bundle(path: Path, data: Path | None, label_key: str | None) -> EvalIn
 
     bundle = read_bundle(path)
     adata, extra = cells_of(bundle, [data] if data else [], [], log=lambda m: None)
-    adata.uns["stagekit"] = {"label_key": extra["label_key"]}
+    adata.uns["stagekit"] = {k: extra[k] for k in ("label_key", "positive_class") if k in extra}
     found = _from_anndata(adata, str(path), label_key)
     found.lineage = [{"path": str(path), "stage": bundle.stage, "history": bundle.history}, *bundle.lineage]
     return found
@@ -107,6 +144,12 @@ def run(source: Path, output_dir: Path, label_key: str | None = None, data: Path
         table, label_values, cluster_values = contingency(labels, clusters)
         report["plots"].append(str(plots.plot_contingency(table, list(label_values), list(cluster_values),
                                                           output_dir / "contingency.png")))
+    if found.classification is not None:
+        report["classification"] = classification_report(found)
+        keep = labels != "nan"
+        table, label_values, predicted_values = contingency(labels[keep], found.classification["predictions"][keep])
+        report["plots"].append(str(plots.plot_contingency(table, list(label_values), list(predicted_values),
+                                                          output_dir / "confusion.png")))
     if found.species is not None:
         integration = integration_report(found, seed)
         report["label_transfer"] = integration.pop("label_transfer")

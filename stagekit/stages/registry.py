@@ -41,6 +41,8 @@ class Entry:
 _CLUSTERING = "stagekit.stages.clustering"
 _CROSS_SPECIES = "stagekit.stages.cross_species"
 _SATURN_CELLS = f"{_CROSS_SPECIES}.saturn_cells:saturn_anndata"
+_MEAN_TEACHER = "stagekit.stages.mean_teacher"
+_MEAN_TEACHER_CELLS = f"{_MEAN_TEACHER}.cells:mean_teacher_cells"
 
 ENTRIES: dict[tuple[str, str], Entry] = {
     ("pretrain", "vae"): Entry(f"{_CLUSTERING}.pretrain_vae:run", f"{_CLUSTERING}.cells:vae_cells",
@@ -54,11 +56,15 @@ ENTRIES: dict[tuple[str, str], Entry] = {
                                   pipeline="cross-species integration"),
     ("align", "saturn"): Entry(f"{_CROSS_SPECIES}.align_saturn:run", _SATURN_CELLS,
                                pipeline="cross-species integration"),
+    ("pretrain", "mean-teacher"): Entry(f"{_MEAN_TEACHER}.stage:pretrain", _MEAN_TEACHER_CELLS,
+                                        options=("init_from",), pipeline="semi-supervised annotation"),
+    ("finetune", "mean-teacher"): Entry(f"{_MEAN_TEACHER}.stage:finetune", _MEAN_TEACHER_CELLS,
+                                        pipeline="semi-supervised annotation"),
 }
 
 # how a command spells each option, for messages
 OPTION_FLAGS = {"protein_emb": "--protein-emb", "species": "--species", "macrogenes_from": "--macrogenes-from",
-                "k": "--k", "species_key": "--species-key"}
+                "k": "--k", "species_key": "--species-key", "init_from": "--init-from"}
 
 
 def _resolve(target: str) -> Callable:

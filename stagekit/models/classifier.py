@@ -1,0 +1,59 @@
+"""A cell classifier (MLP on log-normalised counts) and the student/teacher pair of Mean Teacher."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from stagekit.models.blocks import Dropout, mlp
+
+
+def log_normalise(x: torch.Tensor) -> torch.Tensor:
+    """log1p of counts per 10k, the input of the encoders (as the VAE's)."""
+    return torch.log1p(x * (1e4 / x.sum(-1, keepdim=True).clamp_min(1.0)))
+
+
+class CellClassifier(nn.Module):
+    """Hidden layers (Linear -> norm -> ReLU -> dropout) and a linear head: one logit for a binary task, one per
+    class otherwise. `norm = "layer"` gives exactly the VAE encoder's layers (`body` loads from `encoder`)."""
+
+    def __init__(self, n_genes: int, n_classes: int, n_hidden: list[int], dropout: float = 0.2,
+                 norm: str = "batch") -> None:
+        super().__init__()
+        sizes = [n_genes, *n_hidden]
+        if norm == "layer":
+            self.body = mlp(sizes, dropout)
+        else:
+            layers: list[nn.Module] = []
+            for n_in, n_out in zip(sizes[:-1], sizes[1:], strict=True):
+                layers += [nn.Linear(n_in, n_out), nn.BatchNorm1d(n_out), nn.ReLU(), Dropout(dropout)]
+            self.body = nn.Sequential(*layers)
+        self.head = nn.Linear(sizes[-1], 1 if n_classes == 2 else n_classes)
+
+    def embed(self, h: torch.Tensor) -> torch.Tensor:
+        """The last hidden layer from log-normalised input."""
+        return self.body(h)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(h))
+
+
+class MeanTeacher(nn.Module):
+    """Student and teacher (an exponential moving average of the student, never trained by gradients). One
+    forward for both, so DDP sees every gradient of the student through its wrapper."""
+
+    def __init__(self, student: CellClassifier) -> None:
+        super().__init__()
+        self.student = student
+        self.teacher = copy.deepcopy(student).requires_grad_(False)
+
+    def forward(self, student_input: torch.Tensor, teacher_input: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        student = self.student(student_input)
+        if teacher_input is None:
+            return student, None
+        self.teacher.train(self.training)  # same mode as the student (dropout noise on both, as in the paper)
+        with torch.no_grad():
+            return student, self.teacher(teacher_input)

@@ -1,0 +1,54 @@
+"""Per-cell outputs of a Mean Teacher bundle: the teacher's predicted label, its probability, every class's
+probability and the last hidden layer (the teacher is the model Mean Teacher evaluates)."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from stagekit.bundle import Bundle
+from stagekit.data.anndata_io import load_counts, read_anndata
+from stagekit.data.batching import eval_plan
+from stagekit.errors import UserError
+from stagekit.losses.classification import probabilities
+from stagekit.models.classifier import log_normalise
+from stagekit.stages.mean_teacher.stage import cells_sha256, load_model
+
+
+def mean_teacher_cells(bundle: Bundle, data: list[Path], species: list[str], log=print):
+    if len(data) > 1 or species:
+        raise UserError(f"{bundle.path} is a mean-teacher bundle: give at most one data file, no --species")
+    path = data[0] if data else Path(bundle.data.get("path", ""))
+    if not data and not path.is_file():
+        raise UserError(f"{bundle.path} was trained on {path}, which is gone; give the data file explicitly")
+    config = tomllib.loads(bundle.model_config)
+    adata = read_anndata(path)
+    counts = load_counts(path, config["data"]["layer"], adata=adata)
+    if counts.var_names != bundle.var_names:
+        raise UserError(f"{path}: genes differ from those {bundle.path} was trained on; subset or reorder var to "
+                        "the bundle's genes")
+    teacher = load_model(bundle).teacher
+    probs, hidden = [], []
+    with torch.no_grad():
+        for rows in eval_plan(np.arange(counts.n_obs), 4096):
+            embedding = teacher.embed(log_normalise(torch.from_numpy(counts.rows(rows))))
+            hidden.append(embedding.numpy())
+            probs.append(probabilities(teacher.head(embedding)).numpy())
+    p = np.concatenate(probs)
+    classes = bundle.categories["classes"]
+    predicted = p.argmax(1)
+    adata.obs["stagekit_prediction"] = pd.Categorical(np.asarray(classes)[predicted], categories=classes)
+    adata.obs["stagekit_probability"] = p[np.arange(len(p)), predicted] if len(classes) > 2 else p[:, 1]
+    adata.obsm["stagekit_class_probabilities"] = p.astype(np.float32)
+    adata.obsm["X_stagekit"] = np.concatenate(hidden).astype(np.float32)
+    if cells_sha256(counts) == bundle.data.get("cells_sha256"):  # the training cells: mark what training saw
+        split = np.full(adata.n_obs, "unlabelled", dtype=object)
+        split[bundle.results["labelled"]] = "labelled"
+        split[bundle.results["validation"]] = "validation"
+        adata.obs["stagekit_split"] = pd.Categorical(split)
+    return adata, {"label_key": config["data"]["label_key"], "positive_class": config["data"]["positive_class"],
+                   "classes": np.array(classes, dtype=str)}

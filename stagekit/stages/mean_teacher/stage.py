@@ -1,0 +1,170 @@
+"""`stagekit pretrain --preset mean-teacher` (stage 1, few labels) and `stagekit finetune --preset mean-teacher`
+(stage 2: more labels, from stage 1's student and teacher)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from stagekit.bundle import Bundle, read_bundle
+from stagekit.config.loader import toml_value
+from stagekit.data.anndata_io import CountMatrix, load_counts
+from stagekit.errors import UserError
+from stagekit.models.classifier import CellClassifier, MeanTeacher
+from stagekit.stages.mean_teacher.task import Labels, MeanTeacherTask, labelled_cells, read_labels, validation_cells
+from stagekit.stages.phase import PhaseRun, kept_metrics, lineage_of
+from stagekit.stages.registry import PhaseRequest
+from stagekit.train import FitResult
+from stagekit.train.state import load_weights, weights_to_numpy
+from stagekit.train.transfer import load_by_name
+
+
+def cells_sha256(counts: CountMatrix) -> str:
+    return hashlib.sha256("\n".join(map(str, counts.obs.index)).encode()).hexdigest()
+
+
+def model_config_toml(model_cfg: dict, data_cfg: dict, classes: list[str]) -> str:
+    """What rebuilding the classifier and reading its data needs (copied by stage 2)."""
+    lines = ["[model]", *(f"{k} = {toml_value(v)}" for k, v in model_cfg.items()),
+             "[data]", *(f"{k} = {toml_value(data_cfg[k])}" for k in ("layer", "label_key", "positive_class")),
+             "[classes]", f"names = {toml_value(classes)}"]
+    return "\n".join(lines) + "\n"
+
+
+def build_model(model_config: str, n_genes: int) -> MeanTeacher:
+    config = tomllib.loads(model_config)
+    model = config["model"]
+    student = CellClassifier(n_genes, len(config["classes"]["names"]), model["n_hidden"], model["dropout"],
+                             model["norm"])
+    return MeanTeacher(student)
+
+
+def load_model(bundle: Bundle) -> MeanTeacher:
+    model = build_model(bundle.model_config, len(bundle.var_names))
+    load_weights(model, bundle.weights)
+    return model.eval()
+
+
+def _init_from_vae(model: MeanTeacher, path: Path, counts: CountMatrix, model_cfg: dict, log) -> tuple[dict, Bundle]:
+    """Student and teacher start from a `pretrain --preset vae` encoder (its hidden layers; the head is new)."""
+    vae = read_bundle(path, ("pretrain",), command="pretrain --preset mean-teacher --init-from")
+    if vae.model != "vae":
+        raise UserError(f"{path} holds a '{vae.model}' model; --init-from takes a `pretrain --preset vae` bundle")
+    if vae.var_names != counts.var_names:
+        raise UserError(f"{counts.path}: genes differ from those {path} was trained on; subset or reorder var to "
+                        "the VAE's genes")
+    vae_cfg = tomllib.loads(vae.model_config)
+    if vae_cfg["data"]["batch_key"] or vae_cfg["model"]["likelihood"] == "gaussian":
+        raise UserError(f"{path}: --init-from needs a VAE on counts without a batch covariate (its encoder then "
+                        "reads exactly the classifier's input)")
+    if model_cfg["norm"] != "layer" or model_cfg["n_hidden"] != vae_cfg["model"]["n_hidden"]:
+        raise UserError(f"--init-from {path}: set model.norm = \"layer\" and model.n_hidden = "
+                        f"{vae_cfg['model']['n_hidden']} (the VAE encoder's layers)")
+    encoder = {"body." + k.removeprefix("encoder."): v for k, v in vae.weights.items() if k.startswith("encoder.")}
+    report = load_by_name(model.student, encoder)
+    unexpected_new = [n for n in report.new if not n.startswith("head.")]
+    if report.mismatched or report.unexpected or unexpected_new:
+        raise UserError(f"--init-from {path}: {report.summary()}")
+    model.teacher.load_state_dict(model.student.state_dict())
+    log(f"init from {path}: {report.summary()}")
+    return report.as_dict(), vae
+
+
+def _fit(request: PhaseRequest, phase: PhaseRun, counts: CountMatrix, labels: Labels, model: MeanTeacher,
+         validation: np.ndarray, labelled: np.ndarray, model_config: str, seed: int, ema_updates: int = 0,
+         parent: Bundle | None = None, extra_results: dict | None = None) -> Path | None:
+    config = request.config
+    train_rows = np.setdiff1d(np.arange(counts.n_obs), validation)
+    task = MeanTeacherTask(model, counts, labels, train_rows, labelled, validation, config["mean_teacher"],
+                           config["collapse"], config["training"]["batch_size"], seed, ema_updates)
+    per_class = np.bincount(labels.codes[labelled], minlength=len(labels.classes))
+    shown = ", ".join(f"{name}: {n}" for name, n in zip(labels.classes, per_class, strict=True))
+    request.log(f"{len(labelled)} labelled training cells ({shown}), {len(train_rows) - len(labelled)} unlabelled, "
+                f"{len(validation)} validation cells")
+    fingerprint = counts.fingerprint() | {"cells_sha256": cells_sha256(counts)}
+
+    def bundle_for(result: FitResult) -> Bundle:
+        final = kept_metrics(result, ("train_", "val_")) | {
+            k: v for k, v in result.final_metrics.items()
+            if k in ("pred_positive_fraction", "mean_probability_drift", "largest_class_share")}
+        final |= {"labelled_cells": float(len(labelled)), "labelled_fraction": config["data"]["labelled_fraction"]}
+        return Bundle(stage=config.stage, model="mean-teacher", config_toml="", seed=seed,
+                      weights=weights_to_numpy(model), model_config=model_config,
+                      lineage=lineage_of(parent) if parent else [], data=fingerprint, var_names=counts.var_names,
+                      categories={"classes": labels.classes}, final_metrics=final,
+                      results={"labelled": labelled, "validation": validation,
+                               "ema_updates": np.array(task.ema.updates)} | (extra_results or {}))
+
+    return phase.fit(task, bundle_for)
+
+
+def pretrain(request: PhaseRequest) -> Path | None:
+    """Stage 1: a classifier trained with Mean Teacher on `labelled_fraction` of the labelled cells."""
+    config = request.config
+    data_cfg, model_cfg, seed = config["data"], config["model"], config["training"]["seed"]
+    if len(request.data) != 1:
+        raise UserError(f"the mean-teacher preset trains on one .h5ad file; got {len(request.data)}")
+    phase = PhaseRun(config, request.output, request.resume, request.quiet)
+    counts = load_counts(request.data[0], data_cfg["layer"])
+    labels = read_labels(counts, data_cfg["label_key"], data_cfg["positive_class"])
+    validation = validation_cells(labels, config["training"]["val_fraction"], seed)
+    labelled = labelled_cells(labels, validation, data_cfg["labelled_fraction"], seed, str(counts.path))
+    phase.check_resume_data(counts.fingerprint())
+    phase.engine.launch()
+    torch.manual_seed(seed)
+    model = MeanTeacher(CellClassifier(counts.n_vars, len(labels.classes), model_cfg["n_hidden"],
+                                       model_cfg["dropout"], model_cfg["norm"]))
+    parent, extra = None, {}
+    init_from = request.options.get("init_from")
+    if init_from and not request.resume:
+        report, parent = _init_from_vae(model, Path(init_from), counts, model_cfg, request.log)
+        extra = {"load_report": np.array(json.dumps(report).encode())}
+    return _fit(request, phase, counts, labels, model, validation, labelled,
+                model_config_toml(model_cfg, data_cfg, labels.classes), seed, parent=parent, extra_results=extra)
+
+
+def finetune(request: PhaseRequest) -> Path | None:
+    """Stage 2: from stage 1's student and teacher, at a larger labelled fraction that contains stage 1's."""
+    config = request.config
+    parent = read_bundle(request.parent, ("pretrain",), command="finetune --preset mean-teacher")
+    if parent.model != "mean-teacher":
+        raise UserError(f"{request.parent} holds a '{parent.model}' model; finetune --preset mean-teacher continues "
+                        "a `pretrain --preset mean-teacher` bundle (stage 1)")
+    if len(request.data) > 1:
+        raise UserError(f"finetune --preset mean-teacher reads at most one .h5ad; got {len(request.data)}")
+    stage1 = tomllib.loads(parent.config_toml)
+    fraction, before = config["data"]["labelled_fraction"], stage1["data"]["labelled_fraction"]
+    if fraction < before:
+        raise UserError(f"data.labelled_fraction {fraction} is smaller than stage 1's ({before}); stage 2 adds "
+                        "labels to those stage 1 used")
+    phase = PhaseRun(config, request.output, request.resume, request.quiet)
+    data_cfg = tomllib.loads(parent.model_config)["data"]
+    path = request.data[0] if request.data else Path(parent.data.get("path", ""))
+    if not request.data and not path.is_file():
+        raise UserError(f"{request.parent} was trained on {path}, which is gone; give the data file")
+    counts = load_counts(path, data_cfg["layer"])
+    if counts.var_names != parent.var_names:
+        raise UserError(f"{path}: genes differ from those {request.parent} was trained on; subset or reorder var to "
+                        "the bundle's genes")
+    if cells_sha256(counts) != parent.data.get("cells_sha256"):
+        raise UserError(f"{path}: not the cells {request.parent} was trained on (stage 2 continues on the same "
+                        "cells: its labelled and validation cells are positions in them)")
+    labels = read_labels(counts, data_cfg["label_key"], data_cfg["positive_class"])
+    if labels.classes != parent.categories["classes"]:
+        raise UserError(f"{path}: labels differ from stage 1's ({', '.join(parent.categories['classes'])})")
+    validation = np.asarray(parent.results["validation"], dtype=np.int64)
+    labelled = labelled_cells(labels, validation, fraction, parent.seed, str(path))
+    if not np.isin(parent.results["labelled"], labelled).all():
+        raise UserError(f"{path}: the labels changed since stage 1 (its labelled cells are not all labelled now)")
+    phase.check_resume_data(counts.fingerprint())
+    phase.engine.launch()
+    seed = config["training"]["seed"]
+    torch.manual_seed(seed)
+    model = load_model(parent).train()
+    return _fit(request, phase, counts, labels, model, validation, labelled, parent.model_config, seed,
+                int(parent.results["ema_updates"]), parent=parent)

@@ -1,0 +1,264 @@
+"""Mean Teacher on cells: labelled subsets and the training task both stages share (the engine does the loop).
+
+Each step takes `training.batch_size` cells of the training set (labelled or not: the consistency term uses
+every cell) and `labelled_batch_size` labelled cells (the supervised term), redrawn from the few labelled ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from stagekit.data.anndata_io import CountMatrix
+from stagekit.data.batching import epoch_plan, eval_plan
+from stagekit.errors import UserError
+from stagekit.losses.classification import (
+    consistency_loss,
+    focal_loss,
+    probabilities,
+    sigmoid_rampup,
+    soft_dice_loss,
+)
+from stagekit.models.classifier import MeanTeacher, log_normalise
+from stagekit.train import EMA, FreezePlan, Guard, Hook, StepContext, Task
+from stagekit.train.metrics import binary_scores, class_shares
+
+
+@dataclass
+class Labels:
+    """Targets of every cell (-1: unlabelled) and the class names; binary tasks are [rest, positive]."""
+
+    codes: np.ndarray
+    classes: list[str]
+
+    @property
+    def binary(self) -> bool:
+        return len(self.classes) == 2
+
+
+def read_labels(counts: CountMatrix, label_key: str, positive_class: str) -> Labels:
+    """Labels from an obs column; missing values are unlabelled cells. One line naming what is wrong otherwise."""
+    if not label_key:
+        raise UserError("Mean Teacher needs labels: name the obs column with --label-key")
+    if label_key not in counts.obs:
+        raise UserError(f"{counts.path}: obs column '{label_key}' not found (columns: "
+                        f"{', '.join(map(str, list(counts.obs.columns)[:8]))})")
+    column = counts.obs[label_key]
+    present = column.notna().to_numpy()
+    values = column.astype(str).to_numpy()
+    names = sorted(set(values[present]))
+    if positive_class:
+        if positive_class not in names:
+            raise UserError(f"{counts.path}: --positive-class '{positive_class}' is not a label of obs column "
+                            f"'{label_key}' (labels: {', '.join(names)})")
+        codes = np.where(values == positive_class, 1, 0)
+        classes = [f"not {positive_class}", positive_class]
+    else:
+        if len(names) < 2:
+            raise UserError(f"{counts.path}: obs column '{label_key}' has {len(names)} label(s); a classifier needs "
+                            "at least two")
+        codes = np.searchsorted(names, values)
+        classes = names
+    return Labels(np.where(present, codes, -1).astype(np.int64), classes)
+
+
+def validation_cells(labels: Labels, val_fraction: float, seed: int) -> np.ndarray:
+    """Held-out labelled cells, `val_fraction` of each class (seeded), never trained on."""
+    rng = np.random.default_rng([seed, 11])
+    picked = []
+    for c in range(len(labels.classes)):
+        members = np.flatnonzero(labels.codes == c)
+        n = int(round(val_fraction * len(members)))
+        picked.append(rng.permutation(members)[:n])
+    return np.sort(np.concatenate(picked)).astype(np.int64)
+
+
+def labelled_cells(labels: Labels, validation: np.ndarray, fraction: float, seed: int, where: str) -> np.ndarray:
+    """`fraction` of each class's labelled cells (validation excluded), by a seeded order per class, so a larger
+    fraction with the same seed contains a smaller one (stage 2's labelled cells contain stage 1's)."""
+    if not 0 < fraction <= 1:
+        raise UserError(f"data.labelled_fraction must be in (0, 1]; got {fraction}")
+    held_out = np.zeros(len(labels.codes), bool)
+    held_out[validation] = True
+    picked = []
+    for c, name in enumerate(labels.classes):
+        pool = np.flatnonzero((labels.codes == c) & ~held_out)
+        n = int(round(fraction * len(pool)))
+        if n == 0:
+            needed = 0.5 / max(len(pool), 1)
+            raise UserError(f"{where}: class '{name}' gets no labelled cell at data.labelled_fraction {fraction} "
+                            f"({len(pool)} labelled cells outside validation); raise it to at least "
+                            f"{needed:.2g}" if len(pool) else f"{where}: class '{name}' has no labelled cell "
+                            "outside the validation cells; label more cells or lower training.val_fraction")
+        picked.append(np.random.default_rng([seed, 13, c]).permutation(pool)[:n])
+    return np.sort(np.concatenate(picked)).astype(np.int64)
+
+
+class MeanTeacherTask(Task):
+    monitor, monitor_mode = "f1", "max"  # the teacher's F1 (binary) or macro-F1 on the validation cells
+
+    def __init__(self, model: MeanTeacher, counts: CountMatrix, labels: Labels, train_rows: np.ndarray,
+                 labelled: np.ndarray, validation: np.ndarray, cfg: dict, collapse: dict, batch_size: int,
+                 seed: int, ema_updates: int = 0) -> None:
+        self.model, self.counts, self.labels = model, counts, labels
+        self.train_rows, self.labelled, self.validation = train_rows, labelled, validation
+        self.batch_size, self.seed = batch_size, seed
+        self.labelled_batch = cfg["labelled_batch_size"]
+        self.noise, self.input_dropout = cfg["input_noise"], cfg["input_dropout"]
+        self.consistency, self.w_max = cfg["consistency"], cfg["consistency_weight"]
+        self.supervised, self.gamma = cfg["supervised"], cfg["focal_gamma"]
+        self.focal_weight, self.dice_weight = cfg["focal_weight"], cfg["dice_weight"]
+        self.rampup_steps = cfg["rampup_epochs"] * len(self.train_plan(0, 0, 1))
+        targets = labels.codes[labelled]
+        frequency = np.bincount(targets, minlength=len(labels.classes)) / len(targets)
+        self.prior = float(frequency[1]) if labels.binary else float("nan")  # positive share of labelled cells
+        focal_alpha = cfg["focal_alpha"]  # read on every run, though only binary tasks use a fixed one
+        if labels.binary and focal_alpha > 0:
+            alpha = np.array([1 - focal_alpha, focal_alpha])
+        else:  # inverse frequency, normalised to mean 1
+            alpha = 1.0 / np.maximum(frequency, 1e-6)
+            alpha = alpha / alpha.mean()
+        self.alpha = torch.tensor(alpha, dtype=torch.float32)
+        self.ema = EMA(model.student, cfg["ema_decay"], teacher=model.teacher, rampup_decay=cfg["ema_decay_rampup"],
+                       rampup_steps=self.rampup_steps, buffers=cfg["ema_buffers"])
+        self.ema.updates = ema_updates
+        self.every_steps, self.sample_size = collapse["every_steps"], collapse["sample_size"]
+        self.min_fraction, self.max_drift = collapse["min_fraction"], collapse["max_drift"]
+        self.max_share = collapse["max_share"]
+        unlabelled = np.setdiff1d(train_rows, labelled)
+        watched = np.concatenate([validation, unlabelled])
+        rng = np.random.default_rng([seed, 17])
+        self.watched = np.sort(rng.choice(watched, min(self.sample_size, len(watched)), replace=False))
+        self.last_mean_probability = float("nan")
+
+    # --- the engine's interface --------------------------------------------------------------------------------
+    def freeze_plan(self) -> FreezePlan:
+        return FreezePlan(frozen=("teacher",))  # the EMA hook moves it, never the optimizer
+
+    def hooks(self) -> list[Hook]:
+        points = ("epoch", "step") if self.every_steps else ("epoch",)
+        hint = ("the classifier is collapsing onto one class; lower training.lr, train in two stages (pretrain at "
+                "fewer labels, then finetune with a lower lr and warm-up), or loosen collapse.*")
+        if self.labels.binary:
+            guards = [Guard("pred_positive_fraction", minimum=self.min_fraction * self.prior, at=points, hint=hint),
+                      Guard("mean_probability_drift", maximum=self.max_drift, at=points, hint=hint)]
+        else:
+            guards = [Guard("largest_class_share", maximum=self.max_share, at=points, hint=hint)]
+        return [self.ema, *guards]
+
+    def train_plan(self, epoch: int, rank: int, world: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        plan = epoch_plan(self.train_rows, self.batch_size, self.seed, epoch, rank, world)
+        rng = np.random.default_rng([self.seed, epoch, 5])
+        replace = len(self.labelled) < self.labelled_batch * world
+        return [(rows, np.sort(rng.choice(self.labelled, self.labelled_batch * world, replace=replace))[rank::world])
+                for rows in plan]
+
+    def val_plan(self, rank: int, world: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        return [(np.array([], np.int64), rows) for rows in eval_plan(self.validation, 2048, rank, world)]
+
+    def load(self, item: tuple[np.ndarray, np.ndarray]) -> dict[str, torch.Tensor]:
+        cells, labelled = item
+        rows = np.concatenate([labelled, cells])  # labelled first: the supervised term reads the first rows
+        return {"x": torch.from_numpy(self.counts.rows_in_order(rows)),
+                "y": torch.from_numpy(self.labels.codes[labelled])}
+
+    def batch_size_of(self, batch: dict) -> int:
+        return len(batch["x"])
+
+    def augment(self, h: torch.Tensor) -> torch.Tensor:
+        if self.input_dropout:
+            h = h * (torch.rand_like(h) >= self.input_dropout)
+        if self.noise:
+            h = h + self.noise * torch.randn_like(h)
+        return h
+
+    def supervised_loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.supervised == "cross_entropy":
+            if logits.shape[-1] == 1:
+                return F.binary_cross_entropy_with_logits(logits.squeeze(-1), y.to(logits.dtype))
+            return F.cross_entropy(logits, y)
+        alpha = self.alpha.to(logits.device)
+        return (self.focal_weight * focal_loss(logits, y, self.gamma, alpha)
+                + self.dice_weight * soft_dice_loss(logits, y))
+
+    def consistency_weight(self, step: int) -> float:
+        return self.w_max * (sigmoid_rampup(step / self.rampup_steps) if self.rampup_steps else 1.0)
+
+    def step(self, model: torch.nn.Module, batch: dict, ctx: StepContext) -> dict[str, torch.Tensor]:
+        h, y = log_normalise(batch["x"]), batch["y"]
+        n = len(y)
+        if not ctx.train:  # validation: the teacher's (and the student's) predictions of held-out labelled cells
+            student, teacher = model(h, h)
+            return {"loss": self.supervised_loss(teacher, y), "probability": probabilities(teacher),
+                    "student_probability": probabilities(student), "target": y}
+        student, teacher = model(self.augment(h), self.augment(h))
+        supervised = self.supervised_loss(student[:n], y)
+        consistency = consistency_loss(student, teacher, self.consistency)
+        w = self.consistency_weight(ctx.global_step)
+        return {"loss": supervised + w * consistency, "supervised": supervised, "consistency": consistency,
+                "consistency_weight": torch.tensor(w)}
+
+    def val_metrics(self, outputs: dict[str, np.ndarray]) -> dict[str, float]:
+        target = outputs["target"].astype(np.int64)
+        metrics = {}
+        for prefix, key in (("", "probability"), ("student_", "student_probability")):
+            metrics |= {f"{prefix}{k}": v for k, v in classification_scores(outputs[key], target).items()}
+        return metrics
+
+    # --- collapse watch ----------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def predictions(self, rows: np.ndarray, teacher: bool = False) -> np.ndarray:
+        """Class probabilities of cells (eval mode), leaving the model in the mode it was in."""
+        model = self.model.teacher if teacher else self.model.student
+        was_training = model.training
+        model.eval()
+        device = next(model.parameters()).device
+        out = [probabilities(model(log_normalise(torch.from_numpy(self.counts.rows(chunk)).to(device))))
+               .float().cpu().numpy() for chunk in eval_plan(rows, 4096)]
+        model.train(was_training)
+        return np.concatenate(out)
+
+    def collapse_stats(self) -> dict[str, float]:
+        """What the collapse guards watch, from the student's predictions of validation and unlabelled cells."""
+        p = self.predictions(self.watched)
+        if not self.labels.binary:
+            return {"largest_class_share": class_shares(p.argmax(1), p.shape[1])["largest_share"]}
+        mean = float(p[:, 1].mean())
+        drift = abs(mean - self.last_mean_probability) if np.isfinite(self.last_mean_probability) else 0.0
+        return {"pred_positive_fraction": float((p[:, 1] >= 0.5).mean()), "watched_mean_probability": mean,
+                "mean_probability_drift": drift}
+
+    def after_optimizer_step(self, model: torch.nn.Module, ctx: StepContext, values: dict[str, float]) -> None:
+        if self.every_steps and (ctx.global_step + 1) % self.every_steps == 0:
+            values |= self.collapse_stats()
+
+    def on_epoch_end(self, model: torch.nn.Module, ctx: StepContext, row: dict[str, float]) -> None:
+        stats = self.collapse_stats()
+        row |= stats
+        self.last_mean_probability = stats.get("watched_mean_probability", float("nan"))
+
+    def state_dict(self) -> dict:
+        return {"last_mean_probability": self.last_mean_probability}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state:
+            self.last_mean_probability = float(state["last_mean_probability"])
+
+
+def classification_scores(probability: np.ndarray, target: np.ndarray) -> dict[str, float]:
+    """Binary: F1, precision, recall, AUROC, predicted-positive share, mean probability of the positive class;
+    multi-class: macro-F1 ("f1"), accuracy and the largest predicted share."""
+    from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score
+
+    predicted = probability.argmax(1)
+    if probability.shape[1] == 2:
+        scores = binary_scores(probability[:, 1], target)
+        return scores | {"precision": float(precision_score(target, predicted, zero_division=0.0)),
+                         "recall": float(recall_score(target, predicted, zero_division=0.0))}
+    return {"f1": float(f1_score(target, predicted, average="macro", labels=range(probability.shape[1]),
+                                 zero_division=0.0)),
+            "accuracy": float(accuracy_score(target, predicted)),
+            "largest_share": class_shares(predicted, probability.shape[1])["largest_share"]}
