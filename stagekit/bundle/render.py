@@ -13,6 +13,9 @@ from rich.table import Table
 from stagekit.bundle.format import Bundle
 
 _SPARK = "▁▂▃▄▅▆▇█"
+# per-epoch values worth a curve: losses, the monitored validation metrics, and what collapse guards watch
+CURVES = ("train_loss", "val_loss", "val_f1", "val_auroc", "pred_positive_fraction", "watched_mean_probability",
+          "mean_probability_drift", "largest_class_share", "largest_cluster")
 
 
 def sparkline(values: list[float], width: int = 48) -> str:
@@ -87,9 +90,10 @@ def render(bundle: Bundle, console: Console) -> None:
         spans = [(int(p), sum(1 for q in phases if q == p)) for p in sorted(set(phases))]
         parts.append(Panel("  ".join(f"phase {p + 1}: {n} epochs" for p, n in spans), title="phases", expand=False))
 
-    curves = [k for k in ("train_loss", "val_loss") if bundle.history.get(k)]
+    curves = [k for k in CURVES if bundle.history.get(k)]
     if curves:
-        parts.append(Panel("\n".join(f"{k:<11}{sparkline(bundle.history[k])}  "
+        width = max(len(k) for k in curves) + 2
+        parts.append(Panel("\n".join(f"{k:<{width}}{sparkline(bundle.history[k])}  "
                                      f"{bundle.history[k][0]:.4g} → {bundle.history[k][-1]:.4g}"
-                                     for k in curves), title="loss", expand=False))
+                                     for k in curves), title="curves", expand=False))
     console.print(Group(*parts))

@@ -16,6 +16,7 @@ class Key:
     help: str
     choices: tuple | None = None
     minimum: float | None = None
+    maximum: float | None = None
 
 
 Schema = dict[str, dict[str, Key]]
@@ -49,6 +50,8 @@ def check_value(dotted: str, key: Key, value: Any, source: str) -> Any:
         raise ValueError(f"{source}: key '{dotted}' must be one of {options}, got {value!r}")
     if key.minimum is not None and isinstance(value, int | float) and value < key.minimum:
         raise ValueError(f"{source}: key '{dotted}' must be >= {key.minimum}, got {value!r}")
+    if key.maximum is not None and isinstance(value, int | float) and value > key.maximum:
+        raise ValueError(f"{source}: key '{dotted}' must be <= {key.maximum}, got {value!r}")
     return value
 
 

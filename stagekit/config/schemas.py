@@ -161,7 +161,7 @@ MEAN_TEACHER = {
     "focal_gamma": Key("float", 2.0, "focal loss gamma", minimum=0),
     "focal_alpha": Key("float", 0.0, "binary: weight of the positive class in the focal loss (negatives get "
                        "1 - alpha); 0 weighs classes by inverse frequency among the labelled cells, as multi-class "
-                       "tasks always do", minimum=0),
+                       "tasks always do", minimum=0, maximum=1),
     "focal_weight": Key("float", 0.7, "weight of the focal loss in focal_dice", minimum=0),
     "dice_weight": Key("float", 0.3, "weight of the soft Dice loss in focal_dice", minimum=0),
     "labelled_batch_size": Key("int", 64, "labelled cells in each step (drawn again when there are fewer), beside "

@@ -16,10 +16,10 @@ def log_normalise(x: torch.Tensor) -> torch.Tensor:
 
 
 class CellClassifier(nn.Module):
-    """Hidden layers (Linear -> norm -> ReLU -> dropout) and a linear head: one logit for a binary task, one per
-    class otherwise. `norm = "layer"` gives exactly the VAE encoder's layers (`body` loads from `encoder`)."""
+    """Hidden layers (Linear -> norm -> ReLU -> dropout) and a linear head with `n_outputs` logits (1: a binary
+    task with a sigmoid). `norm = "layer"` gives exactly the VAE encoder's layers (`body` loads from `encoder`)."""
 
-    def __init__(self, n_genes: int, n_classes: int, n_hidden: list[int], dropout: float = 0.2,
+    def __init__(self, n_genes: int, n_outputs: int, n_hidden: list[int], dropout: float = 0.2,
                  norm: str = "batch") -> None:
         super().__init__()
         sizes = [n_genes, *n_hidden]
@@ -30,7 +30,7 @@ class CellClassifier(nn.Module):
             for n_in, n_out in zip(sizes[:-1], sizes[1:], strict=True):
                 layers += [nn.Linear(n_in, n_out), nn.BatchNorm1d(n_out), nn.ReLU(), Dropout(dropout)]
             self.body = nn.Sequential(*layers)
-        self.head = nn.Linear(sizes[-1], 1 if n_classes == 2 else n_classes)
+        self.head = nn.Linear(sizes[-1], n_outputs)
 
     def embed(self, h: torch.Tensor) -> torch.Tensor:
         """The last hidden layer from log-normalised input."""
@@ -55,5 +55,11 @@ class MeanTeacher(nn.Module):
         if teacher_input is None:
             return student, None
         self.teacher.train(self.training)  # same mode as the student (dropout noise on both, as in the paper)
+        # the teacher's norm statistics change only through the EMA (copied or averaged from the student), not
+        # through its own forward pass in training mode
+        buffers = [b.clone() for b in self.teacher.buffers()]
         with torch.no_grad():
-            return student, self.teacher(teacher_input)
+            teacher = self.teacher(teacher_input)
+            for kept, b in zip(buffers, self.teacher.buffers(), strict=True):
+                b.copy_(kept)
+        return student, teacher

@@ -29,19 +29,24 @@ class EvalInput:
     classification: dict | None = None  # predictions, probabilities, split, positive class of a classifier
 
 
-def classification_report(found: EvalInput) -> dict:
-    """A classifier's predictions against the labels, on the labelled cells whose labels training did not use
-    (all labelled cells when the file does not say which those were). Binary tasks compare with
+def scored_cells(found: EvalInput) -> tuple[np.ndarray, str]:
+    """Which cells a classifier is scored on: those with a label that training neither learned from nor chose its
+    kept epoch by (the 'unlabelled' split), or every labelled cell when the file does not say which those are."""
+    keep = found.labels != "nan"
+    split = found.classification["split"]
+    if split is None:
+        return keep, "every labelled cell"
+    return keep & (split == "unlabelled"), "cells whose labels training never saw"
+
+
+def classification_report(found: EvalInput, keep: np.ndarray, scored_on: str) -> dict:
+    """A classifier's predictions against the labels on the cells `keep`. Binary tasks compare with
     label == positive class."""
     from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score, roc_auc_score
 
     c = found.classification
-    keep = found.labels != "nan"
-    if c["split"] is not None:
-        keep &= c["split"] != "labelled"
     truth, predicted = found.labels[keep], c["predictions"][keep]
-    report = {"cells": int(keep.sum()), "scored_on": "cells whose labels training did not see"
-              if c["split"] is not None else "every labelled cell"}
+    report = {"cells": int(keep.sum()), "scored_on": scored_on}
     if c["positive_class"]:
         y, hit = truth == c["positive_class"], predicted == c["positive_class"]
         report |= {"f1": float(f1_score(y, hit)), "precision": float(precision_score(y, hit, zero_division=0)),
@@ -145,8 +150,12 @@ def run(source: Path, output_dir: Path, label_key: str | None = None, data: Path
         report["plots"].append(str(plots.plot_contingency(table, list(label_values), list(cluster_values),
                                                           output_dir / "contingency.png")))
     if found.classification is not None:
-        report["classification"] = classification_report(found)
-        keep = labels != "nan"
+        keep, scored_on = scored_cells(found)
+        report["classification"] = classification_report(found, keep, scored_on)
+        if found.classification["split"] is not None:  # the cells that chose the kept epoch, apart
+            chose = (labels != "nan") & (found.classification["split"] == "validation")
+            report["classification"]["validation_cells"] = classification_report(
+                found, chose, "validation cells (they chose the kept epoch)")
         table, label_values, predicted_values = contingency(labels[keep], found.classification["predictions"][keep])
         report["plots"].append(str(plots.plot_contingency(table, list(label_values), list(predicted_values),
                                                           output_dir / "confusion.png")))

@@ -39,8 +39,8 @@ def model_config_toml(model_cfg: dict, data_cfg: dict, classes: list[str]) -> st
 def build_model(model_config: str, n_genes: int) -> MeanTeacher:
     config = tomllib.loads(model_config)
     model = config["model"]
-    student = CellClassifier(n_genes, len(config["classes"]["names"]), model["n_hidden"], model["dropout"],
-                             model["norm"])
+    outputs = 1 if config["data"]["positive_class"] else len(config["classes"]["names"])
+    student = CellClassifier(n_genes, outputs, model["n_hidden"], model["dropout"], model["norm"])
     return MeanTeacher(student)
 
 
@@ -75,13 +75,33 @@ def _init_from_vae(model: MeanTeacher, path: Path, counts: CountMatrix, model_cf
     return report.as_dict(), vae
 
 
+# keys that do nothing for some tasks: set by hand there, they earn a warning rather than silence
+_NOT_FOR_MULTI_CLASS = ("mean_teacher.focal_alpha", "collapse.min_fraction", "collapse.max_drift")
+_NOT_FOR_CROSS_ENTROPY = ("mean_teacher.focal_gamma", "mean_teacher.focal_alpha", "mean_teacher.focal_weight",
+                          "mean_teacher.dice_weight")
+
+
+def warn_unused(config, binary: bool, log) -> None:
+    unused = [] if binary else list(_NOT_FOR_MULTI_CLASS)
+    if config["mean_teacher"]["supervised"] == "cross_entropy":
+        unused += _NOT_FOR_CROSS_ENTROPY
+    if config["mean_teacher"]["rampup_epochs"] == 0:
+        unused.append("mean_teacher.ema_decay_rampup")
+    given = [k for k in dict.fromkeys(unused) if not config.sources[k].startswith(("default", "preset"))]
+    if given:
+        log(f"warning: {', '.join(given)} do(es) nothing in this run ({'binary' if binary else 'multi-class'} task, "
+            f"{config['mean_teacher']['supervised']} loss, rampup_epochs {config['mean_teacher']['rampup_epochs']})")
+
+
 def _fit(request: PhaseRequest, phase: PhaseRun, counts: CountMatrix, labels: Labels, model: MeanTeacher,
          validation: np.ndarray, labelled: np.ndarray, model_config: str, seed: int, ema_updates: int = 0,
          parent: Bundle | None = None, extra_results: dict | None = None) -> Path | None:
     config = request.config
+    warn_unused(config, labels.binary, request.log)
     train_rows = np.setdiff1d(np.arange(counts.n_obs), validation)
+    trained = parent is not None and parent.model == "mean-teacher"
     task = MeanTeacherTask(model, counts, labels, train_rows, labelled, validation, config["mean_teacher"],
-                           config["collapse"], config["training"]["batch_size"], seed, ema_updates)
+                           config["collapse"], config["training"]["batch_size"], seed, ema_updates, trained)
     per_class = np.bincount(labels.codes[labelled], minlength=len(labels.classes))
     shown = ", ".join(f"{name}: {n}" for name, n in zip(labels.classes, per_class, strict=True))
     request.log(f"{len(labelled)} labelled training cells ({shown}), {len(train_rows) - len(labelled)} unlabelled, "
@@ -117,8 +137,9 @@ def pretrain(request: PhaseRequest) -> Path | None:
     phase.check_resume_data(counts.fingerprint())
     phase.engine.launch()
     torch.manual_seed(seed)
-    model = MeanTeacher(CellClassifier(counts.n_vars, len(labels.classes), model_cfg["n_hidden"],
-                                       model_cfg["dropout"], model_cfg["norm"]))
+    outputs = 1 if labels.binary else len(labels.classes)
+    model = MeanTeacher(CellClassifier(counts.n_vars, outputs, model_cfg["n_hidden"], model_cfg["dropout"],
+                                       model_cfg["norm"]))
     parent, extra = None, {}
     init_from = request.options.get("init_from")
     if init_from and not request.resume:
@@ -158,9 +179,15 @@ def finetune(request: PhaseRequest) -> Path | None:
     if labels.classes != parent.categories["classes"]:
         raise UserError(f"{path}: labels differ from stage 1's ({', '.join(parent.categories['classes'])})")
     validation = np.asarray(parent.results["validation"], dtype=np.int64)
-    labelled = labelled_cells(labels, validation, fraction, parent.seed, str(path))
-    if not np.isin(parent.results["labelled"], labelled).all():
-        raise UserError(f"{path}: the labels changed since stage 1 (its labelled cells are not all labelled now)")
+    before_cells = np.asarray(parent.results["labelled"], dtype=np.int64)
+    if (labels.codes[before_cells] < 0).any() or (labels.codes[validation] < 0).any():
+        raise UserError(f"{path}: cells stage 1 used as labelled or validation cells have lost their label")
+    labelled = labelled_cells(labels, validation, fraction, parent.seed, str(path), base=before_cells)
+    stage1_objective = {f"{s}.{k}": v for s in ("mean_teacher", "collapse") for k, v in stage1[s].items()}
+    changed = [f"{k} = {config[k.split('.')[0]][k.split('.')[1]]} (stage 1: {v})"
+               for k, v in stage1_objective.items() if config[k.split(".")[0]][k.split(".")[1]] != v]
+    if changed:
+        request.log(f"stage 2 differs from stage 1 in: {'; '.join(changed)}")
     phase.check_resume_data(counts.fingerprint())
     phase.engine.launch()
     seed = config["training"]["seed"]

@@ -29,14 +29,16 @@ from stagekit.train.metrics import binary_scores, class_shares
 
 @dataclass
 class Labels:
-    """Targets of every cell (-1: unlabelled) and the class names; binary tasks are [rest, positive]."""
+    """Targets of every cell (-1: unlabelled) and the class names; a binary task (one class against the rest,
+    one sigmoid output) is [not positive, positive]."""
 
     codes: np.ndarray
     classes: list[str]
+    positive_class: str = ""
 
     @property
     def binary(self) -> bool:
-        return len(self.classes) == 2
+        return bool(self.positive_class)
 
 
 def read_labels(counts: CountMatrix, label_key: str, positive_class: str) -> Labels:
@@ -62,7 +64,7 @@ def read_labels(counts: CountMatrix, label_key: str, positive_class: str) -> Lab
                             "at least two")
         codes = np.searchsorted(names, values)
         classes = names
-    return Labels(np.where(present, codes, -1).astype(np.int64), classes)
+    return Labels(np.where(present, codes, -1).astype(np.int64), classes, positive_class)
 
 
 def validation_cells(labels: Labels, val_fraction: float, seed: int) -> np.ndarray:
@@ -76,25 +78,40 @@ def validation_cells(labels: Labels, val_fraction: float, seed: int) -> np.ndarr
     return np.sort(np.concatenate(picked)).astype(np.int64)
 
 
-def labelled_cells(labels: Labels, validation: np.ndarray, fraction: float, seed: int, where: str) -> np.ndarray:
-    """`fraction` of each class's labelled cells (validation excluded), by a seeded order per class, so a larger
-    fraction with the same seed contains a smaller one (stage 2's labelled cells contain stage 1's)."""
+def labelled_cells(labels: Labels, validation: np.ndarray, fraction: float, seed: int, where: str,
+                   base: np.ndarray | None = None) -> np.ndarray:
+    """`fraction` of each class's labelled cells (validation excluded, at least one), in a seeded order per class.
+    `base` (stage 1's cells) is kept and topped up from the others, so stage 2's set contains stage 1's even when
+    cells were labelled in between."""
     if not 0 < fraction <= 1:
         raise UserError(f"data.labelled_fraction must be in (0, 1]; got {fraction}")
     held_out = np.zeros(len(labels.codes), bool)
     held_out[validation] = True
+    kept = np.zeros(len(labels.codes), bool)
+    if base is not None:
+        kept[base] = True
     picked = []
     for c, name in enumerate(labels.classes):
         pool = np.flatnonzero((labels.codes == c) & ~held_out)
-        n = int(round(fraction * len(pool)))
+        n = int(np.floor(fraction * len(pool) + 0.5))
         if n == 0:
-            needed = 0.5 / max(len(pool), 1)
+            if not len(pool):
+                raise UserError(f"{where}: class '{name}' has no labelled cell outside the validation cells; label "
+                                "more cells or lower training.val_fraction")
+            needed = _round_up(0.5 / len(pool))
             raise UserError(f"{where}: class '{name}' gets no labelled cell at data.labelled_fraction {fraction} "
-                            f"({len(pool)} labelled cells outside validation); raise it to at least "
-                            f"{needed:.2g}" if len(pool) else f"{where}: class '{name}' has no labelled cell "
-                            "outside the validation cells; label more cells or lower training.val_fraction")
-        picked.append(np.random.default_rng([seed, 13, c]).permutation(pool)[:n])
+                            f"({len(pool)} labelled cells outside validation; each class needs at least one): "
+                            f"raise it to {needed} or more")
+        order = np.random.default_rng([seed, 13, c]).permutation(pool)
+        old = order[kept[order]]
+        picked.append(np.concatenate([old, order[~kept[order]][: max(n - len(old), 0)]]))
     return np.sort(np.concatenate(picked)).astype(np.int64)
+
+
+def _round_up(value: float) -> float:
+    """Up to two significant digits, rounding up (a suggested fraction must be enough)."""
+    digits = 1 - int(np.floor(np.log10(value)))
+    return float(np.ceil(value * 10**digits) / 10**digits)
 
 
 class MeanTeacherTask(Task):
@@ -102,7 +119,7 @@ class MeanTeacherTask(Task):
 
     def __init__(self, model: MeanTeacher, counts: CountMatrix, labels: Labels, train_rows: np.ndarray,
                  labelled: np.ndarray, validation: np.ndarray, cfg: dict, collapse: dict, batch_size: int,
-                 seed: int, ema_updates: int = 0) -> None:
+                 seed: int, ema_updates: int = 0, trained: bool = False) -> None:
         self.model, self.counts, self.labels = model, counts, labels
         self.train_rows, self.labelled, self.validation = train_rows, labelled, validation
         self.batch_size, self.seed = batch_size, seed
@@ -132,7 +149,9 @@ class MeanTeacherTask(Task):
         watched = np.concatenate([validation, unlabelled])
         rng = np.random.default_rng([seed, 17])
         self.watched = np.sort(rng.choice(watched, min(self.sample_size, len(watched)), replace=False))
-        self.last_mean_probability = float("nan")
+        # the drift rule compares epoch ends; a model that starts trained (stage 2) is compared with its start too,
+        # while an untrained one's first epoch is not (its predictions move from noise to the data)
+        self.trained, self.last_mean_probability = trained, float("nan")
 
     # --- the engine's interface --------------------------------------------------------------------------------
     def freeze_plan(self) -> FreezePlan:
@@ -142,11 +161,10 @@ class MeanTeacherTask(Task):
         points = ("epoch", "step") if self.every_steps else ("epoch",)
         hint = ("the classifier is collapsing onto one class; lower training.lr, train in two stages (pretrain at "
                 "fewer labels, then finetune with a lower lr and warm-up), or loosen collapse.*")
+        guards = [Guard("largest_class_share", maximum=self.max_share, at=points, hint=hint)]
         if self.labels.binary:
-            guards = [Guard("pred_positive_fraction", minimum=self.min_fraction * self.prior, at=points, hint=hint),
-                      Guard("mean_probability_drift", maximum=self.max_drift, at=points, hint=hint)]
-        else:
-            guards = [Guard("largest_class_share", maximum=self.max_share, at=points, hint=hint)]
+            guards += [Guard("pred_positive_fraction", minimum=self.min_fraction * self.prior, at=points, hint=hint),
+                       Guard("mean_probability_drift", maximum=self.max_drift, at=points, hint=hint)]
         return [self.ema, *guards]
 
     def train_plan(self, epoch: int, rank: int, world: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -205,7 +223,8 @@ class MeanTeacherTask(Task):
         target = outputs["target"].astype(np.int64)
         metrics = {}
         for prefix, key in (("", "probability"), ("student_", "student_probability")):
-            metrics |= {f"{prefix}{k}": v for k, v in classification_scores(outputs[key], target).items()}
+            scores = classification_scores(outputs[key], target, self.labels.binary)
+            metrics |= {f"{prefix}{k}": v for k, v in scores.items()}
         return metrics
 
     # --- collapse watch ----------------------------------------------------------------------------------------
@@ -222,14 +241,23 @@ class MeanTeacherTask(Task):
         return np.concatenate(out)
 
     def collapse_stats(self) -> dict[str, float]:
-        """What the collapse guards watch, from the student's predictions of validation and unlabelled cells."""
+        """What the collapse guards watch, from the student's predictions of validation and unlabelled cells: the
+        share of predictions of each class and the largest; binary: the predicted positive fraction, the mean
+        probability of the positive class and its move since the last epoch end."""
         p = self.predictions(self.watched)
-        if not self.labels.binary:
-            return {"largest_class_share": class_shares(p.argmax(1), p.shape[1])["largest_share"]}
-        mean = float(p[:, 1].mean())
-        drift = abs(mean - self.last_mean_probability) if np.isfinite(self.last_mean_probability) else 0.0
-        return {"pred_positive_fraction": float((p[:, 1] >= 0.5).mean()), "watched_mean_probability": mean,
-                "mean_probability_drift": drift}
+        shares = class_shares(p.argmax(1), p.shape[1])
+        stats = {f"share_{_safe(name)}": shares[f"share_{c}"] for c, name in enumerate(self.labels.classes)}
+        stats["largest_class_share"] = shares["largest_share"]
+        if self.labels.binary:
+            mean = float(p[:, 1].mean())
+            drift = abs(mean - self.last_mean_probability) if np.isfinite(self.last_mean_probability) else 0.0
+            stats |= {"pred_positive_fraction": float((p[:, 1] >= 0.5).mean()), "watched_mean_probability": mean,
+                      "mean_probability_drift": drift}
+        return stats
+
+    def on_fit_start(self, model: torch.nn.Module) -> None:
+        if self.trained and self.labels.binary and not np.isfinite(self.last_mean_probability):
+            self.last_mean_probability = self.collapse_stats()["watched_mean_probability"]
 
     def after_optimizer_step(self, model: torch.nn.Module, ctx: StepContext, values: dict[str, float]) -> None:
         if self.every_steps and (ctx.global_step + 1) % self.every_steps == 0:
@@ -248,13 +276,18 @@ class MeanTeacherTask(Task):
             self.last_mean_probability = float(state["last_mean_probability"])
 
 
-def classification_scores(probability: np.ndarray, target: np.ndarray) -> dict[str, float]:
+def _safe(name: str) -> str:
+    """A class name as part of a history key (an HDF5 dataset name)."""
+    return "".join(ch if ch.isalnum() else "_" for ch in name)
+
+
+def classification_scores(probability: np.ndarray, target: np.ndarray, binary: bool) -> dict[str, float]:
     """Binary: F1, precision, recall, AUROC, predicted-positive share, mean probability of the positive class;
     multi-class: macro-F1 ("f1"), accuracy and the largest predicted share."""
     from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score
 
     predicted = probability.argmax(1)
-    if probability.shape[1] == 2:
+    if binary:
         scores = binary_scores(probability[:, 1], target)
         return scores | {"precision": float(precision_score(target, predicted, zero_division=0.0)),
                          "recall": float(recall_score(target, predicted, zero_division=0.0))}
