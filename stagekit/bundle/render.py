@@ -78,7 +78,7 @@ def render(bundle: Bundle, console: Console) -> None:
         parts.append(metrics)
 
     if bundle.top_k:
-        kept = Table(title=f"kept states by {bundle.top_k[0]['metric']} (best first; the weights are top1)")
+        kept = Table(title=f"best states by {bundle.top_k[0]['metric']}")
         for column in ("name", "epoch", "value"):
             kept.add_column(column, justify="left" if column == "name" else "right")
         for state in bundle.top_k:
