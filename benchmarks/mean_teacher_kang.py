@@ -7,9 +7,10 @@ does not flatter the figures. Runs:
   multi-class, 1 % and 10 % labels: two-stage Mean Teacher (1 % -> 10 %), Mean Teacher from scratch, the same MLP
   without the teacher (consistency weight 0; the student is scored), logistic regression on PCA-50;
   binary "CD14+ Monocytes vs rest": (a) from scratch at 10 % with stage-1 settings, (b) stage 1 at 1 %,
-  (c) two-stage 1 % -> 10 %, (d) the baselines; and (a) at lr 1e-2 to show the collapse guard.
+  (c) two-stage 1 % -> 10 %, (d) the baselines; and (a) at the seed's lr 1e-4 and at 1e-2 and 1e-1, where the
+  collapse guard may fire.
 
-    python benchmarks/mean_teacher_kang.py [--seeds 0 1 2] [--epochs 30] [--binary-only|--multi-only]
+    python benchmarks/mean_teacher_kang.py [--seeds 0 1 2] [--epochs 30] [--binary-only|--multi-only] [--only TEXT]
 """
 
 from __future__ import annotations
@@ -64,10 +65,11 @@ def test_scores(bundle: Path, data: Path, positive: str, student: bool = False) 
         y = truth == positive
         p = probs[:, 1]
         predicted = p >= 0.5
-        return {"f1": f1_score(y, predicted), "precision": precision_score(y, predicted, zero_division=0),
-                "recall": recall_score(y, predicted), "auroc": roc_auc_score(y, p), "mean_probability": p.mean()}
+        scores = {"f1": f1_score(y, predicted), "precision": precision_score(y, predicted, zero_division=0),
+                  "recall": recall_score(y, predicted), "auroc": roc_auc_score(y, p), "mean_probability": p.mean()}
+        return {k: float(v) for k, v in scores.items()}
     classes = list(b.categories["classes"])
-    return {"macro_f1": f1_score(np.searchsorted(classes, truth), probs.argmax(1), average="macro")}
+    return {"macro_f1": float(f1_score(np.searchsorted(classes, truth), probs.argmax(1), average="macro"))}
 
 
 def baselines(data: Path, bundle: Path, positive: str, seed: int) -> dict[str, dict[str, float]]:
@@ -95,11 +97,12 @@ def baselines(data: Path, bundle: Path, positive: str, seed: int) -> dict[str, d
     if positive:
         p = model.predict_proba(z[hidden])[:, 1]
         predicted = p >= 0.5
-        return {"logreg_pca50": {"f1": f1_score(y[hidden], predicted),
-                                 "precision": precision_score(y[hidden], predicted, zero_division=0),
-                                 "recall": recall_score(y[hidden], predicted), "auroc": roc_auc_score(y[hidden], p),
-                                 "mean_probability": p.mean()}}
-    return {"logreg_pca50": {"macro_f1": f1_score(y[hidden], model.predict(z[hidden]), average="macro")}}
+        scores = {"f1": f1_score(y[hidden], predicted), "precision": precision_score(y[hidden], predicted,
+                                                                                     zero_division=0),
+                  "recall": recall_score(y[hidden], predicted), "auroc": roc_auc_score(y[hidden], p),
+                  "mean_probability": p.mean()}
+        return {"logreg_pca50": {k: float(v) for k, v in scores.items()}}
+    return {"logreg_pca50": {"macro_f1": float(f1_score(y[hidden], model.predict(z[hidden]), average="macro"))}}
 
 
 def guard_history(bundle: Path) -> dict:
@@ -110,7 +113,7 @@ def guard_history(bundle: Path) -> dict:
     return {k: [round(v, 3) for v in h[k]] for k in keep if k in h}
 
 
-def task(positive: str, seeds: list[int], epochs: int, folder: Path) -> dict:
+def task(positive: str, seeds: list[int], epochs: int, folder: Path, only: str = "") -> dict:
     common = [("data.label_key", LABELS), ("data.positive_class", positive), ("training.epochs", epochs)]
     rows: dict[str, list[dict]] = {}
     for seed in seeds:
@@ -128,11 +131,14 @@ def task(positive: str, seeds: list[int], epochs: int, folder: Path) -> dict:
         if positive:  # the seed's stage-1 lr, and a deliberately high one
             runs["from scratch (10 %), lr 1e-4"] = ("pretrain", common + s + [("data.labelled_fraction", 0.1),
                                                                               ("training.lr", 1e-4)], None)
-            runs["from scratch (10 %), lr 1e-2"] = ("pretrain", common + s + [("data.labelled_fraction", 0.1),
-                                                                              ("training.lr", 1e-2)], None)
+            for lr in (1e-2, 1e-1):
+                runs[f"from scratch (10 %), lr {lr:.0e}"] = ("pretrain", common + s + [
+                    ("data.labelled_fraction", 0.1), ("training.lr", lr)], None)
         paths: dict[str, Path] = {}
         for i, (name, (stage, overrides, parent)) in enumerate(runs.items()):
             paths[name] = out = folder / f"{positive or 'multi'}_{seed}_{i}.stk"
+            if only and only not in name and name != parent_of(runs, only):
+                continue
             status, message = run(stage, DATA, out, overrides, paths[parent] if parent else None)
             row = {"seed": seed, "status": status}
             if status == "complete":  # the MLP without a teacher is scored as itself, the student
@@ -142,13 +148,18 @@ def task(positive: str, seeds: list[int], epochs: int, folder: Path) -> dict:
             rows.setdefault(name, []).append(row)
             print(json.dumps({"task": positive or "multi-class", "run": name} | row), flush=True)
         for fraction, source in ((0.01, paths[stage1]), (0.1, paths["MLP without teacher (10 %)"])):
-            if source.exists():
+            if source.exists() and not only:
                 for name, scores in baselines(DATA, source, positive, seed).items():
                     row = {"seed": seed} | scores
                     rows.setdefault(f"{name} ({fraction:.0%})", []).append(row)
                     print(json.dumps({"task": positive or "multi-class", "run": f"{name} ({fraction:.0%})"} | row),
                           flush=True)
     return rows
+
+
+def parent_of(runs: dict, only: str) -> str:
+    """The stage-1 run a selected stage-2 run needs."""
+    return next((parent for name, (_, _, parent) in runs.items() if only in name and parent), "")
 
 
 def summarise(rows: dict, metric: str) -> None:
@@ -167,12 +178,13 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--binary-only", action="store_true")
     parser.add_argument("--multi-only", action="store_true")
+    parser.add_argument("--only", default="", help="run only the runs whose name contains this (and their stage 1)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         if not args.binary_only:
-            summarise(task("", args.seeds, args.epochs, Path(tmp)), "macro_f1")
+            summarise(task("", args.seeds, args.epochs, Path(tmp), args.only), "macro_f1")
         if not args.multi_only:
-            binary = task(POSITIVE, args.seeds, args.epochs, Path(tmp))
+            binary = task(POSITIVE, args.seeds, args.epochs, Path(tmp), args.only)
             for metric in ("f1", "precision", "recall", "auroc", "mean_probability"):
                 summarise(binary, metric)
 
