@@ -1,0 +1,42 @@
+"""Cell sets on the real IFN-beta stimulation data (Kang: ctrl/stim x 5 cell types): controls are paired within
+context and batch, sets change every epoch and repeat for the same seed and epoch, small groups are flagged."""
+
+import numpy as np
+
+from stagekit.data.anndata_io import category_codes, load_counts
+from stagekit.data.cell_sets import epoch_sets, group_cells
+from tests.conftest import shared_file
+
+
+def test_sets_pair_controls_within_context_and_batch_and_change_every_epoch():
+    counts = load_counts(shared_file("kang2018_muscat_example_sce.h5ad"))
+    pert, perts = category_codes(counts.obs, "group_id")
+    context, _ = category_codes(counts.obs, "cluster_id")
+    counts.obs["donor"] = counts.obs["sample_id"].astype(str).str[-3:]  # ctrl101 / stim101: donor 101
+    batch, _ = category_codes(counts.obs, "donor")
+    control = perts.index("ctrl")
+    rows = np.arange(counts.n_obs)
+    groups = group_cells(pert, context, batch, control, rows, set_len=32)
+    assert len(groups.groups) == len(set(context[pert != control].tolist()))  # one stimulated group per type
+    steps = epoch_sets(groups, 32, 4, seed=0, epoch=0)
+    sets = [s for step in steps for s in step]
+    assert len(sets) == len(groups.groups) and all(len(step) <= 4 for step in steps)
+    for s in sets:
+        assert (pert[s.perturbed] == s.pert).all() and (context[s.perturbed] == s.context).all()
+        assert (pert[s.controls] == control).all() and (context[s.controls] == s.context).all()
+        assert (batch[s.controls] == batch[s.perturbed]).all()  # paired within batch
+    again = [s for step in epoch_sets(groups, 32, 4, seed=0, epoch=0) for s in step]
+    later = [s for step in epoch_sets(groups, 32, 4, seed=0, epoch=1) for s in step]
+    assert all(np.array_equal(a.perturbed, b.perturbed) for a, b in zip(sets, again, strict=True))
+    assert not all(np.array_equal(a.perturbed, b.perturbed) for a, b in zip(sets, later, strict=True))
+    x = counts.rows_in_order(np.concatenate([s.perturbed for s in steps[0]]))  # one bulk read a step
+    assert x.shape == (32 * len(steps[0]), counts.n_vars)
+
+
+def test_small_groups_are_drawn_with_replacement_and_flagged():
+    pert = np.array([0] * 10 + [1] * 3 + [2] * 40)
+    context = np.zeros(len(pert), np.int64)
+    groups = group_cells(pert, context, None, control=0, rows=np.arange(len(pert)), set_len=8)
+    assert groups.short == [(1, 0)]
+    (small,) = [s for step in epoch_sets(groups, 8, 2, 0, 0) for s in step if s.pert == 1]
+    assert len(small.perturbed) == 8 and set(small.perturbed) <= {10, 11, 12}
