@@ -40,6 +40,23 @@ def check_output(output: Path) -> None:
     ensure_writable_folder(output.parent)  # before training, not after it
 
 
+def bundle_data_path(bundle: Bundle, data_path: Path | None) -> Path:
+    """`data_path`, or the file the bundle was trained on when it still exists."""
+    path = Path(data_path) if data_path else Path(bundle.data.get("path", ""))
+    if data_path is None and not path.is_file():
+        raise UserError(f"{bundle.path} was trained on {path}, which is gone; give the data file explicitly")
+    return path
+
+
+def check_same_genes(var_names: list[str], bundle: Bundle, where: str | Path) -> None:
+    """The data's genes are the bundle's, in the same order (the model reads them by position)."""
+    if var_names != bundle.var_names:
+        missing = [g for g in bundle.var_names if g not in set(var_names)][:3]
+        detail = f"missing e.g. {', '.join(missing)}" if missing else "same genes in another order"
+        raise UserError(f"{where}: genes differ from those {bundle.path} was trained on ({detail}); "
+                        "subset or reorder var to the bundle's genes")
+
+
 def lineage_of(parent: Bundle) -> list[dict]:
     entry = {"sha256": file_sha256(parent.path), "stage": parent.stage, "model": parent.model,
              "path": str(Path(parent.path).resolve()), "created": parent.created}

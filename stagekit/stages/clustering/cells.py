@@ -15,7 +15,8 @@ from stagekit.bundle import Bundle
 from stagekit.data.anndata_io import CountMatrix, read_anndata
 from stagekit.errors import UserError
 from stagekit.losses.clustering import student_t_assignment
-from stagekit.stages.clustering.vae_common import bundle_data_path, embed, load_bundle_data, load_vae, vae_config
+from stagekit.stages.clustering.vae_common import embed, load_bundle_data, load_vae, vae_config
+from stagekit.stages.phase import bundle_data_path
 
 
 @dataclass

@@ -144,7 +144,7 @@ class DECTask(Task):
                                    f"(< tol {self.tol:.4%})")
 
     def epoch_extras(self, epoch: int) -> dict[str, float]:
-        sizes = np.bincount(self.hard, minlength=self.p.shape[1]) / len(self.hard)
+        sizes = self.cluster_sizes() / len(self.hard)
         return {"changed_fraction": self.changed, "target_updates": float(self.updates),
                 "confidence": self.confidence,
                 "largest_cluster": float(sizes.max()), "smallest_cluster": float(sizes.min()),

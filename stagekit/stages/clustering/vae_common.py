@@ -17,6 +17,7 @@ from stagekit.data.pairs import GroupPartners, NeighbourPartners, Partners
 from stagekit.errors import UserError
 from stagekit.models.blocks import device_of
 from stagekit.models.vae import COUNT_LIKELIHOODS, VAE
+from stagekit.stages.phase import bundle_data_path, check_same_genes
 from stagekit.train.state import load_weights
 
 
@@ -52,14 +53,6 @@ def load_vae(bundle: Bundle) -> VAE:
     return model
 
 
-def bundle_data_path(bundle: Bundle, data_path: Path | None) -> Path:
-    """`data_path`, or the file the bundle was trained on when it still exists."""
-    path = Path(data_path) if data_path else Path(bundle.data.get("path", ""))
-    if data_path is None and not path.is_file():
-        raise UserError(f"{bundle.path} was trained on {path}, which is gone; give the data file explicitly")
-    return path
-
-
 def load_bundle_data(bundle: Bundle, data_path: Path | None, obs_keys: tuple[str, ...] = (), adata=None
                      ) -> tuple[CountMatrix, np.ndarray | None]:
     """Cells for a model from `bundle`: its training file unless `data_path` is given; genes must match.
@@ -70,11 +63,7 @@ def load_bundle_data(bundle: Bundle, data_path: Path | None, obs_keys: tuple[str
     likelihood = vae_config(bundle)["model"]["likelihood"]
     counts = load_counts(path, data_cfg["layer"], keys, backed=data_cfg["backed"],
                          require_counts=likelihood in COUNT_LIKELIHOODS, adata=adata)
-    if counts.var_names != bundle.var_names:
-        missing = [g for g in bundle.var_names if g not in set(counts.var_names)][:3]
-        detail = f"missing e.g. {', '.join(missing)}" if missing else "same genes in another order"
-        raise UserError(f"{path}: genes differ from those {bundle.path} was trained on ({detail}); "
-                        "subset or reorder var to the bundle's genes")
+    check_same_genes(counts.var_names, bundle, path)
     batch_codes = None
     if data_cfg["batch_key"]:
         codes, names = category_codes(counts.obs, data_cfg["batch_key"])

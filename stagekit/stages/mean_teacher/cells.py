@@ -17,20 +17,17 @@ from stagekit.errors import UserError
 from stagekit.losses.classification import probabilities
 from stagekit.models.classifier import log_normalise
 from stagekit.stages.mean_teacher.stage import cells_sha256, load_model
+from stagekit.stages.phase import bundle_data_path, check_same_genes
 
 
 def mean_teacher_cells(bundle: Bundle, data: list[Path], species: list[str], log=print):
     if len(data) > 1 or species:
         raise UserError(f"{bundle.path} is a mean-teacher bundle: give at most one data file, no --species")
-    path = data[0] if data else Path(bundle.data.get("path", ""))
-    if not data and not path.is_file():
-        raise UserError(f"{bundle.path} was trained on {path}, which is gone; give the data file explicitly")
+    path = bundle_data_path(bundle, data[0] if data else None)
     config = tomllib.loads(bundle.model_config)
     adata = read_anndata(path)
     counts = load_counts(path, config["data"]["layer"], adata=adata)
-    if counts.var_names != bundle.var_names:
-        raise UserError(f"{path}: genes differ from those {bundle.path} was trained on; subset or reorder var to "
-                        "the bundle's genes")
+    check_same_genes(counts.var_names, bundle, path)
     teacher = load_model(bundle).teacher
     probs, hidden = [], []
     with torch.no_grad():

@@ -17,7 +17,7 @@ from stagekit.data.anndata_io import CountMatrix, load_counts
 from stagekit.errors import UserError
 from stagekit.models.classifier import CellClassifier, MeanTeacher
 from stagekit.stages.mean_teacher.task import Labels, MeanTeacherTask, labelled_cells, read_labels, validation_cells
-from stagekit.stages.phase import PhaseRun, kept_metrics, lineage_of
+from stagekit.stages.phase import PhaseRun, bundle_data_path, check_same_genes, kept_metrics, lineage_of
 from stagekit.stages.registry import PhaseRequest
 from stagekit.train import FitResult
 from stagekit.train.state import load_weights, weights_to_numpy
@@ -55,9 +55,7 @@ def _init_from_vae(model: MeanTeacher, path: Path, counts: CountMatrix, model_cf
     vae = read_bundle(path, ("pretrain",), command="pretrain --preset mean-teacher --init-from")
     if vae.model != "vae":
         raise UserError(f"{path} holds a '{vae.model}' model; --init-from takes a `pretrain --preset vae` bundle")
-    if vae.var_names != counts.var_names:
-        raise UserError(f"{counts.path}: genes differ from those {path} was trained on; subset or reorder var to "
-                        "the VAE's genes")
+    check_same_genes(counts.var_names, vae, counts.path)
     vae_cfg = tomllib.loads(vae.model_config)
     if vae_cfg["data"]["batch_key"] or vae_cfg["model"]["likelihood"] == "gaussian":
         raise UserError(f"{path}: --init-from needs a VAE on counts without a batch covariate (its encoder then "
@@ -165,13 +163,9 @@ def finetune(request: PhaseRequest) -> Path | None:
                         "labels to those stage 1 used")
     phase = PhaseRun(config, request.output, request.resume, request.quiet)
     data_cfg = tomllib.loads(parent.model_config)["data"]
-    path = request.data[0] if request.data else Path(parent.data.get("path", ""))
-    if not request.data and not path.is_file():
-        raise UserError(f"{request.parent} was trained on {path}, which is gone; give the data file")
+    path = bundle_data_path(parent, request.data[0] if request.data else None)
     counts = load_counts(path, data_cfg["layer"])
-    if counts.var_names != parent.var_names:
-        raise UserError(f"{path}: genes differ from those {request.parent} was trained on; subset or reorder var to "
-                        "the bundle's genes")
+    check_same_genes(counts.var_names, parent, path)
     if cells_sha256(counts) != parent.data.get("cells_sha256"):
         raise UserError(f"{path}: not the cells {request.parent} was trained on (stage 2 continues on the same "
                         "cells: its labelled and validation cells are positions in them)")
