@@ -15,7 +15,8 @@ from stagekit.errors import UserError
 def evaluate(
     source: Annotated[Path, typer.Argument(help="a bundle, or an .h5ad written by `stagekit extract`")],
     data: Annotated[Path | None, typer.Argument(help=".h5ad for a bundle; default: its training data")] = None,
-    label_key: Annotated[str | None, typer.Option(help="obs column of the true labels")] = None,
+    label_key: Annotated[str | None, typer.Option(help="obs column of the true labels (not for perturbation "
+                                                         "models)")] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="report folder")] = None,
     umap: Annotated[bool, typer.Option("--umap/--no-umap", help="draw a UMAP of the latent")] = True,
     seed: Annotated[int, typer.Option(help="seed of the silhouette subsample and UMAP")] = 0,
@@ -23,7 +24,7 @@ def evaluate(
     quiet: opt.Quiet = False,
 ) -> None:
     """Score a bundle against labels: clustering ACC/ARI/NMI, silhouette, cluster sizes; across species, label
-    transfer, neighbour agreement and species mixing; plots."""
+    transfer, neighbour agreement and species mixing; perturbation models against baselines; plots."""
     if output is None:
         raise UserError("name the report folder with -o/--output DIR")
     from rich.console import Console
@@ -68,6 +69,28 @@ def evaluate(
                       f"{scores['kmeans_vs_labels']['nmi']:.4f}")
         table.add_row("silhouette of labels", f"{scores['silhouette_labels']:.4f}", "")
         console.print(table)
+    if "perturbation" in report:
+        _perturbation_tables(console, report["perturbation"])
     for plot in report["plots"]:
         console.print(f"wrote {plot}", highlight=False)
     print(json.dumps(report) if json_ else output / "metrics.json")
+
+
+def _perturbation_tables(console, scores: dict) -> None:
+    from rich.table import Table
+
+    from stagekit.stages.perturbation.report import HEADLINE
+
+    n, measurable = len(scores["groups"]), sum(r["measurable"] for r in scores["groups"])
+    for key, title in (("mean", f"held-out groups: mean over {n}"),
+                       ("mean_measurable", f"groups with a measurable effect: mean over {measurable}")):
+        if not scores[key]:
+            continue
+        table = Table(title=f"{title} (energy, mmd: lower is better; pearson, sign: higher; spread ratio: 1)")
+        methods = list(scores[key])
+        table.add_column("metric")
+        for method in methods:
+            table.add_column(f"{method.replace('_', ' ')} ({scores[key][method]['groups']})", justify="right")
+        for metric in HEADLINE:
+            table.add_row(metric.replace("_", " "), *(f"{scores[key][m][metric]:.3f}" for m in methods))
+        console.print(table)

@@ -18,12 +18,15 @@ def extract(
     output: Annotated[Path | None, typer.Option("--output", "-o", help=".h5ad to write")] = None,
     species: Annotated[list[str] | None, typer.Option(
         "--species", help="saturn: the species of each data file, in order")] = None,
+    pert: Annotated[str | None, typer.Option(
+        "--pert", help="transition: predict this perturbation for every cell of DATA (control cells)")] = None,
     quiet: opt.Quiet = False,
 ) -> None:
     """Write per-cell outputs: vae/dec: obsm['X_stagekit'], obs['stagekit_cluster'], soft assignments;
-    saturn: obsm['X_macrogenes'] and obsm['X_pretrain'] for every species."""
+    saturn: obsm['X_macrogenes'] and obsm['X_pretrain'] for every species; transition: predicted and observed cells
+    of every held-out (perturbation, context) group (obs['stagekit_source']), or --pert for new control cells."""
     if output is None:
         raise UserError("name the .h5ad to write with -o/--output PATH.h5ad")
     from stagekit.stages import extract as stage
 
-    print(stage.run(bundle, data or [], output, species, log=opt.stderr_log(quiet)))
+    print(stage.run(bundle, data or [], output, species, log=opt.stderr_log(quiet), pert=pert))

@@ -12,7 +12,15 @@ from stagekit.errors import UserError
 
 DATA_FLAGS = {"backed": "data.backed", "layer": "data.layer", "batch_key": "data.batch_key",
               "label_key": "data.label_key", "species_key": "data.species_key",
-              "labelled_fraction": "data.labelled_fraction", "positive_class": "data.positive_class"}
+              "labelled_fraction": "data.labelled_fraction", "positive_class": "data.positive_class",
+              "pert_key": "data.pert_key", "control": "data.control", "context_key": "data.context_key",
+              "exclude": "data.exclude", "test_fraction": "data.test_fraction",
+              "holdout_contexts": "data.holdout_contexts", "holdout_perts": "data.holdout_perts"}
+
+
+def _names(text: str | None) -> list[str] | None:
+    """"A,B" -> ["A", "B"] (names may hold spaces: "B cells,T cells")."""
+    return None if text is None else [name.strip() for name in text.split(",") if name.strip()]
 
 
 @opt.phase_command()
@@ -39,14 +47,37 @@ def pretrain(
         help="mean-teacher: a binary task, this label against the rest (data.positive_class)")] = None,
     init_from: Annotated[Path | None, typer.Option(
         "--init-from", help="mean-teacher: start the classifier from a `pretrain --preset vae` encoder")] = None,
+    pert_key: Annotated[str | None, typer.Option(
+        help="transition: obs column of the perturbation (data.pert_key)")] = None,
+    control: Annotated[str | None, typer.Option(help="transition: the control label (data.control)")] = None,
+    context_key: Annotated[str | None, typer.Option(
+        help="transition: obs column of the cell type / cell line (data.context_key)")] = None,
+    exclude: Annotated[list[str] | None, typer.Option(
+        "--exclude", help="transition: leave out cells with this perturbation label, e.g. unassigned "
+                          "(data.exclude; repeatable)")] = None,
+    test_fraction: Annotated[float | None, typer.Option(
+        help="transition: held-out cells of every perturbation (data.test_fraction)")] = None,
+    holdout_contexts: Annotated[str | None, typer.Option(
+        help="transition: hold out every perturbed cell of these contexts, A,B (zero-shot)")] = None,
+    holdout_perts: Annotated[str | None, typer.Option(
+        help="transition: hold out these perturbations, A,B (needs --pert-features)")] = None,
+    pert_features: Annotated[Path | None, typer.Option(
+        "--pert-features", help="transition: perturbation name -> feature vector (.h5, .npz, .pt)")] = None,
+    split_toml: Annotated[Path | None, typer.Option(
+        "--split-toml", help="transition: a cell-load data TOML ([zeroshot], [fewshot]) stating the split")] = None,
     *,
     opts: opt.PhaseOptions,
 ) -> None:
-    """Pretrain a model from raw counts or features (presets: vae, autoencoder, saturn, mean-teacher)."""
+    """Pretrain a model from raw counts or features (presets: vae, autoencoder, saturn, mean-teacher,
+    transition)."""
     if not data and not opts.print_config:
         raise UserError("give the .h5ad file to train on")
     flags = {"layer": layer, "batch_key": batch_key, "label_key": label_key, "backed": backed,
-             "species_key": species_key, "labelled_fraction": labelled_fraction, "positive_class": positive_class}
+             "species_key": species_key, "labelled_fraction": labelled_fraction, "positive_class": positive_class,
+             "pert_key": pert_key, "control": control, "context_key": context_key, "exclude": exclude,
+             "test_fraction": test_fraction, "holdout_contexts": _names(holdout_contexts),
+             "holdout_perts": _names(holdout_perts)}
     opt.run_training_phase("pretrain", opts, data=data, flags=flags, mapping=DATA_FLAGS,
                            options={"protein_emb": protein_emb, "species": species,
-                                    "macrogenes_from": macrogenes_from, "init_from": init_from})
+                                    "macrogenes_from": macrogenes_from, "init_from": init_from,
+                                    "pert_features": pert_features, "split_toml": split_toml})

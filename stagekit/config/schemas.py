@@ -180,6 +180,48 @@ COLLAPSE = {
                        minimum=1),
 }
 
+TRANSITION_DATA = {
+    "layer": Key("str", "", "layer holding raw counts; empty means X"),
+    "pert_key": Key("str", "", "obs column of the perturbation (required)"),
+    "control": Key("str", "", "the control label in pert_key (required)"),
+    "context_key": Key("str", "", "obs column of the context (cell type, cell line); empty: one context"),
+    "batch_key": Key("str", "", "obs column of batches; controls are paired within context and batch"),
+    "exclude": Key("list[str]", [], "perturbation labels whose cells are left out (e.g. unassigned)"),
+    "n_genes": Key("int", 2000, "highly variable genes (seurat_v3 on the training cells' counts): the gene space",
+                   minimum=1),
+    "n_components": Key("int", 50, "principal components of the log-normalised genes the model works in (fitted on "
+                        "the training cells); 0: the log-normalised genes themselves", minimum=0),
+    "test_fraction": Key("float", 0.2, "held-out cells of every perturbation and of the controls, per context",
+                         minimum=0, maximum=0.9),
+    "holdout_contexts": Key("list[str]", [], "contexts whose perturbed cells are all held out (zero-shot)"),
+    "holdout_perts": Key("list[str]", [], "perturbations whose cells are all held out (needs perturbation "
+                         "features)"),
+}
+
+TRANSITION_MODEL = {
+    "hidden": Key("int", 128, "width of the encoders and the transformer", minimum=1),
+    "n_layers": Key("int", 4, "transformer blocks over each cell set", minimum=1),
+    "n_heads": Key("int", 4, "attention heads (must divide hidden)", minimum=1),
+    "dropout": Key("float", 0.1, "dropout in the encoders and blocks", minimum=0, maximum=0.9),
+    "predict_residual": Key("bool", True, "predict the change from each control cell (add the basal input)"),
+}
+
+TRANSITION_LOSS = {
+    "kind": Key("str", "energy", "distance between predicted and observed sets: energy or sinkhorn (geomloss), "
+                "or mse (cell by cell)", choices=("energy", "sinkhorn", "mse")),
+    "decoder_weight": Key("float", 0.1, "weight of the same distance in gene space through a gene decoder "
+                          "(embedding -> genes); 0: no decoder. Needs data.n_components > 0", minimum=0),
+    "blur": Key("float", 0.05, "sinkhorn: the entropic blur (length scale) of the divergence", minimum=1e-6),
+}
+
+CELL_SETS = {
+    "cell_set_len": Key("int", 32, "cells per set (perturbed cells and as many paired controls)", minimum=2),
+}
+
+TRANSITION_TRAINING = TRAINING | {
+    "batch_size": Key("int", 16, "cell sets per optimizer step (summed over all processes)", minimum=1),
+}
+
 SCHEMAS: dict[tuple[str, str], Schema] = {
     ("pretrain", "vae"): {"data": COUNT_DATA, "model": VAE_MODEL, "contrastive": CONTRASTIVE, "training": TRAINING,
                           "runtime": RUNTIME},
@@ -198,6 +240,8 @@ SCHEMAS: dict[tuple[str, str], Schema] = {
                                    "collapse": COLLAPSE,
                                    "training": {k: v for k, v in TRAINING.items() if k != "val_fraction"},
                                    "runtime": RUNTIME},
+    ("pretrain", "transition"): {"data": TRANSITION_DATA, "model": TRANSITION_MODEL, "loss": TRANSITION_LOSS,
+                                 "sets": CELL_SETS, "training": TRANSITION_TRAINING, "runtime": RUNTIME},
     # DEC clusters every cell: no validation split, so no val_fraction key that would be ignored
     ("finetune", "dec"): {"dec": DEC, "training": {k: v for k, v in TRAINING.items() if k != "val_fraction"},
                           "runtime": RUNTIME},

@@ -1,8 +1,10 @@
-"""Cell sets for perturbation models: each step takes, per (perturbation, context) group, a set of perturbed cells
-and a set of control cells paired with them within the same context and batch.
+"""Cell sets for perturbation models: each step takes sets of perturbed cells of one (perturbation, context) group,
+each cell paired with a control cell of the same context and batch.
 
-Sets are drawn anew every epoch from a seed and the epoch (unlike a sampler that fixes them once per run), and a
-step is a list of row indices, so batches are read from the count matrix in bulk and resume can replay a step.
+Sets are drawn anew every epoch from a seed and the epoch (unlike a sampler that fixes them once per run): an
+epoch covers every group's cells about once (a group of n cells gives round(n / set_len) sets, at least one), so
+large groups weigh as much as their cells do. A step is a list of row indices, so batches are read in bulk and
+resume can replay a step.
 """
 
 from __future__ import annotations
@@ -30,47 +32,62 @@ class CellGroups:
     batch: np.ndarray
     short: list[tuple[int, int]] = field(default_factory=list)
 
+    def context_controls(self, context: int) -> np.ndarray:
+        return np.concatenate([v for (c, _), v in self.controls.items() if c == context])
+
 
 def group_cells(pert: np.ndarray, context: np.ndarray, batch: np.ndarray | None, control: int,
-                rows: np.ndarray, set_len: int) -> CellGroups:
+                rows: np.ndarray, set_len: int, control_sets: bool = False,
+                control_rows: np.ndarray | None = None) -> CellGroups:
     """Groups among `rows` (e.g. the training cells). `pert`, `context`, `batch` are integer codes of every cell;
-    `control` is the code of the control perturbation. A perturbed group whose context has no control cells is
-    left out (nothing to pair it with)."""
+    `control` is the code of the control perturbation. Controls are paired from `control_rows` (default: the
+    controls among `rows`). A perturbed group whose context has no control cells is left out (nothing to pair it
+    with). `control_sets` adds a group of the controls of each context, to be mapped to themselves (the model
+    learns that no perturbation means no change)."""
     batch = np.zeros(len(pert), np.int64) if batch is None else batch
-    is_control = pert[rows] == control
+    pool = rows[pert[rows] == control] if control_rows is None else control_rows
     controls: dict[tuple[int, int], np.ndarray] = {}
-    for c, b in set(zip(context[rows][is_control].tolist(), batch[rows][is_control].tolist(), strict=True)):
-        controls[(c, b)] = rows[is_control & (context[rows] == c) & (batch[rows] == b)]
+    for c, b in sorted(set(zip(context[pool].tolist(), batch[pool].tolist(), strict=True))):
+        controls[(c, b)] = pool[(context[pool] == c) & (batch[pool] == b)]
     contexts_with_controls = {c for c, _ in controls}
-    perturbed = rows[~is_control]
+    members_of = rows if control_sets else rows[pert[rows] != control]
     groups, short = [], []
-    for p, c in sorted(set(zip(pert[perturbed].tolist(), context[perturbed].tolist(), strict=True))):
+    for p, c in sorted(set(zip(pert[members_of].tolist(), context[members_of].tolist(), strict=True))):
         if c not in contexts_with_controls:
             continue
-        members = perturbed[(pert[perturbed] == p) & (context[perturbed] == c)]
+        members = members_of[(pert[members_of] == p) & (context[members_of] == c)]
         groups.append((p, c, members))
         if len(members) < set_len:
             short.append((p, c))
     return CellGroups(groups, controls, batch, short)
 
 
+def group_sets(groups: CellGroups, g: int, set_len: int, rng: np.random.Generator, every_cell: bool = False
+               ) -> list[CellSet]:
+    """One pass over group `g`: its cells in a random order cut into round(n / set_len) sets (topped up with
+    random members of the group, or drawn with replacement when it is smaller than a set), each cell paired with a
+    control of its context and batch (any batch of the context when that batch has no controls). `every_cell`:
+    ceil(n / set_len) sets, so the first n cells of the sets are the group's n cells (the rest is the top-up)."""
+    p, c, members = groups.groups[g]
+    n_sets = max(1, int(np.ceil(len(members) / set_len) if every_cell else round(len(members) / set_len)))
+    order = rng.permutation(members)[: n_sets * set_len]
+    if len(order) < n_sets * set_len:
+        order = np.concatenate([order, rng.choice(members, n_sets * set_len - len(order), replace=True)])
+    controls = np.empty(len(order), np.int64)
+    batches = groups.batch[order]
+    for b in np.unique(batches):
+        pool = groups.controls.get((c, int(b)))
+        if pool is None:
+            pool = groups.context_controls(c)
+        where = batches == b
+        controls[where] = rng.choice(pool, int(where.sum()), replace=True)
+    return [CellSet(p, c, order[i:i + set_len].astype(np.int64), controls[i:i + set_len])
+            for i in range(0, len(order), set_len)]
+
+
 def epoch_sets(groups: CellGroups, set_len: int, sets_per_step: int, seed: int, epoch: int) -> list[list[CellSet]]:
-    """Every group once per epoch, in a seeded order, `sets_per_step` sets a step. Each set draws `set_len`
-    perturbed cells of its group (with replacement only when the group is smaller) and pairs every one with a
-    control cell of the same context and batch (any batch of the context when that batch has no controls)."""
+    """The sets of one epoch (every group's cells about once), shuffled across groups, `sets_per_step` a step."""
     rng = np.random.default_rng([seed, epoch, 23])
-    order = rng.permutation(len(groups.groups))
-    sets = []
-    for g in order:
-        p, c, members = groups.groups[g]
-        perturbed = rng.choice(members, set_len, replace=len(members) < set_len)
-        controls = np.empty(set_len, np.int64)
-        batches = groups.batch[perturbed]
-        for b in np.unique(batches):
-            pool = groups.controls.get((c, int(b)))
-            if pool is None:  # no control of this batch in the context: any of the context's
-                pool = np.concatenate([v for (cc, _), v in groups.controls.items() if cc == c])
-            where = batches == b
-            controls[where] = rng.choice(pool, int(where.sum()), replace=True)
-        sets.append(CellSet(p, c, np.asarray(perturbed, np.int64), controls))
+    sets = [s for g in range(len(groups.groups)) for s in group_sets(groups, g, set_len, rng)]
+    sets = [sets[i] for i in rng.permutation(len(sets))]
     return [sets[i:i + sets_per_step] for i in range(0, len(sets), sets_per_step)]

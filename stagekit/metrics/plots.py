@@ -81,3 +81,20 @@ def plot_history(histories: list[tuple[str, dict[str, list[float]]]], path: Path
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_delta_scatter(panels: list[tuple[str, np.ndarray, np.ndarray]], path: Path) -> Path:
+    """Predicted vs observed change from control per gene, one panel per (title, observed, predicted)."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, max(len(panels), 1), figsize=(3.6 * max(len(panels), 1), 3.6),
+                             constrained_layout=True, squeeze=False)
+    for ax, (title, observed, predicted) in zip(axes[0], panels, strict=False):
+        ax.scatter(observed, predicted, s=3, alpha=0.6, rasterized=True)
+        low, high = float(min(observed.min(), predicted.min())), float(max(observed.max(), predicted.max()))
+        ax.plot([low, high], [low, high], lw=0.8, color="grey")
+        r = np.corrcoef(observed, predicted)[0, 1] if observed.std() and predicted.std() else 0.0
+        ax.set(title=f"{title}\nr = {r:.2f}", xlabel="observed delta", ylabel="predicted delta")
+        ax.title.set_fontsize(8)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -125,12 +125,58 @@ def integration_report(found: EvalInput, seed: int = 0) -> dict:
             "silhouette_labels": internal_scores(z, labels, seed=seed)["silhouette"]}
 
 
+def _perturbation_run(adata, source: Path, output_dir: Path, umap: bool, seed: int,
+                      history: dict | None = None) -> dict:
+    """A transition model's predictions against the observed held-out cells and the baselines."""
+    from stagekit.stages.perturbation.report import perturbation_report, plot_report
+
+    scores, groups = perturbation_report(adata, seed)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    report = {"source": str(source), "perturbation": scores,
+              "plots": plot_report(groups, scores, output_dir, umap, seed)}
+    if history and history.get("train_loss"):
+        report["plots"].append(str(plots.plot_history([("pretrain", history)], output_dir / "loss_curves.png")))
+    with atomic_output(output_dir / "metrics.json") as tmp:
+        tmp.write_text(json.dumps(report, indent=2))
+    return report
+
+
+def _transition_source(source: Path, data: Path | None):
+    """(AnnData of predictions, training history) when `source` is a transition bundle or its extract."""
+    if source.suffix == ".h5ad":
+        import h5py
+
+        try:
+            with h5py.File(source, "r") as f:
+                predicted = "obs" in f and "stagekit_source" in f["obs"]
+        except OSError:
+            return None
+        if not predicted:
+            return None
+        import anndata
+
+        return anndata.read_h5ad(source), None
+    bundle = read_bundle(source, weights=False, results=False)
+    if bundle.model != "transition":
+        return None
+    from stagekit.stages.registry import cells_of
+
+    bundle = read_bundle(source)
+    adata, extra = cells_of(bundle, [data] if data else [], [], log=lambda m: None)
+    adata.uns["stagekit"] = extra
+    return adata, bundle.history
+
+
 def run(source: Path, output_dir: Path, label_key: str | None = None, data: Path | None = None,
         umap: bool = True, seed: int = 0) -> dict:
     if not source.exists():
         raise UserError(f"{source} does not exist")
     if output_dir.exists() and not output_dir.is_dir():
         raise UserError(f"report folder {output_dir} is a file; give a folder path")
+    transition = _transition_source(source, data)
+    if transition is not None:
+        adata, history = transition
+        return _perturbation_run(adata, source, output_dir, umap, seed, history)
     is_h5ad = source.suffix == ".h5ad"
     found = _from_h5ad(source, label_key) if is_h5ad else _from_bundle(source, data, label_key)
     latent, clusters, labels, label_key, lineage = (found.latent, found.clusters, found.labels, found.label_key,

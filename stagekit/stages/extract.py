@@ -11,11 +11,12 @@ from stagekit.errors import UserError
 from stagekit.stages.registry import cells_of
 
 
-def run(bundle_path: Path, data: list[Path], output: Path, species: list[str] | None = None, log=print) -> Path:
+def run(bundle_path: Path, data: list[Path], output: Path, species: list[str] | None = None, log=print,
+        pert: str | None = None) -> Path:
     if output.suffix != ".h5ad":
         raise UserError(f"output {output} should end in .h5ad")
     bundle = read_bundle(bundle_path, command="extract")
-    adata, extra = cells_of(bundle, data, species, log)
+    adata, extra = cells_of(bundle, data, species, log, pert)
     adata.uns["stagekit"] = {"bundle": str(Path(bundle_path).resolve()), "bundle_sha256": file_sha256(bundle_path),
                              "stage": bundle.stage, "model": bundle.model, "lineage": json.dumps(bundle.lineage),
                              "config": bundle.config_toml} | extra

@@ -43,6 +43,7 @@ _CROSS_SPECIES = "stagekit.stages.cross_species"
 _SATURN_CELLS = f"{_CROSS_SPECIES}.saturn_cells:saturn_anndata"
 _MEAN_TEACHER = "stagekit.stages.mean_teacher"
 _MEAN_TEACHER_CELLS = f"{_MEAN_TEACHER}.cells:mean_teacher_cells"
+_PERTURBATION = "stagekit.stages.perturbation"
 
 ENTRIES: dict[tuple[str, str], Entry] = {
     ("pretrain", "vae"): Entry(f"{_CLUSTERING}.pretrain_vae:run", f"{_CLUSTERING}.cells:vae_cells",
@@ -60,11 +61,14 @@ ENTRIES: dict[tuple[str, str], Entry] = {
                                         options=("init_from",), pipeline="semi-supervised annotation"),
     ("finetune", "mean-teacher"): Entry(f"{_MEAN_TEACHER}.stage:finetune", _MEAN_TEACHER_CELLS,
                                         pipeline="semi-supervised annotation"),
+    ("pretrain", "transition"): Entry(f"{_PERTURBATION}.stage:run", f"{_PERTURBATION}.cells:transition_cells",
+                                      options=("pert_features", "split_toml"), pipeline="perturbation transfer"),
 }
 
 # how a command spells each option, for messages
 OPTION_FLAGS = {"protein_emb": "--protein-emb", "species": "--species", "macrogenes_from": "--macrogenes-from",
-                "k": "--k", "species_key": "--species-key", "init_from": "--init-from"}
+                "k": "--k", "species_key": "--species-key", "init_from": "--init-from",
+                "pert_features": "--pert-features", "split_toml": "--split-toml"}
 
 
 def _resolve(target: str) -> Callable:
@@ -95,9 +99,15 @@ def run_phase(request: PhaseRequest) -> Path | None:
     return _resolve(found.run)(request)
 
 
-def cells_of(bundle: Any, data: list[Path], species: list[str] | None, log: Callable[[str], None]):
-    """Per-cell outputs of any bundle as (AnnData, extra uns entries)."""
+def cells_of(bundle: Any, data: list[Path], species: list[str] | None, log: Callable[[str], None],
+             pert: str | None = None):
+    """Per-cell outputs of any bundle as (AnnData, extra uns entries). `pert` (extract --pert) is for
+    perturbation models only."""
     found = entry(bundle.stage, bundle.model, str(bundle.path))
     if not found.cells:
         raise UserError(f"{bundle.path}: a '{bundle.stage}' ({bundle.model}) bundle has no per-cell outputs")
-    return _resolve(found.cells)(bundle, data, species or [], log)
+    if pert is None:
+        return _resolve(found.cells)(bundle, data, species or [], log)
+    if bundle.model != "transition":
+        raise UserError(f"--pert predicts a perturbation; {bundle.path} holds a '{bundle.model}' model")
+    return _resolve(found.cells)(bundle, data, species or [], log, pert=pert)

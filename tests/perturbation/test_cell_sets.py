@@ -20,7 +20,11 @@ def test_sets_pair_controls_within_context_and_batch_and_change_every_epoch():
     assert len(groups.groups) == len(set(context[pert != control].tolist()))  # one stimulated group per type
     steps = epoch_sets(groups, 32, 4, seed=0, epoch=0)
     sets = [s for step in steps for s in step]
-    assert len(sets) == len(groups.groups) and all(len(step) <= 4 for step in steps)
+    expected = sum(max(1, round(len(m) / 32)) for _, _, m in groups.groups)  # every group's cells about once
+    assert len(sets) == expected and all(len(step) <= 4 for step in steps)
+    for p, c, members in groups.groups:  # each group's cells once (topped up with repeats to whole sets)
+        drawn = np.concatenate([s.perturbed for s in sets if (s.pert, s.context) == (p, c)])
+        assert len(np.unique(drawn)) == min(len(members), len(drawn)) and set(drawn) <= set(members)
     for s in sets:
         assert (pert[s.perturbed] == s.pert).all() and (context[s.perturbed] == s.context).all()
         assert (pert[s.controls] == control).all() and (context[s.controls] == s.context).all()
@@ -40,3 +44,6 @@ def test_small_groups_are_drawn_with_replacement_and_flagged():
     assert groups.short == [(1, 0)]
     (small,) = [s for step in epoch_sets(groups, 8, 2, 0, 0) for s in step if s.pert == 1]
     assert len(small.perturbed) == 8 and set(small.perturbed) <= {10, 11, 12}
+    with_controls = group_cells(pert, context, None, control=0, rows=np.arange(len(pert)), set_len=8,
+                                control_sets=True)
+    assert [(p, c) for p, c, _ in with_controls.groups] == [(0, 0), (1, 0), (2, 0)]  # controls map to themselves

@@ -1,0 +1,153 @@
+"""`stagekit evaluate` of a transition bundle or its extract: every held-out (perturbation, context) group scored
+for the model and, side by side, for baselines built from the same control cells:
+
+- control_mean: no change (the controls themselves);
+- training_shift: the controls moved by the mean shift of every training perturbation;
+- other_contexts: the controls moved by the same perturbation's mean shift in the other contexts (where it has
+  training cells there: the zero-shot baseline of scGen-style tasks);
+- reference: a resample of the group's own training cells, where it has some (the best a model of seen
+  perturbations can do; not a baseline to beat).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from stagekit.errors import UserError
+from stagekit.metrics.perturbation import LOWER_IS_BETTER, effect_is_measurable, median_distance, set_scores
+
+BASELINES = ("control_mean", "training_shift", "other_contexts")
+HEADLINE = ("energy_embedding", "energy_genes", "mmd_genes", "pearson_delta", "pearson_delta_top50", "sign_top50",
+            "spread_ratio")
+
+
+def _dense(x) -> np.ndarray:
+    return np.asarray(x.toarray() if hasattr(x, "toarray") else x, np.float32)
+
+
+def _group_sets(adata, pert_key: str, context_key: str) -> list[dict]:
+    source = adata.obs["stagekit_source"].astype(str).to_numpy()
+    pert = adata.obs[pert_key].astype(str).to_numpy()
+    context = adata.obs[context_key].astype(str).to_numpy()
+    genes, embedding = _dense(adata.X), np.asarray(adata.obsm["X_pert_embedding"], np.float32)
+
+    def cells(mask: np.ndarray) -> dict[str, np.ndarray]:
+        return {"genes": genes[mask], "embedding": embedding[mask]}
+
+    found = []
+    for p, c in sorted(set(zip(pert[source == "predicted"], context[source == "predicted"], strict=True))):
+        in_group = (pert == p) & (context == c)
+        observed = in_group & (source == "observed")
+        if not observed.any():
+            continue
+        entry = {"perturbation": p, "context": c, "predicted": cells(in_group & (source == "predicted")),
+                 "observed": cells(observed), "controls": cells((context == c) & (source == "control"))}
+        if (in_group & (source == "reference")).any():
+            entry["reference"] = cells(in_group & (source == "reference"))
+        found.append(entry)
+    return found
+
+
+def _shifted(controls: dict[str, np.ndarray], genes: np.ndarray, embedding: np.ndarray) -> dict[str, np.ndarray]:
+    return {"genes": controls["genes"] + genes, "embedding": controls["embedding"] + embedding}
+
+
+def _means(rows: list[dict], method: str) -> dict[str, float]:
+    scored = [r["methods"][method] for r in rows if method in r["methods"]]
+    if not scored:
+        return {}
+    return {k: float(np.mean([s[k] for s in scored])) for k in scored[0]} | {"groups": len(scored)}
+
+
+def _versus(rows: list[dict]) -> dict:
+    """The model against each baseline on the groups where that baseline exists: means and groups won."""
+    out = {}
+    for baseline in BASELINES:
+        both = [r["methods"] for r in rows if baseline in r["methods"]]
+        if not both:
+            continue
+        entry = {"groups": len(both)}
+        for metric in ("energy_embedding", "energy_genes", "mmd_genes", "pearson_delta_top50"):
+            model = np.array([m["model"][metric] for m in both])
+            other = np.array([m[baseline][metric] for m in both])
+            won = model < other if metric in LOWER_IS_BETTER else model > other
+            entry[metric] = {"model": float(model.mean()), "baseline": float(other.mean()),
+                             "groups_won": int(won.sum())}
+        out[baseline] = entry
+    return out
+
+
+def perturbation_report(adata, seed: int = 0) -> tuple[dict, list[dict]]:
+    """Scores of every held-out group and their means; also the groups' sets, for plots."""
+    provenance = adata.uns.get("stagekit", {})
+    pert_key, context_key = provenance.get("pert_key", ""), provenance.get("context_key", "")
+    if pert_key not in adata.obs or context_key not in adata.obs:
+        raise UserError("the file does not name its perturbation and context columns (uns['stagekit']); evaluate "
+                        "a transition bundle or its `stagekit extract` output")
+    groups = _group_sets(adata, pert_key, context_key)
+    if not groups:
+        raise UserError("no observed cells to compare the predictions with (an `extract --pert` file holds "
+                        "predictions only); evaluate the bundle, or the extract of its held-out cells")
+    shifts = adata.uns.get("stagekit_shifts", {})
+    names = list(np.asarray(shifts.get("groups", [])).astype(str))
+    rows = []
+    for i, g in enumerate(groups):
+        widths = {space: median_distance(g["observed"][space], seed) for space in ("genes", "embedding")}
+        candidates = {"model": g["predicted"], "control_mean": g["controls"]}
+        key = f"{g['perturbation']}\t{g['context']}"
+        if key in names:
+            j = names.index(key)
+            candidates["training_shift"] = _shifted(g["controls"], shifts["training_mean_genes"],
+                                                    shifts["training_mean_embedding"])
+            other_g, other_e = shifts["other_contexts_genes"][j], shifts["other_contexts_embedding"][j]
+            if np.isfinite(other_g).all():
+                candidates["other_contexts"] = _shifted(g["controls"], other_g, other_e)
+        if "reference" in g:
+            candidates["reference"] = g["reference"]
+        measurable, distance, null = effect_is_measurable(g["observed"]["embedding"], g["controls"]["embedding"],
+                                                          seed=seed + i)
+        rows.append({"perturbation": g["perturbation"], "context": g["context"],
+                     "n_observed": len(g["observed"]["genes"]), "n_predicted": len(g["predicted"]["genes"]),
+                     "n_controls": len(g["controls"]["genes"]), "measurable": measurable,
+                     "effect_energy": distance, "null_energy_max": null,
+                     "methods": {m: set_scores(s, g["observed"], g["controls"], widths, seed)
+                                 for m, s in candidates.items()}})
+    methods = ["model", *BASELINES, "reference"]
+    measurable = [r for r in rows if r["measurable"]]
+    report = {"groups": rows, "methods": methods,
+              "mean": {m: _means(rows, m) for m in methods if _means(rows, m)},
+              "mean_measurable": {m: _means(measurable, m) for m in methods if _means(measurable, m)},
+              "versus": _versus(rows), "versus_measurable": _versus(measurable),
+              "measurable_rule": "observed vs control energy distance above its largest value over 20 random "
+                                 "splits of the controls (permutation test, p < 0.05)"}
+    return report, groups
+
+
+def plot_report(groups: list[dict], report: dict, output_dir, umap: bool, seed: int) -> list[str]:
+    from stagekit.metrics import plots
+
+    written = []
+    by_effect = sorted(range(len(groups)), key=lambda i: -report["groups"][i]["effect_energy"])[:6]
+    panels = []
+    for i in by_effect:
+        g = groups[i]
+        base = g["controls"]["genes"].mean(0)
+        panels.append((f"{g['perturbation']} / {g['context']}", g["observed"]["genes"].mean(0) - base,
+                       g["predicted"]["genes"].mean(0) - base))
+    written.append(str(plots.plot_delta_scatter(panels, output_dir / "delta_scatter.png")))
+    if umap:
+        from umap import UMAP
+
+        rng = np.random.default_rng(seed)
+        parts = [(g, kind) for g in groups for kind in ("observed", "predicted")]
+        embedding = np.concatenate([g[kind]["embedding"] for g, kind in parts])
+        source = np.concatenate([[kind] * len(g[kind]["embedding"]) for g, kind in parts])
+        label = np.concatenate([[f"{g['perturbation']} / {g['context']}"] * len(g[kind]["embedding"])
+                                for g, kind in parts])
+        keep = np.sort(rng.choice(len(embedding), min(len(embedding), 5000), replace=False))
+        coords = UMAP(init="pca", random_state=seed, n_jobs=1).fit_transform(embedding[keep])
+        colourings = {"observed or predicted": source[keep]}
+        if len(set(label)) <= 20:
+            colourings["group"] = label[keep]
+        written.append(str(plots.plot_embedding(coords, colourings, output_dir / "umap.png")))
+    return written

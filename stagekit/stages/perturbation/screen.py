@@ -1,0 +1,194 @@
+"""A perturbation screen as the transition model sees it: perturbation, context and batch codes of every cell and
+the split (train / val / test / excluded) a user states with flags or a cell-load TOML.
+
+Held-out cells never reach training: whole groups go to test when their context or perturbation is held out
+(zero-shot), and `test_fraction` of every other group (controls included) is held out at random (seeded).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from stagekit.errors import UserError
+
+EXCLUDED, TRAIN, VAL, TEST = -1, 0, 1, 2
+SPLIT_NAMES = {EXCLUDED: "excluded", TRAIN: "train", VAL: "val", TEST: "test"}
+ONE_CONTEXT = "all"
+
+
+@dataclass
+class Screen:
+    pert: np.ndarray  # code into `perts` per cell; -1 for excluded cells
+    perts: list[str]
+    control: int
+    context: np.ndarray
+    contexts: list[str]
+    batch: np.ndarray | None
+    batches: list[str]
+    split: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int8))
+
+    def rows(self, *splits: int) -> np.ndarray:
+        return np.flatnonzero(np.isin(self.split, splits))
+
+    def held_out_groups(self) -> list[tuple[int, int]]:
+        """(perturbation, context) groups with test cells, controls excluded."""
+        test = self.rows(TEST)
+        test = test[self.pert[test] != self.control]
+        return sorted(set(zip(self.pert[test].tolist(), self.context[test].tolist(), strict=True)))
+
+
+@dataclass
+class SplitRequest:
+    test_fraction: float
+    val_fraction: float
+    holdout_contexts: list[str]
+    holdout_perts: list[str]
+    has_features: bool
+    split_toml: Path | None = None
+    seed: int = 0
+
+
+def _codes(values: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    names = sorted(set(values.tolist()))
+    return np.searchsorted(names, values).astype(np.int64), names
+
+
+def _column(obs: pd.DataFrame, key: str, flag: str, where: Path) -> np.ndarray:
+    if key not in obs.columns:
+        raise UserError(f"{where}: obs column '{key}' ({flag}) not found (columns: "
+                        f"{', '.join(map(str, list(obs.columns)[:10]))})")
+    column = obs[key]
+    if column.isna().any():
+        raise UserError(f"{where}: obs column '{key}' has {int(column.isna().sum())} missing values; fill them or "
+                        "drop those cells")
+    return column.astype(str).to_numpy()
+
+
+def read_screen(obs: pd.DataFrame, where: Path, pert_key: str, control: str, context_key: str, batch_key: str,
+                exclude: list[str]) -> Screen:
+    """Codes of every cell; excluded labels get code -1. One line naming the column or value on bad input."""
+    if not pert_key:
+        raise UserError("name the obs column of the perturbation with --pert-key")
+    if not control:
+        raise UserError("name the control label with --control")
+    pert_values = _column(obs, pert_key, "--pert-key", where)
+    present = sorted(set(pert_values.tolist()))
+    for value in exclude:
+        if value not in present:
+            raise UserError(f"{where}: --exclude '{value}' is not a value of obs column '{pert_key}'")
+    if control not in present:
+        shown = ", ".join(present[:12]) + (" ..." if len(present) > 12 else "")
+        raise UserError(f"{where}: control label '{control}' not in obs column '{pert_key}' (values: {shown})")
+    kept = ~np.isin(pert_values, exclude)
+    codes, perts = _codes(pert_values[kept])
+    pert = np.full(len(obs), -1, np.int64)
+    pert[kept] = codes
+    context_values = (_column(obs, context_key, "--context-key", where) if context_key
+                      else np.full(len(obs), ONE_CONTEXT, object))
+    context, contexts = _codes(np.asarray(context_values, dtype=str))
+    batch, batches = (_codes(_column(obs, batch_key, "--batch-key", where)) if batch_key else (None, []))
+    if len(set(pert[kept].tolist())) < 2:
+        raise UserError(f"{where}: obs column '{pert_key}' has no perturbed cells besides the controls")
+    return Screen(pert, perts, perts.index(control), context, contexts, batch, batches)
+
+
+def read_split_toml(path: Path, screen: Screen) -> tuple[list[str], dict[tuple[str, str], str]]:
+    """A cell-load data TOML ([datasets], [training], [zeroshot] "dataset.context" = "test"|"val",
+    [fewshot."dataset.context"] val/test = [perturbations]) as held-out contexts and (context, perturbation) roles.
+    The one data file stands for every dataset the file names."""
+    try:
+        spec = tomllib.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise UserError(f"split file {path} does not exist") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: not valid TOML ({str(exc).splitlines()[0]})") from None
+    unknown = sorted(set(spec) - {"datasets", "training", "zeroshot", "fewshot"})
+    if unknown:
+        raise UserError(f"{path}: unknown section [{unknown[0]}] (a cell-load TOML has [datasets], [training], "
+                        "[zeroshot], [fewshot])")
+
+    def context_of(name: str) -> str:
+        context = name.split(".", 1)[1] if "." in name else name
+        if context not in screen.contexts:
+            raise UserError(f"{path}: context '{context}' (from \"{name}\") is not a value of the context column "
+                            f"(values: {', '.join(screen.contexts[:10])})")
+        return context
+
+    zeroshot_val, roles = [], {}
+    held_out = []
+    for name, role in spec.get("zeroshot", {}).items():
+        if role not in ("test", "val"):
+            raise UserError(f"{path}: [zeroshot] \"{name}\" = \"{role}\": use \"test\" or \"val\"")
+        (held_out if role == "test" else zeroshot_val).append(context_of(name))
+    for name, lists in spec.get("fewshot", {}).items():
+        context = context_of(name)
+        for role in ("val", "test"):  # test wins where a perturbation is in both
+            for pert in lists.get(role, []):
+                if pert not in screen.perts:
+                    raise UserError(f"{path}: [fewshot.\"{name}\"] {role} perturbation '{pert}' is not in the data")
+                roles[(context, pert)] = role
+    for context in zeroshot_val:
+        for pert in screen.perts:
+            roles.setdefault((context, pert), "val")
+    return held_out, roles
+
+
+def assign_split(screen: Screen, request: SplitRequest, where: Path) -> np.ndarray:
+    """The split of every cell (see the module docstring); checks every held-out name exists."""
+    for context in request.holdout_contexts:
+        if context not in screen.contexts:
+            raise UserError(f"--holdout-contexts '{context}' is not a context of {where} (contexts: "
+                            f"{', '.join(screen.contexts[:10])})")
+    for pert in request.holdout_perts:
+        if pert not in screen.perts or pert == screen.perts[screen.control]:
+            raise UserError(f"--holdout-perts '{pert}' is not a perturbation of {where}")
+    if request.holdout_perts and not request.has_features:
+        raise UserError("--holdout-perts needs --pert-features (a one-hot model cannot predict a perturbation it "
+                        "never saw); without features hold out cells with --test-fraction, or teach new "
+                        "perturbations from a few cells with `stagekit finetune`")
+    contexts, roles = list(request.holdout_contexts), {}
+    if request.split_toml:
+        toml_contexts, roles = read_split_toml(request.split_toml, screen)
+        contexts += toml_contexts
+    if contexts and set(contexts) >= set(screen.contexts):
+        raise UserError("every context is held out; keep at least one context's perturbed cells for training")
+    split = np.full(len(screen.pert), TRAIN, np.int8)
+    split[screen.pert < 0] = EXCLUDED
+    rng = np.random.default_rng([request.seed, 31])
+    held_contexts = {screen.contexts.index(c) for c in contexts}
+    held_perts = {screen.perts.index(p) for p in request.holdout_perts}
+    role_codes = {(screen.contexts.index(c), screen.perts.index(p)): r for (c, p), r in roles.items()}
+    batch = screen.batch if screen.batch is not None else np.zeros(len(split), np.int64)
+    kept = np.flatnonzero(split != EXCLUDED)
+    keys = np.stack([screen.pert[kept], screen.context[kept], batch[kept]], axis=1)
+    for p, c in sorted(set(map(tuple, keys[:, :2].tolist()))):
+        members = kept[(keys[:, 0] == p) & (keys[:, 1] == c)]
+        if len(members) < 2:
+            raise UserError(f"{where}: perturbation '{screen.perts[p]}' in context '{screen.contexts[c]}' has "
+                            f"{len(members)} cell; a cell set needs at least 2 (leave it out with --exclude)")
+        role = role_codes.get((c, p))
+        if p != screen.control and (c in held_contexts or p in held_perts or role == "test"):
+            split[members] = TEST
+            continue
+        if p != screen.control and role == "val":
+            split[members] = VAL
+            continue
+        order = rng.permutation(members)  # test, then val, of each group (controls per context and batch)
+        n_test = int(round(request.test_fraction * len(order)))
+        n_val = int(round(request.val_fraction * (len(order) - n_test)))
+        split[order[:n_test]] = TEST
+        split[order[n_test:n_test + n_val]] = VAL
+    train = split == TRAIN
+    unseen = [screen.perts[p] for p in sorted(set(screen.pert[split == TEST].tolist()) - set(
+        screen.pert[train].tolist()))]
+    if unseen and not request.has_features:
+        raise UserError(f"perturbation '{unseen[0]}' has no training cell in any context; a one-hot model cannot "
+                        "predict it: give --pert-features, or teach it from a few cells with `stagekit finetune`")
+    if not (train & (screen.pert != screen.control) & (screen.pert >= 0)).any():
+        raise UserError("no perturbed cell is left for training; hold out less")
+    return split

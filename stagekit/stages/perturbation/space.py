@@ -1,0 +1,82 @@
+"""The space the transition model works in: log-normalised counts of highly variable genes (the gene space, the
+decoder's target) and, by default, their principal components (the embedding), both fitted on the training cells
+and stored in the bundle so that every later phase and new data use the same projection."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+from stagekit.data.hvg import highly_variable_genes
+from stagekit.errors import UserError
+
+TARGET_SUM = 1e4
+
+
+@dataclass
+class ExpressionSpace:
+    genes: list[str]  # the gene space, in order
+    mean: np.ndarray  # (genes,) of the training cells; empty without PCA
+    components: np.ndarray  # (n_components, genes); empty (0, genes) without PCA: the embedding is the genes
+
+    @property
+    def n_embedding(self) -> int:
+        return len(self.components) or len(self.genes)
+
+    @property
+    def has_pca(self) -> bool:
+        return len(self.components) > 0
+
+    def gene_columns(self, var_names: list[str], where: str) -> np.ndarray:
+        """Where the space's genes are among `var_names` (new data may hold more genes, in any order)."""
+        position = {g: i for i, g in enumerate(var_names)}
+        missing = [g for g in self.genes if g not in position]
+        if missing:
+            raise UserError(f"{where}: {len(missing)} of the model's {len(self.genes)} genes are missing (e.g. "
+                            f"{', '.join(missing[:3])}); the data must hold every gene the model was fitted on")
+        return np.array([position[g] for g in self.genes], np.int64)
+
+    def embed(self, genes: np.ndarray) -> np.ndarray:
+        if not self.has_pca:
+            return genes.astype(np.float32, copy=False)
+        return ((genes - self.mean) @ self.components.T).astype(np.float32)
+
+    def to_genes(self, embedding: np.ndarray) -> np.ndarray:
+        if not self.has_pca:
+            return embedding
+        return (embedding @ self.components + self.mean).astype(np.float32)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {"space_mean": self.mean.astype(np.float32), "space_components": self.components.astype(np.float32)}
+
+    @classmethod
+    def from_arrays(cls, genes: list[str], arrays: dict[str, np.ndarray]) -> ExpressionSpace:
+        return cls(genes, np.asarray(arrays["space_mean"]), np.asarray(arrays["space_components"]))
+
+
+def log_normalised(counts: sp.csr_matrix, columns: np.ndarray) -> sp.csr_matrix:
+    """log1p of counts scaled to TARGET_SUM per cell (totals over every gene of the file), on `columns` only."""
+    totals = np.asarray(counts.sum(axis=1)).ravel()
+    scale = TARGET_SUM / np.maximum(totals, 1.0)
+    selected = sp.csr_matrix(counts[:, columns], dtype=np.float32)
+    selected = sp.csr_matrix(sp.diags(scale.astype(np.float32)) @ selected)
+    np.log1p(selected.data, out=selected.data)
+    return selected
+
+
+def fit_space(counts: sp.csr_matrix, var_names: list[str], train_rows: np.ndarray, n_genes: int,
+              n_components: int, seed: int) -> tuple[ExpressionSpace, sp.csr_matrix]:
+    """The space fitted on `train_rows`, and every cell's log-normalised genes in it (CSR)."""
+    columns = highly_variable_genes(sp.csr_matrix(counts[train_rows]), n_genes)
+    genes = log_normalised(counts, columns)
+    names = [var_names[i] for i in columns]
+    if n_components == 0:
+        return ExpressionSpace(names, np.zeros(0, np.float32), np.zeros((0, len(names)), np.float32)), genes
+    from sklearn.decomposition import PCA
+
+    n = min(n_components, len(train_rows) - 1, len(names))
+    pca = PCA(n, random_state=seed, svd_solver="randomized" if n < 0.5 * len(names) else "full")
+    pca.fit(genes[train_rows].toarray())
+    return ExpressionSpace(names, pca.mean_.astype(np.float32), pca.components_.astype(np.float32)), genes
