@@ -72,3 +72,14 @@ def small_bundle(tmp_path_factory, small_h5ad) -> Path:
                                                 ("data.batch_key", "sample_id", "t")])
     out = tmp_path_factory.mktemp("bundle") / "small.stk"
     return run_phase(PhaseRequest(config, out, [small_h5ad], quiet=True))
+
+
+@pytest.fixture(scope="session")
+def stim_h5ad(tmp_path_factory) -> Path:
+    """Kang IFN-beta stimulation (1,556 real PBMCs, ctrl/stim x 5 cell types) with the donor as a column
+    (sample_id ctrl101 / stim101: donor 101)."""
+    adata = anndata.read_h5ad(shared_file("kang2018_muscat_example_sce.h5ad"))
+    adata.obs["donor"] = adata.obs["sample_id"].astype(str).str[-3:]
+    path = tmp_path_factory.mktemp("stim") / "stim.h5ad"
+    adata.write_h5ad(path)
+    return path

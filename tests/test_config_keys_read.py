@@ -67,6 +67,9 @@ def mean_teacher_bundle(tmp_path_factory, small_h5ad) -> Path:
     return out
 
 
+TRANSITION = [*ONE_EPOCH, ("data.pert_key", "group_id"), ("data.control", "ctrl"), ("data.n_genes", 200),
+              ("data.context_key", "cluster_id"), ("data.n_components", 10), ("model.n_layers", 1)]
+
 # (stage, model) -> fixture getter -> the phase's overrides and inputs (data, parent, options) for a tiny run
 RUNS: dict[tuple[str, str], Callable[[Callable[[str], Any]], dict[str, Any]]] = {
     ("pretrain", "vae"): lambda fixture: {"overrides": ONE_EPOCH, "data": [fixture("small_h5ad")]},
@@ -78,6 +81,7 @@ RUNS: dict[tuple[str, str], Callable[[Callable[[str], Any]], dict[str, Any]]] = 
     ("pretrain", "mean-teacher"): lambda fixture: {"overrides": MEAN_TEACHER, "data": [fixture("small_h5ad")]},
     ("finetune", "mean-teacher"): lambda fixture: {"overrides": [*ONE_EPOCH, ("data.labelled_fraction", 0.2)],
                                                    "parent": fixture("mean_teacher_bundle")},
+    ("pretrain", "transition"): lambda fixture: {"overrides": TRANSITION, "data": [fixture("stim_h5ad")]},
 }
 
 
