@@ -83,3 +83,30 @@ def test_extract_predicts_a_perturbation_for_new_control_cells(tx_bundle, stim_h
     code, out, err = run_cli(capsys, "extract", tx_bundle, tmp_path / "ctrl.h5ad", "--pert", "IL2",
                              "-o", tmp_path / "x.h5ad")
     assert code == 2 and "'IL2'" in err and not (tmp_path / "x.h5ad").exists()
+
+
+def test_held_out_perturbation_through_features(tmp_path, capsys):
+    """CRISPR knockouts (Papalexi, real cells): a target never seen in training is predicted through its feature
+    vector; the features are stored in the bundle and the held-out target's cells come out of extract."""
+    from tests.conftest import shared_file
+
+    adata = anndata.read_h5ad(shared_file("papalexi2021_sceptre_lowmoi.h5ad"))
+    keep = adata.obs["perturbation"].isin(["control", "IRF1", "STAT1", "IFNGR1", "JAK2"]).to_numpy()
+    adata[keep].copy().write_h5ad(tmp_path / "ko.h5ad")
+    rng = np.random.default_rng(0)
+    targets = ["IRF1", "STAT1", "IFNGR1", "JAK2", "SPI1"]
+    np.savez(tmp_path / "features.npz", genes=np.array(targets), embeddings=rng.normal(size=(5, 8)).astype("f4"))
+    code, _, err = run_cli(capsys, "pretrain", "--preset", "transition", tmp_path / "ko.h5ad", "--pert-key",
+                           "perturbation", "--control", "control", "--holdout-perts", "JAK2", "--pert-features",
+                           tmp_path / "features.npz", "-q", "-o", tmp_path / "ko.stk", "--set", "training.epochs=2",
+                           "--set", "data.n_components=10", "--set", "model.n_layers=1")
+    assert code == 0, err
+    b = read_bundle(tmp_path / "ko.stk")
+    assert b.results["pert_inputs"].shape == (5, 8)  # control, IFNGR1, IRF1, JAK2, STAT1: features, control zeros
+    assert not b.results["pert_inputs"][b.categories["perts"].index("control")].any()
+    code, _, err = run_cli(capsys, "extract", tmp_path / "ko.stk", "-o", tmp_path / "ko.h5ad.out.h5ad")
+    assert code == 0, err
+    pred = anndata.read_h5ad(tmp_path / "ko.h5ad.out.h5ad")
+    jak2 = pred.obs["perturbation"] == "JAK2"
+    assert (jak2 & (pred.obs["stagekit_source"] == "predicted")).sum() == (jak2 & (pred.obs["stagekit_source"]
+                                                                                   == "observed")).sum() > 50

@@ -117,7 +117,7 @@ def _frame(screen: Screen, keys: dict[str, str], names: pd.Index, rows: np.ndarr
                         index=names[rows].astype(str))
 
 
-def held_out_cells(tx: TransitionBundle, path: Path, bundle: Bundle, seed: int = 0):
+def held_out_cells(tx: TransitionBundle, path: Path, bundle: Bundle, log=print, seed: int = 0):
     screen = tx.screen
     counts, genes, embedding = _expression(tx, path)
     if counts.n_obs != len(screen.pert) or counts.fingerprint()["sha256"] != bundle.data.get("sha256"):
@@ -135,6 +135,10 @@ def held_out_cells(tx: TransitionBundle, path: Path, bundle: Bundle, seed: int =
     parts, used_controls = [], set()
     for p, c in held:
         pool = all_controls[screen.context[all_controls] == c]
+        if not len(pool):
+            log(f"warning: no control cells in context '{screen.contexts[c]}': '{screen.perts[p]}' there is not "
+                "predicted")
+            continue
         observed = test[(screen.pert[test] == p) & (screen.context[test] == c)]
         groups = group_cells(screen.pert, screen.context, screen.batch, screen.control, observed, tx.set_len,
                              control_rows=pool)
@@ -190,4 +194,4 @@ def transition_cells(bundle: Bundle, data: list[Path], species: list[str], log=p
         if not data:
             raise UserError("--pert predicts for new control cells: give the .h5ad of those cells")
         return new_cells(tx, Path(data[0]), pert)
-    return held_out_cells(tx, bundle_data_path(bundle, data[0] if data else None), bundle)
+    return held_out_cells(tx, bundle_data_path(bundle, data[0] if data else None), bundle, log)

@@ -163,11 +163,9 @@ def assign_split(screen: Screen, request: SplitRequest, where: Path) -> np.ndarr
     held_contexts = {screen.contexts.index(c) for c in contexts}
     held_perts = {screen.perts.index(p) for p in request.holdout_perts}
     role_codes = {(screen.contexts.index(c), screen.perts.index(p)): r for (c, p), r in roles.items()}
-    batch = screen.batch if screen.batch is not None else np.zeros(len(split), np.int64)
     kept = np.flatnonzero(split != EXCLUDED)
-    keys = np.stack([screen.pert[kept], screen.context[kept], batch[kept]], axis=1)
-    for p, c in sorted(set(map(tuple, keys[:, :2].tolist()))):
-        members = kept[(keys[:, 0] == p) & (keys[:, 1] == c)]
+    for p, c in sorted(set(zip(screen.pert[kept].tolist(), screen.context[kept].tolist(), strict=True))):
+        members = kept[(screen.pert[kept] == p) & (screen.context[kept] == c)]
         if len(members) < 2:
             raise UserError(f"{where}: perturbation '{screen.perts[p]}' in context '{screen.contexts[c]}' has "
                             f"{len(members)} cell; a cell set needs at least 2 (leave it out with --exclude)")
@@ -178,7 +176,7 @@ def assign_split(screen: Screen, request: SplitRequest, where: Path) -> np.ndarr
         if p != screen.control and role == "val":
             split[members] = VAL
             continue
-        order = rng.permutation(members)  # test, then val, of each group (controls per context and batch)
+        order = rng.permutation(members)  # test, then val cells of each group (controls: per context)
         n_test = int(round(request.test_fraction * len(order)))
         n_val = int(round(request.val_fraction * (len(order) - n_test)))
         split[order[:n_test]] = TEST
