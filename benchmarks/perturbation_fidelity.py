@@ -106,9 +106,9 @@ def _means(rows: list[dict]) -> dict:
 
 def _table(title: str, means: dict) -> None:
     print(f"\n{title}")
-    print(f"{'method':16s}{'n':>4s}" + "".join(f"{k:>22s}" for k in METRICS))
+    print(f"{'method':16s}{'groups':>9s}" + "".join(f"{k:>22s}" for k in METRICS))
     for method, values in means.items():
-        print(f"{method:16s}{values['n']:4d}" + "".join(f"{values[k]:22.3f}" for k in METRICS))
+        print(f"{method:16s}{values['n']!s:>9s}" + "".join(f"{values[k]:22.3f}" for k in METRICS))
 
 
 def main() -> None:
@@ -126,7 +126,8 @@ def main() -> None:
         result = papalexi(args.seeds, args.epochs or 40)
         for key, title in (("all", "all held-out targets"), ("measurable_mean", "targets with a measurable effect")):
             means = {m: {k: float(np.mean([s[key][m][k] for s in result["per_seed"]])) for k in METRICS}
-                     | {"n": result["per_seed"][0][key][m]["n"]} for m in result["per_seed"][0][key]}
+                     | {"n": "+".join(str(s[key][m]["n"]) for s in result["per_seed"])}
+                     for m in result["per_seed"][0][key]}
             _table(f"Papalexi CRISPRko, 20 % held out, {title}, mean over {len(args.seeds)} seeds", means)
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))

@@ -3,7 +3,10 @@
 Basal encoder (MLP on each control cell's embedding) + perturbation encoder (MLP on a one-hot or a feature
 vector), summed per cell; a bidirectional transformer over the set (torch's TransformerEncoderLayer blocks, an
 ordered list from bottom to top so fine-tuning can freeze and unfreeze them by index); `project_out` back to the
-embedding, plus the basal input when `predict_residual`; an optional gene decoder (embedding -> genes).
+embedding, plus the basal input when `predict_residual`; an optional gene decoder (embedding -> genes). With
+`predict_residual` and the control cells' genes given, the genes are predicted as a change too: the control cell's
+genes plus decoder(predicted) - decoder(control), so each predicted cell keeps the gene-level variation of the
+cell it starts from (what the embedding does not hold) instead of the decoder's smooth average.
 """
 
 from __future__ import annotations
@@ -32,9 +35,11 @@ class TransitionModel(nn.Module):
         self.project_out = _mlp(hidden, hidden, n_embedding, dropout)
         self.gene_decoder = _mlp(n_embedding, 2 * hidden, n_genes, dropout) if n_genes else None
 
-    def forward(self, basal: torch.Tensor, pert: torch.Tensor) -> dict[str, torch.Tensor]:
-        """`basal`: (sets, cells, embedding) control cells; `pert`: (sets, perturbation inputs). Returns the
-        predicted perturbed cells' embedding (sets, cells, embedding) and, with a decoder, genes."""
+    def forward(self, basal: torch.Tensor, pert: torch.Tensor, basal_genes: torch.Tensor | None = None
+                ) -> dict[str, torch.Tensor]:
+        """`basal`: (sets, cells, embedding) control cells; `pert`: (sets, perturbation inputs); `basal_genes`:
+        (sets, cells, genes) of the same control cells, optional. Returns the predicted perturbed cells' embedding
+        (sets, cells, embedding) and, with a decoder, genes."""
         h = self.basal_encoder(basal) + self.pert_encoder(pert)[:, None, :]
         for block in self.blocks:  # every cell attends to every cell of its set, both ways
             h = block(h)
@@ -44,4 +49,6 @@ class TransitionModel(nn.Module):
         result = {"embedding": out}
         if self.gene_decoder is not None:
             result["genes"] = self.gene_decoder(out)
+            if self.predict_residual and basal_genes is not None:
+                result["genes"] = basal_genes + result["genes"] - self.gene_decoder(basal)
         return result

@@ -21,6 +21,8 @@ def test_shapes_blocks_and_residual():
     for p in model.project_out.parameters():  # with project_out at zero the prediction is the basal input
         nn.init.zeros_(p)
     assert torch.allclose(model(basal, pert)["embedding"], basal)
+    basal_genes = torch.rand(5, 8, 40)  # genes predicted as a change too: none here, so the control's own genes
+    assert torch.allclose(model(basal, pert, basal_genes)["genes"], basal_genes, atol=1e-6)
     permuted = basal[:, torch.randperm(8)]  # no positional encoding: a set, not a sequence
     a, b = model(basal, pert)["genes"].sort(1).values, model(permuted, pert)["genes"].sort(1).values
     assert torch.allclose(a, b, atol=1e-5)

@@ -4,7 +4,8 @@ training cells) a resample of those, the reference a model of seen perturbations
 `--pert NAME`, that perturbation predicted for every cell of a control file.
 
 X is the gene space (log-normalised counts of the model's genes), obsm["X_pert_embedding"] the embedding;
-obs["stagekit_source"] says what each cell is: predicted | observed | control | reference. uns["stagekit_shifts"]
+obs["stagekit_source"] says what each cell is: predicted | observed | control | reference; obs["stagekit_cell"] is
+the data's cell name (of a predicted cell: the control cell it was predicted from). uns["stagekit_shifts"]
 holds the training shifts (mean perturbed minus mean control) that evaluate's baselines add to the controls.
 """
 
@@ -30,24 +31,32 @@ SOURCES = ("predicted", "observed", "control", "reference")
 _SETS_PER_CALL = 64
 
 
-def predict(tx: TransitionBundle, embedding: np.ndarray, sets: list[CellSet], pert: int | None = None
-            ) -> tuple[np.ndarray, np.ndarray]:
+def predict(tx: TransitionBundle, embedding: np.ndarray, genes: sp.csr_matrix, sets: list[CellSet],
+            pert: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Predicted (embedding, genes) of every cell of `sets`, in order (`pert` overrides the sets' own)."""
-    embedded, genes = [], []
+    out_embedding, out_genes = [], []
     with torch.no_grad():
         for i in range(0, len(sets), _SETS_PER_CALL):
-            chunk = sets[i:i + _SETS_PER_CALL]
             by_len: dict[int, list[CellSet]] = {}
-            for s in chunk:  # one call per set length (the last set of a control file may be shorter)
+            for s in sets[i:i + _SETS_PER_CALL]:  # one call per set length (a control file's last set may be short)
                 by_len.setdefault(len(s.controls), []).append(s)
             for same in by_len.values():
-                basal = torch.from_numpy(embedding[np.stack([s.controls for s in same])])
+                controls = np.stack([s.controls for s in same])
+                basal = embedding[controls]
+                basal_genes = genes[controls.ravel()].toarray().reshape(*controls.shape, -1)
                 codes = [s.pert if pert is None else pert for s in same]
-                out = tx.model(basal, torch.from_numpy(tx.pert_inputs[codes]))
-                e = out["embedding"].reshape(-1, basal.shape[-1]).numpy()
-                embedded.append(e)
-                genes.append(out["genes"].reshape(len(e), -1).numpy() if "genes" in out else tx.space.to_genes(e))
-    return np.concatenate(embedded), np.concatenate(genes)
+                out = tx.model(torch.from_numpy(basal), torch.from_numpy(tx.pert_inputs[codes]),
+                               torch.from_numpy(basal_genes))
+                e = out["embedding"].numpy()
+                if "genes" in out:
+                    g = out["genes"].numpy()
+                elif tx.model.predict_residual:  # the change mapped to genes, added to the control's own genes
+                    g = basal_genes + tx.space.to_genes(e) - tx.space.to_genes(basal)
+                else:
+                    g = tx.space.to_genes(e)
+                out_embedding.append(e.reshape(-1, e.shape[-1]))
+                out_genes.append(g.reshape(-1, g.shape[-1]))
+    return np.concatenate(out_embedding), np.concatenate(out_genes)
 
 
 def _training_shifts(screen: Screen, genes: sp.csr_matrix, embedding: np.ndarray) -> dict[str, np.ndarray]:
@@ -99,6 +108,7 @@ def _anndata(parts: list[tuple[str, pd.DataFrame, np.ndarray, np.ndarray]], tx: 
     import anndata
 
     obs = pd.concat([frame.assign(stagekit_source=source) for source, frame, _, _ in parts])
+    obs["stagekit_cell"] = obs.index.astype(str)  # the data's cell; of a predicted cell, the control it came from
     obs.index = [f"{source}-{i}-{name}" for i, (source, name) in enumerate(zip(obs["stagekit_source"], obs.index,
                                                                                  strict=True))]
     obs["stagekit_source"] = pd.Categorical(obs["stagekit_source"], categories=SOURCES)
@@ -143,7 +153,7 @@ def held_out_cells(tx: TransitionBundle, path: Path, bundle: Bundle, log=print, 
         groups = group_cells(screen.pert, screen.context, screen.batch, screen.control, observed, tx.set_len,
                              control_rows=pool)
         sets = group_sets(groups, 0, tx.set_len, rng, every_cell=True)
-        e, g = predict(tx, embedding, sets)  # as many predicted cells as observed ones (the top-up dropped)
+        e, g = predict(tx, embedding, genes, sets)  # as many predicted cells as observed ones (the top-up dropped)
         e, g, basal = e[:len(observed)], g[:len(observed)], np.concatenate([s.controls for s in sets])[:len(observed)]
         parts.append(("predicted", _frame(screen, keys, names, basal, p), g, e))
         parts.append(("observed", _frame(screen, keys, names, observed), genes[observed].toarray(),
@@ -174,7 +184,7 @@ def new_cells(tx: TransitionBundle, path: Path, pert: str, seed: int = 0):
     order = np.random.default_rng([seed, 43]).permutation(len(obs))
     sets = [CellSet(0, 0, order[i:i + tx.set_len], order[i:i + tx.set_len])
             for i in range(0, len(order), tx.set_len)]
-    e, g = predict(tx, embedding, sets, pert=screen.perts.index(pert))
+    e, g = predict(tx, embedding, genes, sets, pert=screen.perts.index(pert))
     keys = {"pert": tx.data["pert_key"], "context": tx.data["context_key"] or "context"}
     rows = np.concatenate([s.controls for s in sets])
     context = (obs[keys["context"]].astype(str).to_numpy() if keys["context"] in obs

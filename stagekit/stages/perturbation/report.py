@@ -1,12 +1,16 @@
 """`stagekit evaluate` of a transition bundle or its extract: every held-out (perturbation, context) group scored
 for the model and, side by side, for baselines built from the same control cells:
 
-- control_mean: no change (the controls themselves);
-- training_shift: the controls moved by the mean shift of every training perturbation;
-- other_contexts: the controls moved by the same perturbation's mean shift in the other contexts (where it has
+- control_mean: no change (the control cells the model predicted from, as they are);
+- training_shift: those controls moved by the mean shift of every training perturbation;
+- other_contexts: those controls moved by the same perturbation's mean shift in the other contexts (where it has
   training cells there: the zero-shot baseline of scGen-style tasks);
 - reference: a resample of the group's own training cells, where it has some (the best a model of seen
   perturbations can do; not a baseline to beat).
+
+Baselines start from the very control cells the model's prediction started from, so each baseline set has as many
+cells as the model's (set distances of finite samples depend on set sizes). Changes are measured from the mean of
+all the context's controls.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ def _dense(x) -> np.ndarray:
 
 def _group_sets(adata, pert_key: str, context_key: str) -> list[dict]:
     source = adata.obs["stagekit_source"].astype(str).to_numpy()
+    cell = adata.obs["stagekit_cell"].astype(str).to_numpy()
     pert = adata.obs[pert_key].astype(str).to_numpy()
     context = adata.obs[context_key].astype(str).to_numpy()
     genes, embedding = _dense(adata.X), np.asarray(adata.obsm["X_pert_embedding"], np.float32)
@@ -40,8 +45,12 @@ def _group_sets(adata, pert_key: str, context_key: str) -> list[dict]:
         observed = in_group & (source == "observed")
         if not observed.any():
             continue
-        entry = {"perturbation": p, "context": c, "predicted": cells(in_group & (source == "predicted")),
-                 "observed": cells(observed), "controls": cells((context == c) & (source == "control"))}
+        predicted = in_group & (source == "predicted")
+        controls = np.flatnonzero((context == c) & (source == "control"))
+        position = {name: i for i, name in zip(controls, cell[controls], strict=True)}
+        basal = np.array([position[name] for name in cell[predicted]])
+        entry = {"perturbation": p, "context": c, "predicted": cells(predicted), "observed": cells(observed),
+                 "controls": cells(controls), "basal": cells(basal)}
         if (in_group & (source == "reference")).any():
             entry["reference"] = cells(in_group & (source == "reference"))
         found.append(entry)
@@ -93,15 +102,15 @@ def perturbation_report(adata, seed: int = 0) -> tuple[dict, list[dict]]:
     rows = []
     for i, g in enumerate(groups):
         widths = {space: median_distance(g["observed"][space], seed) for space in ("genes", "embedding")}
-        candidates = {"model": g["predicted"], "control_mean": g["controls"]}
+        candidates = {"model": g["predicted"], "control_mean": g["basal"]}
         key = f"{g['perturbation']}\t{g['context']}"
         if key in names:
             j = names.index(key)
-            candidates["training_shift"] = _shifted(g["controls"], shifts["training_mean_genes"],
+            candidates["training_shift"] = _shifted(g["basal"], shifts["training_mean_genes"],
                                                     shifts["training_mean_embedding"])
             other_g, other_e = shifts["other_contexts_genes"][j], shifts["other_contexts_embedding"][j]
             if np.isfinite(other_g).all():
-                candidates["other_contexts"] = _shifted(g["controls"], other_g, other_e)
+                candidates["other_contexts"] = _shifted(g["basal"], other_g, other_e)
         if "reference" in g:
             candidates["reference"] = g["reference"]
         measurable, distance, null = effect_is_measurable(g["observed"]["embedding"], g["controls"]["embedding"],

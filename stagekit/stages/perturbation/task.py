@@ -46,16 +46,18 @@ class TransitionTask(Task):
                  "observed": torch.from_numpy(self.embedding[perturbed]),
                  "pert": self.pert_inputs[[s.pert for s in sets]]}
         if self.genes is not None and self.decoder_weight > 0:
-            rows = self.genes[perturbed.ravel()].toarray()
-            batch["observed_genes"] = torch.from_numpy(rows.reshape(*perturbed.shape, -1))
+            for key, cells in (("observed_genes", perturbed), ("basal_genes", controls)):
+                rows = self.genes[cells.ravel()].toarray()
+                batch[key] = torch.from_numpy(rows.reshape(*cells.shape, -1))
         return batch
 
     def batch_size_of(self, batch: dict[str, torch.Tensor]) -> int:
-        return len(batch["pert"])
+        """Perturbed cells in the step (sets x set length): the history's cells_per_s counts cells."""
+        return batch["observed"].shape[0] * batch["observed"].shape[1]
 
     def step(self, model: TransitionModel, batch: dict[str, torch.Tensor], ctx: StepContext
              ) -> dict[str, torch.Tensor]:
-        predicted = model(batch["basal"], batch["pert"])
+        predicted = model(batch["basal"], batch["pert"], batch.get("basal_genes"))
         embedding_loss = set_distance(predicted["embedding"], batch["observed"], self.kind, self.blur).mean()
         out = {"embedding_loss": embedding_loss}
         loss = embedding_loss
