@@ -98,3 +98,11 @@ def plot_delta_scatter(panels: list[tuple[str, np.ndarray, np.ndarray]], path: P
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def umap_layout(latent: np.ndarray, seed: int) -> np.ndarray:
+    """2-D UMAP coordinates. PCA initialisation: the default spectral one fails (with a warning) on the
+    disconnected neighbour graphs that well-separated cell types give, and falls back to a random layout."""
+    from umap import UMAP
+
+    return UMAP(init="pca", random_state=seed, n_jobs=1).fit_transform(latent)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -13,6 +15,9 @@ from stagekit.errors import UserError
 from stagekit.metrics import plots
 from stagekit.metrics.clustering import contingency, internal_scores, label_agreement
 from stagekit.metrics.integration import cross_species_knn_agreement, label_transfer, species_mixing
+
+if TYPE_CHECKING:
+    import anndata
 
 EMBEDDINGS = ("X_align", "X_pretrain", "X_stagekit")  # the most refined one a file holds is evaluated
 
@@ -141,7 +146,7 @@ def _perturbation_run(adata, source: Path, output_dir: Path, umap: bool, seed: i
     return report
 
 
-def _transition_source(source: Path, data: Path | None):
+def _transition_source(source: Path, data: Path | None) -> tuple[anndata.AnnData, dict | None] | None:
     """(AnnData of predictions, training history) when `source` is a transition bundle or its extract."""
     if source.suffix == ".h5ad":
         import h5py
@@ -162,9 +167,14 @@ def _transition_source(source: Path, data: Path | None):
     from stagekit.stages.registry import cells_of
 
     bundle = read_bundle(source)
-    adata, extra = cells_of(bundle, [data] if data else [], [], log=lambda m: None)
+    adata, extra = cells_of(bundle, [data] if data else [], [], log=_warnings_to_stderr)
     adata.uns["stagekit"] = extra
     return adata, bundle.history
+
+
+def _warnings_to_stderr(message: str) -> None:
+    if message.startswith("warning"):
+        print(message, file=sys.stderr)
 
 
 def run(source: Path, output_dir: Path, label_key: str | None = None, data: Path | None = None,
@@ -175,6 +185,9 @@ def run(source: Path, output_dir: Path, label_key: str | None = None, data: Path
         raise UserError(f"report folder {output_dir} is a file; give a folder path")
     transition = _transition_source(source, data)
     if transition is not None:
+        if label_key:
+            raise UserError(f"--label-key does not apply to {source}: a perturbation model is scored against the "
+                            "observed held-out cells; drop it")
         adata, history = transition
         return _perturbation_run(adata, source, output_dir, umap, seed, history)
     is_h5ad = source.suffix == ".h5ad"
@@ -210,11 +223,7 @@ def run(source: Path, output_dir: Path, label_key: str | None = None, data: Path
         report["label_transfer"] = integration.pop("label_transfer")
         report["integration"] = integration
     if umap:
-        from umap import UMAP
-
-        # PCA initialisation: the default spectral one fails (with a warning) on the disconnected neighbour graphs
-        # that well-separated cell types give, and falls back to a random layout
-        coords = UMAP(init="pca", random_state=seed, n_jobs=1).fit_transform(latent)
+        coords = plots.umap_layout(latent, seed)
         colourings = {f"label ({label_key})": labels} | ({"cluster": clusters} if clusters is not None else {})
         if found.species is not None:
             colourings["species"] = found.species

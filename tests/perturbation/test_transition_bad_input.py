@@ -52,6 +52,7 @@ BASE = ("--pert-key", "group_id", "--control", "ctrl", "--context-key", "cluster
     (("--pert-key", "lonely", "--control", "ctrl", "--context-key", "cluster_id"),
      ["'drugX'", "1 cell", "--exclude"]),
     ((*BASE, "--exclude", "unassigned"), ["--exclude 'unassigned'"]),
+    ((*BASE, "--exclude", "ctrl"), ["--exclude 'ctrl' is the control label"]),
     ((*BASE, "--set", "data.n_components=0"), ["loss.decoder_weight", "n_components"]),
 ])
 def test_bad_screen_exits_2_and_writes_nothing(capsys, screen_h5ad, existing, extra, needles):
@@ -100,3 +101,10 @@ def test_cell_load_split_toml(capsys, screen_h5ad, tmp_path):
     toml.write_text('[fewshot."kang.B cells"]\ntest = ["IL2"]\n')
     code, _, err = _pretrain(capsys, screen_h5ad, tmp_path / "y.stk", *BASE, "--split-toml", toml)
     assert code == 2 and "'IL2' is not in the data" in err, err
+    for malformed, needle in (('zeroshot = "x"\n', "must be tables"),
+                              ('[fewshot]\n"kang.B cells" = "stim"\n', "must be a table with val"),
+                              ('[fewshot."kang.B cells"]\ntest = "stim"\n', "must be a list")):
+        toml.write_text(malformed)
+        code, out, err = _pretrain(capsys, screen_h5ad, tmp_path / "y.stk", *BASE, "--split-toml", toml)
+        assert code == 2 and needle in err and "Traceback" not in err, err
+    assert not (tmp_path / "y.stk").exists()

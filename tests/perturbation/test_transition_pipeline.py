@@ -66,6 +66,31 @@ def test_extract_and_evaluate_beat_no_change_on_the_held_out_context(tx_bundle, 
     assert model["energy_embedding"] < 0.5 * no_change["energy_embedding"]
     assert model["pearson_delta_top50"] > 0.5 and "other_contexts" in b["methods"]
     assert (tmp_path / "report" / "delta_scatter.png").is_file()
+    code, out, err = run_cli(capsys, "evaluate", tx_bundle, "--label-key", "cluster_id", "-o", tmp_path / "r2")
+    assert code == 2 and "--label-key does not apply" in err, err
+
+
+def test_baselines_start_from_the_prediction_controls_even_with_repeated_cell_names(stim_h5ad, tmp_path, capsys):
+    """Cell names repeat in real files (barcodes across samples): evaluate pairs by row, so the scores are those
+    of the same file with unique names."""
+    adata = anndata.read_h5ad(stim_h5ad)
+    adata = adata[np.random.default_rng(0).choice(adata.n_obs, 500, replace=False)].copy()
+    adata.write_h5ad(tmp_path / "unique.h5ad")
+    adata.obs_names = [f"cell{i % 50}" for i in range(adata.n_obs)]
+    adata.write_h5ad(tmp_path / "repeated.h5ad")
+    tiny = ["--set", "data.n_genes=100", "--set", "data.n_components=5", "--set", "model.hidden=16",
+            "--set", "model.n_heads=2", "--set", "model.n_layers=1", "--set", "training.epochs=1"]
+    scores = []
+    for name in ("unique", "repeated"):
+        code, _, err = run_cli(capsys, "pretrain", "--preset", "transition", tmp_path / f"{name}.h5ad", "--pert-key",
+                               "group_id", "--control", "ctrl", "--context-key", "cluster_id", "-q", "-o",
+                               tmp_path / f"{name}.stk", *tiny)
+        assert code == 0, err
+        code, out, err = run_cli(capsys, "evaluate", tmp_path / f"{name}.stk", "-o", tmp_path / name, "--no-umap")
+        assert code == 0, err
+        report = json.loads(Path(out.strip()).read_text())["perturbation"]
+        scores.append([g["methods"]["control_mean"]["energy_genes"] for g in report["groups"]])
+    assert np.allclose(scores[0], scores[1])
 
 
 def test_extract_predicts_a_perturbation_for_new_control_cells(tx_bundle, stim_h5ad, tmp_path, capsys):

@@ -15,10 +15,16 @@ all the context's controls.
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from stagekit.errors import UserError
 from stagekit.metrics.perturbation import LOWER_IS_BETTER, effect_is_measurable, median_distance, set_scores
+
+if TYPE_CHECKING:
+    import anndata
 
 BASELINES = ("control_mean", "training_shift", "other_contexts")
 HEADLINE = ("energy_embedding", "energy_genes", "mmd_genes", "pearson_delta", "pearson_delta_top50", "sign_top50",
@@ -29,9 +35,11 @@ def _dense(x) -> np.ndarray:
     return np.asarray(x.toarray() if hasattr(x, "toarray") else x, np.float32)
 
 
-def _group_sets(adata, pert_key: str, context_key: str) -> list[dict]:
+def _held_out_sets(adata: anndata.AnnData, pert_key: str, context_key: str) -> list[dict]:
+    """Per held-out group: its predicted, observed, control, basal (the controls each prediction started from)
+    and reference cells, in both spaces."""
     source = adata.obs["stagekit_source"].astype(str).to_numpy()
-    cell = adata.obs["stagekit_cell"].astype(str).to_numpy()
+    row = adata.obs["stagekit_row"].to_numpy()
     pert = adata.obs[pert_key].astype(str).to_numpy()
     context = adata.obs[context_key].astype(str).to_numpy()
     genes, embedding = _dense(adata.X), np.asarray(adata.obsm["X_pert_embedding"], np.float32)
@@ -47,8 +55,8 @@ def _group_sets(adata, pert_key: str, context_key: str) -> list[dict]:
             continue
         predicted = in_group & (source == "predicted")
         controls = np.flatnonzero((context == c) & (source == "control"))
-        position = {name: i for i, name in zip(controls, cell[controls], strict=True)}
-        basal = np.array([position[name] for name in cell[predicted]])
+        position = {r: i for i, r in zip(controls, row[controls].tolist(), strict=True)}  # rows: names may repeat
+        basal = np.array([position[r] for r in row[predicted].tolist()])
         entry = {"perturbation": p, "context": c, "predicted": cells(predicted), "observed": cells(observed),
                  "controls": cells(controls), "basal": cells(basal)}
         if (in_group & (source == "reference")).any():
@@ -86,14 +94,14 @@ def _versus(rows: list[dict]) -> dict:
     return out
 
 
-def perturbation_report(adata, seed: int = 0) -> tuple[dict, list[dict]]:
+def perturbation_report(adata: anndata.AnnData, seed: int = 0) -> tuple[dict, list[dict]]:
     """Scores of every held-out group and their means; also the groups' sets, for plots."""
     provenance = adata.uns.get("stagekit", {})
     pert_key, context_key = provenance.get("pert_key", ""), provenance.get("context_key", "")
     if pert_key not in adata.obs or context_key not in adata.obs:
         raise UserError("the file does not name its perturbation and context columns (uns['stagekit']); evaluate "
                         "a transition bundle or its `stagekit extract` output")
-    groups = _group_sets(adata, pert_key, context_key)
+    groups = _held_out_sets(adata, pert_key, context_key)
     if not groups:
         raise UserError("no observed cells to compare the predictions with (an `extract --pert` file holds "
                         "predictions only); evaluate the bundle, or the extract of its held-out cells")
@@ -132,7 +140,8 @@ def perturbation_report(adata, seed: int = 0) -> tuple[dict, list[dict]]:
     return report, groups
 
 
-def plot_report(groups: list[dict], report: dict, output_dir, umap: bool, seed: int) -> list[str]:
+def plot_report(groups: list[dict], report: dict, output_dir: Path, umap: bool, seed: int) -> list[str]:
+    """Predicted vs observed change for the strongest groups; a UMAP of observed and predicted cells."""
     from stagekit.metrics import plots
 
     written = []
@@ -145,8 +154,6 @@ def plot_report(groups: list[dict], report: dict, output_dir, umap: bool, seed: 
                        g["predicted"]["genes"].mean(0) - base))
     written.append(str(plots.plot_delta_scatter(panels, output_dir / "delta_scatter.png")))
     if umap:
-        from umap import UMAP
-
         rng = np.random.default_rng(seed)
         parts = [(g, kind) for g in groups for kind in ("observed", "predicted")]
         embedding = np.concatenate([g[kind]["embedding"] for g, kind in parts])
@@ -154,7 +161,7 @@ def plot_report(groups: list[dict], report: dict, output_dir, umap: bool, seed: 
         label = np.concatenate([[f"{g['perturbation']} / {g['context']}"] * len(g[kind]["embedding"])
                                 for g, kind in parts])
         keep = np.sort(rng.choice(len(embedding), min(len(embedding), 5000), replace=False))
-        coords = UMAP(init="pca", random_state=seed, n_jobs=1).fit_transform(embedding[keep])
+        coords = plots.umap_layout(embedding[keep], seed)
         colourings = {"observed or predicted": source[keep]}
         if len(set(label)) <= 20:
             colourings["group"] = label[keep]

@@ -81,6 +81,8 @@ def read_screen(obs: pd.DataFrame, where: Path, pert_key: str, control: str, con
     for value in exclude:
         if value not in present:
             raise UserError(f"{where}: --exclude '{value}' is not a value of obs column '{pert_key}'")
+        if value == control:
+            raise UserError(f"--exclude '{value}' is the control label; the model needs the control cells")
     if control not in present:
         shown = ", ".join(present[:12]) + (" ..." if len(present) > 12 else "")
         raise UserError(f"{where}: control label '{control}' not in obs column '{pert_key}' (values: {shown})")
@@ -119,16 +121,24 @@ def read_split_toml(path: Path, screen: Screen) -> tuple[list[str], dict[tuple[s
                             f"(values: {', '.join(screen.contexts[:10])})")
         return context
 
+    zeroshot, fewshot = spec.get("zeroshot", {}), spec.get("fewshot", {})
+    if not isinstance(zeroshot, dict) or not isinstance(fewshot, dict):
+        raise UserError(f"{path}: [zeroshot] and [fewshot] must be tables (see the cell-load format)")
     zeroshot_val, roles = [], {}
     held_out = []
-    for name, role in spec.get("zeroshot", {}).items():
+    for name, role in zeroshot.items():
         if role not in ("test", "val"):
             raise UserError(f"{path}: [zeroshot] \"{name}\" = \"{role}\": use \"test\" or \"val\"")
         (held_out if role == "test" else zeroshot_val).append(context_of(name))
-    for name, lists in spec.get("fewshot", {}).items():
+    for name, lists in fewshot.items():
         context = context_of(name)
+        if not isinstance(lists, dict):
+            raise UserError(f"{path}: [fewshot.\"{name}\"] must be a table with val = [...] and test = [...]")
         for role in ("val", "test"):  # test wins where a perturbation is in both
-            for pert in lists.get(role, []):
+            perts = lists.get(role, [])
+            if not isinstance(perts, list) or not all(isinstance(p, str) for p in perts):
+                raise UserError(f"{path}: [fewshot.\"{name}\"] {role} must be a list of perturbation names")
+            for pert in perts:
                 if pert not in screen.perts:
                     raise UserError(f"{path}: [fewshot.\"{name}\"] {role} perturbation '{pert}' is not in the data")
                 roles[(context, pert)] = role
@@ -182,7 +192,7 @@ def assign_split(screen: Screen, request: SplitRequest, where: Path) -> np.ndarr
         split[order[:n_test]] = TEST
         split[order[n_test:n_test + n_val]] = VAL
     train = split == TRAIN
-    unseen = [screen.perts[p] for p in sorted(set(screen.pert[split == TEST].tolist()) - set(
+    unseen = [screen.perts[p] for p in sorted(set(screen.pert[(split == TEST) | (split == VAL)].tolist()) - set(
         screen.pert[train].tolist()))]
     if unseen and not request.has_features:
         raise UserError(f"perturbation '{unseen[0]}' has no training cell in any context; a one-hot model cannot "

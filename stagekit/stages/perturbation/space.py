@@ -13,6 +13,7 @@ from stagekit.data.hvg import highly_variable_genes
 from stagekit.errors import UserError
 
 TARGET_SUM = 1e4
+_EMBED_BLOCK = 8192  # cells embedded at a time (a dense block of genes)
 
 
 @dataclass
@@ -67,16 +68,28 @@ def log_normalised(counts: sp.csr_matrix, columns: np.ndarray) -> sp.csr_matrix:
 
 
 def fit_space(counts: sp.csr_matrix, var_names: list[str], train_rows: np.ndarray, n_genes: int,
-              n_components: int, seed: int) -> tuple[ExpressionSpace, sp.csr_matrix]:
-    """The space fitted on `train_rows`, and every cell's log-normalised genes in it (CSR)."""
+              n_components: int, seed: int) -> ExpressionSpace:
+    """The space fitted on the cells `train_rows`."""
     columns = highly_variable_genes(sp.csr_matrix(counts[train_rows]), n_genes)
-    genes = log_normalised(counts, columns)
     names = [var_names[i] for i in columns]
     if n_components == 0:
-        return ExpressionSpace(names, np.zeros(0, np.float32), np.zeros((0, len(names)), np.float32)), genes
+        return ExpressionSpace(names, np.zeros(0, np.float32), np.zeros((0, len(names)), np.float32))
+    genes = log_normalised(counts[train_rows], columns)
     from sklearn.decomposition import PCA
 
     n = min(n_components, len(train_rows) - 1, len(names))
     pca = PCA(n, random_state=seed, svd_solver="randomized" if n < 0.5 * len(names) else "full")
-    pca.fit(genes[train_rows].toarray())
-    return ExpressionSpace(names, pca.mean_.astype(np.float32), pca.components_.astype(np.float32)), genes
+    pca.fit(genes.toarray())
+    return ExpressionSpace(names, pca.mean_.astype(np.float32), pca.components_.astype(np.float32))
+
+
+def in_space(space: ExpressionSpace, counts: sp.csr_matrix, var_names: list[str], where: str
+             ) -> tuple[sp.csr_matrix, np.ndarray]:
+    """Every cell's log-normalised genes of the space (CSR) and its embedding."""
+    genes = log_normalised(counts, space.gene_columns(var_names, where))
+    return genes, embed_all(space, genes)
+
+
+def embed_all(space: ExpressionSpace, genes: sp.csr_matrix) -> np.ndarray:
+    return np.concatenate([space.embed(genes[i:i + _EMBED_BLOCK].toarray())
+                           for i in range(0, genes.shape[0], _EMBED_BLOCK)])

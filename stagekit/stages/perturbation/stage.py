@@ -2,30 +2,26 @@
 
 from __future__ import annotations
 
-import tomllib
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import scipy.sparse as sp
 import torch
 
-from stagekit.bundle import Bundle
+from stagekit.bundle import Bundle, file_sha256
 from stagekit.config.loader import toml_value
 from stagekit.data.anndata_io import load_counts
-from stagekit.data.cell_sets import group_cells
+from stagekit.data.cell_sets import CellGroups, group_cells
 from stagekit.data.protein_embeddings import load_gene_embeddings
 from stagekit.errors import UserError
 from stagekit.models.transition import TransitionModel
 from stagekit.stages.perturbation.screen import TEST, TRAIN, VAL, Screen, SplitRequest, assign_split, read_screen
-from stagekit.stages.perturbation.space import ExpressionSpace, fit_space
+from stagekit.stages.perturbation.space import ExpressionSpace, fit_space, in_space
 from stagekit.stages.perturbation.task import TransitionTask
 from stagekit.stages.phase import PhaseRun, kept_metrics
 from stagekit.stages.registry import PhaseRequest
 from stagekit.train import FitResult
-from stagekit.train.state import load_weights, weights_to_numpy
-
-_EMBED_BLOCK = 8192  # cells embedded at a time (a dense block of genes)
+from stagekit.train.state import weights_to_numpy
 
 
 def pert_inputs(screen: Screen, features_path: Path | None) -> np.ndarray:
@@ -45,6 +41,7 @@ def pert_inputs(screen: Screen, features_path: Path | None) -> np.ndarray:
 
 
 def model_config_toml(model_cfg: dict, data_cfg: dict, n_embedding: int, n_pert_inputs: int, n_genes: int) -> str:
+    """What rebuilding the model and reading new data needs (bundle.build_model reads it)."""
     lines = ["[model]", *(f"{k} = {toml_value(v)}" for k, v in model_cfg.items()),
              f"n_embedding = {n_embedding}", f"n_pert_inputs = {n_pert_inputs}", f"n_genes = {n_genes}",
              "[data]", *(f"{k} = {toml_value(data_cfg[k])}" for k in ("layer", "pert_key", "control",
@@ -52,42 +49,23 @@ def model_config_toml(model_cfg: dict, data_cfg: dict, n_embedding: int, n_pert_
     return "\n".join(lines) + "\n"
 
 
-def build_model(model_config: str) -> TransitionModel:
-    m = tomllib.loads(model_config)["model"]
-    return TransitionModel(m["n_embedding"], m["n_pert_inputs"], m["hidden"], m["n_layers"], m["n_heads"],
-                           m["dropout"], m["n_genes"], m["predict_residual"])
-
-
-@dataclass
-class TransitionBundle:
-    """What extract and evaluate need of a transition bundle."""
-
-    model: TransitionModel
-    space: ExpressionSpace
-    screen: Screen
-    pert_inputs: np.ndarray
-    data: dict  # the [data] section: layer, pert_key, control, context_key, batch_key
-    set_len: int
-
-
-def load_transition(bundle: Bundle) -> TransitionBundle:
-    model = build_model(bundle.model_config)
-    load_weights(model, bundle.weights)
-    r, c = bundle.results, bundle.categories
-    screen = Screen(np.asarray(r["pert"]), c["perts"], int(r["control"]), np.asarray(r["context"]), c["contexts"],
-                    np.asarray(r["batch"]) if "batch" in r else None, c.get("batches", []), np.asarray(r["split"]))
-    config = tomllib.loads(bundle.config_toml)
-    return TransitionBundle(model.eval(), ExpressionSpace.from_arrays(c["space_genes"], r), screen,
-                            np.asarray(r["pert_inputs"]), tomllib.loads(bundle.model_config)["data"],
-                            config["sets"]["cell_set_len"])
-
-
-def embed_all(space: ExpressionSpace, genes: sp.csr_matrix) -> np.ndarray:
-    return np.concatenate([space.embed(genes[i:i + _EMBED_BLOCK].toarray())
-                           for i in range(0, genes.shape[0], _EMBED_BLOCK)])
+def _warn_about_groups(screen: Screen, groups: CellGroups, set_len: int, log: Callable[[str], None]) -> None:
+    """Groups drawn with replacement, and perturbed cells left out for want of controls in their context."""
+    if groups.short:
+        p, c = groups.short[0]
+        log(f"warning: {len(groups.short)} training group(s) have fewer than {set_len} cells and are drawn with "
+            f"replacement (e.g. '{screen.perts[p]}' in '{screen.contexts[c]}')")
+    paired = {c for c, _ in groups.controls}
+    train = screen.rows(TRAIN)
+    unpaired = sorted({screen.contexts[c] for c in screen.context[train][screen.pert[train] != screen.control]}
+                      - {screen.contexts[c] for c in paired})
+    if unpaired:
+        log(f"warning: context(s) {', '.join(unpaired)} have perturbed cells but no control cells to pair them "
+            "with; those cells do not train")
 
 
 def run(request: PhaseRequest) -> Path | None:
+    """Train the transition model on one screen; returns the bundle (None on the other processes of a DDP run)."""
     config = request.config
     data_cfg, model_cfg, loss_cfg = config["data"], config["model"], config["loss"]
     training, seed = config["training"], config["training"]["seed"]
@@ -100,20 +78,33 @@ def run(request: PhaseRequest) -> Path | None:
     if model_cfg["hidden"] % model_cfg["n_heads"]:
         raise UserError(f"model.hidden ({model_cfg['hidden']}) must be a multiple of model.n_heads "
                         f"({model_cfg['n_heads']})")
-    features = request.options.get("pert_features")
+    features, split_toml = request.options.get("pert_features"), request.options.get("split_toml")
     phase = PhaseRun(config, request.output, request.resume, request.quiet)
     counts = load_counts(request.data[0], data_cfg["layer"])
+    phase.check_resume_data(counts.fingerprint())
     screen = read_screen(counts.obs, counts.path, data_cfg["pert_key"], data_cfg["control"], data_cfg["context_key"],
                          data_cfg["batch_key"], data_cfg["exclude"])
-    split_toml = request.options.get("split_toml")
-    screen.split = assign_split(screen, SplitRequest(
-        data_cfg["test_fraction"], training["val_fraction"], data_cfg["holdout_contexts"], data_cfg["holdout_perts"],
-        features is not None, Path(split_toml) if split_toml else None, seed), counts.path)
-    inputs = pert_inputs(screen, Path(features) if features else None)
-    phase.check_resume_data(counts.fingerprint())
-    space, genes = fit_space(counts.matrix, counts.var_names, screen.rows(TRAIN), data_cfg["n_genes"],
-                             data_cfg["n_components"], seed)
-    embedding = embed_all(space, genes)
+    provenance = {}
+    if phase.resume_bundle is not None:  # the split, inputs and space the run started with, never recomputed
+        stored = phase.resume_bundle
+        if features or split_toml:
+            raise UserError("--resume continues with the split and perturbation features stored in "
+                            f"{request.resume}; drop --pert-features and --split-toml")
+        screen.split, inputs = np.asarray(stored.results["split"]), np.asarray(stored.results["pert_inputs"])
+        space = ExpressionSpace.from_arrays(stored.categories["space_genes"], stored.results)
+        provenance = {k: v for k, v in stored.data.items() if k.startswith(("features_", "split_toml"))}
+    else:
+        screen.split = assign_split(screen, SplitRequest(
+            data_cfg["test_fraction"], training["val_fraction"], data_cfg["holdout_contexts"],
+            data_cfg["holdout_perts"], features is not None, Path(split_toml) if split_toml else None, seed),
+            counts.path)
+        inputs = pert_inputs(screen, Path(features) if features else None)
+        space = fit_space(counts.matrix, counts.var_names, screen.rows(TRAIN), data_cfg["n_genes"],
+                          data_cfg["n_components"], seed)
+        for name, path in (("features", features), ("split_toml", split_toml)):
+            if path:
+                provenance |= {f"{name}_path": str(Path(path).resolve()), f"{name}_sha256": file_sha256(path)}
+    genes, embedding = in_space(space, counts.matrix, counts.var_names, str(counts.path))
     decoder = space.has_pca and loss_cfg["decoder_weight"] > 0
     train, val = screen.rows(TRAIN), screen.rows(VAL)
     controls = screen.rows(TRAIN, VAL)
@@ -121,15 +112,13 @@ def run(request: PhaseRequest) -> Path | None:
     groups = group_cells(screen.pert, screen.context, screen.batch, screen.control, train, set_len, control_sets=True)
     val_groups = (group_cells(screen.pert, screen.context, screen.batch, screen.control, val, set_len,
                               control_sets=True, control_rows=controls) if len(val) else None)
-    if groups.short:
-        p, c = groups.short[0]
-        request.log(f"warning: {len(groups.short)} training group(s) have fewer than {set_len} cells and are drawn "
-                    f"with replacement (e.g. '{screen.perts[p]}' in '{screen.contexts[c]}')")
+    _warn_about_groups(screen, groups, set_len, request.log)
     held = screen.held_out_groups()
-    request.log(f"{len(train)} training cells in {len(groups.groups)} (perturbation, context) groups, "
-                f"{len(val)} validation, {len(screen.rows(TEST))} held out ({len(held)} perturbed groups), "
-                f"{int((screen.split < 0).sum())} excluded; {space.n_embedding}-dim "
-                f"{'PCA of ' if space.has_pca else ''}{len(space.genes)} genes")
+    split_line = (f"{len(train)} training cells in {len(groups.groups)} (perturbation, context) groups, "
+                  f"{len(val)} validation, {len(screen.rows(TEST))} held out ({len(held)} perturbed groups), "
+                  f"{int((screen.split < 0).sum())} excluded")
+    request.log(f"{split_line}; {space.n_embedding}-dim {'PCA of ' if space.has_pca else ''}{len(space.genes)} "
+                "genes")
     phase.engine.launch()
     torch.manual_seed(seed)
     model = TransitionModel(space.n_embedding, inputs.shape[1], model_cfg["hidden"], model_cfg["n_layers"],
@@ -147,9 +136,14 @@ def run(request: PhaseRequest) -> Path | None:
     if screen.batches:
         categories["batches"] = screen.batches
 
+    design = (f"perturbation obs['{data_cfg['pert_key']}'] (control '{data_cfg['control']}'), context "
+              f"{repr(data_cfg['context_key']) if data_cfg['context_key'] else 'none'}, batch "
+              f"{repr(data_cfg['batch_key']) if data_cfg['batch_key'] else 'none'}")
+    data = counts.fingerprint() | provenance | {"design": design, "split": split_line}
+
     def bundle_for(result: FitResult) -> Bundle:
         return Bundle(stage=config.stage, model="transition", config_toml="", seed=seed,
-                      weights=weights_to_numpy(model), model_config=model_config, data=counts.fingerprint(),
+                      weights=weights_to_numpy(model), model_config=model_config, data=data,
                       var_names=counts.var_names, categories=categories,
                       final_metrics=kept_metrics(result, ("train_", "val_")), results=results)
 

@@ -29,7 +29,7 @@ class TransitionTask(Task):
         self.kind, self.blur, self.decoder_weight = loss["kind"], loss["blur"], loss["decoder_weight"]
 
     def _steps(self, groups: CellGroups, epoch: int, rank: int, world: int) -> list[list[CellSet]]:
-        steps = epoch_sets(groups, self.set_len, self.sets_per_step * world, self.seed, epoch)
+        steps = epoch_sets(groups, self.set_len, self.sets_per_step, self.seed, epoch)  # global steps
         steps = [s for s in steps if len(s) >= world]  # every process takes the same steps, each with a set
         return [s[rank::world] for s in steps]
 
