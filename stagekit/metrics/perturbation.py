@@ -77,17 +77,14 @@ def set_scores(predicted: dict[str, np.ndarray], observed: dict[str, np.ndarray]
 
 def effect_is_measurable(observed: np.ndarray, controls: np.ndarray, draws: int = 20, seed: int = 0
                          ) -> tuple[bool, float, float]:
-    """Whether the observed cells differ from the controls more than random splits of the controls do: the
-    energy distance of observed vs controls against its largest value over `draws` splits of the controls into
-    a set as large as the observed one and the rest (a one-sided permutation test at 1 / (draws + 1)).
-    Returns (measurable, distance, largest null distance)."""
+    """Whether the observed cells differ from the controls: the energy distance between them against its values
+    when the pooled cells are split at random into sets of the same two sizes (a permutation test; measurable
+    when above all `draws` of them, p < 1 / (draws + 1)). Returns (measurable, distance, largest null value)."""
     distance = energy_distance(observed, controls, seed)
+    pooled = np.concatenate([observed, controls])
     rng = np.random.default_rng([seed, 47])
-    n = min(len(observed), len(controls) - 2)
-    if n < 2:
-        return False, distance, float("nan")
     null = []
     for _ in range(draws):
-        order = rng.permutation(len(controls))
-        null.append(energy_distance(controls[order[:n]], controls[order[n:]], seed))
+        order = rng.permutation(len(pooled))
+        null.append(energy_distance(pooled[order[:len(observed)]], pooled[order[len(observed):]], seed))
     return bool(distance > max(null)), distance, float(max(null))

@@ -70,6 +70,7 @@ def test_extract_and_evaluate_beat_no_change_on_the_held_out_context(tx_bundle, 
     assert code == 2 and "--label-key does not apply" in err, err
 
 
+@pytest.mark.filterwarnings("ignore:Observation names are not unique")
 def test_baselines_start_from_the_prediction_controls_even_with_repeated_cell_names(stim_h5ad, tmp_path, capsys):
     """Cell names repeat in real files (barcodes across samples): evaluate pairs by row, so the scores are those
     of the same file with unique names."""

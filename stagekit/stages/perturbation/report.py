@@ -136,7 +136,8 @@ def perturbation_report(adata: anndata.AnnData, seed: int = 0) -> tuple[dict, li
               "mean_measurable": {m: _means(measurable, m) for m in methods if _means(measurable, m)},
               "versus": _versus(rows), "versus_measurable": _versus(measurable),
               "measurable_rule": "observed vs control energy distance above its largest value over 20 random "
-                                 "splits of the controls (permutation test, p < 0.05)"}
+                                 "splits of the pooled cells into sets of the same sizes (permutation test, "
+                                 "p < 0.05)"}
     return report, groups
 
 
