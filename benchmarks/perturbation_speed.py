@@ -13,15 +13,17 @@ CPU-second of arc-state, and the same or lower peak RSS. Reference measured earl
 
 CPU time is only comparable on a quiet machine: with 2 threads on 2 cores, another process on one core makes a
 run's CPU time several-fold (torch's OpenMP threads spin while they wait). Each run therefore waits (--wait-quiet)
-for the other processes to leave the cores free, runs under load are flagged with *, and --repeats keeps the least
-figure. On a quiet 2-core machine the arc-state side takes about 2 minutes per repeat.
+for the other processes to leave the cores free and runs beside a busy core are marked *; with --repeats R each
+side runs R pairs and its figure takes the N-step run and the 2N-step run with the least CPU time (noise only adds
+CPU time). The differences are kept at 10-20 CPU-s a side, well above the +-2 CPU-s start-up noise of a run. On a
+quiet 2-core machine one repeat takes about 1.5 minutes for arc-state and 1.5 for stagekit.
 
 arc-state 0.11.1 runs in its own venv, built on first use at benchmarks/.cache/arc-state-venv (torch pinned to
 2.13.0, ~2.5 GB, 2-6 minutes) and reused while it imports; when it cannot be built the stagekit side still runs.
 Its input (an .h5ad as `state tx preprocess_train` leaves it, every gene kept, and cell-load's TOML) is written to
 a temporary folder; `--keep DIR` keeps it with the logs and outputs.
 
-    python benchmarks/perturbation_speed.py [--steps 16] [--repeats 1] [--json out.json] [--only arc-state]
+    python benchmarks/perturbation_speed.py [--steps 48] [--repeats 2] [--json out.json] [--only arc-state]
 """
 
 from __future__ import annotations
@@ -82,6 +84,7 @@ class Plan:
     repeats: int
     wait_s: float
     tmp: Path
+    stagekit_extra: list[str] = field(default_factory=list)  # further --set values for stagekit
 
 
 @dataclass
@@ -102,14 +105,20 @@ class Side:
     def ok(self) -> bool:
         return any(self._pair_ok(p) for p in self.pairs)
 
-    @property
-    def per_step_each(self) -> list[float]:
-        return [(b.cpu_s - a.cpu_s) / (b.steps - a.steps) for a, b in filter(self._pair_ok, self.pairs)]
+    def least(self, which: int) -> Run | None:
+        """The run with the least CPU time among the N-step (`which` 0) or 2N-step (1) runs of complete pairs: noise
+        here (another process on a core, a slow start) only ever adds CPU time."""
+        return min((p[which] for p in self.pairs if self._pair_ok(p)), key=lambda r: r.cpu_s, default=None)
 
     @property
     def cpu_s_per_step(self) -> float:
-        """The median over repeats (noise in either run of a pair moves the difference either way)."""
-        return statistics.median(self.per_step_each) if self.per_step_each else math.nan
+        a, b = self.least(0), self.least(1)
+        return math.nan if a is None or b is None else (b.cpu_s - a.cpu_s) / (b.steps - a.steps)
+
+    @property
+    def per_step_each(self) -> list[float]:
+        """The figure of each complete pair on its own, for the spread."""
+        return [(b.cpu_s - a.cpu_s) / (b.steps - a.steps) for a, b in filter(self._pair_ok, self.pairs)]
 
     @property
     def peak_rss_gb(self) -> float:
@@ -117,7 +126,8 @@ class Side:
 
     @property
     def other_cores(self) -> float:
-        return max((r.other_cores for p in self.pairs for r in p), default=0.0)
+        """The most other processes used during the two runs the figure comes from, in cores."""
+        return max((r.other_cores for r in (self.least(0), self.least(1)) if r is not None), default=0.0)
 
 
 def thread_env(threads: int) -> dict[str, str]:
@@ -217,7 +227,8 @@ def build_arc_state_venv(venv: Path, rebuild: bool) -> tuple[str, str]:
             if subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT).returncode != 0:
                 last = [ln for ln in log.read_text(errors="replace").splitlines()
                         if ln.strip() and not ln.startswith("WARNING: Location")]
-                return "", f"`{shlex.join(cmd[-2:])}` failed ({last[-1].strip() if last else 'no output'}; {log})"
+                what = "python -m venv" if cmd[1:3] == ["-m", "venv"] else f"pip install {cmd[-1]}"
+                return "", f"`{what}` failed ({last[-1].strip() if last else 'no output'}; see {log})"
     version = arc_state_works(venv)
     return (version, "") if version else ("", f"the venv was built but does not import arc-state ({log})")
 
@@ -332,7 +343,9 @@ def bundle_loop_cpu_s(path: Path) -> float:
 
 def bundle_steps(path: Path) -> int:
     """Optimizer steps a stagekit bundle ran: a step count in its history or data where there is one, else from
-    the sets each epoch trained on (cells_per_s x epoch_time_s counts sets here), `training.batch_size` a step."""
+    the cells each epoch trained on (cells_per_s x epoch_time_s; cells_per_s counts cells since d52bef5, sets
+    before), `sets.cell_set_len` cells a set and `training.batch_size` sets a step (the last step of an epoch
+    takes the rest)."""
     from stagekit.bundle import read_bundle
 
     bundle = read_bundle(path, weights=False, results=False)
@@ -347,8 +360,8 @@ def bundle_steps(path: Path) -> int:
         if key in bundle.data:
             return int(bundle.data[key])
     if history.get("cells_per_s") and history.get("epoch_time_s"):
-        sets = [round(r * t) for r, t in zip(history["cells_per_s"], history["epoch_time_s"], strict=True)]
-        return sum(math.ceil(n / SHAPES["sets_per_step"]) for n in sets)
+        cells = [r * t for r, t in zip(history["cells_per_s"], history["epoch_time_s"], strict=True)]
+        return sum(math.ceil(round(n / SHAPES["cell_set_len"]) / SHAPES["sets_per_step"]) for n in cells)
     raise KeyError(f"no step count in the bundle (history: {sorted(bundle.history)}; data: {sorted(bundle.data)})")
 
 
@@ -368,7 +381,7 @@ def run_stagekit(data: Path, plan: Plan) -> Side:
         side.pairs.append(pair)
         for n in counts:
             out = plan.tmp / f"stagekit_{repeat}_{n}.stk"
-            cmd = stagekit_command(data, stagekit_sets(key, n, plan.threads), out)
+            cmd = stagekit_command(data, stagekit_sets(key, n, plan.threads) + plan.stagekit_extra, out)
             side.command = shlex.join(cmd)
             log = plan.tmp / f"stagekit_{repeat}_{n}.log"
             pair.append(measure(cmd, thread_env(plan.threads), log, plan.tmp, n, plan.wait_s))
@@ -420,17 +433,20 @@ def report(sides: list[Side], steps: int, threads: int) -> dict:
     print(f"reference (measured earlier): arc-state {REFERENCE['arc_state_cpu_s_per_step']} CPU-s/step, "
           f"{REFERENCE['arc_state_peak_rss_gb']} GB peak RSS")
     busy = max((s.other_cores for s in sides), default=0.0)
+    if any(r.other_cores > BUSY for s in sides for p in s.pairs for r in p):
+        print(f"runs marked * ran beside other processes using over {BUSY} cores; each figure takes the N-step and "
+              "the 2N-step run with the least CPU time of its side")
     if busy > BUSY:
-        print(f"warning: other processes kept up to {busy:.1f} cores busy during the runs marked *; with {threads} "
-              f"threads on {os.cpu_count()} cores their CPU times are inflated several-fold (OpenMP threads spin): "
-              "rerun on a quiet machine, or with --repeats 3 (the least per-step figure is kept)")
+        print(f"WARNING: the figures include runs beside other processes using up to {busy:.1f} cores; with "
+              f"{threads} threads on {os.cpu_count()} cores their CPU times grow several-fold (OpenMP threads spin): "
+              "rerun on a quiet machine")
     for side in sides:
         if side.note.strip():
             print(f"{side.name}: {side.note.strip()}")
     return {"data": str(DATA), "shapes": SHAPES, "steps": steps, "threads": threads, "reference": REFERENCE,
             "speed_ratio": ratio, "rss_ratio": rss_ratio, "other_cores_max": busy,
             "sides": {s.name: {"version": s.version, "cpu_s_per_step": s.cpu_s_per_step,
-                               "cpu_s_per_step_each_repeat": s.per_step_each,
+                               "cpu_s_per_step_each_pair": s.per_step_each,
                                "steps_per_cpu_s": 1 / s.cpu_s_per_step if s.ok else math.nan,
                                "peak_rss_gb": s.peak_rss_gb, "command": s.command, "note": s.note.strip(),
                                "runs": [[asdict(r) for r in p] for p in s.pairs]} for s in sides}}
@@ -438,13 +454,17 @@ def report(sides: list[Side], steps: int, threads: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=16, help="N: arc-state trains N and 2N optimizer steps "
-                        "(16: its epoch here is 32 steps of 16 sets and one of 7, so 2N stays in the first)")
-    parser.add_argument("--stagekit-steps", type=int, default=128, help="N for stagekit (training.max_steps)")
-    parser.add_argument("--stagekit-epochs", type=int, default=4,
-                        help="while stagekit has no training.max_steps: it trains E and 2E epochs instead")
+    parser.add_argument("--steps", type=int, default=48, help="N: arc-state trains N and 2N optimizer steps (its "
+                        "epoch here is 32 steps of 16 sets and one of 7: steps 49-96 hold one short step, -1 %%)")
+    parser.add_argument("--stagekit-steps", type=int, default=256, help="N for stagekit (training.max_steps)")
+    parser.add_argument("--stagekit-epochs", type=int, default=8,
+                        help="while stagekit has no training.max_steps, it trains E and 2E epochs (26 steps each)")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=1, help="pairs of runs per side; the least figure is kept")
+    parser.add_argument("--stagekit-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="an extra --set for stagekit's runs (e.g. model.dropout=0.0: arc-state's transformer has "
+                             "no dropout, its MLPs 0.1)")
+    parser.add_argument("--repeats", type=int, default=2,
+                        help="pairs of runs per side; the least CPU time of the N and of the 2N runs is used")
     parser.add_argument("--wait-quiet", type=float, default=300, metavar="S",
                         help="before each run, wait up to S seconds for other processes to leave the cores free")
     parser.add_argument("--only", choices=("arc-state", "stagekit"), help="run one side")
@@ -457,7 +477,7 @@ def main() -> None:
     sides: list[Side] = []
     with tempfile.TemporaryDirectory(prefix="perturbation_speed_") as scratch:
         plan = Plan(args.steps, args.stagekit_steps, args.stagekit_epochs, args.threads, args.repeats,
-                    args.wait_quiet, args.keep or Path(scratch))
+                    args.wait_quiet, args.keep or Path(scratch), args.stagekit_set)
         plan.tmp.mkdir(parents=True, exist_ok=True)
         if args.only != "stagekit":
             version, why = build_arc_state_venv(args.venv, args.rebuild_venv)

@@ -22,14 +22,15 @@ def _mlp(n_in: int, n_hidden: int, n_out: int, dropout: float) -> nn.Sequential:
 
 class TransitionModel(nn.Module):
     def __init__(self, n_embedding: int, n_pert_inputs: int, hidden: int = 128, n_layers: int = 4, n_heads: int = 4,
-                 dropout: float = 0.1, n_genes: int = 0, predict_residual: bool = True) -> None:
+                 dropout: float = 0.1, n_genes: int = 0, predict_residual: bool = True, block_dropout: float = 0.0
+                 ) -> None:
         super().__init__()
         self.predict_residual = predict_residual
         self.basal_encoder = _mlp(n_embedding, hidden, hidden, dropout)
         self.pert_encoder = _mlp(n_pert_inputs, hidden, hidden, dropout)
         self.blocks = nn.ModuleList([
-            nn.TransformerEncoderLayer(hidden, n_heads, 4 * hidden, dropout, activation="gelu", batch_first=True,
-                                       norm_first=True)
+            nn.TransformerEncoderLayer(hidden, n_heads, 4 * hidden, block_dropout, activation="gelu",
+                                       batch_first=True, norm_first=True)
             for _ in range(n_layers)])
         self.norm = nn.LayerNorm(hidden)
         self.project_out = _mlp(hidden, hidden, n_embedding, dropout)

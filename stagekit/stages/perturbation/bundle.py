@@ -19,7 +19,7 @@ def build_model(model_config: str) -> TransitionModel:
     """An untrained model of the shape a bundle's model_config records."""
     m = tomllib.loads(model_config)["model"]
     return TransitionModel(m["n_embedding"], m["n_pert_inputs"], m["hidden"], m["n_layers"], m["n_heads"],
-                           m["dropout"], m["n_genes"], m["predict_residual"])
+                           m["dropout"], m["n_genes"], m["predict_residual"], m["block_dropout"])
 
 
 @dataclass

@@ -10,7 +10,7 @@ import torch
 
 from stagekit.bundle import Bundle, file_sha256
 from stagekit.config.loader import toml_value
-from stagekit.data.anndata_io import load_counts
+from stagekit.data.anndata_io import CountMatrix, load_counts
 from stagekit.data.cell_sets import CellGroups, group_cells
 from stagekit.data.protein_embeddings import load_gene_embeddings
 from stagekit.errors import UserError
@@ -64,6 +64,34 @@ def _warn_about_groups(screen: Screen, groups: CellGroups, set_len: int, log: Ca
             "with; those cells do not train")
 
 
+def _split_inputs_space(request: PhaseRequest, resumed: Bundle | None, counts: CountMatrix, screen: Screen
+                        ) -> tuple[np.ndarray, ExpressionSpace, dict]:
+    """Set the screen's split; return the perturbation inputs, the fitted space and where the split and features
+    came from. A resumed run takes all of them from its bundle: recomputed, they could differ from those the
+    weights were trained with."""
+    data_cfg, seed = request.config["data"], request.config["training"]["seed"]
+    features, split_toml = request.options.get("pert_features"), request.options.get("split_toml")
+    if resumed is not None:
+        if features or split_toml:
+            raise UserError("--resume continues with the split and perturbation features stored in "
+                            f"{request.resume}; drop --pert-features and --split-toml")
+        screen.split = np.asarray(resumed.results["split"])
+        provenance = {k: v for k, v in resumed.data.items() if k.startswith(("features_", "split_toml"))}
+        return (np.asarray(resumed.results["pert_inputs"]),
+                ExpressionSpace.from_arrays(resumed.categories["space_genes"], resumed.results), provenance)
+    screen.split = assign_split(screen, SplitRequest(
+        data_cfg["test_fraction"], request.config["training"]["val_fraction"], data_cfg["holdout_contexts"],
+        data_cfg["holdout_perts"], features is not None, Path(split_toml) if split_toml else None, seed), counts.path)
+    inputs = pert_inputs(screen, Path(features) if features else None)
+    space = fit_space(counts.matrix, counts.var_names, screen.rows(TRAIN), data_cfg["n_genes"],
+                      data_cfg["n_components"], seed)
+    provenance = {}
+    for name, path in (("features", features), ("split_toml", split_toml)):
+        if path:
+            provenance |= {f"{name}_path": str(Path(path).resolve()), f"{name}_sha256": file_sha256(path)}
+    return inputs, space, provenance
+
+
 def run(request: PhaseRequest) -> Path | None:
     """Train the transition model on one screen; returns the bundle (None on the other processes of a DDP run)."""
     config = request.config
@@ -78,32 +106,12 @@ def run(request: PhaseRequest) -> Path | None:
     if model_cfg["hidden"] % model_cfg["n_heads"]:
         raise UserError(f"model.hidden ({model_cfg['hidden']}) must be a multiple of model.n_heads "
                         f"({model_cfg['n_heads']})")
-    features, split_toml = request.options.get("pert_features"), request.options.get("split_toml")
     phase = PhaseRun(config, request.output, request.resume, request.quiet)
     counts = load_counts(request.data[0], data_cfg["layer"])
     phase.check_resume_data(counts.fingerprint())
     screen = read_screen(counts.obs, counts.path, data_cfg["pert_key"], data_cfg["control"], data_cfg["context_key"],
                          data_cfg["batch_key"], data_cfg["exclude"])
-    provenance = {}
-    if phase.resume_bundle is not None:  # the split, inputs and space the run started with, never recomputed
-        stored = phase.resume_bundle
-        if features or split_toml:
-            raise UserError("--resume continues with the split and perturbation features stored in "
-                            f"{request.resume}; drop --pert-features and --split-toml")
-        screen.split, inputs = np.asarray(stored.results["split"]), np.asarray(stored.results["pert_inputs"])
-        space = ExpressionSpace.from_arrays(stored.categories["space_genes"], stored.results)
-        provenance = {k: v for k, v in stored.data.items() if k.startswith(("features_", "split_toml"))}
-    else:
-        screen.split = assign_split(screen, SplitRequest(
-            data_cfg["test_fraction"], training["val_fraction"], data_cfg["holdout_contexts"],
-            data_cfg["holdout_perts"], features is not None, Path(split_toml) if split_toml else None, seed),
-            counts.path)
-        inputs = pert_inputs(screen, Path(features) if features else None)
-        space = fit_space(counts.matrix, counts.var_names, screen.rows(TRAIN), data_cfg["n_genes"],
-                          data_cfg["n_components"], seed)
-        for name, path in (("features", features), ("split_toml", split_toml)):
-            if path:
-                provenance |= {f"{name}_path": str(Path(path).resolve()), f"{name}_sha256": file_sha256(path)}
+    inputs, space, provenance = _split_inputs_space(request, phase.resume_bundle, counts, screen)
     genes, embedding = in_space(space, counts.matrix, counts.var_names, str(counts.path))
     decoder = space.has_pca and loss_cfg["decoder_weight"] > 0
     train, val = screen.rows(TRAIN), screen.rows(VAL)
@@ -123,7 +131,7 @@ def run(request: PhaseRequest) -> Path | None:
     torch.manual_seed(seed)
     model = TransitionModel(space.n_embedding, inputs.shape[1], model_cfg["hidden"], model_cfg["n_layers"],
                             model_cfg["n_heads"], model_cfg["dropout"], len(space.genes) if decoder else 0,
-                            model_cfg["predict_residual"])
+                            model_cfg["predict_residual"], model_cfg["block_dropout"])
     task = TransitionTask(model, embedding, genes if decoder else None, inputs, groups, val_groups, set_len,
                           training["batch_size"], loss_cfg, seed)
     model_config = model_config_toml(model_cfg, data_cfg, space.n_embedding, inputs.shape[1],
