@@ -33,6 +33,14 @@ def kang() -> Path:
     return shared_file("kang2018_muscat_subset.h5ad")
 
 
+@pytest.fixture
+def existing_output(tmp_path: Path) -> Path:
+    """An output file that a failing command must leave as it was."""
+    out = tmp_path / "out.stk"
+    out.write_bytes(b"precious")
+    return out
+
+
 def run_cli(capsys, *args: str) -> tuple[int, str, str]:
     """Run `stagekit ARGS` in this process; returns (exit code, stdout, stderr)."""
     try:

@@ -19,13 +19,6 @@ def _write(path: Path, X, obs=None) -> Path:
     return path
 
 
-@pytest.fixture
-def existing_output(tmp_path: Path) -> Path:
-    out = tmp_path / "out.stk"
-    out.write_bytes(b"precious")
-    return out
-
-
 def _pretrain(capsys, data, out, *extra):
     return run_cli(capsys, "pretrain", "--preset", "vae", data, "-o", out, "--set", "training.epochs=1", *extra)
 

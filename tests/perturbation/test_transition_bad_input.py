@@ -25,13 +25,6 @@ def screen_h5ad(stim_h5ad, tmp_path_factory) -> Path:
     return path
 
 
-@pytest.fixture
-def existing(tmp_path: Path) -> Path:
-    out = tmp_path / "out.stk"
-    out.write_bytes(b"precious")
-    return out
-
-
 def _pretrain(capsys, data, out, *extra):
     return run_cli(capsys, "pretrain", "--preset", "transition", data, "-o", out, "--set", "training.epochs=1",
                    *extra)
@@ -55,26 +48,27 @@ BASE = ("--pert-key", "group_id", "--control", "ctrl", "--context-key", "cluster
     ((*BASE, "--exclude", "ctrl"), ["--exclude 'ctrl' is the control label"]),
     ((*BASE, "--set", "data.n_components=0"), ["loss.decoder_weight", "n_components"]),
 ])
-def test_bad_screen_exits_2_and_writes_nothing(capsys, screen_h5ad, existing, extra, needles):
-    code, out, err = _pretrain(capsys, screen_h5ad, existing, *extra)
+def test_bad_screen_exits_2_and_writes_nothing(capsys, screen_h5ad, existing_output, extra, needles):
+    code, out, err = _pretrain(capsys, screen_h5ad, existing_output, *extra)
     assert code == 2, err
     assert out == "" and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     for needle in needles:
         assert needle in err, err
-    assert existing.read_bytes() == b"precious"
-    assert not existing.with_name(existing.name + ".partial").exists()
+    assert existing_output.read_bytes() == b"precious"
+    assert not existing_output.with_name(existing_output.name + ".partial").exists()
 
 
-def test_non_count_data_and_missing_features(capsys, screen_h5ad, existing, tmp_path):
+def test_non_count_data_and_missing_features(capsys, screen_h5ad, existing_output, tmp_path):
     adata = anndata.read_h5ad(screen_h5ad)
     adata.X = adata.X.astype(np.float32) * 0.5
     adata.write_h5ad(tmp_path / "normalised.h5ad")
-    code, out, err = _pretrain(capsys, tmp_path / "normalised.h5ad", existing, *BASE)
+    code, out, err = _pretrain(capsys, tmp_path / "normalised.h5ad", existing_output, *BASE)
     assert code == 2 and "non-integer values" in err and "raw counts" in err, err
     np.savez(tmp_path / "features.npz", genes=np.array(["IL2"]), embeddings=np.ones((1, 4), np.float32))
-    code, out, err = _pretrain(capsys, screen_h5ad, existing, *BASE, "--pert-features", tmp_path / "features.npz")
+    code, out, err = _pretrain(capsys, screen_h5ad, existing_output, *BASE, "--pert-features",
+                               tmp_path / "features.npz")
     assert code == 2 and "no features for perturbation 'stim'" in err and "features.npz" in err, err
-    assert existing.read_bytes() == b"precious"
+    assert existing_output.read_bytes() == b"precious"
 
 
 def test_cell_load_split_toml(capsys, screen_h5ad, tmp_path):
