@@ -84,7 +84,7 @@ def _perturbation_tables(console, scores: dict) -> None:
     n, measurable = len(scores["groups"]), sum(r["measurable"] for r in scores["groups"])
     for key, title in (("mean", f"held-out groups: mean over {n}"),
                        ("mean_measurable", f"groups with a measurable effect: mean over {measurable}")):
-        if not scores[key]:
+        if not scores[key] or (key == "mean_measurable" and measurable == n):  # the same table twice
             continue
         table = Table(title=f"{title} (energy, mmd: lower is better; pearson, sign: higher; spread ratio: 1)")
         methods = list(scores[key])
