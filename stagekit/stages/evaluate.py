@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from stagekit.bundle import atomic_output, read_bundle
+from stagekit.bundle import Bundle, atomic_output, read_bundle
 from stagekit.errors import UserError
 from stagekit.metrics import plots
 from stagekit.metrics.clustering import contingency, internal_scores, label_agreement
@@ -94,20 +94,18 @@ def _from_anndata(adata, where: str, label_key: str | None) -> EvalInput:
                      classification)
 
 
-def _from_h5ad(path: Path, label_key: str | None) -> EvalInput:
+def _read_h5ad(path: Path) -> anndata.AnnData:
     import anndata
 
     try:
-        adata = anndata.read_h5ad(path)
+        return anndata.read_h5ad(path)
     except Exception as exc:  # any unreadable file means the same to a user
         raise UserError(f"{path} is not a readable .h5ad file ({type(exc).__name__})") from None
-    return _from_anndata(adata, str(path), label_key)
 
 
-def _from_bundle(path: Path, data: Path | None, label_key: str | None) -> EvalInput:
+def _from_bundle(bundle: Bundle, path: Path, data: Path | None, label_key: str | None) -> EvalInput:
     from stagekit.stages.registry import cells_of
 
-    bundle = read_bundle(path)
     adata, extra = cells_of(bundle, [data] if data else [], [], log=lambda m: None)
     adata.uns["stagekit"] = {k: extra[k] for k in ("label_key", "positive_class") if k in extra}
     found = _from_anndata(adata, str(path), label_key)
@@ -146,30 +144,13 @@ def _perturbation_run(adata, source: Path, output_dir: Path, umap: bool, seed: i
     return report
 
 
-def _transition_source(source: Path, data: Path | None) -> tuple[anndata.AnnData, dict | None] | None:
-    """(AnnData of predictions, training history) when `source` is a transition bundle or its extract."""
-    if source.suffix == ".h5ad":
-        import h5py
-
-        try:
-            with h5py.File(source, "r") as f:
-                predicted = "obs" in f and "stagekit_source" in f["obs"]
-        except OSError:
-            return None
-        if not predicted:
-            return None
-        import anndata
-
-        return anndata.read_h5ad(source), None
-    bundle = read_bundle(source, weights=False, results=False)
-    if bundle.model != "transition":
-        return None
+def _transition_cells(bundle: Bundle, data: Path | None) -> anndata.AnnData:
+    """A transition bundle's held-out groups, predicted and observed (what `extract` writes)."""
     from stagekit.stages.registry import cells_of
 
-    bundle = read_bundle(source)
     adata, extra = cells_of(bundle, [data] if data else [], [], log=_warnings_to_stderr)
     adata.uns["stagekit"] = extra
-    return adata, bundle.history
+    return adata
 
 
 def _warnings_to_stderr(message: str) -> None:
@@ -183,15 +164,19 @@ def run(source: Path, output_dir: Path, label_key: str | None = None, data: Path
         raise UserError(f"{source} does not exist")
     if output_dir.exists() and not output_dir.is_dir():
         raise UserError(f"report folder {output_dir} is a file; give a folder path")
-    transition = _transition_source(source, data)
-    if transition is not None:
+    # the source is read once; a perturbation model's predictions are scored apart
+    adata, bundle = (_read_h5ad(source), None) if source.suffix == ".h5ad" else (None, read_bundle(source))
+    if (adata is not None and "stagekit_source" in adata.obs) or (bundle is not None and bundle.model == "transition"):
         if label_key:
             raise UserError(f"--label-key does not apply to {source}: a perturbation model is scored against the "
                             "observed held-out cells; drop it")
-        adata, history = transition
-        return _perturbation_run(adata, source, output_dir, umap, seed, history)
-    is_h5ad = source.suffix == ".h5ad"
-    found = _from_h5ad(source, label_key) if is_h5ad else _from_bundle(source, data, label_key)
+        if bundle is not None:
+            return _perturbation_run(_transition_cells(bundle, data), source, output_dir, umap, seed, bundle.history)
+        return _perturbation_run(adata, source, output_dir, umap, seed)
+    if adata is not None:
+        found = _from_anndata(adata, str(source), label_key)
+    else:
+        found = _from_bundle(bundle, source, data, label_key)
     latent, clusters, labels, label_key, lineage = (found.latent, found.clusters, found.labels, found.label_key,
                                                     found.lineage)
     output_dir.mkdir(parents=True, exist_ok=True)

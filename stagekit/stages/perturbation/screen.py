@@ -17,7 +17,6 @@ import pandas as pd
 from stagekit.errors import UserError
 
 EXCLUDED, TRAIN, VAL, TEST = -1, 0, 1, 2
-SPLIT_NAMES = {EXCLUDED: "excluded", TRAIN: "train", VAL: "val", TEST: "test"}
 ONE_CONTEXT = "all"
 
 
