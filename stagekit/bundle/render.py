@@ -60,7 +60,8 @@ def render(bundle: Bundle, console: Console) -> None:
         cats = "; ".join(f"{k}: {len(v)} ({', '.join(v[:4])}{', …' if len(v) > 4 else ''})"
                          for k, v in bundle.categories.items())
         described = "".join(f"\n{d[k]}" for k in ("design", "split") if k in d)  # what a phase says of its data
-        parts.append(Panel(f"{d.get('path')}\n{d.get('n_obs')} cells x {d.get('n_vars')} genes ({d.get('matrix')}),"
+        files = d["files"].replace("\n", " + ") if "files" in d else d.get("path")
+        parts.append(Panel(f"{files}\n{d.get('n_obs')} cells x {d.get('n_vars')} genes ({d.get('matrix')}),"
                            f" sha256 {str(d.get('sha256'))[:12]}{escape(described)}\n{cats}", title="data",
                            expand=False))
 

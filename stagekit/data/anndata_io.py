@@ -37,6 +37,13 @@ class CountMatrix:
     # sha256 of the file, computed by the first fingerprint() and shared with matrices derived from this one:
     # fingerprints are taken at every checkpoint, and hashing a large file each time costs minutes
     file_hash: str | None = field(default=None, repr=False, compare=False)
+    # cells of several files (see `concat_counts`): (path, sha256, n_obs) of each, in order; `path` is the first
+    sources: tuple[tuple[str, str, int], ...] = ()
+
+    @property
+    def where(self) -> str:
+        """The file(s) in messages."""
+        return str(self.path) + (f" (+{len(self.sources) - 1} more files)" if self.sources else "")
 
     @property
     def n_obs(self) -> int:
@@ -99,8 +106,13 @@ class CountMatrix:
         if self.file_hash is None:
             self.file_hash = file_sha256(self.path)
         genes = hashlib.sha256("\n".join(self.var_names).encode()).hexdigest()
-        return {"path": str(self.path.resolve()), "sha256": self.file_hash, "n_obs": self.n_obs,
-                "n_vars": self.n_vars, "genes_sha256": genes, "matrix": self.key}
+        found = {"path": str(self.path.resolve()), "sha256": self.file_hash, "n_obs": self.n_obs,
+                 "n_vars": self.n_vars, "genes_sha256": genes, "matrix": self.key}
+        if self.sources:
+            found |= {"files": "\n".join(p for p, _, _ in self.sources),
+                      "files_sha256": "\n".join(h for _, h, _ in self.sources),
+                      "files_n_obs": "\n".join(str(n) for _, _, n in self.sources)}
+        return found
 
 
 def read_anndata(path: str | Path, backed: bool = False):
@@ -156,6 +168,39 @@ def load_counts(path: str | Path, layer: str = "", obs_keys: tuple[str, ...] = (
             adata.file.close()
     _validate_values(counts, require_counts)
     return counts
+
+
+def concat_counts(parts: list[CountMatrix]) -> CountMatrix:
+    """In-memory cells of several files as one matrix, in file order, on the first file's genes. Every file must
+    hold the same genes (any order): a gene missing from one file would read as zero counts there. Cell names
+    repeated across files get the file's stem as a prefix (`stem:name`) in every file."""
+    if len(parts) == 1:
+        return parts[0]
+    first = parts[0]
+    matrices = []
+    for part in parts:
+        if part.matrix is None:
+            raise ValueError("concat_counts needs in-memory matrices")
+        if part.key != first.key:
+            raise UserError(f"{part.path}: counts in {part.key} where {first.path} has them in {first.key}")
+        if part.var_names != first.var_names:
+            position = {g: i for i, g in enumerate(part.var_names)}
+            missing = [g for g in first.var_names if g not in position]
+            extra = sorted(set(part.var_names) - set(first.var_names))
+            if missing or extra:
+                shown = f"lacks {', '.join(missing[:3])}" if missing else f"has extra genes {', '.join(extra[:3])}"
+                raise UserError(f"{part.path}: genes differ from {first.path} ({shown}; {len(missing)} missing, "
+                                f"{len(extra)} extra); subset every file to the same genes")
+            part = part.select_genes(np.array([position[g] for g in first.var_names]))
+        matrices.append(part.matrix)
+    names = [str(n) for part in parts for n in part.obs.index]
+    obs = pd.concat([part.obs for part in parts], join="outer")
+    if len(set(names)) < len(names):
+        obs.index = [f"{part.path.stem}:{n}" for part in parts for n in part.obs.index]
+    sources = tuple((str(p.path.resolve()), p.fingerprint()["sha256"], p.n_obs) for p in parts)
+    combined = hashlib.sha256("\n".join(h for _, h, _ in sources).encode()).hexdigest()
+    return CountMatrix(first.path, first.key, obs, first.var_names, matrix=sp.csr_matrix(sp.vstack(matrices)),
+                       file_hash=combined, sources=sources)
 
 
 def _value_chunks(counts: CountMatrix):

@@ -23,7 +23,7 @@ import scipy.sparse as sp
 import torch
 
 from stagekit.bundle import Bundle, file_sha256
-from stagekit.data.anndata_io import CountMatrix, load_counts, read_anndata
+from stagekit.data.anndata_io import CountMatrix, concat_counts, load_counts, read_anndata
 from stagekit.data.cell_sets import CellSet, group_cells, group_sets
 from stagekit.data.protein_embeddings import load_gene_embeddings
 from stagekit.errors import UserError
@@ -31,7 +31,6 @@ from stagekit.stages.perturbation.baselines import baseline_shifts, training_shi
 from stagekit.stages.perturbation.bundle import TransitionBundle, load_transition
 from stagekit.stages.perturbation.screen import TEST, TRAIN
 from stagekit.stages.perturbation.space import in_space
-from stagekit.stages.phase import bundle_data_path
 
 if TYPE_CHECKING:
     import anndata
@@ -81,16 +80,27 @@ class Part:
     embedding: np.ndarray
 
 
-def _expression(tx: TransitionBundle, path: Path, log: Callable[[str], None]
+def _expression(tx: TransitionBundle, paths: list[Path], log: Callable[[str], None]
                 ) -> tuple[CountMatrix, sp.csr_matrix, np.ndarray]:
-    """The file's cells in the model's gene space and embedding."""
-    counts = load_counts(path, tx.data["layer"], adata=read_anndata(path))
+    """The files' cells in the model's gene space and embedding."""
+    counts = concat_counts([load_counts(path, tx.data["layer"], adata=read_anndata(path)) for path in paths])
     if counts.var_names != tx.var_names:  # library sizes are summed over the file's genes
-        log(f"warning: {path} holds {counts.n_vars} genes where training had {len(tx.var_names)}; cells are "
-            "normalised by their totals over this file's genes, so predictions are comparable only if the panels "
-            "match")
-    genes, embedding = in_space(tx.space, counts.matrix, counts.var_names, str(path))
+        log(f"warning: {counts.where} holds {counts.n_vars} genes where training had {len(tx.var_names)}; cells "
+            "are normalised by their totals over this file's genes, so predictions are comparable only if the "
+            "panels match")
+    genes, embedding = in_space(tx.space, counts.matrix, counts.var_names, counts.where)
     return counts, genes, embedding
+
+
+def trained_files(bundle: Bundle, data: list[Path]) -> list[Path]:
+    """`data`, or the file(s) the bundle was trained on when they still exist."""
+    if data:
+        return [Path(p) for p in data]
+    files = [Path(p) for p in bundle.data.get("files", bundle.data.get("path", "")).split("\n")]
+    gone = [p for p in files if not p.is_file()]
+    if gone:
+        raise UserError(f"{bundle.path} was trained on {gone[0]}, which is gone; give the data file(s) explicitly")
+    return files
 
 
 def _anndata(parts: list[Part], tx: TransitionBundle) -> anndata.AnnData:
@@ -118,14 +128,14 @@ def _part(source: str, tx: TransitionBundle, names: pd.Index, rows: np.ndarray, 
     return Part(source, obs, rows, genes, embedding)
 
 
-def held_out_cells(tx: TransitionBundle, path: Path, bundle: Bundle, log: Callable[[str], None] = print,
+def held_out_cells(tx: TransitionBundle, paths: list[Path], bundle: Bundle, log: Callable[[str], None] = print,
                    seed: int = 0) -> tuple[anndata.AnnData, dict]:
     """Every held-out group's predicted, observed, control and (where it has training cells) reference cells."""
     screen = tx.screen
-    counts, genes, embedding = _expression(tx, path, log)
+    counts, genes, embedding = _expression(tx, paths, log)
     if counts.n_obs != len(screen.pert) or counts.fingerprint()["sha256"] != bundle.data.get("sha256"):
-        raise UserError(f"{path} is not the file {bundle.path} was trained on (its split is stored by cell "
-                        "position); give that file, or predict new control cells with --pert NAME")
+        raise UserError(f"{counts.where} is not the data {bundle.path} was trained on (its split is stored by cell "
+                        "position); give those file(s) in their order, or predict new control cells with --pert NAME")
     held = screen.held_out_groups()
     if not held:
         raise UserError(f"{bundle.path} holds out no perturbed cells (test_fraction 0, nothing held out); "
@@ -187,12 +197,12 @@ def _pert_input(tx: TransitionBundle, pert: str) -> np.ndarray:
     return table.vectors[table.symbols.index(pert)]
 
 
-def new_cells(tx: TransitionBundle, path: Path, pert: str, log: Callable[[str], None] = print, seed: int = 0
+def new_cells(tx: TransitionBundle, paths: list[Path], pert: str, log: Callable[[str], None] = print, seed: int = 0
               ) -> tuple[anndata.AnnData, dict]:
-    """`pert` predicted for every cell of `path`, taken as control cells. Sets are cut within each context (and
+    """`pert` predicted for every cell of `paths`, taken as control cells. Sets are cut within each context (and
     batch) when the file has those columns, as in training."""
     pert_input = _pert_input(tx, pert)
-    counts, genes, embedding = _expression(tx, path, log)
+    counts, genes, embedding = _expression(tx, paths, log)
     obs, keys = counts.obs, tx.keys
     context = obs[keys["context"]].astype(str).to_numpy() if keys["context"] in obs else np.full(len(obs), "")
     batch_key = tx.data["batch_key"]
@@ -218,11 +228,11 @@ def new_cells(tx: TransitionBundle, path: Path, pert: str, log: Callable[[str], 
 def transition_cells(bundle: Bundle, data: list[Path], species: list[str], log: Callable[[str], None] = print,
                      pert: str | None = None) -> tuple[anndata.AnnData, dict]:
     """extract/evaluate: held-out groups of the training file, or `pert` for the control cells of `data`."""
-    if len(data) > 1 or species:
-        raise UserError(f"{bundle.path} is a transition bundle: give at most one data file, no --species")
+    if species:
+        raise UserError(f"{bundle.path} is a transition bundle: drop --species")
     tx = load_transition(bundle)
     if pert is not None:
         if not data:
             raise UserError("--pert predicts for new control cells: give the .h5ad of those cells")
-        return new_cells(tx, Path(data[0]), pert, log)
-    return held_out_cells(tx, bundle_data_path(bundle, data[0] if data else None), bundle, log)
+        return new_cells(tx, [Path(p) for p in data], pert, log)
+    return held_out_cells(tx, trained_files(bundle, data), bundle, log)

@@ -50,6 +50,8 @@ class SplitRequest:
     has_features: bool
     split_toml: Path | None = None
     seed: int = 0
+    files: list[Path] = field(default_factory=list)  # the input files, in order (cell-load dataset names)
+    file_of_cell: np.ndarray | None = None  # index into `files` per cell
 
 
 def _codes(values: np.ndarray) -> tuple[np.ndarray, list[str]]:
@@ -57,7 +59,7 @@ def _codes(values: np.ndarray) -> tuple[np.ndarray, list[str]]:
     return np.searchsorted(names, values).astype(np.int64), names
 
 
-def _column(obs: pd.DataFrame, key: str, flag: str, where: Path) -> np.ndarray:
+def _column(obs: pd.DataFrame, key: str, flag: str, where: str | Path) -> np.ndarray:
     if key not in obs.columns:
         raise UserError(f"{where}: obs column '{key}' ({flag}) not found (columns: "
                         f"{', '.join(map(str, list(obs.columns)[:10]))})")
@@ -68,7 +70,7 @@ def _column(obs: pd.DataFrame, key: str, flag: str, where: Path) -> np.ndarray:
     return column.astype(str).to_numpy()
 
 
-def read_screen(obs: pd.DataFrame, where: Path, pert_key: str, control: str, context_key: str, batch_key: str,
+def read_screen(obs: pd.DataFrame, where: str | Path, pert_key: str, control: str, context_key: str, batch_key: str,
                 exclude: list[str]) -> Screen:
     """Codes of every cell; excluded labels get code -1. One line naming the column or value on bad input."""
     if not pert_key:
@@ -98,10 +100,26 @@ def read_screen(obs: pd.DataFrame, where: Path, pert_key: str, control: str, con
     return Screen(pert, perts, perts.index(control), context, contexts, batch, batches)
 
 
-def read_split_toml(path: Path, screen: Screen) -> tuple[list[str], dict[tuple[str, str], str]]:
+def _dataset_files(spec: dict, path: Path, files: list[Path]) -> dict[str, list[int]]:
+    """Which input files each cell-load dataset name stands for: a file's stem, or a [datasets] entry whose path is
+    the file or a folder holding it (cell-load points a dataset at a folder of .h5 files)."""
+    listed = spec.get("datasets", {})
+    if not isinstance(listed, dict) or not all(isinstance(v, str) for v in listed.values()):
+        raise UserError(f"{path}: [datasets] must map names to paths (see the cell-load format)")
+    names: dict[str, list[int]] = {}
+    for i, file in enumerate(files):
+        names.setdefault(file.stem, []).append(i)
+        for name, target in listed.items():
+            where = Path(target).expanduser().resolve()
+            if where in (file.resolve(), file.resolve().parent) and i not in names.setdefault(name, []):
+                names[name].append(i)
+    return names
+
+
+def split_toml_roles(path: Path, screen: Screen, files: list[Path], file_of_cell: np.ndarray) -> np.ndarray:
     """A cell-load data TOML ([datasets], [training], [zeroshot] "dataset.context" = "test"|"val",
-    [fewshot."dataset.context"] val/test = [perturbations]) as held-out contexts and (context, perturbation) roles.
-    The one data file stands for every dataset the file names."""
+    [fewshot."dataset.context"] val/test = [perturbations]) as the role (TEST, VAL or -1) it gives each cell.
+    A dataset is one of the input files (see `_dataset_files`); with one file, any dataset name stands for it."""
     try:
         spec = tomllib.loads(Path(path).read_text())
     except FileNotFoundError:
@@ -112,25 +130,33 @@ def read_split_toml(path: Path, screen: Screen) -> tuple[list[str], dict[tuple[s
     if unknown:
         raise UserError(f"{path}: unknown section [{unknown[0]}] (a cell-load TOML has [datasets], [training], "
                         "[zeroshot], [fewshot])")
+    dataset_files = _dataset_files(spec, path, files)
 
-    def context_of(name: str) -> str:
-        context = name.split(".", 1)[1] if "." in name else name
+    def cells_of(name: str) -> np.ndarray:
+        """Cells of "dataset.context" (a bare name is a context of every file)."""
+        dataset, context = name.split(".", 1) if "." in name else ("", name)
         if context not in screen.contexts:
             raise UserError(f"{path}: context '{context}' (from \"{name}\") is not a value of the context column "
                             f"(values: {', '.join(screen.contexts[:10])})")
-        return context
+        in_context = screen.context == screen.contexts.index(context)
+        if not dataset or len(files) == 1:
+            return in_context
+        if dataset not in dataset_files:
+            raise UserError(f"{path}: dataset '{dataset}' (from \"{name}\") is none of the input files; name "
+                            f"datasets by file stem ({', '.join(f.stem for f in files)}) or map them in [datasets]")
+        return in_context & np.isin(file_of_cell, dataset_files[dataset])
 
     zeroshot, fewshot = spec.get("zeroshot", {}), spec.get("fewshot", {})
     if not isinstance(zeroshot, dict) or not isinstance(fewshot, dict):
         raise UserError(f"{path}: [zeroshot] and [fewshot] must be tables (see the cell-load format)")
-    zeroshot_val, roles = [], {}
-    held_out = []
+    roles = np.full(len(screen.pert), -1, np.int8)
     for name, role in zeroshot.items():
         if role not in ("test", "val"):
             raise UserError(f"{path}: [zeroshot] \"{name}\" = \"{role}\": use \"test\" or \"val\"")
-        (held_out if role == "test" else zeroshot_val).append(context_of(name))
+        cells = cells_of(name)
+        roles[cells] = np.maximum(roles[cells], TEST if role == "test" else VAL)
     for name, lists in fewshot.items():
-        context = context_of(name)
+        cells = cells_of(name)
         if not isinstance(lists, dict):
             raise UserError(f"{path}: [fewshot.\"{name}\"] must be a table with val = [...] and test = [...]")
         for role in ("val", "test"):  # test wins where a perturbation is in both
@@ -140,14 +166,12 @@ def read_split_toml(path: Path, screen: Screen) -> tuple[list[str], dict[tuple[s
             for pert in perts:
                 if pert not in screen.perts:
                     raise UserError(f"{path}: [fewshot.\"{name}\"] {role} perturbation '{pert}' is not in the data")
-                roles[(context, pert)] = role
-    for context in zeroshot_val:
-        for pert in screen.perts:
-            roles.setdefault((context, pert), "val")
-    return held_out, roles
+                hit = cells & (screen.pert == screen.perts.index(pert))
+                roles[hit] = np.maximum(roles[hit], TEST if role == "test" else VAL)
+    return roles
 
 
-def assign_split(screen: Screen, request: SplitRequest, where: Path) -> np.ndarray:
+def assign_split(screen: Screen, request: SplitRequest, where: str | Path) -> np.ndarray:
     """The split of every cell (see the module docstring); checks every held-out name exists."""
     for context in request.holdout_contexts:
         if context not in screen.contexts:
@@ -160,32 +184,28 @@ def assign_split(screen: Screen, request: SplitRequest, where: Path) -> np.ndarr
         raise UserError("--holdout-perts needs --pert-features (a one-hot model cannot predict a perturbation it "
                         "never saw); without features hold out cells with --test-fraction, or teach new "
                         "perturbations from a few cells with `stagekit finetune`")
-    contexts, roles = list(request.holdout_contexts), {}
-    if request.split_toml:
-        toml_contexts, roles = read_split_toml(request.split_toml, screen)
-        contexts += toml_contexts
-    if contexts and set(contexts) >= set(screen.contexts):
+    if request.holdout_contexts and set(request.holdout_contexts) >= set(screen.contexts):
         raise UserError("every context is held out; keep at least one context's perturbed cells for training")
+    # the role a user stated for a perturbed cell (controls are inputs, never held out whole)
+    stated = np.full(len(screen.pert), -1, np.int8)
+    if request.split_toml:
+        files = request.files or [Path(where)]
+        file_of_cell = request.file_of_cell if request.file_of_cell is not None else np.zeros(len(stated), int)
+        stated = split_toml_roles(request.split_toml, screen, files, file_of_cell)
+    stated[np.isin(screen.context, [screen.contexts.index(c) for c in request.holdout_contexts])] = TEST
+    stated[np.isin(screen.pert, [screen.perts.index(p) for p in request.holdout_perts])] = TEST
+    stated[(screen.pert == screen.control) | (screen.pert < 0)] = -1
     split = np.full(len(screen.pert), TRAIN, np.int8)
     split[screen.pert < 0] = EXCLUDED
     rng = np.random.default_rng([request.seed, 31])
-    held_contexts = {screen.contexts.index(c) for c in contexts}
-    held_perts = {screen.perts.index(p) for p in request.holdout_perts}
-    role_codes = {(screen.contexts.index(c), screen.perts.index(p)): r for (c, p), r in roles.items()}
     kept = np.flatnonzero(split != EXCLUDED)
     for p, c in sorted(set(zip(screen.pert[kept].tolist(), screen.context[kept].tolist(), strict=True))):
         members = kept[(screen.pert[kept] == p) & (screen.context[kept] == c)]
         if len(members) < 2:
             raise UserError(f"{where}: perturbation '{screen.perts[p]}' in context '{screen.contexts[c]}' has "
                             f"{len(members)} cell; a cell set needs at least 2 (leave it out with --exclude)")
-        role = role_codes.get((c, p))
-        if p != screen.control and (c in held_contexts or p in held_perts or role == "test"):
-            split[members] = TEST
-            continue
-        if p != screen.control and role == "val":
-            split[members] = VAL
-            continue
-        order = rng.permutation(members)  # test, then val cells of each group (controls: per context)
+        split[members] = np.where(stated[members] >= 0, stated[members], TRAIN)
+        order = rng.permutation(members[stated[members] < 0])  # test, then val cells of the rest of the group
         n_test = int(round(request.test_fraction * len(order)))
         n_val = int(round(request.val_fraction * (len(order) - n_test)))
         split[order[:n_test]] = TEST

@@ -10,7 +10,7 @@ import torch
 
 from stagekit.bundle import Bundle, file_sha256
 from stagekit.config.loader import toml_value
-from stagekit.data.anndata_io import CountMatrix, load_counts
+from stagekit.data.anndata_io import CountMatrix, concat_counts, load_counts
 from stagekit.data.cell_sets import CellGroups, group_cells
 from stagekit.data.protein_embeddings import load_gene_embeddings
 from stagekit.errors import UserError
@@ -38,6 +38,20 @@ def pert_inputs(screen: Screen, features_path: Path | None) -> np.ndarray:
                         "add them or leave those cells out with --exclude")
     return np.stack([np.zeros(table.dim, np.float32) if p == control else table.vectors[lookup[p]]
                      for p in screen.perts])
+
+
+def screen_counts(paths: list[Path], data_cfg: dict) -> CountMatrix:
+    """The cells of one or more .h5ad files as one screen (same genes in each; every file has the design's
+    columns)."""
+    keys = tuple(data_cfg[k] for k in ("pert_key", "context_key", "batch_key") if data_cfg[k] and len(paths) > 1)
+    return concat_counts([load_counts(path, data_cfg["layer"], keys) for path in paths])
+
+
+def file_of_cell(counts: CountMatrix) -> np.ndarray | None:
+    """Which input file each cell came from (None for one file)."""
+    if not counts.sources:
+        return None
+    return np.repeat(np.arange(len(counts.sources)), [n for _, _, n in counts.sources])
 
 
 def model_config_toml(model_cfg: dict, data_cfg: dict, n_embedding: int, n_pert_inputs: int, n_genes: int) -> str:
@@ -81,7 +95,8 @@ def _split_inputs_space(request: PhaseRequest, resumed: Bundle | None, counts: C
                 ExpressionSpace.from_arrays(resumed.categories["space_genes"], resumed.results), provenance)
     screen.split = assign_split(screen, SplitRequest(
         data_cfg["test_fraction"], request.config["training"]["val_fraction"], data_cfg["holdout_contexts"],
-        data_cfg["holdout_perts"], features is not None, Path(split_toml) if split_toml else None, seed), counts.path)
+        data_cfg["holdout_perts"], features is not None, Path(split_toml) if split_toml else None, seed,
+        [Path(p) for p, _, _ in counts.sources], file_of_cell(counts)), counts.where)
     inputs = pert_inputs(screen, Path(features) if features else None)
     space = fit_space(counts.matrix, counts.var_names, screen.rows(TRAIN), data_cfg["n_genes"],
                       data_cfg["n_components"], seed)
@@ -98,8 +113,6 @@ def run(request: PhaseRequest) -> Path | None:
     data_cfg, model_cfg, loss_cfg = config["data"], config["model"], config["loss"]
     training, seed = config["training"], config["training"]["seed"]
     set_len = config["sets"]["cell_set_len"]
-    if len(request.data) != 1:
-        raise UserError(f"the transition preset trains on one .h5ad file; got {len(request.data)}")
     if data_cfg["n_components"] == 0 and loss_cfg["decoder_weight"] > 0:
         raise UserError("loss.decoder_weight needs an embedding to decode from: set data.n_components > 0, or "
                         "loss.decoder_weight = 0 to train in gene space")
@@ -107,12 +120,12 @@ def run(request: PhaseRequest) -> Path | None:
         raise UserError(f"model.hidden ({model_cfg['hidden']}) must be a multiple of model.n_heads "
                         f"({model_cfg['n_heads']})")
     phase = PhaseRun(config, request.output, request.resume, request.quiet)
-    counts = load_counts(request.data[0], data_cfg["layer"])
+    counts = screen_counts(request.data, data_cfg)
     phase.check_resume_data(counts.fingerprint())
-    screen = read_screen(counts.obs, counts.path, data_cfg["pert_key"], data_cfg["control"], data_cfg["context_key"],
+    screen = read_screen(counts.obs, counts.where, data_cfg["pert_key"], data_cfg["control"], data_cfg["context_key"],
                          data_cfg["batch_key"], data_cfg["exclude"])
     inputs, space, provenance = _split_inputs_space(request, phase.resume_bundle, counts, screen)
-    genes, embedding = in_space(space, counts.matrix, counts.var_names, str(counts.path))
+    genes, embedding = in_space(space, counts.matrix, counts.var_names, counts.where)
     decoder = space.has_pca and loss_cfg["decoder_weight"] > 0
     train, val = screen.rows(TRAIN), screen.rows(VAL)
     controls = screen.rows(TRAIN, VAL)
