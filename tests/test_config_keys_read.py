@@ -70,6 +70,20 @@ def mean_teacher_bundle(tmp_path_factory, small_h5ad) -> Path:
 TRANSITION = [*ONE_EPOCH, ("data.pert_key", "group_id"), ("data.control", "ctrl"), ("data.n_genes", 200),
               ("data.context_key", "cluster_id"), ("data.n_components", 10), ("model.n_layers", 1)]
 
+@pytest.fixture(scope="module")
+def transition_bundle(tmp_path_factory, stim_h5ad) -> Path:
+    out = tmp_path_factory.mktemp("transition") / "tx.stk"
+    run("pretrain", "transition", [*TRANSITION, ("model.n_layers", 4), ("model.hidden", 32), ("model.n_heads", 2)],
+        out, data=[stim_h5ad])
+    return out
+
+
+def transfer_run(fixture: Callable[[str], Any], stage: str) -> dict[str, Any]:
+    keys = {"finetune": ["training.epochs"], "unfreeze": ["phase_c.epochs", "phase_d.epochs", "phase_e.epochs"]}
+    return {"overrides": [(k, 1) for k in keys[stage]], "parent": fixture("transition_bundle"),
+            "data": [fixture("stim_h5ad")]}
+
+
 # (stage, model) -> fixture getter -> the phase's overrides and inputs (data, parent, options) for a tiny run
 RUNS: dict[tuple[str, str], Callable[[Callable[[str], Any]], dict[str, Any]]] = {
     ("pretrain", "vae"): lambda fixture: {"overrides": ONE_EPOCH, "data": [fixture("small_h5ad")]},
@@ -82,6 +96,8 @@ RUNS: dict[tuple[str, str], Callable[[Callable[[str], Any]], dict[str, Any]]] = 
     ("finetune", "mean-teacher"): lambda fixture: {"overrides": [*ONE_EPOCH, ("data.labelled_fraction", 0.2)],
                                                    "parent": fixture("mean_teacher_bundle")},
     ("pretrain", "transition"): lambda fixture: {"overrides": TRANSITION, "data": [fixture("stim_h5ad")]},
+    ("finetune", "transition"): lambda fixture: transfer_run(fixture, "finetune"),
+    ("unfreeze", "transition"): lambda fixture: transfer_run(fixture, "unfreeze"),
 }
 
 

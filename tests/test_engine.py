@@ -493,3 +493,49 @@ def test_early_stopping_ends_a_phase_not_the_run():
     result = Engine(RunSettings(**SETTINGS | {"early_stopping_patience": 2})).fit(Plateau())
     phases = result.history["phase"]
     assert phases.count(0) == 3 and phases.count(1) == 3  # phase 1 stopped after 1 + 2 flat epochs
+
+
+def test_phase_log_records_group_tables_and_frozen_checksums():
+    """Each phase entered leaves its parameter-group table and the sha256 of its frozen tensors at start and end;
+    a resumed run keeps the first entry's record and still closes it."""
+    from stagekit.bundle.records import frozen_check
+
+    task = TwoPhase()
+    result = Engine(RunSettings(**SETTINGS)).fit(task)
+    head, everything = result.phases
+    assert (head["name"], everything["name"]) == ("head", "all")
+    assert set(head["frozen_before"]) == {"0.weight", "0.bias"} and head["frozen_after"] == head["frozen_before"]
+    assert "bit-identical" in frozen_check(head) and everything["frozen_before"] == {}
+    rows = {r["group"]: r for r in head["groups"]}
+    assert rows["frozen"]["total"] == 8 * 32 + 32 and rows["frozen"]["modules"] == "0"
+    assert rows["base"]["trainable"] == sum(p.numel() for p in task.model.parameters()) - rows["frozen"]["total"]
+    rows = {r["group"]: r for r in everything["groups"]}
+    assert rows["0"]["lr"] == pytest.approx(0.5 * rows["4"]["lr"]) and "frozen" not in rows
+    # a frozen tensor that changes is named
+    tampered = dict(head, frozen_after=dict(head["frozen_after"], **{"0.bias": "0" * 64}))
+    assert "1 of 2 frozen tensors CHANGED: 0.bias" in frozen_check(tampered)
+
+    interrupted = TwoPhase(interrupt_at=13 * 4 + 5)  # in phase 2
+    first = Engine(RunSettings(**SETTINGS)).fit(interrupted)
+    resumed = Engine(RunSettings(**SETTINGS)).fit(TwoPhase(), resume=first.resume_state)
+    assert [p["name"] for p in resumed.phases] == ["head", "all"]
+    assert resumed.phases[0]["frozen_after"] == head["frozen_after"]
+
+
+def test_load_by_name_regrows_an_input_axis_and_reports_every_kind():
+    from stagekit.train.transfer import Regrow, load_by_name
+
+    torch.manual_seed(0)
+    old = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2))
+    weights = {k: v.numpy().copy() for k, v in old.state_dict().items()} | {"extra": np.zeros(2, np.float32)}
+    new = nn.Sequential(nn.Linear(5, 4), nn.Linear(4, 2), nn.Linear(2, 2))  # two new inputs, one new layer
+    before = new[0].weight.detach().clone()
+    report = load_by_name(new, weights, new=("2",), regrow={"0.weight": Regrow(1, np.array([0, 1, 2, -1, -1]),
+                                                                              ["a", "b", "c", "d", "e"])})
+    assert torch.equal(new[0].weight[:, :3], old[0].weight) and torch.equal(new[0].weight[:, 3:], before[:, 3:])
+    assert report.new == ["0.weight[d]", "0.weight[e]", "2.weight", "2.bias"]
+    assert report.unexpected == ["extra"] and report.partial == ["extra"]
+    report = load_by_name(nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 3)), weights)
+    assert report.mismatched == ["1.weight", "1.bias"] and not report.missing
+    report = load_by_name(nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2), nn.Linear(2, 2)), weights)
+    assert report.missing == ["2.weight", "2.bias"] and report.partial == ["2.weight", "2.bias", "extra"]

@@ -17,11 +17,11 @@ def test_every_entry_resolves_to_functions():
 
 def test_extract_of_an_unknown_finetune_bundle_is_a_user_error(capsys, tmp_path: Path, small_bundle: Path):
     bundle = read_bundle(small_bundle)
-    bundle.stage, bundle.model = "finetune", "transition"  # a kind this version cannot read
+    bundle.stage, bundle.model = "finetune", "saturn"  # a kind this version cannot read
     odd = write_bundle(bundle, tmp_path / "odd.stk")
     code, out, err = run_cli(capsys, "extract", odd, "-o", tmp_path / "cells.h5ad")
     assert code == 2 and "Traceback" not in err, err
-    assert "no 'finetune' phase for model 'transition'" in err and "dec" in err
+    assert "no 'finetune' phase for model 'saturn'" in err and "dec" in err
     assert not (tmp_path / "cells.h5ad").exists()
 
 

@@ -6,6 +6,9 @@ Layout (see `h5ls -r file.stk`):
   /config           effective configuration, TOML text
   /model_config     what rebuilding the weights needs (architecture, data keys), TOML text; copied by descendants
   /lineage          JSON list of ancestors, parent first: {sha256, stage, model, path, created}
+  /records          JSON object (optional): what a run reports of itself, e.g. "phases" (per phase entered: its
+                    parameter-group table and the sha256 of every frozen tensor at its start and end) and
+                    "load_report" (which weights carried over from the parent, by name)
   /versions         attrs: stagekit, python, torch, anndata, scvi-tools, ...
   /data             attrs: path, sha256 (of the input file), n_obs, n_vars, genes_sha256;
                     dataset var_names (attrs sha256)
@@ -82,6 +85,7 @@ class Bundle:
     argv: list[str] = field(default_factory=list)
     created: str = ""
     path: str = ""
+    records: dict[str, Any] = field(default_factory=dict)
 
 
 def arrays_sha256(arrays: dict[str, np.ndarray]) -> str:
@@ -184,6 +188,15 @@ def write_bundle(bundle: Bundle, path: str | Path) -> Path:
     return Path(path)
 
 
+def _json_value(value: Any) -> Any:
+    """numpy values (a resumed run's records come back through the resume tree) as JSON."""
+    if isinstance(value, np.generic | np.ndarray):
+        return value.tolist()
+    if isinstance(value, bytes):
+        return value.decode()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
 def _fill(f: h5py.File, b: Bundle) -> None:
     f.attrs.update({"format": FORMAT, "format_version": FORMAT_VERSION, "stage": b.stage, "model": b.model,
                     "status": b.status, "seed": b.seed, "epochs_done": b.epochs_done,
@@ -192,6 +205,8 @@ def _fill(f: h5py.File, b: Bundle) -> None:
     f.create_dataset("config", data=b.config_toml, dtype=h5py.string_dtype())
     f.create_dataset("model_config", data=b.model_config, dtype=h5py.string_dtype())
     f.create_dataset("lineage", data=json.dumps(b.lineage), dtype=h5py.string_dtype())
+    if b.records:
+        f.create_dataset("records", data=json.dumps(b.records, default=_json_value), dtype=h5py.string_dtype())
     f.create_group("versions").attrs.update(b.versions)
     data = f.create_group("data")
     data.attrs.update({k: v for k, v in b.data.items() if v is not None})
@@ -316,7 +331,8 @@ def read_bundle(path: str | Path, expect_stage: tuple[str, ...] | None = None, c
                    final_metrics={k: float(v) for k, v in f["metrics/final"].attrs.items()},
                    versions={k: str(v) for k, v in f["versions"].attrs.items()},
                    wall_time_s=float(f.attrs["wall_time_s"]), device=str(f.attrs["device"]),
-                   argv=json.loads(f.attrs["argv"]), created=str(f.attrs["created"]), path=str(path))
+                   argv=json.loads(f.attrs["argv"]), created=str(f.attrs["created"]), path=str(path),
+                   records=json.loads(f["records"][()].decode()) if "records" in f else {})
         if results:
             b.results = _arrays(f["results"])
             _check(path, f, "results", b.results)

@@ -11,6 +11,7 @@ from rich.panel import Panel
 from rich.table import Table
 
 from stagekit.bundle.format import Bundle
+from stagekit.bundle.records import format_group_table, format_load_report, frozen_check
 
 _SPARK = "▁▂▃▄▅▆▇█"
 # per-epoch values worth a curve: losses, the monitored validation metrics, and what collapse guards watch
@@ -38,7 +39,8 @@ def summary(bundle: Bundle) -> dict[str, Any]:
             "lineage": bundle.lineage, "data": bundle.data, "n_genes": len(bundle.var_names),
             "categories": {k: v for k, v in bundle.categories.items()}, "config": config,
             "final_metrics": bundle.final_metrics, "history": bundle.history, "versions": bundle.versions,
-            "top_k": [{k: v for k, v in s.items() if k != "weights"} for s in bundle.top_k]}
+            "top_k": [{k: v for k, v in s.items() if k != "weights"} for s in bundle.top_k],
+            "records": bundle.records}
 
 
 def render(bundle: Bundle, console: Console) -> None:
@@ -88,10 +90,22 @@ def render(bundle: Bundle, console: Console) -> None:
             kept.add_row(state["name"], str(state["epoch"]), f"{state['value']:.5g}")
         parts.append(kept)
 
-    phases = bundle.history.get("phase", [])
-    if phases and max(phases) > 0:
-        spans = [(int(p), sum(1 for q in phases if q == p)) for p in sorted(set(phases))]
-        parts.append(Panel("  ".join(f"phase {p + 1}: {n} epochs" for p, n in spans), title="phases", expand=False))
+    records = bundle.records.get("phases", [])
+    if "load_report" in bundle.records:
+        parts.append(Panel(escape(format_load_report(bundle.records["load_report"])),
+                           title="weights from the parent", expand=False))
+    if any(r.get("frozen_before") for r in records) or len(records) > 1:  # more than one plain phase
+        text = []
+        for r in records:
+            text += [f"phase {r['index'] + 1} '{r['name']}': {r['epochs']} epochs; {frozen_check(r)}",
+                     *(f"  {line}" for line in format_group_table(r["groups"]))]
+        parts.append(Panel(escape("\n".join(text)), title="phases", expand=False))
+    else:
+        phases = bundle.history.get("phase", [])
+        if phases and max(phases) > 0:
+            spans = [(int(p), sum(1 for q in phases if q == p)) for p in sorted(set(phases))]
+            parts.append(Panel("  ".join(f"phase {p + 1}: {n} epochs" for p, n in spans), title="phases",
+                               expand=False))
 
     curves = [k for k in CURVES if bundle.history.get(k)]
     if curves:

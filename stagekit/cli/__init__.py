@@ -20,11 +20,23 @@ app = typer.Typer(name="stagekit", no_args_is_help=True, add_completion=False, p
 
 
 def _register() -> None:
-    from stagekit.cli import align, cluster_search, demo, evaluate, extract, finetune, info, presets, pretrain
+    from stagekit.cli import (
+        align,
+        cluster_search,
+        demo,
+        evaluate,
+        extract,
+        finetune,
+        info,
+        presets,
+        pretrain,
+        unfreeze,
+    )
 
     app.command("pretrain", no_args_is_help=True)(pretrain.pretrain)
     app.command("cluster-search", no_args_is_help=True)(cluster_search.cluster_search)
     app.command("finetune", no_args_is_help=True)(finetune.finetune)
+    app.command("unfreeze", no_args_is_help=True)(unfreeze.unfreeze)
     app.command("extract", no_args_is_help=True)(extract.extract)
     app.command("align", no_args_is_help=True)(align.align)
     app.command("evaluate", no_args_is_help=True)(evaluate.evaluate)

@@ -21,6 +21,9 @@ def evaluate(
     umap: Annotated[bool, typer.Option("--umap/--no-umap", help="draw a UMAP of the latent")] = True,
     seed: Annotated[int, typer.Option(help="seed of the silhouette subsample and UMAP")] = 0,
     json_: Annotated[bool, typer.Option("--json", help="print metrics.json on stdout")] = False,
+    held_out_of: Annotated[Path | None, typer.Option(
+        "--held-out-of", help="transition: score the model on the held-out cells of this ancestor bundle (e.g. "
+                              "the pretraining task after fine-tuning: forgetting)")] = None,
     quiet: opt.Quiet = False,
 ) -> None:
     """Score a bundle against labels: clustering ACC/ARI/NMI, silhouette, cluster sizes; across species, label
@@ -32,7 +35,7 @@ def evaluate(
 
     from stagekit.stages import evaluate as stage
 
-    report = stage.run(source, output, label_key, data, umap, seed)
+    report = stage.run(source, output, label_key, data, umap, seed, held_out_of)
     console = Console(stderr=True, quiet=quiet)  # --quiet: no tables; stdout still names metrics.json
     if "clustering" in report:
         table = Table(title=f"clustering vs obs['{report['label_key']}'] ({report['n_cells']} cells)")

@@ -20,6 +20,9 @@ def extract(
         "--species", help="saturn: the species of each data file, in order")] = None,
     pert: Annotated[str | None, typer.Option(
         "--pert", help="transition: predict this perturbation for every cell of DATA (control cells)")] = None,
+    held_out_of: Annotated[Path | None, typer.Option(
+        "--held-out-of", help="transition: predict the held-out cells of this ancestor bundle instead (e.g. the "
+                              "pretraining task after fine-tuning: forgetting)")] = None,
     quiet: opt.Quiet = False,
 ) -> None:
     """Write per-cell outputs: vae/dec: obsm['X_stagekit'], obs['stagekit_cluster'], soft assignments;
@@ -29,4 +32,5 @@ def extract(
         raise UserError("name the .h5ad to write with -o/--output PATH.h5ad")
     from stagekit.stages import extract as stage
 
-    print(stage.run(bundle, data or [], output, species, log=opt.stderr_log(quiet), pert=pert))
+    print(stage.run(bundle, data or [], output, species, log=opt.stderr_log(quiet), pert=pert,
+                    held_out_of=held_out_of))

@@ -1,4 +1,4 @@
-"""`stagekit finetune --preset NAME PARENT.stk [DATA] -o out.stk`."""
+"""`stagekit finetune --preset NAME PARENT.stk [DATA...] -o out.stk`."""
 
 from __future__ import annotations
 
@@ -10,16 +10,21 @@ import typer
 from stagekit.cli import options as opt
 
 
-@opt.phase_command()
+@opt.phase_command(target=True)
 def finetune(
-    parent: Annotated[Path, typer.Argument(help="bundle to fine-tune (dec: from `stagekit cluster-search`)")],
-    data: Annotated[Path | None, typer.Argument(help=".h5ad; default: the data the parent was trained on")] = None,
+    parent: Annotated[Path, typer.Argument(help="bundle to fine-tune (dec: from `stagekit cluster-search`; "
+                                                "frozen-backbone: a transition model)")],
+    data: Annotated[list[Path] | None, typer.Argument(
+        help=".h5ad file(s); default: the data the parent was trained on")] = None,
     labelled_fraction: Annotated[float | None, typer.Option(
         help="mean-teacher: fraction of the labelled cells whose labels are used (data.labelled_fraction)")] = None,
     *,
+    target: opt.TargetOptions,
     opts: opt.PhaseOptions,
 ) -> None:
-    """Fine-tune a pretrained model with a preset-driven objective (presets: dec, mean-teacher)."""
-    opt.run_training_phase("finetune", opts, data=[data] if data else [], parent=parent,
-                           flags={"labelled_fraction": labelled_fraction},
-                           mapping={"labelled_fraction": "data.labelled_fraction"})
+    """Fine-tune a pretrained model with a preset-driven objective (presets: dec, mean-teacher, frozen-backbone,
+    frozen-backbone-polish)."""
+    opt.run_training_phase("finetune", opts, data=data, parent=parent,
+                           flags={"labelled_fraction": labelled_fraction} | target.flags(),
+                           mapping={"labelled_fraction": "data.labelled_fraction"} | opt.TARGET_FLAGS,
+                           options={"allow_partial": target.allow_partial})

@@ -43,29 +43,61 @@ class PhaseOptions:
         return stderr_log(self.quiet)
 
 
+@dataclass
+class TargetOptions:
+    """The target screen of a fine-tuning phase of a transition model (finetune, unfreeze)."""
+
+    pert_key: Annotated[str | None, typer.Option(
+        help="transition: obs column of the perturbation in the target data (data.pert_key; default: the "
+             "pretrained model's)")]
+    control: Annotated[str | None, typer.Option(help="transition: the control label (data.control)")]
+    context_key: Annotated[str | None, typer.Option(help="transition: obs column of the context (data.context_key)")]
+    batch_key: Annotated[str | None, typer.Option(help="transition: obs column of batches (data.batch_key)")]
+    layer: Annotated[str | None, typer.Option(help="transition: layer with raw counts (data.layer)")]
+    exclude: Annotated[list[str] | None, typer.Option(
+        "--exclude", help="transition: leave out cells with this perturbation label (data.exclude; repeatable)")]
+    test_fraction: Annotated[float | None, typer.Option(
+        help="transition: held-out cells of every target group; the rest is the few-shot training data "
+             "(data.test_fraction)")]
+    allow_partial: Annotated[bool, typer.Option(
+        "--allow-partial", help="train even when weights of the parent are mismatched, missing or unexpected")]
+
+    def flags(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "allow_partial"}
+
+
+TARGET_FLAGS = {name: f"data.{name}" for name in ("pert_key", "control", "context_key", "batch_key", "layer",
+                                                   "exclude", "test_fraction")}
+
 RUNTIME_FLAGS = {"accelerator": "runtime.accelerator", "devices": "runtime.devices",
                  "strategy": "runtime.strategy", "precision": "runtime.precision"}
 _NO_TRAINING_LOOP = ("accelerator", "devices", "strategy", "precision", "resume")
 
 
-def phase_command(default_preset: str | None = None, training: bool = True) -> Callable:
+def phase_command(default_preset: str | None = None, training: bool = True, target: bool = False) -> Callable:
     """Add the shared phase options to a command whose last parameter is `opts: PhaseOptions`.
 
     `training=False` (a phase without a training loop, e.g. cluster-search) leaves out the device, precision
-    and resume options."""
+    and resume options; `target=True` adds the `TargetOptions` of fine-tuning phases, handed over as `target`."""
     def wrap(func: Callable) -> Callable:
-        own = [p for p in inspect.signature(func, eval_str=True).parameters.values() if p.name != "opts"]
-        defaults = {"preset": default_preset, "print_config": False, "quiet": False, "json_": False}
-        annotations = inspect.get_annotations(PhaseOptions, eval_str=True)
-        shared = [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, annotation=annotations[f.name],
+        own = [p for p in inspect.signature(func, eval_str=True).parameters.values()
+               if p.name not in ("opts", "target")]
+        defaults = {"preset": default_preset, "print_config": False, "quiet": False, "json_": False,
+                    "allow_partial": False}
+        groups = [PhaseOptions, *([TargetOptions] if target else [])]
+        shared = [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY,
+                                    annotation=inspect.get_annotations(group, eval_str=True)[f.name],
                                     default=defaults.get(f.name))
-                  for f in fields(PhaseOptions) if training or f.name not in _NO_TRAINING_LOOP]
+                  for group in groups for f in fields(group) if training or f.name not in _NO_TRAINING_LOOP]
 
         @functools.wraps(func)
         def command(**kwargs: Any) -> Any:
             values = {f.name: kwargs.pop(f.name, defaults.get(f.name)) for f in fields(PhaseOptions)}
             if values["resume"] is not None and values["preset"] == default_preset:
                 values["preset"] = None  # a resumed run continues with its stored configuration
+            if target:
+                kwargs["target"] = TargetOptions(**{f.name: kwargs.pop(f.name, defaults.get(f.name))
+                                                    for f in fields(TargetOptions)})
             return func(**kwargs, opts=PhaseOptions(**values))
 
         parameters = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own] + shared
@@ -87,8 +119,10 @@ def collect_overrides(sets: list[str] | None, flags: dict[str, Any], mapping: di
 
 
 def phase_config(stage: str, opts: PhaseOptions, flags: dict[str, Any] | None = None,
-                 mapping: dict[str, str] | None = None, seed_key: str = "training.seed"):
-    """The effective config of a phase from its command's options; None after --print-config.
+                 mapping: dict[str, str] | None = None, seed_key: str = "training.seed",
+                 plan: Callable[[Any], None] | None = None):
+    """The effective config of a phase from its command's options; None after --print-config (which also
+    calls `plan` with the config: what the phase would train, e.g. its parameter-group tables).
 
     `flags` are the command's own config flags (e.g. --label-key) and `mapping` their dotted keys.
     `--resume` continues with the configuration stored in the bundle (`--set` may still change keys).
@@ -101,6 +135,8 @@ def phase_config(stage: str, opts: PhaseOptions, flags: dict[str, Any] | None = 
     config = resolve_config(stage, name, overrides, (stored, f"resume {opts.resume}") if stored else None)
     if opts.print_config:
         print(config.to_toml(with_sources=True))
+        if plan is not None:
+            plan(config)
         return None
     if opts.output is None:
         raise UserError("name the bundle to write with -o/--output PATH.stk")
@@ -126,10 +162,15 @@ def run_training_phase(stage: str, opts: PhaseOptions, data: list[Path] | None =
                        options: dict[str, Any] | None = None, seed_key: str = "training.seed",
                        log: Callable[[str], None] | None = None) -> Path | None:
     """Resolve the config, run the phase the registry names for its (stage, model), print the result."""
-    config = phase_config(stage, opts, flags, mapping, seed_key)
+    from stagekit.stages.registry import PhaseRequest, print_plan, run_phase
+
+    def plan(config: Any) -> None:
+        if parent is not None:
+            print_plan(PhaseRequest(config, Path(), list(data or []), parent, None, opts.quiet, options or {}))
+
+    config = phase_config(stage, opts, flags, mapping, seed_key, plan)
     if config is None:
         return None
-    from stagekit.stages.registry import PhaseRequest, run_phase
 
     path = run_phase(PhaseRequest(config, opts.output, list(data or []), parent, opts.resume, opts.quiet,
                                   options or {}, log or opts.log()))

@@ -224,6 +224,47 @@ TRANSITION_TRAINING = TRAINING | {
     "batch_size": Key("int", 16, "cell sets per optimizer step (summed over all processes)", minimum=1),
 }
 
+# the target screen of a fine-tuning phase; empty keys take the parent's design, and a phase that continues
+# another fine-tuning phase keeps its split (the keys must then be left as they are or equal the parent's)
+TARGET_DATA = {k: TRANSITION_DATA[k] for k in ("layer", "pert_key", "control", "context_key", "batch_key",
+                                               "exclude", "test_fraction")} | {
+    "pert_key": Key("str", "", "obs column of the perturbation; empty: the pretrained model's"),
+    "control": Key("str", "", "the control label; empty: the pretrained model's"),
+    "context_key": Key("str", "", "obs column of the context; empty: the pretrained model's"),
+    "batch_key": Key("str", "", "obs column of batches; empty: the pretrained model's"),
+}
+
+FREEZE = {
+    "frozen": Key("list[str]", ["blocks", "norm", "project_out"], "module prefixes kept frozen (the transformer "
+                  "blocks, the final norm and project_out: the backbone); the rest (basal and perturbation "
+                  "encoders, gene decoder) trains"),
+}
+
+UNFREEZE = {
+    "phases": Key("list[str]", ["C", "D", "E"], "phases run in order: C unfreezes the top k_top blocks (with the "
+                  "final norm and project_out), D also the k_middle blocks below them, E every block"),
+    "k_top": Key("int", 2, "blocks unfrozen in phase C, from the top", minimum=1),
+    "k_middle": Key("int", 1, "further blocks unfrozen in phase D", minimum=0),
+    "layer_decay": Key("float", 0.5, "layer-wise lr decay (timm/BEiT rule): the encoders and decoder train at the "
+                       "phase's lr, the top block (and norm, project_out) at lr x layer_decay, each block below at "
+                       "layer_decay times the one above", minimum=0, maximum=1),
+}
+
+
+def unfreeze_phase(epochs: int, lr: float) -> dict[str, Key]:
+    return {"epochs": Key("int", epochs, "epochs of the phase", minimum=1),
+            "lr": Key("float", lr, "lr of the encoders and decoder; blocks get less (unfreeze.layer_decay)",
+                      minimum=0),
+            "warmup_ratio": Key("float", 0.05, "linear warm-up over this fraction of the phase's steps",
+                                minimum=0, maximum=1),
+            "min_lr_ratio": Key("float", 0.1, "cosine decay to this fraction of the lr by the phase's end",
+                                minimum=0, maximum=1)}
+
+
+# each phase of `unfreeze` has its own epochs, lr and schedule: the training section holds the rest
+UNFREEZE_TRAINING = {k: v for k, v in TRANSITION_TRAINING.items()
+                     if k not in ("epochs", "lr", "scheduler", "warmup_ratio", "min_lr_ratio")}
+
 SCHEMAS: dict[tuple[str, str], Schema] = {
     ("pretrain", "vae"): {"data": COUNT_DATA, "model": VAE_MODEL, "contrastive": CONTRASTIVE, "training": TRAINING,
                           "runtime": RUNTIME},
@@ -244,6 +285,12 @@ SCHEMAS: dict[tuple[str, str], Schema] = {
                                    "runtime": RUNTIME},
     ("pretrain", "transition"): {"data": TRANSITION_DATA, "model": TRANSITION_MODEL, "loss": TRANSITION_LOSS,
                                  "sets": CELL_SETS, "training": TRANSITION_TRAINING, "runtime": RUNTIME},
+    ("finetune", "transition"): {"data": TARGET_DATA, "loss": TRANSITION_LOSS, "sets": CELL_SETS, "freeze": FREEZE,
+                                 "training": TRANSITION_TRAINING, "runtime": RUNTIME},
+    ("unfreeze", "transition"): {"data": TARGET_DATA, "loss": TRANSITION_LOSS, "sets": CELL_SETS,
+                                 "unfreeze": UNFREEZE, "phase_c": unfreeze_phase(10, 2e-4),
+                                 "phase_d": unfreeze_phase(10, 2e-4), "phase_e": unfreeze_phase(10, 1e-4),
+                                 "training": UNFREEZE_TRAINING, "runtime": RUNTIME},
     # DEC clusters every cell: no validation split, so no val_fraction key that would be ignored
     ("finetune", "dec"): {"dec": DEC, "training": {k: v for k, v in TRAINING.items() if k != "val_fraction"},
                           "runtime": RUNTIME},

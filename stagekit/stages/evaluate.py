@@ -144,11 +144,12 @@ def _perturbation_run(adata, source: Path, output_dir: Path, umap: bool, seed: i
     return report
 
 
-def _transition_cells(bundle: Bundle, data: Path | None) -> anndata.AnnData:
-    """A transition bundle's held-out groups, predicted and observed (what `extract` writes)."""
+def _transition_cells(bundle: Bundle, data: Path | None, held_out_of: Path | None = None) -> anndata.AnnData:
+    """A transition bundle's held-out groups (or `held_out_of`'s), predicted and observed (what `extract`
+    writes)."""
     from stagekit.stages.registry import cells_of
 
-    adata, extra = cells_of(bundle, [data] if data else [], [], log=_warnings_to_stderr)
+    adata, extra = cells_of(bundle, [data] if data else [], [], log=_warnings_to_stderr, held_out_of=held_out_of)
     adata.uns["stagekit"] = extra
     return adata
 
@@ -159,7 +160,7 @@ def _warnings_to_stderr(message: str) -> None:
 
 
 def run(source: Path, output_dir: Path, label_key: str | None = None, data: Path | None = None,
-        umap: bool = True, seed: int = 0) -> dict:
+        umap: bool = True, seed: int = 0, held_out_of: Path | None = None) -> dict:
     if not source.exists():
         raise UserError(f"{source} does not exist")
     if output_dir.exists() and not output_dir.is_dir():
@@ -171,8 +172,11 @@ def run(source: Path, output_dir: Path, label_key: str | None = None, data: Path
             raise UserError(f"--label-key does not apply to {source}: a perturbation model is scored against the "
                             "observed held-out cells; drop it")
         if bundle is not None:
-            return _perturbation_run(_transition_cells(bundle, data), source, output_dir, umap, seed, bundle.history)
+            return _perturbation_run(_transition_cells(bundle, data, held_out_of), source, output_dir, umap, seed,
+                                     bundle.history)
         return _perturbation_run(adata, source, output_dir, umap, seed)
+    if held_out_of is not None:
+        raise UserError(f"--held-out-of scores a perturbation model; {source} is not one")
     if adata is not None:
         found = _from_anndata(adata, str(source), label_key)
     else:

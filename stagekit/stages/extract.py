@@ -12,11 +12,11 @@ from stagekit.stages.registry import cells_of
 
 
 def run(bundle_path: Path, data: list[Path], output: Path, species: list[str] | None = None, log=print,
-        pert: str | None = None) -> Path:
+        pert: str | None = None, held_out_of: Path | None = None) -> Path:
     if output.suffix != ".h5ad":
         raise UserError(f"output {output} should end in .h5ad")
     bundle = read_bundle(bundle_path, command="extract")
-    adata, extra = cells_of(bundle, data, species, log, pert)
+    adata, extra = cells_of(bundle, data, species, log, pert, held_out_of)
     adata.uns["stagekit"] = {"bundle": str(Path(bundle_path).resolve()), "bundle_sha256": file_sha256(bundle_path),
                              "stage": bundle.stage, "model": bundle.model, "lineage": json.dumps(bundle.lineage),
                              "config": bundle.config_toml} | extra

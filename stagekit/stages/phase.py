@@ -98,6 +98,7 @@ class PhaseRun:
 
     def _complete(self, bundle: Bundle, result: FitResult, status: str) -> Bundle:
         bundle.history, bundle.resume = result.history, result.resume_state
+        bundle.records["phases"] = result.phases
         bundle.top_k = [state | {"weights": {k: v.numpy() for k, v in from_storable(state["weights"]).items()}}
                         for state in result.top_k]
         return stamp(bundle, self.config, self.settings.seed, self.started, result.device, status,

@@ -36,6 +36,7 @@ class Entry:
     cells: str = ""  # "module:function"(bundle, data, species, log) -> (AnnData, extra uns) for extract/evaluate
     options: tuple[str, ...] = ()  # command-specific options the phase accepts
     pipeline: str = ""
+    plan: str = ""  # "module:function"(PhaseRequest) printing what the phase would train (--print-config)
 
 
 _CLUSTERING = "stagekit.stages.clustering"
@@ -63,12 +64,19 @@ ENTRIES: dict[tuple[str, str], Entry] = {
                                         pipeline="semi-supervised annotation"),
     ("pretrain", "transition"): Entry(f"{_PERTURBATION}.stage:run", f"{_PERTURBATION}.cells:transition_cells",
                                       options=("pert_features", "split_toml"), pipeline="perturbation transfer"),
+    ("finetune", "transition"): Entry(f"{_PERTURBATION}.transfer:run", f"{_PERTURBATION}.cells:transition_cells",
+                                      options=("allow_partial",), pipeline="perturbation transfer",
+                                      plan=f"{_PERTURBATION}.transfer:print_plan"),
+    ("unfreeze", "transition"): Entry(f"{_PERTURBATION}.transfer:run", f"{_PERTURBATION}.cells:transition_cells",
+                                      options=("allow_partial", "phase"), pipeline="perturbation transfer",
+                                      plan=f"{_PERTURBATION}.transfer:print_plan"),
 }
 
 # how a command spells each option, for messages
 OPTION_FLAGS = {"protein_emb": "--protein-emb", "species": "--species", "macrogenes_from": "--macrogenes-from",
                 "k": "--k", "species_key": "--species-key", "init_from": "--init-from",
-                "pert_features": "--pert-features", "split_toml": "--split-toml"}
+                "pert_features": "--pert-features", "split_toml": "--split-toml", "allow_partial": "--allow-partial",
+                "phase": "--phase"}
 
 
 def _resolve(target: str) -> Callable:
@@ -99,15 +107,31 @@ def run_phase(request: PhaseRequest) -> Path | None:
     return _resolve(found.run)(request)
 
 
+def print_plan(request: PhaseRequest) -> None:
+    """--print-config: what the phase would train, where its entry can say (nothing otherwise)."""
+    config = request.config
+    found = entry(config.stage, config.model, f"preset {config.preset}")
+    if found.plan:
+        _resolve(found.plan)(request)
+
+
 def cells_of(bundle: Any, data: list[Path], species: list[str] | None, log: Callable[[str], None],
-             pert: str | None = None):
-    """Per-cell outputs of any bundle as (AnnData, extra uns entries). `pert` (extract --pert) is for
-    perturbation models only."""
+             pert: str | None = None, held_out_of: Path | None = None):
+    """Per-cell outputs of any bundle as (AnnData, extra uns entries). `pert` (extract --pert) and `held_out_of`
+    (another bundle's held-out cells) are for perturbation models only."""
     found = entry(bundle.stage, bundle.model, str(bundle.path))
     if not found.cells:
         raise UserError(f"{bundle.path}: a '{bundle.stage}' ({bundle.model}) bundle has no per-cell outputs")
-    if pert is None:
+    if pert is None and held_out_of is None:
         return _resolve(found.cells)(bundle, data, species or [], log)
     if bundle.model != "transition":
-        raise UserError(f"--pert predicts a perturbation; {bundle.path} holds a '{bundle.model}' model")
-    return _resolve(found.cells)(bundle, data, species or [], log, pert=pert)
+        flag = "--pert predicts a perturbation" if pert else "--held-out-of scores a perturbation model"
+        raise UserError(f"{flag}; {bundle.path} holds a '{bundle.model}' model")
+    task = None
+    if held_out_of is not None:
+        from stagekit.bundle import read_bundle
+
+        task = read_bundle(held_out_of, command="--held-out-of")
+        if task.model != "transition":
+            raise UserError(f"--held-out-of {held_out_of} holds a '{task.model}' model; give a transition bundle")
+    return _resolve(found.cells)(bundle, data, species or [], log, pert=pert, held_out_of=task)

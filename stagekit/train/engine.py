@@ -19,13 +19,21 @@ import numpy as np
 import torch
 from torch import nn
 
+from stagekit.bundle.records import format_group_table
 from stagekit.errors import TrainingFinished, TrainingStopped, UserError
 from stagekit.train.hooks import Hook, StepContext
 from stagekit.train.metrics import gather_rows
-from stagekit.train.optim import FreezePlan, build_optimizer, lr_lambda, param_groups
+from stagekit.train.optim import FreezePlan, build_optimizer, group_table, lr_lambda, param_groups
 from stagekit.train.phases import Phase, first_epoch, phase_at
 from stagekit.train.progress import ProgressReporter
-from stagekit.train.state import LoopState, capture_rng, from_storable, restore_rng, to_storable
+from stagekit.train.state import (
+    LoopState,
+    capture_rng,
+    from_storable,
+    restore_rng,
+    tensor_checksums,
+    to_storable,
+)
 
 
 @dataclass
@@ -131,6 +139,7 @@ class FitResult:
     is_global_zero: bool
     final_metrics: dict[str, float] = field(default_factory=dict)  # the kept state's epoch row
     top_k: list[dict] = field(default_factory=list)  # {"name", "epoch", "metric", "value", "weights"}, best first
+    phases: list[dict] = field(default_factory=list)  # the loop's phase log: group tables, frozen checksums
 
 
 @dataclass
@@ -224,7 +233,7 @@ class Engine:
             history = state["loop"]["history"]
             final = self._kept_row(loop) if status == "complete" else {k: v[-1] for k, v in history.items()}
             return FitResult(status, message, int(state["loop"]["epoch"]), history, state, self._device_name(),
-                             fabric.is_global_zero, final, self._top_k(loop))
+                             fabric.is_global_zero, final, self._top_k(loop), list(state["loop"].get("phase_log", [])))
 
         try:
             with _Signals() as signals:
@@ -232,7 +241,9 @@ class Engine:
                     index = phase_at(phases, loop.epoch)
                     if run is None or run.index != index:
                         first = run is None
-                        run = self._enter_phase(task, phases, index, stored if first else None)
+                        if not first:
+                            self._close_phase(raw, loop, run.index)
+                        run = self._enter_phase(task, phases, index, stored if first else None, loop)
                         if first:
                             for hook in hooks:
                                 hook.on_fit_start(raw)
@@ -263,6 +274,9 @@ class Engine:
             self.reporter.close()
         if loop.top_k:  # the kept state is the best by the monitored metric
             raw.load_state_dict(from_storable(loop.top_k[0]["weights"]))
+        if run is not None:
+            self._close_phase(raw, loop, run.index)
+            last_good["loop"]["phase_log"] = to_storable(loop.phase_log)
         return result("complete", "", last_good)
 
     def _train_epoch(self, task: Task, hooks: list[Hook], run: _PhaseRun, loop: LoopState,
@@ -375,14 +389,22 @@ class Engine:
         return metrics
 
     # --- phases, monitor, state ------------------------------------------------------------------------------
-    def _enter_phase(self, task: Task, phases: list[Phase], index: int, stored: dict | None) -> _PhaseRun:
+    def _enter_phase(self, task: Task, phases: list[Phase], index: int, stored: dict | None,
+                     loop: LoopState) -> _PhaseRun:
         """Parameter groups, optimizer and scheduler of phase `index`. The freeze plans of the phases before it
         are applied first (they compose), so a resumed run trains exactly the parameters the original did;
-        the model is set up again because DDP must know which parameters now have gradients."""
+        the model is set up again because DDP must know which parameters now have gradients. The phase's
+        parameter-group table and the checksums of its frozen tensors go into the loop's phase log (once: a
+        resumed run keeps the record of its first entry)."""
         fabric, raw, phase = self.fabric, task.model, phases[index]
         for earlier in phases[:index]:
             earlier.freeze.apply(raw)
         groups = param_groups(raw, phase.lr, phase.weight_decay, phase.freeze)
+        table = group_table(raw, groups)
+        if not any(record["index"] == index for record in loop.phase_log):
+            frozen = [n for n, p in raw.named_parameters() if not p.requires_grad]
+            loop.phase_log.append({"index": index, "name": phase.name, "epochs": phase.epochs, "groups": table,
+                                   "frozen_before": tensor_checksums(raw, frozen), "frozen_after": {}})
         model = fabric.setup_module(raw)
         optimizer = fabric.setup_optimizers(build_optimizer(groups, phase.lr))
         steps = len(task.train_plan(first_epoch(phases, index), fabric.global_rank, fabric.world_size))
@@ -391,12 +413,20 @@ class Engine:
         if stored is not None and stored.get("optimizer_phase", 0) == index:
             optimizer.load_state_dict(stored["optimizer"])
             scheduler.load_state_dict(stored["scheduler"])
-        if len(phases) > 1:
+        if len(phases) > 1 or len(table) > 1:  # more than one plain group of every parameter
             trainable = sum(p.numel() for p in raw.parameters() if p.requires_grad)
             self.reporter.log(f"phase {index + 1}/{len(phases)} '{phase.name}': {phase.epochs} epochs, "
-                              f"{trainable:,} of {sum(p.numel() for p in raw.parameters()):,} parameters trained, "
-                              f"{len(groups)} parameter groups")
+                              f"{trainable:,} of {sum(p.numel() for p in raw.parameters()):,} parameters trained")
+            for line in format_group_table(table):
+                self.reporter.log(f"  {line}")
         return _PhaseRun(index, phase, model, optimizer, scheduler, steps)
+
+    @staticmethod
+    def _close_phase(raw: nn.Module, loop: LoopState, index: int) -> None:
+        """Checksums of the phase's frozen tensors as it ends (equal to those at its start, or training leaked)."""
+        for record in loop.phase_log:
+            if record["index"] == index:
+                record["frozen_after"] = tensor_checksums(raw, list(record["frozen_before"]))
 
     def _update_monitor(self, task: Task, loop: LoopState, raw: nn.Module) -> bool:
         """Keep the top-k states by the monitored metric; True when early stopping should end the run."""

@@ -87,6 +87,40 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float, plan: FreezeP
     return list(groups.values())
 
 
+def module_of(model: nn.Module, name: str) -> str:
+    """The module a parameter belongs to, as a table names it: `blocks.3` for an item of a list of blocks
+    (an nn.ModuleList), else the top-level module (`pert_encoder`)."""
+    parts = name.split(".")
+    top = getattr(model, parts[0], None)
+    return ".".join(parts[:2]) if isinstance(top, nn.ModuleList) and len(parts) > 2 else parts[0]
+
+
+def group_table(model: nn.Module, groups: list[dict]) -> list[dict]:
+    """One row per named parameter group (its decaying and non-decaying tensors together), then one for the
+    frozen parameters: name, lr, weight_decay (of the decaying tensors), trainable and total parameters, and the
+    modules they belong to."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    rows: dict[str, dict] = {}
+    for group in groups:
+        row = rows.setdefault(group["name"], {"group": group["name"], "lr": group["lr"], "weight_decay": 0.0,
+                                              "trainable": 0, "modules": []})
+        row["weight_decay"] = max(row["weight_decay"], group["weight_decay"])
+        for param in group["params"]:
+            row["trainable"] += param.numel()
+            module = module_of(model, names[id(param)])
+            if module not in row["modules"]:
+                row["modules"].append(module)
+    frozen = [(n, p) for n, p in model.named_parameters() if not p.requires_grad]
+    table = list(rows.values())
+    if frozen:
+        table.append({"group": "frozen", "lr": 0.0, "weight_decay": 0.0, "trainable": 0,
+                      "modules": list(dict.fromkeys(module_of(model, n) for n, _ in frozen))})
+    for row in table:
+        row["total"] = row["trainable"] or sum(p.numel() for _, p in frozen)
+        row["modules"] = ", ".join(row["modules"])
+    return table
+
+
 def lr_lambda(scheduler: str, total_steps: int, warmup_ratio: float, min_lr_ratio: float
               ) -> Callable[[int], float]:
     """Multiplier of each group's lr at a step: optional linear warm-up, then constant or cosine."""

@@ -45,6 +45,15 @@ def weights_to_numpy(module: torch.nn.Module) -> dict[str, np.ndarray]:
             else v.detach().cpu().numpy().copy() for k, v in module.state_dict().items()}
 
 
+def tensor_checksums(module: torch.nn.Module, names: list[str]) -> dict[str, str]:
+    """sha256 of the bytes of each named parameter or buffer (to prove frozen tensors did not change)."""
+    import hashlib
+
+    own = dict(module.named_parameters()) | dict(module.named_buffers())
+    raw = {n: own[n].detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy() for n in names}
+    return {n: hashlib.sha256(b.tobytes()).hexdigest() for n, b in raw.items()}
+
+
 def load_weights(module: torch.nn.Module, weights: dict[str, np.ndarray]) -> None:
     own = module.state_dict()
     module.load_state_dict({k: torch.from_numpy(np.asarray(v)).to(own[k].dtype) for k, v in weights.items()})
@@ -68,6 +77,8 @@ class LoopState:
     bad_epochs: int = 0
     top_k: list[dict] = field(default_factory=list)
     finished: str = ""
+    # per phase entered: its parameter-group table and the checksums of its frozen tensors at entry and exit
+    phase_log: list[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return copy.deepcopy(asdict(self))

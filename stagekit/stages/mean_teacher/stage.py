@@ -64,9 +64,8 @@ def _init_from_vae(model: MeanTeacher, path: Path, counts: CountMatrix, model_cf
         raise UserError(f"--init-from {path}: set model.norm = \"layer\" and model.n_hidden = "
                         f"{vae_cfg['model']['n_hidden']} (the VAE encoder's layers)")
     encoder = {"body." + k.removeprefix("encoder."): v for k, v in vae.weights.items() if k.startswith("encoder.")}
-    report = load_by_name(model.student, encoder)
-    unexpected_new = [n for n in report.new if not n.startswith("head.")]
-    if report.mismatched or report.unexpected or unexpected_new:
+    report = load_by_name(model.student, encoder, new=("head",))
+    if report.partial:
         raise UserError(f"--init-from {path}: {report.summary()}")
     model.teacher.load_state_dict(model.student.state_dict())
     log(f"init from {path}: {report.summary()}")

@@ -1,5 +1,6 @@
 """The shifts evaluate's baselines add to control cells, computed from the training cells: the mean shift of every
-training perturbation, and a perturbation's own shift in the other contexts (the zero-shot baseline)."""
+training perturbation, a perturbation's own shift in the other contexts (the zero-shot baseline), and the group's
+own shift where it has training cells (the few-shot baseline: what its few training cells say on average)."""
 
 from __future__ import annotations
 
@@ -30,8 +31,9 @@ def training_shifts(screen: Screen, genes: sp.csr_matrix, embedding: np.ndarray)
 
 
 def baseline_shifts(screen: Screen, groups: list[tuple[int, int]], shifts: dict[str, np.ndarray]) -> dict:
-    """Per held-out group: the mean training shift, and the same perturbation's mean shift in the other contexts
-    (NaN where it has no training cells elsewhere)."""
+    """Per held-out group: the mean training shift, the same perturbation's mean shift in the other contexts
+    (NaN where it has no training cells elsewhere) and the group's own training shift (NaN without training
+    cells)."""
     keys = shifts["keys"]
     out = {"groups": [f"{screen.perts[p]}\t{screen.contexts[c]}" for p, c in groups]}
     for space in ("genes", "embedding"):
@@ -39,9 +41,14 @@ def baseline_shifts(screen: Screen, groups: list[tuple[int, int]], shifts: dict[
         width = values.shape[1] if len(values) else 0
         out[f"training_mean_{space}"] = values.mean(0) if len(values) else np.zeros(width, np.float32)
         other = np.full((len(groups), width), np.nan, np.float32)
+        own = np.full((len(groups), width), np.nan, np.float32)
         for i, (p, c) in enumerate(groups):
             same = (keys[:, 0] == p) & (keys[:, 1] != c) if len(keys) else np.zeros(0, bool)
             if same.any():
                 other[i] = values[same].mean(0)
+            itself = (keys[:, 0] == p) & (keys[:, 1] == c) if len(keys) else np.zeros(0, bool)
+            if itself.any():
+                own[i] = values[itself][0]
         out[f"other_contexts_{space}"] = other
+        out[f"own_shift_{space}"] = own
     return out

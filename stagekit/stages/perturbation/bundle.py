@@ -41,15 +41,29 @@ class TransitionBundle:
         return {"pert": self.data["pert_key"], "context": self.data["context_key"] or "context"}
 
 
+def stored_screen(bundle: Bundle) -> Screen:
+    """The screen's codes and split as the bundle stored them."""
+    r, c = bundle.results, bundle.categories
+    return Screen(np.asarray(r["pert"]), c["perts"], int(r["control"]), np.asarray(r["context"]), c["contexts"],
+                  np.asarray(r["batch"]) if "batch" in r else None, c.get("batches", []), np.asarray(r["split"]))
+
+
 def load_transition(bundle: Bundle) -> TransitionBundle:
     """The model (in eval mode) and everything it was trained with, from a bundle read with its results."""
     model = build_model(bundle.model_config)
     load_weights(model, bundle.weights)
     r, c = bundle.results, bundle.categories
-    screen = Screen(np.asarray(r["pert"]), c["perts"], int(r["control"]), np.asarray(r["context"]), c["contexts"],
-                    np.asarray(r["batch"]) if "batch" in r else None, c.get("batches", []), np.asarray(r["split"]))
+    screen = stored_screen(bundle)
     config = tomllib.loads(bundle.config_toml)
     features = {k.removeprefix("features_"): v for k, v in bundle.data.items() if k.startswith("features_")}
     return TransitionBundle(model.eval(), ExpressionSpace.from_arrays(c["space_genes"], r), screen,
                             np.asarray(r["pert_inputs"]), tomllib.loads(bundle.model_config)["data"],
                             config["sets"]["cell_set_len"], bundle.var_names, features)
+
+
+def vocabulary_of(bundle: Bundle) -> tuple[list[str], int]:
+    """A one-hot model's perturbation-encoder inputs by name, and the control's among them: a fine-tuned model
+    appends new perturbations to its pretrained ones."""
+    if "pert_vocabulary" in bundle.categories:
+        return bundle.categories["pert_vocabulary"], int(bundle.results["vocabulary_control"])
+    return bundle.categories["perts"], int(bundle.results["control"])

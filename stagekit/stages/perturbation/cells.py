@@ -13,7 +13,7 @@ baselines add to the controls.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,7 +28,7 @@ from stagekit.data.cell_sets import CellSet, group_cells, group_sets
 from stagekit.data.protein_embeddings import load_gene_embeddings
 from stagekit.errors import UserError
 from stagekit.stages.perturbation.baselines import baseline_shifts, training_shifts
-from stagekit.stages.perturbation.bundle import TransitionBundle, load_transition
+from stagekit.stages.perturbation.bundle import TransitionBundle, load_transition, vocabulary_of
 from stagekit.stages.perturbation.screen import TEST, TRAIN
 from stagekit.stages.perturbation.space import in_space
 
@@ -225,11 +225,34 @@ def new_cells(tx: TransitionBundle, paths: list[Path], pert: str, log: Callable[
                                  "predicted_perturbation": pert}
 
 
+def on_task_of(model: Bundle, task: Bundle) -> TransitionBundle:
+    """`model`'s network on `task`'s screen, split and space (an ancestor's: e.g. the pretraining task after
+    fine-tuning, to measure forgetting). Perturbations map to the model's inputs by name."""
+    tx, tuned = load_transition(task), load_transition(model)
+    if tx.space.genes != tuned.space.genes or not np.array_equal(tx.space.components, tuned.space.components):
+        raise UserError(f"{model.path} works in another expression space than {task.path}; --held-out-of takes a "
+                        "bundle it descends from")
+    if tx.features:
+        return replace(tx, model=tuned.model)  # the same features file gives the same inputs
+    vocabulary, control = vocabulary_of(model)
+    index = {name: i for i, name in enumerate(vocabulary)}
+    unknown = [p for i, p in enumerate(tx.screen.perts) if i != tx.screen.control and p not in index]
+    if unknown:
+        raise UserError(f"{model.path} never learned perturbation '{unknown[0]}' of {task.path}")
+    rows = [control if i == tx.screen.control else index[p] for i, p in enumerate(tx.screen.perts)]
+    return replace(tx, model=tuned.model, pert_inputs=np.eye(len(vocabulary), dtype=np.float32)[rows])
+
+
 def transition_cells(bundle: Bundle, data: list[Path], species: list[str], log: Callable[[str], None] = print,
-                     pert: str | None = None) -> tuple[anndata.AnnData, dict]:
-    """extract/evaluate: held-out groups of the training file, or `pert` for the control cells of `data`."""
+                     pert: str | None = None, held_out_of: Bundle | None = None) -> tuple[anndata.AnnData, dict]:
+    """extract/evaluate: held-out groups of the training file (or of `held_out_of`'s, with this bundle's
+    model), or `pert` for the control cells of `data`."""
     if species:
         raise UserError(f"{bundle.path} is a transition bundle: drop --species")
+    if held_out_of is not None:
+        if pert is not None:
+            raise UserError("--pert and --held-out-of: choose one")
+        return held_out_cells(on_task_of(bundle, held_out_of), trained_files(held_out_of, data), held_out_of, log)
     tx = load_transition(bundle)
     if pert is not None:
         if not data:

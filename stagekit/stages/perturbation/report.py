@@ -5,6 +5,8 @@ for the model and, side by side, for baselines built from the same control cells
 - training_shift: those controls moved by the mean shift of every training perturbation;
 - other_contexts: those controls moved by the same perturbation's mean shift in the other contexts (where it has
   training cells there: the zero-shot baseline of scGen-style tasks);
+- own_shift: those controls moved by the group's own training cells' mean shift (where it has training cells: the
+  few-shot baseline, what a few cells of the group say on average);
 - reference: a resample of the group's own training cells, where it has some (the best a model of seen
   perturbations can do; not a baseline to beat).
 
@@ -26,7 +28,7 @@ from stagekit.metrics.perturbation import LOWER_IS_BETTER, effect_is_measurable,
 if TYPE_CHECKING:
     import anndata
 
-BASELINES = ("control_mean", "training_shift", "other_contexts")
+BASELINES = ("control_mean", "training_shift", "other_contexts", "own_shift")
 HEADLINE = ("energy_embedding", "energy_genes", "mmd_genes", "pearson_delta", "pearson_delta_top50", "sign_top50",
             "spread_ratio")
 
@@ -119,6 +121,9 @@ def perturbation_report(adata: anndata.AnnData, seed: int = 0) -> tuple[dict, li
             other_g, other_e = shifts["other_contexts_genes"][j], shifts["other_contexts_embedding"][j]
             if np.isfinite(other_g).all():
                 candidates["other_contexts"] = _shifted(g["basal"], other_g, other_e)
+            if "own_shift_genes" in shifts and np.isfinite(shifts["own_shift_genes"][j]).all():
+                candidates["own_shift"] = _shifted(g["basal"], shifts["own_shift_genes"][j],
+                                                   shifts["own_shift_embedding"][j])
         if "reference" in g:
             candidates["reference"] = g["reference"]
         measurable, distance, null = effect_is_measurable(g["observed"]["embedding"], g["controls"]["embedding"],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -78,6 +79,48 @@ def _warn_about_groups(screen: Screen, groups: CellGroups, set_len: int, log: Ca
             "with; those cells do not train")
 
 
+@dataclass
+class TrainingSets:
+    groups: CellGroups  # the training cells' (perturbation, context) groups
+    val_groups: CellGroups | None
+    line: str  # the split in words, for the log and `info`
+
+
+def training_sets(screen: Screen, set_len: int, log: Callable[[str], None]) -> TrainingSets:
+    """The groups cell sets are cut from: training cells, and validation cells paired with training or
+    validation controls."""
+    train, val = screen.rows(TRAIN), screen.rows(VAL)
+    controls = screen.rows(TRAIN, VAL)
+    controls = controls[screen.pert[controls] == screen.control]
+    groups = group_cells(screen.pert, screen.context, screen.batch, screen.control, train, set_len, control_sets=True)
+    val_groups = (group_cells(screen.pert, screen.context, screen.batch, screen.control, val, set_len,
+                              control_sets=True, control_rows=controls) if len(val) else None)
+    _warn_about_groups(screen, groups, set_len, log)
+    line = (f"{len(train)} training cells in {len(groups.groups)} (perturbation, context) groups, {len(val)} "
+            f"validation, {len(screen.rows(TEST))} held out ({len(screen.held_out_groups())} perturbed groups), "
+            f"{int((screen.split < 0).sum())} excluded")
+    return TrainingSets(groups, val_groups, line)
+
+
+def screen_arrays(screen: Screen, inputs: np.ndarray, space: ExpressionSpace
+                  ) -> tuple[dict[str, np.ndarray], dict[str, list[str]]]:
+    """The bundle's results and categories that extract and evaluate read back (see `bundle.load_transition`)."""
+    results = {"pert": screen.pert, "context": screen.context, "split": screen.split,
+               "control": np.array(screen.control), "pert_inputs": inputs} | space.arrays()
+    if screen.batch is not None:
+        results["batch"] = screen.batch
+    categories = {"perts": screen.perts, "contexts": screen.contexts, "space_genes": space.genes}
+    if screen.batches:
+        categories["batches"] = screen.batches
+    return results, categories
+
+
+def design_line(data_cfg: dict) -> str:
+    return (f"perturbation obs['{data_cfg['pert_key']}'] (control '{data_cfg['control']}'), context "
+            f"{repr(data_cfg['context_key']) if data_cfg['context_key'] else 'none'}, batch "
+            f"{repr(data_cfg['batch_key']) if data_cfg['batch_key'] else 'none'}")
+
+
 def _split_inputs_space(request: PhaseRequest, resumed: Bundle | None, counts: CountMatrix, screen: Screen
                         ) -> tuple[np.ndarray, ExpressionSpace, dict]:
     """Set the screen's split; return the perturbation inputs, the fitted space and where the split and features
@@ -127,40 +170,20 @@ def run(request: PhaseRequest) -> Path | None:
     inputs, space, provenance = _split_inputs_space(request, phase.resume_bundle, counts, screen)
     genes, embedding = in_space(space, counts.matrix, counts.var_names, counts.where)
     decoder = space.has_pca and loss_cfg["decoder_weight"] > 0
-    train, val = screen.rows(TRAIN), screen.rows(VAL)
-    controls = screen.rows(TRAIN, VAL)
-    controls = controls[screen.pert[controls] == screen.control]
-    groups = group_cells(screen.pert, screen.context, screen.batch, screen.control, train, set_len, control_sets=True)
-    val_groups = (group_cells(screen.pert, screen.context, screen.batch, screen.control, val, set_len,
-                              control_sets=True, control_rows=controls) if len(val) else None)
-    _warn_about_groups(screen, groups, set_len, request.log)
-    held = screen.held_out_groups()
-    split_line = (f"{len(train)} training cells in {len(groups.groups)} (perturbation, context) groups, "
-                  f"{len(val)} validation, {len(screen.rows(TEST))} held out ({len(held)} perturbed groups), "
-                  f"{int((screen.split < 0).sum())} excluded")
-    request.log(f"{split_line}; {space.n_embedding}-dim {'PCA of ' if space.has_pca else ''}{len(space.genes)} "
+    sets = training_sets(screen, set_len, request.log)
+    request.log(f"{sets.line}; {space.n_embedding}-dim {'PCA of ' if space.has_pca else ''}{len(space.genes)} "
                 "genes")
     phase.engine.launch()
     torch.manual_seed(seed)
     model = TransitionModel(space.n_embedding, inputs.shape[1], model_cfg["hidden"], model_cfg["n_layers"],
                             model_cfg["n_heads"], model_cfg["dropout"], len(space.genes) if decoder else 0,
                             model_cfg["predict_residual"], model_cfg["block_dropout"])
-    task = TransitionTask(model, embedding, genes if decoder else None, inputs, groups, val_groups, set_len,
-                          training["batch_size"], loss_cfg, seed)
+    task = TransitionTask(model, embedding, genes if decoder else None, inputs, sets.groups, sets.val_groups,
+                          set_len, training["batch_size"], loss_cfg, seed)
     model_config = model_config_toml(model_cfg, data_cfg, space.n_embedding, inputs.shape[1],
                                      len(space.genes) if decoder else 0)
-    results = {"pert": screen.pert, "context": screen.context, "split": screen.split,
-               "control": np.array(screen.control), "pert_inputs": inputs} | space.arrays()
-    if screen.batch is not None:
-        results["batch"] = screen.batch
-    categories = {"perts": screen.perts, "contexts": screen.contexts, "space_genes": space.genes}
-    if screen.batches:
-        categories["batches"] = screen.batches
-
-    design = (f"perturbation obs['{data_cfg['pert_key']}'] (control '{data_cfg['control']}'), context "
-              f"{repr(data_cfg['context_key']) if data_cfg['context_key'] else 'none'}, batch "
-              f"{repr(data_cfg['batch_key']) if data_cfg['batch_key'] else 'none'}")
-    data = counts.fingerprint() | provenance | {"design": design, "split": split_line}
+    results, categories = screen_arrays(screen, inputs, space)
+    data = counts.fingerprint() | provenance | {"design": design_line(data_cfg), "split": sets.line}
 
     def bundle_for(result: FitResult) -> Bundle:
         return Bundle(stage=config.stage, model="transition", config_toml="", seed=seed,

@@ -14,6 +14,7 @@ from stagekit.data.cell_sets import CellGroups, CellSet, epoch_sets
 from stagekit.losses.sets import set_distance
 from stagekit.models.transition import TransitionModel
 from stagekit.train import StepContext, Task
+from stagekit.train.phases import Phase
 
 VAL_EPOCH = 1_000_003  # validation sets are drawn once, from a seed no training epoch uses
 
@@ -21,12 +22,17 @@ VAL_EPOCH = 1_000_003  # validation sets are drawn once, from a seed no training
 class TransitionTask(Task):
     def __init__(self, model: TransitionModel, embedding: np.ndarray, genes: sp.csr_matrix | None,
                  pert_inputs: np.ndarray, train: CellGroups, val: CellGroups | None, set_len: int,
-                 sets_per_step: int, loss: dict, seed: int) -> None:
+                 sets_per_step: int, loss: dict, seed: int, phases: list[Phase] | None = None) -> None:
         self.model, self.embedding, self.genes = model, embedding, genes
+        self._phases = phases
         self.pert_inputs = torch.from_numpy(pert_inputs)
         self.train_groups, self.val_groups = train, val
         self.set_len, self.sets_per_step, self.seed = set_len, sets_per_step, seed
         self.kind, self.blur, self.decoder_weight = loss["kind"], loss["blur"], loss["decoder_weight"]
+
+    def phases(self) -> list[Phase]:
+        """Fine-tuning phases (frozen backbone, progressive unfreezing) when given, else one plain phase."""
+        return self._phases or super().phases()
 
     def _steps(self, groups: CellGroups, epoch: int, rank: int, world: int) -> list[list[CellSet]]:
         steps = epoch_sets(groups, self.set_len, self.sets_per_step, self.seed, epoch)  # global steps

@@ -1,0 +1,155 @@
+"""Does the fine-tuning recipe hold? Transfer of a pretrained transition model to a few-shot target task, arm by arm,
+side by side on the same split and seed (issue "Perturbation transfer II"):
+
+  scratch   `pretrain --preset transition` on the target task's few-shot cells alone, the arms' largest epoch budget
+  A         `finetune --preset frozen-backbone` from the pretrained model
+  A+B       then `finetune --preset frozen-backbone-polish`
+  A+B+CDE   then `unfreeze --preset progressive` (C -> D -> E, layer-wise lr decay)
+  A+B+full  then `unfreeze --preset full-unfreeze` (everything at 3e-4 at once: the naive recipe)
+
+Each arm is scored by `stagekit evaluate` on the target task's held-out cells (with the baselines: control mean,
+mean training shift, and the few-shot cells' own mean shift), and, for forgetting, on the pretraining task's
+held-out cells with `evaluate --held-out-of` (the pretrained model's own scores there are the "before").
+
+  papalexi: CRISPR knockouts in THP-1; pretrain on 17 targets, the target task is the other 8 (every third target
+            in alphabetical order from the second), 30 % of their cells for training (test_fraction 0.7).
+  kang:     IFN-beta PBMCs; pretrain with one cell type's stimulated cells left out; the target task is that cell
+            type with 30 % of its stimulated cells for training.
+
+Gene-space figures (energy distance on genes, top-50 Pearson delta) compare across arms: scratch fits its own PCA.
+
+    python benchmarks/perturbation_transfer.py papalexi [--seeds 0 1 2] [--json out.json]
+    python benchmarks/perturbation_transfer.py kang [--context "CD14+ Monocytes"]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+PAPALEXI = SHARED / "papalexi2021_sceptre_lowmoi.h5ad"
+KANG = SHARED / "kang2018_muscat_example_sce.h5ad"
+METRICS = ("energy_genes", "pearson_delta_top50", "energy_embedding")
+ARMS = ("scratch", "A", "A+B", "A+B+CDE", "A+B+full")
+BASELINES = ("control_mean", "training_shift", "own_shift")
+
+
+def phase(stage: str, preset: str, out: Path, overrides: list[tuple[str, object]], data: list[Path] | None = None,
+          parent: Path | None = None) -> Path:
+    from stagekit.config import resolve_config
+    from stagekit.stages.registry import PhaseRequest, run_phase
+
+    config = resolve_config(stage, preset, [(k, v, "bench") for k, v in overrides])
+    return run_phase(PhaseRequest(config, out, list(data or []), parent, quiet=True, log=lambda m: None))
+
+
+def scores(bundle: Path, out: Path, held_out_of: Path | None = None) -> dict:
+    """Mean over the held-out groups, per method (model and baselines)."""
+    from stagekit.stages import evaluate
+
+    report = evaluate.run(bundle, out, umap=False, held_out_of=held_out_of)["perturbation"]
+    return {m: {k: v[k] for k in METRICS} for m, v in report["mean"].items()}
+
+
+def run_arms(pretrain_args: dict, target_args: dict, seed: int, folder: Path) -> dict:
+    """Pretrain, then every arm from the same pretrained model; scores on the target and the pretraining task."""
+    t0 = time.time()
+    tx = phase("pretrain", "transition", folder / "tx.stk", [*pretrain_args["overrides"], ("training.seed", seed)],
+               data=pretrain_args["data"])
+    target = [*target_args["overrides"], ("training.seed", seed)]
+    a = phase("finetune", "frozen-backbone", folder / "A.stk", target, target_args["data"], tx)
+    b = phase("finetune", "frozen-backbone-polish", folder / "B.stk", [("training.seed", seed)], parent=a)
+    cde = phase("unfreeze", "progressive", folder / "CDE.stk", [("training.seed", seed)], parent=b)
+    full = phase("unfreeze", "full-unfreeze", folder / "full.stk", [("training.seed", seed)], parent=b)
+    budget = 20 + 10 + 30  # A + B + C/D/E (or full-unfreeze) epochs of the shipped presets
+    scratch = phase("pretrain", "transition", folder / "scratch.stk",
+                    [*target_args["scratch_overrides"], ("training.seed", seed), ("training.epochs", budget)],
+                    data=target_args["data"])
+    arms = {"scratch": scratch, "A": a, "A+B": b, "A+B+CDE": cde, "A+B+full": full}
+    result = {"target": {}, "forgetting": {"before": scores(tx, folder / "r_tx")["model"]}}
+    for name, bundle in arms.items():
+        found = scores(bundle, folder / f"r_{name}")
+        result["target"][name] = found["model"]
+        if name == "A":  # the baselines are the same cells for every arm that shares the split
+            result["target"] |= {m: found[m] for m in BASELINES if m in found}
+        if name != "scratch":
+            result["forgetting"][name] = scores(bundle, folder / f"f_{name}", held_out_of=tx)["model"]
+    result["seconds"] = time.time() - t0
+    return result
+
+
+def papalexi(seed: int, folder: Path) -> dict:
+    import anndata
+
+    perts = sorted(set(anndata.read_h5ad(PAPALEXI, backed="r").obs["perturbation"].astype(str)))
+    targets = [p for p in perts if p not in ("control", "unassigned")]
+    new = targets[1::3]
+    seen = [t for t in targets if t not in new]
+    design = [("data.pert_key", "perturbation"), ("data.control", "control")]
+    pretrain = {"data": [PAPALEXI], "overrides": [*design, ("data.exclude", ["unassigned", *new])]}
+    target = {"data": [PAPALEXI], "overrides": [("data.exclude", ["unassigned", *seen]), ("data.test_fraction", 0.7)],
+              "scratch_overrides": [*design, ("data.exclude", ["unassigned", *seen]), ("data.test_fraction", 0.7)]}
+    return run_arms(pretrain, target, seed, folder) | {"target_perturbations": new}
+
+
+def kang(seed: int, folder: Path, context: str) -> dict:
+    import anndata
+
+    adata = anndata.read_h5ad(KANG)
+    adata.obs["donor"] = adata.obs["sample_id"].astype(str).str[-3:]
+    held = (adata.obs["cluster_id"] == context) & (adata.obs["group_id"] == "stim")
+    # pretraining never sees the target cell type's stimulated cells; the target task is that cell type alone
+    pretrain_cells = adata[~held.to_numpy()].copy()
+    target_cells = adata[(adata.obs["cluster_id"] == context).to_numpy()].copy()
+    pretrain_path, target_path = folder / "kang_pretrain.h5ad", folder / "kang_target.h5ad"
+    pretrain_cells.write_h5ad(pretrain_path)
+    target_cells.write_h5ad(target_path)
+    design = [("data.pert_key", "group_id"), ("data.control", "ctrl"), ("data.context_key", "cluster_id"),
+              ("data.batch_key", "donor")]
+    pretrain = {"data": [pretrain_path], "overrides": [*design, ("training.epochs", 100)]}
+    target = {"data": [target_path], "overrides": [("data.test_fraction", 0.7)],
+              "scratch_overrides": [*design, ("data.test_fraction", 0.7)]}
+    return run_arms(pretrain, target, seed, folder) | {"target_context": context}
+
+
+def table(title: str, rows: dict[str, list[dict]]) -> None:
+    print(f"\n{title}")
+    print(f"{'arm':18s}" + "".join(f"{k:>22s}" for k in METRICS))
+    for name, values in rows.items():
+        print(f"{name:18s}" + "".join(
+            f"{np.mean([v[k] for v in values]):>15.3f} ± {np.std([v[k] for v in values]):.3f}" for k in METRICS))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("dataset", choices=("papalexi", "kang"))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--context", default="CD14+ Monocytes", help="kang: the target cell type")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    results = []
+    for seed in args.seeds:
+        with tempfile.TemporaryDirectory() as tmp:
+            found = (papalexi(seed, Path(tmp)) if args.dataset == "papalexi"
+                     else kang(seed, Path(tmp), args.context))
+        results.append(found | {"seed": seed})
+        print(f"seed {seed}: {found['seconds']:.0f} s; target " + "  ".join(
+            f"{arm} {found['target'][arm]['energy_genes']:.3f}/{found['target'][arm]['pearson_delta_top50']:.3f}"
+            for arm in found["target"]), flush=True)
+    target = {arm: [r["target"][arm] for r in results] for arm in results[0]["target"]}
+    forgetting = {arm: [r["forgetting"][arm] for r in results] for arm in results[0]["forgetting"]}
+    table(f"{args.dataset}: target task, held-out cells, mean ± sd over seeds {args.seeds}", target)
+    table(f"{args.dataset}: pretraining task's held-out cells (forgetting; 'before' = the pretrained model)",
+          forgetting)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

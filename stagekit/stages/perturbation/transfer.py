@@ -1,0 +1,300 @@
+"""A pretrained transition model moved to a target screen, one command per phase: `finetune --preset
+frozen-backbone` (A) and `frozen-backbone-polish` (B) train the encoders and the gene decoder around a frozen
+backbone; `unfreeze --preset progressive` (C -> D -> E) unfreezes the blocks from the top with layer-wise lr
+decay; `unfreeze --preset full-unfreeze` is the naive comparison.
+
+A phase whose parent is a pretrain bundle starts a target task: the target file(s) projected with the pretrain
+bundle's own space (genes matched by name), split anew, and perturbations the model never saw appended to its
+one-hot vocabulary (new perturbation-encoder inputs; a features model reads their features). A phase whose parent
+is a fine-tuning bundle continues that task: the same files, split and vocabulary. Weights carry over by name,
+with a load report; anything neither loaded nor declared new stops the phase unless `--allow-partial`.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from stagekit.bundle import Bundle, file_sha256, read_bundle
+from stagekit.bundle.records import format_group_table
+from stagekit.config import Config
+from stagekit.data.anndata_io import CountMatrix
+from stagekit.errors import UserError
+from stagekit.models.transition import TransitionModel
+from stagekit.stages.perturbation.bundle import build_model, stored_screen, vocabulary_of
+from stagekit.stages.perturbation.cells import trained_files
+from stagekit.stages.perturbation.screen import Screen, SplitRequest, assign_split, read_screen
+from stagekit.stages.perturbation.space import ExpressionSpace, in_space
+from stagekit.stages.perturbation.stage import (
+    design_line,
+    file_of_cell,
+    model_config_toml,
+    pert_inputs,
+    screen_arrays,
+    screen_counts,
+    training_sets,
+)
+from stagekit.stages.perturbation.task import TransitionTask
+from stagekit.stages.phase import PhaseRun, kept_metrics, lineage_of
+from stagekit.stages.registry import PhaseRequest
+from stagekit.train import FitResult
+from stagekit.train.optim import FreezePlan, group_table, layer_decay_scales, param_groups
+from stagekit.train.phases import Phase
+from stagekit.train.state import weights_to_numpy
+from stagekit.train.transfer import LoadReport, Regrow, load_by_name
+
+PARENT_STAGES = ("pretrain", "finetune", "unfreeze")
+DESIGN_KEYS = ("layer", "pert_key", "control", "context_key", "batch_key")
+HEAD = ("basal_encoder", "pert_encoder", "gene_decoder")  # the encoders and the decoder: never frozen here
+TOP = ("norm", "project_out")  # the backbone's output layers, unfrozen with the top blocks
+ARCHITECTURE = ("hidden", "n_layers", "n_heads", "dropout", "block_dropout", "predict_residual")
+
+
+@dataclass
+class Target:
+    """The screen a phase trains on."""
+
+    counts: CountMatrix
+    screen: Screen
+    inputs: np.ndarray  # the perturbation encoder's input per perturbation code of the screen
+    vocabulary: list[str] | None  # one-hot models: the encoder's inputs by name (the pretrained ones first)
+    vocabulary_control: int  # the control's input among them
+    design: dict  # layer, pert_key, control, context_key, batch_key
+    provenance: dict  # the features file of a features model
+
+
+def read_parent(request: PhaseRequest) -> Bundle:
+    command = f"{request.config.stage} --preset {request.config.preset}"
+    parent = read_bundle(request.parent, PARENT_STAGES, command=command)
+    if parent.model != "transition":
+        raise UserError(f"{request.parent} holds a '{parent.model}' model ({parent.stage}); `stagekit {command}` "
+                        "fine-tunes a transition model: give a `pretrain --preset transition` bundle or one of its "
+                        "fine-tuned descendants")
+    if parent.status != "complete":
+        raise UserError(f"{request.parent} is a '{parent.status}' bundle; finish it with --resume first")
+    return parent
+
+
+def _extended_vocabulary(parent: Bundle, screen: Screen) -> tuple[list[str], int, np.ndarray]:
+    """The parent's vocabulary with the screen's new perturbations appended (the screen's control is the
+    parent's control, whatever its label), and the screen's one-hot inputs over it."""
+    vocabulary, control = vocabulary_of(parent)
+    vocabulary = list(vocabulary)
+    index = {name: i for i, name in enumerate(vocabulary)}
+    rows = []
+    for code, name in enumerate(screen.perts):
+        if code == screen.control:
+            rows.append(control)
+            continue
+        if name not in index:
+            index[name] = len(vocabulary)
+            vocabulary.append(name)
+        rows.append(index[name])
+    return vocabulary, control, np.eye(len(vocabulary), dtype=np.float32)[rows]
+
+
+def _design(config: Config, parent: Bundle, continuing: bool) -> dict:
+    """The target's design: the command's keys over the parent's (empty keys take the parent's); a phase that
+    continues a fine-tuned bundle keeps its design and split, and refuses keys that would change them."""
+    data_cfg = config["data"]
+    design = dict(tomllib.loads(parent.model_config)["data"])
+    if continuing:
+        stored = tomllib.loads(parent.config_toml)["data"]
+        design |= {"exclude": stored["exclude"], "test_fraction": stored["test_fraction"]}
+        for key in (*DESIGN_KEYS, "exclude", "test_fraction"):
+            if config.sources.get(f"data.{key}", "default") != "default" and data_cfg[key] != design[key]:
+                raise UserError(f"{parent.path} is a fine-tuned bundle: this phase continues its target screen "
+                                f"and split (data.{key} = {design[key]!r}); drop data.{key}")
+        return design
+    design |= {key: data_cfg[key] for key in DESIGN_KEYS if data_cfg[key]}
+    return design | {"exclude": data_cfg["exclude"], "test_fraction": data_cfg["test_fraction"]}
+
+
+def _features(parent: Bundle) -> Path | None:
+    """A features model's file (unchanged since the pretrain, checked by sha256); None for one-hot."""
+    if "features_path" not in parent.data:
+        return None
+    path = Path(parent.data["features_path"])
+    if not path.is_file() or file_sha256(path) != parent.data["features_sha256"]:
+        raise UserError(f"{parent.path} reads perturbations through the features file {path}, which is gone or "
+                        "changed; restore it to fine-tune on new perturbations")
+    return path
+
+
+def _new_target(request: PhaseRequest, parent: Bundle, design: dict) -> Target:
+    if not request.data:
+        raise UserError(f"give the target screen's .h5ad file(s) after {request.parent}")
+    counts = screen_counts(request.data, design)
+    screen = read_screen(counts.obs, counts.where, design["pert_key"], design["control"], design["context_key"],
+                         design["batch_key"], design["exclude"])
+    features = _features(parent)
+    screen.split = assign_split(screen, SplitRequest(
+        design["test_fraction"], request.config["training"]["val_fraction"], [], [], features is not None, None,
+        request.config["training"]["seed"], [Path(p) for p, _, _ in counts.sources], file_of_cell(counts)),
+        counts.where)
+    if features is not None:
+        provenance = {k: v for k, v in parent.data.items() if k.startswith("features_")}
+        return Target(counts, screen, pert_inputs(screen, features), None, -1, design, provenance)
+    vocabulary, control, inputs = _extended_vocabulary(parent, screen)
+    return Target(counts, screen, inputs, vocabulary, control, design, {})
+
+
+def _continued_target(request: PhaseRequest, parent: Bundle, design: dict) -> Target:
+    counts = screen_counts(trained_files(parent, request.data), design)
+    if counts.fingerprint()["sha256"] != parent.data.get("sha256"):
+        raise UserError(f"{counts.where} is not the target data {parent.path} was trained on; this phase continues "
+                        "its split (stored by cell position): give the same file(s) in the same order")
+    vocabulary, control = (vocabulary_of(parent) if "pert_vocabulary" in parent.categories else (None, -1))
+    provenance = {k: v for k, v in parent.data.items() if k.startswith("features_")}
+    return Target(counts, stored_screen(parent), np.asarray(parent.results["pert_inputs"]), vocabulary, control,
+                  design, provenance)
+
+
+def _carried_model(parent: Bundle, target: Target, n_genes: int, allow_partial: bool, log) -> tuple[
+        TransitionModel, dict, LoadReport]:
+    """The model of the target's shape with the parent's weights loaded by name (new perturbation inputs and a
+    decoder the parent lacked are declared new)."""
+    m = tomllib.loads(parent.model_config)["model"]
+    model = TransitionModel(m["n_embedding"], target.inputs.shape[1], m["hidden"], m["n_layers"], m["n_heads"],
+                            m["dropout"], n_genes, m["predict_residual"], m["block_dropout"])
+    regrow = {}
+    if target.vocabulary is not None:
+        known = len(vocabulary_of(parent)[0])
+        source = np.array([i if i < known else -1 for i in range(len(target.vocabulary))])
+        regrow["pert_encoder.0.weight"] = Regrow(1, source, target.vocabulary)
+    new = ("gene_decoder",) if n_genes and not m["n_genes"] else ()
+    report = load_by_name(model, parent.weights, new, regrow)
+    log(f"weights from {parent.path}: {report.summary()}")
+    if report.partial and not allow_partial:
+        raise UserError(f"{parent.path}: not every weight carries over ({len(report.mismatched)} mismatched, "
+                        f"{len(report.missing)} missing, {len(report.unexpected)} unexpected: "
+                        f"{', '.join(report.partial[:3])}); pass --allow-partial to train anyway")
+    return model, {k: m[k] for k in ARCHITECTURE}, report
+
+
+def _frozen_phase(config: Config, model: TransitionModel) -> list[Phase]:
+    frozen = tuple(config["freeze"]["frozen"])
+    names = [n for n, _ in model.named_parameters()]
+    unknown = [p for p in frozen if not any(n == p or n.startswith(p + ".") for n in names)]
+    if unknown:
+        raise UserError(f"freeze.frozen '{unknown[0]}' names no module of the model (modules: "
+                        f"{', '.join(dict.fromkeys(n.split('.')[0] for n in names))})")
+    return [Phase(name=Path(config.preset).stem, freeze=FreezePlan(frozen=frozen))]
+
+
+def _unused_sections(config: Config, keys: list[str], why: str) -> None:
+    """Keys of phases that do not run: set on the command line they would be accepted and ignored."""
+    for dotted in keys:
+        section, key = dotted.split(".")
+        config[section][key]  # read: the preset may set them for the phases it runs
+        if config.sources.get(dotted, "default").startswith("--"):
+            raise UserError(f"{dotted} is set but {why}")
+
+
+def unfreeze_phases(config: Config, n_blocks: int, only: str | None) -> list[Phase]:
+    """Phases C (top k_top blocks), D (k_middle more), E (every block), each with the blocks' lr decayed from
+    the head's by layer_decay per block from the top (timm/BEiT: head x1, top block x decay, ...)."""
+    u = config["unfreeze"]
+    names = [only] if only else list(u["phases"])
+    if not names or any(n not in ("C", "D", "E") for n in names) or names != sorted(set(names)):
+        raise UserError(f"unfreeze.phases {names}: phases C, D, E in order (each at most once)")
+    uses_top, uses_middle = bool({"C", "D"} & set(names)), "D" in names
+    k_top = u["k_top"] if uses_top else 0
+    k_middle = u["k_middle"] if uses_middle else 0
+    _unused_sections(config, [k for k, used in (("unfreeze.k_top", uses_top), ("unfreeze.k_middle", uses_middle))
+                              if not used], "no phase that runs reads it")
+    if uses_top and k_top > n_blocks:
+        raise UserError(f"unfreeze.k_top = {k_top} is larger than the model's {n_blocks} transformer blocks")
+    unfrozen = {"C": k_top, "D": min(n_blocks, k_top + k_middle), "E": n_blocks}
+    for before, after in zip(names, names[1:], strict=False):
+        if unfrozen[after] <= unfrozen[before]:
+            raise UserError(f"phase {after} unfreezes nothing phase {before} has not (unfreeze.k_top = {k_top}, "
+                            f"k_middle = {k_middle}, {n_blocks} blocks); change them or drop phase {after}")
+    blocks = [f"blocks.{i}" for i in range(n_blocks)]
+    scales = layer_decay_scales([*blocks, "head"], u["layer_decay"])
+    lr_scales = {p: 1.0 for p in HEAD} | {p: scales[blocks[-1]] for p in TOP} | {b: scales[b] for b in blocks}
+    phases = []
+    for name in ("C", "D", "E"):
+        section = f"phase_{name.lower()}"
+        if name not in names:
+            _unused_sections(config, [f"{section}.{k}" for k in ("epochs", "lr", "warmup_ratio", "min_lr_ratio")],
+                             f"phase {name} does not run (unfreeze.phases / --phase)")
+            continue
+        s = config[section]
+        plan = FreezePlan(frozen=("blocks",), trainable=(*HEAD, *TOP, *blocks[n_blocks - unfrozen[name]:]),
+                          lr_scales=lr_scales)
+        phases.append(Phase(name=name, epochs=s["epochs"], freeze=plan, lr=s["lr"], scheduler="cosine",
+                            warmup_ratio=s["warmup_ratio"], min_lr_ratio=s["min_lr_ratio"]))
+    return phases
+
+
+def run(request: PhaseRequest) -> Path | None:
+    """`finetune` or `unfreeze` of a transition model on a target screen; returns the bundle."""
+    config = request.config
+    parent = read_parent(request)
+    continuing = parent.stage != "pretrain"
+    only = request.options.get("phase")
+    if only and not (continuing or any(e["stage"] == "finetune" for e in parent.lineage)):
+        raise UserError(f"--phase {only} continues a model fine-tuned with a frozen backbone first; "
+                        f"{request.parent} is a pretrain bundle: run `stagekit finetune --preset frozen-backbone` "
+                        "on it (phase A), or `unfreeze` without --phase")
+    design = _design(config, parent, continuing)
+    phase = PhaseRun(config, request.output, request.resume, request.quiet)
+    target = _continued_target(request, parent, design) if continuing else _new_target(request, parent, design)
+    phase.check_resume_data(target.counts.fingerprint())
+    space = ExpressionSpace.from_arrays(parent.categories["space_genes"], parent.results)
+    counts, screen, loss_cfg = target.counts, target.screen, config["loss"]
+    if counts.var_names != parent.var_names:
+        request.log(f"note: {counts.where} holds {counts.n_vars} genes ({len(parent.var_names)} in the pretrain "
+                    "data); cells are normalised by their totals over these genes")
+    genes, embedding = in_space(space, counts.matrix, counts.var_names, counts.where)
+    decoder = space.has_pca and loss_cfg["decoder_weight"] > 0
+    set_len = config["sets"]["cell_set_len"]
+    sets = training_sets(screen, set_len, request.log)
+    request.log(f"target {sets.line}")
+    phase.engine.launch()
+    seed = config["training"]["seed"]
+    torch.manual_seed(seed)  # the new perturbation inputs' initial weights
+    n_genes = tomllib.loads(parent.model_config)["model"]["n_genes"] or (len(space.genes) if decoder else 0)
+    model, architecture, report = _carried_model(parent, target, n_genes, bool(request.options.get("allow_partial")),
+                                                 request.log)
+    phases = (_frozen_phase(config, model) if config.stage == "finetune"
+              else unfreeze_phases(config, len(model.blocks), only))
+    task = TransitionTask(model, embedding, genes if decoder else None, target.inputs, sets.groups,
+                          sets.val_groups, set_len, config["training"]["batch_size"], loss_cfg, seed, phases)
+    model_config = model_config_toml(architecture, design, space.n_embedding, target.inputs.shape[1], n_genes)
+    results, categories = screen_arrays(screen, target.inputs, space)
+    if target.vocabulary is not None:
+        categories["pert_vocabulary"] = target.vocabulary
+        results["vocabulary_control"] = np.array(target.vocabulary_control)
+    data = counts.fingerprint() | target.provenance | {"design": design_line(design), "split": sets.line}
+
+    def bundle_for(result: FitResult) -> Bundle:
+        return Bundle(stage=config.stage, model="transition", config_toml="", seed=seed,
+                      weights=weights_to_numpy(model), model_config=model_config, lineage=lineage_of(parent),
+                      data=data, var_names=counts.var_names, categories=categories,
+                      final_metrics=kept_metrics(result, ("train_", "val_")), results=results,
+                      records={"load_report": report.as_dict()})
+
+    return phase.fit(task, bundle_for)
+
+
+def print_plan(request: PhaseRequest) -> None:
+    """--print-config: each phase's parameter-group table on the parent's model, without data or training (new
+    perturbations of the target data would add encoder inputs to the `base`/`pert_encoder` group)."""
+    config = request.config
+    parent = read_parent(request)
+    model = build_model(parent.model_config)
+    only = request.options.get("phase")
+    phases = (_frozen_phase(config, model) if config.stage == "finetune"
+              else unfreeze_phases(config, len(model.blocks), only))
+    training = config["training"]
+    for phase in phases:
+        phase.freeze.apply(model)
+        groups = param_groups(model, phase.lr or training["lr"], training["weight_decay"], phase.freeze)
+        print(f"# phase '{phase.name}': {phase.epochs or training['epochs']} epochs")
+        print("\n".join(f"#   {line}" for line in format_group_table(group_table(model, groups))))
