@@ -50,11 +50,19 @@ def phase(stage: str, preset: str, out: Path, overrides: list[tuple[str, object]
 
 
 def scores(bundle: Path, out: Path, held_out_of: Path | None = None) -> dict:
-    """Mean over the held-out groups, per method (model and baselines)."""
+    """Means over the held-out groups, all of them and those with a measurable effect, per method (model and
+    baselines): {method: {"all": {metric: value}, "measurable": {...}}}."""
     from stagekit.stages import evaluate
 
     report = evaluate.run(bundle, out, umap=False, held_out_of=held_out_of)["perturbation"]
-    return {m: {k: v[k] for k in METRICS} for m, v in report["mean"].items()}
+    found = {}
+    for method, values in report["mean"].items():
+        found[method] = {"all": {k: values[k] for k in METRICS}, "measurable": {
+            k: report["mean_measurable"][method][k] for k in METRICS} if method in report["mean_measurable"]
+            else {k: float("nan") for k in METRICS}}
+    found["_measurable"] = sorted(f"{g['perturbation']} / {g['context']}" for g in report["groups"]
+                                  if g["measurable"])
+    return found
 
 
 def run_arms(pretrain_args: dict, target_args: dict, seed: int, folder: Path) -> dict:
@@ -72,12 +80,15 @@ def run_arms(pretrain_args: dict, target_args: dict, seed: int, folder: Path) ->
                     [*target_args["scratch_overrides"], ("training.seed", seed), ("training.epochs", budget)],
                     data=target_args["data"])
     arms = {"scratch": scratch, "A": a, "A+B": b, "A+B+CDE": cde, "A+B+full": full}
-    result = {"target": {}, "forgetting": {"before": scores(tx, folder / "r_tx")["model"]}}
+    before = scores(tx, folder / "r_tx")
+    result = {"target": {}, "forgetting": {"before": before["model"]},
+              "measurable_pretraining": before["_measurable"]}
     for name, bundle in arms.items():
         found = scores(bundle, folder / f"r_{name}")
         result["target"][name] = found["model"]
         if name == "A":  # the baselines are the same cells for every arm that shares the split
             result["target"] |= {m: found[m] for m in BASELINES if m in found}
+            result["measurable_target"] = found["_measurable"]
         if name != "scratch":
             result["forgetting"][name] = scores(bundle, folder / f"f_{name}", held_out_of=tx)["model"]
     result["seconds"] = time.time() - t0
@@ -119,11 +130,13 @@ def kang(seed: int, folder: Path, context: str) -> dict:
 
 
 def table(title: str, rows: dict[str, list[dict]]) -> None:
-    print(f"\n{title}")
-    print(f"{'arm':18s}" + "".join(f"{k:>22s}" for k in METRICS))
-    for name, values in rows.items():
-        print(f"{name:18s}" + "".join(
-            f"{np.mean([v[k] for v in values]):>15.3f} ± {np.std([v[k] for v in values]):.3f}" for k in METRICS))
+    for subset in ("all", "measurable"):
+        print(f"\n{title}, {subset} groups")
+        print(f"{'arm':18s}" + "".join(f"{k:>22s}" for k in METRICS))
+        for name, values in rows.items():
+            print(f"{name:18s}" + "".join(
+                f"{np.nanmean([v[subset][k] for v in values]):>15.3f} ± {np.nanstd([v[subset][k] for v in values]):.3f}"
+                for k in METRICS))
 
 
 def main() -> None:
@@ -139,9 +152,10 @@ def main() -> None:
             found = (papalexi(seed, Path(tmp)) if args.dataset == "papalexi"
                      else kang(seed, Path(tmp), args.context))
         results.append(found | {"seed": seed})
-        print(f"seed {seed}: {found['seconds']:.0f} s; target " + "  ".join(
-            f"{arm} {found['target'][arm]['energy_genes']:.3f}/{found['target'][arm]['pearson_delta_top50']:.3f}"
-            for arm in found["target"]), flush=True)
+        print(f"seed {seed}: {found['seconds']:.0f} s; measurable: target {found['measurable_target']}, "
+              f"pretraining {found['measurable_pretraining']}; target (all groups) energy genes / r50: " + "  ".join(
+                  f"{arm} {found['target'][arm]['all']['energy_genes']:.3f}/"
+                  f"{found['target'][arm]['all']['pearson_delta_top50']:.3f}" for arm in found["target"]), flush=True)
     target = {arm: [r["target"][arm] for r in results] for arm in results[0]["target"]}
     forgetting = {arm: [r["forgetting"][arm] for r in results] for arm in results[0]["forgetting"]}
     table(f"{args.dataset}: target task, held-out cells, mean ± sd over seeds {args.seeds}", target)

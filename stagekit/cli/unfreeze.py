@@ -27,5 +27,7 @@ def unfreeze(
     decay (presets: progressive, full-unfreeze)."""
     if phase is not None and phase not in ("C", "D", "E"):
         raise UserError(f"--phase {phase}: one of C, D, E")
-    opt.run_training_phase("unfreeze", opts, data=data, parent=parent, flags=target.flags(),
-                           mapping=opt.TARGET_FLAGS, options={"allow_partial": target.allow_partial, "phase": phase})
+    opt.run_training_phase("unfreeze", opts, data=data, parent=parent,
+                           flags=target.flags() | {"phase": [phase] if phase else None},
+                           mapping=opt.TARGET_FLAGS | {"phase": "unfreeze.phases"},
+                           options={"allow_partial": target.allow_partial})

@@ -173,7 +173,7 @@ def load_counts(path: str | Path, layer: str = "", obs_keys: tuple[str, ...] = (
 def concat_counts(parts: list[CountMatrix]) -> CountMatrix:
     """In-memory cells of several files as one matrix, in file order, on the first file's genes. Every file must
     hold the same genes (any order): a gene missing from one file would read as zero counts there. Cell names
-    repeated across files get the file's stem as a prefix (`stem:name`) in every file."""
+    repeated across files get the file's stem as a prefix (`stem:name`; `i-stem:name` where stems repeat)."""
     if len(parts) == 1:
         return parts[0]
     first = parts[0]
@@ -196,7 +196,9 @@ def concat_counts(parts: list[CountMatrix]) -> CountMatrix:
     names = [str(n) for part in parts for n in part.obs.index]
     obs = pd.concat([part.obs for part in parts], join="outer")
     if len(set(names)) < len(names):
-        obs.index = [f"{part.path.stem}:{n}" for part in parts for n in part.obs.index]
+        stems = [part.path.stem for part in parts]
+        labels = stems if len(set(stems)) == len(stems) else [f"{i}-{stem}" for i, stem in enumerate(stems)]
+        obs.index = [f"{label}:{n}" for label, part in zip(labels, parts, strict=True) for n in part.obs.index]
     sources = tuple((str(p.path.resolve()), p.fingerprint()["sha256"], p.n_obs) for p in parts)
     combined = hashlib.sha256("\n".join(h for _, h, _ in sources).encode()).hexdigest()
     return CountMatrix(first.path, first.key, obs, first.var_names, matrix=sp.csr_matrix(sp.vstack(matrices)),

@@ -174,6 +174,8 @@ def run(source: Path, output_dir: Path, label_key: str | None = None, data: Path
         if bundle is not None:
             return _perturbation_run(_transition_cells(bundle, data, held_out_of), source, output_dir, umap, seed,
                                      bundle.history)
+        if held_out_of is not None:
+            raise UserError(f"--held-out-of needs the model: give its bundle, not the extracted {source}")
         return _perturbation_run(adata, source, output_dir, umap, seed)
     if held_out_of is not None:
         raise UserError(f"--held-out-of scores a perturbation model; {source} is not one")

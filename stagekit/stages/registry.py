@@ -68,15 +68,14 @@ ENTRIES: dict[tuple[str, str], Entry] = {
                                       options=("allow_partial",), pipeline="perturbation transfer",
                                       plan=f"{_PERTURBATION}.transfer:print_plan"),
     ("unfreeze", "transition"): Entry(f"{_PERTURBATION}.transfer:run", f"{_PERTURBATION}.cells:transition_cells",
-                                      options=("allow_partial", "phase"), pipeline="perturbation transfer",
+                                      options=("allow_partial",), pipeline="perturbation transfer",
                                       plan=f"{_PERTURBATION}.transfer:print_plan"),
 }
 
 # how a command spells each option, for messages
 OPTION_FLAGS = {"protein_emb": "--protein-emb", "species": "--species", "macrogenes_from": "--macrogenes-from",
                 "k": "--k", "species_key": "--species-key", "init_from": "--init-from",
-                "pert_features": "--pert-features", "split_toml": "--split-toml", "allow_partial": "--allow-partial",
-                "phase": "--phase"}
+                "pert_features": "--pert-features", "split_toml": "--split-toml", "allow_partial": "--allow-partial"}
 
 
 def _resolve(target: str) -> Callable:

@@ -241,8 +241,6 @@ class Engine:
                     index = phase_at(phases, loop.epoch)
                     if run is None or run.index != index:
                         first = run is None
-                        if not first:
-                            self._close_phase(raw, loop, run.index)
                         run = self._enter_phase(task, phases, index, stored if first else None, loop)
                         if first:
                             for hook in hooks:
@@ -260,8 +258,9 @@ class Engine:
                         return result("stopped", str(exc), last_good)
                     if self._update_monitor(task, loop, raw):
                         self._stop_early(phases, index, loop)
-                    if phase_at(phases, loop.epoch) != index:  # each phase gets its own patience
-                        loop.bad_epochs = 0
+                    if phase_at(phases, loop.epoch) != index or loop.epoch >= total_epochs or loop.finished:
+                        loop.bad_epochs = 0  # each phase gets its own patience
+                        self._close_phase(raw, loop, index)  # its end state, before any kept state is restored
                     last_good = self._snapshot(task, hooks, run, loop)
                     if interrupted:  # a signal arrived during validation or between epochs
                         return result("interrupted", f"{signals.received} after epoch {loop.epoch}", last_good)
@@ -274,9 +273,6 @@ class Engine:
             self.reporter.close()
         if loop.top_k:  # the kept state is the best by the monitored metric
             raw.load_state_dict(from_storable(loop.top_k[0]["weights"]))
-        if run is not None:
-            self._close_phase(raw, loop, run.index)
-            last_good["loop"]["phase_log"] = to_storable(loop.phase_log)
         return result("complete", "", last_good)
 
     def _train_epoch(self, task: Task, hooks: list[Hook], run: _PhaseRun, loop: LoopState,
@@ -401,11 +397,11 @@ class Engine:
             earlier.freeze.apply(raw)
         groups = param_groups(raw, phase.lr, phase.weight_decay, phase.freeze)
         table = group_table(raw, groups)
-        if not any(record["index"] == index for record in loop.phase_log):
+        model = fabric.setup_module(raw)
+        if not any(record["index"] == index for record in loop.phase_log):  # after set-up: in the run's dtype
             frozen = [n for n, p in raw.named_parameters() if not p.requires_grad]
             loop.phase_log.append({"index": index, "name": phase.name, "epochs": phase.epochs, "groups": table,
                                    "frozen_before": tensor_checksums(raw, frozen), "frozen_after": {}})
-        model = fabric.setup_module(raw)
         optimizer = fabric.setup_optimizers(build_optimizer(groups, phase.lr))
         steps = len(task.train_plan(first_epoch(phases, index), fabric.global_rank, fabric.world_size))
         scheduler = torch.optim.lr_scheduler.LambdaLR(

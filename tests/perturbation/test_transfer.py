@@ -45,7 +45,8 @@ def chain(screen, tmp_path_factory):
     runs = [["pretrain", "--preset", "transition", path, "--pert-key", "perturbation", "--control", "control",
              *_excluding(new), *PRETRAIN, "-o", folder / "tx.stk"],
             ["finetune", "--preset", "frozen-backbone", folder / "tx.stk", path, *_excluding(seen),
-             "--test-fraction", "0.7", "--set", "training.epochs=6", "-o", folder / "A.stk"],
+             "--test-fraction", "0.7", "--set", "training.epochs=30", "--set", "training.lr=3e-3",
+             "--set", "training.batch_size=4", "-o", folder / "A.stk"],
             ["finetune", "--preset", "frozen-backbone-polish", folder / "A.stk", "--set", "training.epochs=2",
              "-o", folder / "B.stk"],
             ["unfreeze", "--preset", "progressive", folder / "B.stk", "--set", "phase_c.epochs=1",
@@ -88,12 +89,14 @@ def test_phase_a_freezes_the_backbone_and_adds_the_new_perturbations(screen, cha
     assert {r["group"] for r in phase["groups"]} == {"base", "frozen"}
     frozen = next(r for r in phase["groups"] if r["group"] == "frozen")
     assert frozen["modules"] == "blocks.0, blocks.1, blocks.2, blocks.3, norm, project_out"
-    h = a.history
-    assert h["train_loss"][-1] < h["train_loss"][0]  # the head and tail learn the new perturbations
+    loss = a.history["train_loss"]  # the head and tail learn the new perturbations (on few cells: per-epoch
+    assert np.mean(loss[-5:]) < 0.9 * np.mean(loss[:5])  # losses are noisy, so means of five epochs)
     assert a.config_toml and 'decoder_weight = 0.5' in a.config_toml
     split, pert = np.asarray(a.results["split"]), np.asarray(a.results["pert"])
     held = np.isin(np.asarray(a.categories["perts"])[pert.clip(0)], new) & (pert >= 0)
     assert 0.6 < (split[held] == 2).mean() < 0.8  # few-shot: 70 % of each new target's cells held out
+    # the same file as pretraining: the cells pretraining held out stay out (they measure forgetting)
+    assert (split[np.asarray(tx.results["split"]) == 2] == -1).all()
 
 
 def test_phase_b_continues_the_split_and_the_backbone_stays_frozen(chain):
@@ -140,7 +143,7 @@ def test_progressive_unfreezing_tables_llrd_and_checksums(chain, capsys):
     assert {g["perturbation"] for g in report["groups"]} == set(tx.categories["perts"]) - {"control"}
     code, _, err = run_cli(capsys, "evaluate", folder / "tx.stk", "--held-out-of", folder / "E.stk", "-o",
                            folder / "backwards", "--no-umap")
-    assert code == 2 and "never learned perturbation" in err, err
+    assert code == 2 and "does not descend from" in err, err
 
 
 def test_one_phase_alone_trains_only_its_blocks(chain, tmp_path, capsys):
@@ -160,9 +163,15 @@ def test_one_phase_alone_trains_only_its_blocks(chain, tmp_path, capsys):
 @pytest.mark.parametrize(("args", "needle"), [
     (["unfreeze", "--set", "unfreeze.k_top=5"], "unfreeze.k_top = 5 is larger than the model's 4"),
     (["unfreeze", "--set", "unfreeze.k_middle=0"], "phase D unfreezes nothing"),
-    (["unfreeze", "--preset", "full-unfreeze", "--set", "phase_c.epochs=3"], "phase_c.epochs is set but"),
+    (["unfreeze", "--preset", "full-unfreeze", "--set", "phase_c.epochs=3"],
+     "phase_c.epochs is set (--set) but phase C does not run"),
     (["finetune", "--preset", "frozen-backbone-polish", "--pert-key", "guide"], "drop data.pert_key"),
     (["unfreeze", "--set", "unfreeze.phases=[\"E\", \"C\"]"], "phases C, D, E in order"),
+    (["finetune", "--preset", "frozen-backbone-polish", "--set", "training.val_fraction=0.3"],
+     "drop training.val_fraction"),
+    (["finetune", "--preset", "frozen-backbone", "--set",
+      'freeze.frozen=["blocks", "norm", "project_out", "basal_encoder", "pert_encoder", "gene_decoder"]'],
+     "freezes every parameter"),
 ])
 def test_bad_phase_settings_exit_2_and_write_nothing(chain, existing_output, capsys, args, needle):
     folder, _ = chain

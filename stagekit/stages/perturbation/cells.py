@@ -228,6 +228,9 @@ def new_cells(tx: TransitionBundle, paths: list[Path], pert: str, log: Callable[
 def on_task_of(model: Bundle, task: Bundle) -> TransitionBundle:
     """`model`'s network on `task`'s screen, split and space (an ancestor's: e.g. the pretraining task after
     fine-tuning, to measure forgetting). Perturbations map to the model's inputs by name."""
+    if file_sha256(task.path) not in {e["sha256"] for e in model.lineage}:
+        raise UserError(f"{model.path} does not descend from {task.path} (not in its lineage); --held-out-of takes "
+                        "an ancestor, whose held-out cells the model never trained on")
     tx, tuned = load_transition(task), load_transition(model)
     if tx.space.genes != tuned.space.genes or not np.array_equal(tx.space.components, tuned.space.components):
         raise UserError(f"{model.path} works in another expression space than {task.path}; --held-out-of takes a "

@@ -110,7 +110,8 @@ def _dataset_files(spec: dict, path: Path, files: list[Path]) -> dict[str, list[
     for i, file in enumerate(files):
         names.setdefault(file.stem, []).append(i)
         for name, target in listed.items():
-            where = Path(target).expanduser().resolve()
+            where = Path(target).expanduser()
+            where = (where if where.is_absolute() else Path(path).parent / where).resolve()  # as cell-load reads it
             if where in (file.resolve(), file.resolve().parent) and i not in names.setdefault(name, []):
                 names[name].append(i)
     return names

@@ -27,7 +27,7 @@ from stagekit.errors import UserError
 from stagekit.models.transition import TransitionModel
 from stagekit.stages.perturbation.bundle import build_model, stored_screen, vocabulary_of
 from stagekit.stages.perturbation.cells import trained_files
-from stagekit.stages.perturbation.screen import Screen, SplitRequest, assign_split, read_screen
+from stagekit.stages.perturbation.screen import TEST, Screen, SplitRequest, assign_split, read_screen
 from stagekit.stages.perturbation.space import ExpressionSpace, in_space
 from stagekit.stages.perturbation.stage import (
     design_line,
@@ -103,12 +103,16 @@ def _design(config: Config, parent: Bundle, continuing: bool) -> dict:
     data_cfg = config["data"]
     design = dict(tomllib.loads(parent.model_config)["data"])
     if continuing:
-        stored = tomllib.loads(parent.config_toml)["data"]
-        design |= {"exclude": stored["exclude"], "test_fraction": stored["test_fraction"]}
-        for key in (*DESIGN_KEYS, "exclude", "test_fraction"):
-            if config.sources.get(f"data.{key}", "default") != "default" and data_cfg[key] != design[key]:
+        stored = tomllib.loads(parent.config_toml)
+        design |= {"exclude": stored["data"]["exclude"], "test_fraction": stored["data"]["test_fraction"]}
+        kept = {f"data.{k}": design[k] for k in (*DESIGN_KEYS, "exclude", "test_fraction")}
+        kept["training.val_fraction"] = stored["training"]["val_fraction"]
+        for dotted, value in kept.items():
+            section, key = dotted.split(".")
+            if config.sources.get(dotted, "default") != "default" and config[section][key] != value:
                 raise UserError(f"{parent.path} is a fine-tuned bundle: this phase continues its target screen "
-                                f"and split (data.{key} = {design[key]!r}); drop data.{key}")
+                                f"and split ({dotted} = {value!r}); drop {dotted}")
+        config["training"]["val_fraction"]  # noqa: B018 - read: the stored split holds the validation cells
         return design
     design |= {key: data_cfg[key] for key in DESIGN_KEYS if data_cfg[key]}
     return design | {"exclude": data_cfg["exclude"], "test_fraction": data_cfg["test_fraction"]}
@@ -132,6 +136,11 @@ def _new_target(request: PhaseRequest, parent: Bundle, design: dict) -> Target:
     screen = read_screen(counts.obs, counts.where, design["pert_key"], design["control"], design["context_key"],
                          design["batch_key"], design["exclude"])
     features = _features(parent)
+    if counts.fingerprint()["sha256"] == parent.data.get("sha256"):
+        # the pretraining data: the cells it held out stay out (they measure forgetting, `--held-out-of`)
+        held = np.asarray(parent.results["split"]) == TEST
+        screen.pert[held] = -1
+        request.log(f"note: {int(held.sum())} cells held out by {parent.path} stay out of the target task")
     screen.split = assign_split(screen, SplitRequest(
         design["test_fraction"], request.config["training"]["val_fraction"], [], [], features is not None, None,
         request.config["training"]["seed"], [Path(p) for p, _, _ in counts.sources], file_of_cell(counts)),
@@ -143,14 +152,16 @@ def _new_target(request: PhaseRequest, parent: Bundle, design: dict) -> Target:
     return Target(counts, screen, inputs, vocabulary, control, design, {})
 
 
-def _continued_target(request: PhaseRequest, parent: Bundle, design: dict) -> Target:
-    counts = screen_counts(trained_files(parent, request.data), design)
-    if counts.fingerprint()["sha256"] != parent.data.get("sha256"):
-        raise UserError(f"{counts.where} is not the target data {parent.path} was trained on; this phase continues "
+def _stored_target(request: PhaseRequest, holder: Bundle, design: dict) -> Target:
+    """The target task `holder` stored: a fine-tuned parent's (the phase continues it) or, on --resume, the
+    interrupted run's own (recomputed, the split could differ from the one the weights were trained with)."""
+    counts = screen_counts(trained_files(holder, request.data), design)
+    if counts.fingerprint()["sha256"] != holder.data.get("sha256"):
+        raise UserError(f"{counts.where} is not the target data {holder.path} was trained on; this phase continues "
                         "its split (stored by cell position): give the same file(s) in the same order")
-    vocabulary, control = (vocabulary_of(parent) if "pert_vocabulary" in parent.categories else (None, -1))
-    provenance = {k: v for k, v in parent.data.items() if k.startswith("features_")}
-    return Target(counts, stored_screen(parent), np.asarray(parent.results["pert_inputs"]), vocabulary, control,
+    vocabulary, control = (vocabulary_of(holder) if "pert_vocabulary" in holder.categories else (None, -1))
+    provenance = {k: v for k, v in holder.data.items() if k.startswith("features_")}
+    return Target(counts, stored_screen(holder), np.asarray(holder.results["pert_inputs"]), vocabulary, control,
                   design, provenance)
 
 
@@ -183,23 +194,28 @@ def _frozen_phase(config: Config, model: TransitionModel) -> list[Phase]:
     if unknown:
         raise UserError(f"freeze.frozen '{unknown[0]}' names no module of the model (modules: "
                         f"{', '.join(dict.fromkeys(n.split('.')[0] for n in names))})")
+    if all(any(n == p or n.startswith(p + ".") for p in frozen) for n in names):
+        raise UserError(f"freeze.frozen {list(frozen)} freezes every parameter; leave something to train")
     return [Phase(name=Path(config.preset).stem, freeze=FreezePlan(frozen=frozen))]
 
 
 def _unused_sections(config: Config, keys: list[str], why: str) -> None:
-    """Keys of phases that do not run: set on the command line they would be accepted and ignored."""
+    """Keys of phases that do not run. A preset may set them for phases a later layer (--phase, --set) leaves
+    out; set on the command line, or by the same file that chose the phases, they would be accepted and ignored."""
+    chooser = config.sources.get("unfreeze.phases", "default")
     for dotted in keys:
         section, key = dotted.split(".")
-        config[section][key]  # read: the preset may set them for the phases it runs
-        if config.sources.get(dotted, "default").startswith("--"):
-            raise UserError(f"{dotted} is set but {why}")
+        config[section][key]  # noqa: B018 - read: see above
+        source = config.sources.get(dotted, "default")
+        if source.startswith("--") or (source == chooser and source != "default"):
+            raise UserError(f"{dotted} is set ({source}) but {why}")
 
 
-def unfreeze_phases(config: Config, n_blocks: int, only: str | None) -> list[Phase]:
+def unfreeze_phases(config: Config, n_blocks: int) -> list[Phase]:
     """Phases C (top k_top blocks), D (k_middle more), E (every block), each with the blocks' lr decayed from
     the head's by layer_decay per block from the top (timm/BEiT: head x1, top block x decay, ...)."""
     u = config["unfreeze"]
-    names = [only] if only else list(u["phases"])
+    names = list(u["phases"])
     if not names or any(n not in ("C", "D", "E") for n in names) or names != sorted(set(names)):
         raise UserError(f"unfreeze.phases {names}: phases C, D, E in order (each at most once)")
     uses_top, uses_middle = bool({"C", "D"} & set(names)), "D" in names
@@ -222,7 +238,7 @@ def unfreeze_phases(config: Config, n_blocks: int, only: str | None) -> list[Pha
         section = f"phase_{name.lower()}"
         if name not in names:
             _unused_sections(config, [f"{section}.{k}" for k in ("epochs", "lr", "warmup_ratio", "min_lr_ratio")],
-                             f"phase {name} does not run (unfreeze.phases / --phase)")
+                             f"phase {name} does not run (unfreeze.phases, --phase)")
             continue
         s = config[section]
         plan = FreezePlan(frozen=("blocks",), trainable=(*HEAD, *TOP, *blocks[n_blocks - unfrozen[name]:]),
@@ -237,17 +253,26 @@ def run(request: PhaseRequest) -> Path | None:
     config = request.config
     parent = read_parent(request)
     continuing = parent.stage != "pretrain"
-    only = request.options.get("phase")
-    if only and not (continuing or any(e["stage"] == "finetune" for e in parent.lineage)):
+    if config.stage == "unfreeze" and config.sources.get("unfreeze.phases") == "--phase" and not (
+            continuing or any(e["stage"] == "finetune" for e in parent.lineage)):
+        only = config["unfreeze"]["phases"][0]
         raise UserError(f"--phase {only} continues a model fine-tuned with a frozen backbone first; "
                         f"{request.parent} is a pretrain bundle: run `stagekit finetune --preset frozen-backbone` "
                         "on it (phase A), or `unfreeze` without --phase")
     design = _design(config, parent, continuing)
     phase = PhaseRun(config, request.output, request.resume, request.quiet)
-    target = _continued_target(request, parent, design) if continuing else _new_target(request, parent, design)
+    resumed = phase.resume_bundle
+    if resumed is not None and (not resumed.lineage or resumed.lineage[0]["sha256"] != file_sha256(parent.path)):
+        raise UserError(f"{request.resume} was fine-tuned from another parent than {request.parent}; resume with "
+                        "the parent it was started from")
+    holder = resumed or (parent if continuing else None)
+    target = _stored_target(request, holder, design) if holder else _new_target(request, parent, design)
     phase.check_resume_data(target.counts.fingerprint())
     space = ExpressionSpace.from_arrays(parent.categories["space_genes"], parent.results)
     counts, screen, loss_cfg = target.counts, target.screen, config["loss"]
+    if not space.has_pca and loss_cfg["decoder_weight"] > 0:
+        raise UserError(f"{parent.path} works on the genes themselves (data.n_components = 0): there is no "
+                        "embedding to decode from; set loss.decoder_weight = 0")
     if counts.var_names != parent.var_names:
         request.log(f"note: {counts.where} holds {counts.n_vars} genes ({len(parent.var_names)} in the pretrain "
                     "data); cells are normalised by their totals over these genes")
@@ -263,7 +288,7 @@ def run(request: PhaseRequest) -> Path | None:
     model, architecture, report = _carried_model(parent, target, n_genes, bool(request.options.get("allow_partial")),
                                                  request.log)
     phases = (_frozen_phase(config, model) if config.stage == "finetune"
-              else unfreeze_phases(config, len(model.blocks), only))
+              else unfreeze_phases(config, len(model.blocks)))
     task = TransitionTask(model, embedding, genes if decoder else None, target.inputs, sets.groups,
                           sets.val_groups, set_len, config["training"]["batch_size"], loss_cfg, seed, phases)
     model_config = model_config_toml(architecture, design, space.n_embedding, target.inputs.shape[1], n_genes)
@@ -289,9 +314,8 @@ def print_plan(request: PhaseRequest) -> None:
     config = request.config
     parent = read_parent(request)
     model = build_model(parent.model_config)
-    only = request.options.get("phase")
     phases = (_frozen_phase(config, model) if config.stage == "finetune"
-              else unfreeze_phases(config, len(model.blocks), only))
+              else unfreeze_phases(config, len(model.blocks)))
     training = config["training"]
     for phase in phases:
         phase.freeze.apply(model)
