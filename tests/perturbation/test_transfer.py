@@ -200,3 +200,36 @@ def test_bad_parents_and_data_exit_2(screen, chain, existing_output, tmp_path, c
                            existing_output)
     assert code == 2 and "holds a 'vae' model" in err, err
     assert existing_output.read_bytes() == b"precious"
+
+
+def test_unfreeze_resumes_mid_phase_exactly(chain, tmp_path, capsys, monkeypatch):
+    """Interrupted in phase D, resumed from its .partial: the same weights and phase records as a straight run."""
+    import os
+    import signal
+
+    from stagekit.stages.perturbation.task import TransitionTask
+
+    folder, _ = chain
+    args = ["unfreeze", folder / "B.stk", "--set", "phase_c.epochs=2", "--set", "phase_d.epochs=2",
+            "--set", "phase_e.epochs=2", "-q"]
+    assert run_cli(capsys, *args, "-o", tmp_path / "straight.stk")[0] == 0
+    fired = []
+
+    def interrupt_in_phase_d(self, model, ctx, values):
+        if ctx.phase_index == 1 and ctx.epoch == 3 and not fired:  # D's second epoch
+            fired.append(ctx.global_step)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(TransitionTask, "after_optimizer_step", interrupt_in_phase_d, raising=False)
+    code, _, err = run_cli(capsys, *args, "-o", tmp_path / "run.stk")
+    assert code == 130 and "--resume" in err and fired, err
+    monkeypatch.undo()
+    code, _, err = run_cli(capsys, "unfreeze", folder / "B.stk", "--resume", tmp_path / "run.stk.partial", "-q",
+                           "-o", tmp_path / "run.stk")
+    assert code == 0, err
+    a, b = read_bundle(tmp_path / "straight.stk"), read_bundle(tmp_path / "run.stk")
+    assert all(np.array_equal(a.weights[k], b.weights[k]) for k in a.weights)
+    assert [p["frozen_after"] for p in a.records["phases"]] == [p["frozen_after"] for p in b.records["phases"]]
+    code, _, err = run_cli(capsys, "unfreeze", folder / "A.stk", "--resume", tmp_path / "run.stk", "-q",
+                           "-o", tmp_path / "other.stk")
+    assert code == 2 and "another parent" in err, err

@@ -109,7 +109,8 @@ def _design(config: Config, parent: Bundle, continuing: bool) -> dict:
         kept["training.val_fraction"] = stored["training"]["val_fraction"]
         for dotted, value in kept.items():
             section, key = dotted.split(".")
-            if config.sources.get(dotted, "default") != "default" and config[section][key] != value:
+            source = config.sources.get(dotted, "default")  # a resumed run's own config was checked when it began
+            if source != "default" and not source.startswith("resume ") and config[section][key] != value:
                 raise UserError(f"{parent.path} is a fine-tuned bundle: this phase continues its target screen "
                                 f"and split ({dotted} = {value!r}); drop {dotted}")
         config["training"]["val_fraction"]  # noqa: B018 - read: the stored split holds the validation cells
@@ -207,7 +208,7 @@ def _unused_sections(config: Config, keys: list[str], why: str) -> None:
         section, key = dotted.split(".")
         config[section][key]  # noqa: B018 - read: see above
         source = config.sources.get(dotted, "default")
-        if source.startswith("--") or (source == chooser and source != "default"):
+        if source.startswith("--") or (source == chooser and source != "default" and not source.startswith("resume ")):
             raise UserError(f"{dotted} is set ({source}) but {why}")
 
 
