@@ -108,6 +108,17 @@ def test_phase_b_continues_the_split_and_the_backbone_stays_frozen(chain):
     assert b.records["load_report"]["new"] == [] and "lr = 5e-05" in b.config_toml
 
 
+def test_a_continuing_phase_accepts_the_task_design_again(screen, chain, tmp_path, capsys):
+    path, new, seen = screen
+    folder, _ = chain
+    code, _, err = run_cli(capsys, "unfreeze", folder / "B.stk", *_excluding(seen), "--test-fraction", "0.7",
+                           "--set", "phase_c.epochs=1", "--set", "phase_d.epochs=1", "--set", "phase_e.epochs=1",
+                           "-q", "-o", tmp_path / "E.stk")
+    assert code == 0, err
+    code, _, err = run_cli(capsys, "unfreeze", folder / "B.stk", "--test-fraction", "0.5", "-o", tmp_path / "x.stk")
+    assert code == 2 and "drop data.test_fraction" in err, err
+
+
 def test_progressive_unfreezing_tables_llrd_and_checksums(chain, capsys):
     folder, logs = chain
     e = read_bundle(folder / "E.stk")

@@ -55,12 +55,15 @@ def file_of_cell(counts: CountMatrix) -> np.ndarray | None:
     return np.repeat(np.arange(len(counts.sources)), [n for _, _, n in counts.sources])
 
 
-def model_config_toml(model_cfg: dict, data_cfg: dict, n_embedding: int, n_pert_inputs: int, n_genes: int) -> str:
+DESIGN = ("layer", "pert_key", "control", "context_key", "batch_key")
+
+
+def model_config_toml(model_cfg: dict, data_cfg: dict, n_embedding: int, n_pert_inputs: int, n_genes: int,
+                      data_keys: tuple[str, ...] = DESIGN) -> str:
     """What rebuilding the model and reading new data needs (bundle.build_model reads it)."""
     lines = ["[model]", *(f"{k} = {toml_value(v)}" for k, v in model_cfg.items()),
              f"n_embedding = {n_embedding}", f"n_pert_inputs = {n_pert_inputs}", f"n_genes = {n_genes}",
-             "[data]", *(f"{k} = {toml_value(data_cfg[k])}" for k in ("layer", "pert_key", "control",
-                                                                         "context_key", "batch_key"))]
+             "[data]", *(f"{k} = {toml_value(data_cfg[k])}" for k in data_keys)]
     return "\n".join(lines) + "\n"
 
 

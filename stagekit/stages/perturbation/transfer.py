@@ -30,6 +30,7 @@ from stagekit.stages.perturbation.cells import trained_files
 from stagekit.stages.perturbation.screen import TEST, Screen, SplitRequest, assign_split, read_screen
 from stagekit.stages.perturbation.space import ExpressionSpace, in_space
 from stagekit.stages.perturbation.stage import (
+    DESIGN,
     design_line,
     file_of_cell,
     model_config_toml,
@@ -48,7 +49,6 @@ from stagekit.train.state import weights_to_numpy
 from stagekit.train.transfer import LoadReport, Regrow, load_by_name
 
 PARENT_STAGES = ("pretrain", "finetune", "unfreeze")
-DESIGN_KEYS = ("layer", "pert_key", "control", "context_key", "batch_key")
 HEAD = ("basal_encoder", "pert_encoder", "gene_decoder")  # the encoders and the decoder: never frozen here
 TOP = ("norm", "project_out")  # the backbone's output layers, unfrozen with the top blocks
 ARCHITECTURE = ("hidden", "n_layers", "n_heads", "dropout", "block_dropout", "predict_residual")
@@ -103,9 +103,9 @@ def _design(config: Config, parent: Bundle, continuing: bool) -> dict:
     data_cfg = config["data"]
     design = dict(tomllib.loads(parent.model_config)["data"])
     if continuing:
-        stored = tomllib.loads(parent.config_toml)
-        design |= {"exclude": stored["data"]["exclude"], "test_fraction": stored["data"]["test_fraction"]}
-        kept = {f"data.{k}": design[k] for k in (*DESIGN_KEYS, "exclude", "test_fraction")}
+        stored = tomllib.loads(parent.config_toml)  # the task's exclude and test_fraction: the model_config
+        design |= {k: design.get(k, stored["data"][k]) for k in ("exclude", "test_fraction")}  # of its first phase
+        kept = {f"data.{k}": design[k] for k in (*DESIGN, "exclude", "test_fraction")}
         kept["training.val_fraction"] = stored["training"]["val_fraction"]
         for dotted, value in kept.items():
             section, key = dotted.split(".")
@@ -115,7 +115,7 @@ def _design(config: Config, parent: Bundle, continuing: bool) -> dict:
                                 f"and split ({dotted} = {value!r}); drop {dotted}")
         config["training"]["val_fraction"]  # noqa: B018 - read: the stored split holds the validation cells
         return design
-    design |= {key: data_cfg[key] for key in DESIGN_KEYS if data_cfg[key]}
+    design |= {key: data_cfg[key] for key in DESIGN if data_cfg[key]}
     return design | {"exclude": data_cfg["exclude"], "test_fraction": data_cfg["test_fraction"]}
 
 
@@ -292,7 +292,8 @@ def run(request: PhaseRequest) -> Path | None:
               else unfreeze_phases(config, len(model.blocks)))
     task = TransitionTask(model, embedding, genes if decoder else None, target.inputs, sets.groups,
                           sets.val_groups, set_len, config["training"]["batch_size"], loss_cfg, seed, phases)
-    model_config = model_config_toml(architecture, design, space.n_embedding, target.inputs.shape[1], n_genes)
+    model_config = model_config_toml(architecture, design, space.n_embedding, target.inputs.shape[1], n_genes,
+                                     (*DESIGN, "exclude", "test_fraction"))
     results, categories = screen_arrays(screen, target.inputs, space)
     if target.vocabulary is not None:
         categories["pert_vocabulary"] = target.vocabulary
