@@ -19,7 +19,7 @@ held-out cells with `evaluate --held-out-of` (the pretrained model's own scores 
 Gene-space figures (energy distance on genes, top-50 Pearson delta) compare across arms: scratch fits its own PCA.
 
     python benchmarks/perturbation_transfer.py papalexi [--seeds 0 1 2] [--json out.json]
-    python benchmarks/perturbation_transfer.py kang [--context "CD14+ Monocytes"]
+    python benchmarks/perturbation_transfer.py kang [--context "CD14+ Monocytes"] [--epoch-scale 10]
 """
 
 from __future__ import annotations
@@ -65,17 +65,23 @@ def scores(bundle: Path, out: Path, held_out_of: Path | None = None) -> dict:
     return found
 
 
-def run_arms(pretrain_args: dict, target_args: dict, seed: int, folder: Path) -> dict:
-    """Pretrain, then every arm from the same pretrained model; scores on the target and the pretraining task."""
+def run_arms(pretrain_args: dict, target_args: dict, seed: int, folder: Path, scale: int = 1) -> dict:
+    """Pretrain, then every arm from the same pretrained model; scores on the target and the pretraining task.
+    `scale` multiplies every fine-tuning phase's epochs (and scratch's budget): on a target of a few dozen cells
+    an epoch is one optimizer step."""
     t0 = time.time()
     tx = phase("pretrain", "transition", folder / "tx.stk", [*pretrain_args["overrides"], ("training.seed", seed)],
                data=pretrain_args["data"])
-    target = [*target_args["overrides"], ("training.seed", seed)]
-    a = phase("finetune", "frozen-backbone", folder / "A.stk", target, target_args["data"], tx)
-    b = phase("finetune", "frozen-backbone-polish", folder / "B.stk", [("training.seed", seed)], parent=a)
-    cde = phase("unfreeze", "progressive", folder / "CDE.stk", [("training.seed", seed)], parent=b)
-    full = phase("unfreeze", "full-unfreeze", folder / "full.stk", [("training.seed", seed)], parent=b)
-    budget = 20 + 10 + 30  # A + B + C/D/E (or full-unfreeze) epochs of the shipped presets
+    seeded = [("training.seed", seed)]
+    a = phase("finetune", "frozen-backbone", folder / "A.stk",
+              [*target_args["overrides"], *seeded, ("training.epochs", 20 * scale)], target_args["data"], tx)
+    b = phase("finetune", "frozen-backbone-polish", folder / "B.stk", [*seeded, ("training.epochs", 10 * scale)],
+              parent=a)
+    cde = phase("unfreeze", "progressive", folder / "CDE.stk",
+                [*seeded, *((f"phase_{x}.epochs", 10 * scale) for x in "cde")], parent=b)
+    full = phase("unfreeze", "full-unfreeze", folder / "full.stk", [*seeded, ("phase_e.epochs", 30 * scale)],
+                 parent=b)
+    budget = (20 + 10 + 30) * scale  # A + B + C/D/E (or full-unfreeze) epochs of the shipped presets
     scratch = phase("pretrain", "transition", folder / "scratch.stk",
                     [*target_args["scratch_overrides"], ("training.seed", seed), ("training.epochs", budget)],
                     data=target_args["data"])
@@ -95,7 +101,7 @@ def run_arms(pretrain_args: dict, target_args: dict, seed: int, folder: Path) ->
     return result
 
 
-def papalexi(seed: int, folder: Path) -> dict:
+def papalexi(seed: int, folder: Path, scale: int) -> dict:
     import anndata
 
     perts = sorted(set(anndata.read_h5ad(PAPALEXI, backed="r").obs["perturbation"].astype(str)))
@@ -106,10 +112,10 @@ def papalexi(seed: int, folder: Path) -> dict:
     pretrain = {"data": [PAPALEXI], "overrides": [*design, ("data.exclude", ["unassigned", *new])]}
     target = {"data": [PAPALEXI], "overrides": [("data.exclude", ["unassigned", *seen]), ("data.test_fraction", 0.7)],
               "scratch_overrides": [*design, ("data.exclude", ["unassigned", *seen]), ("data.test_fraction", 0.7)]}
-    return run_arms(pretrain, target, seed, folder) | {"target_perturbations": new}
+    return run_arms(pretrain, target, seed, folder, scale) | {"target_perturbations": new}
 
 
-def kang(seed: int, folder: Path, context: str) -> dict:
+def kang(seed: int, folder: Path, context: str, scale: int) -> dict:
     import anndata
 
     adata = anndata.read_h5ad(KANG)
@@ -126,7 +132,7 @@ def kang(seed: int, folder: Path, context: str) -> dict:
     pretrain = {"data": [pretrain_path], "overrides": [*design, ("training.epochs", 100)]}
     target = {"data": [target_path], "overrides": [("data.test_fraction", 0.7)],
               "scratch_overrides": [*design, ("data.test_fraction", 0.7)]}
-    return run_arms(pretrain, target, seed, folder) | {"target_context": context}
+    return run_arms(pretrain, target, seed, folder, scale) | {"target_context": context}
 
 
 def table(title: str, rows: dict[str, list[dict]]) -> None:
@@ -144,13 +150,16 @@ def main() -> None:
     parser.add_argument("dataset", choices=("papalexi", "kang"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--context", default="CD14+ Monocytes", help="kang: the target cell type")
+    parser.add_argument("--epoch-scale", type=int, default=1, help="multiply every fine-tuning phase's epochs "
+                        "(the presets' 20/10/3x10/30) and scratch's budget: a few dozen target cells make an "
+                        "epoch one optimizer step")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     results = []
     for seed in args.seeds:
         with tempfile.TemporaryDirectory() as tmp:
-            found = (papalexi(seed, Path(tmp)) if args.dataset == "papalexi"
-                     else kang(seed, Path(tmp), args.context))
+            found = (papalexi(seed, Path(tmp), args.epoch_scale) if args.dataset == "papalexi"
+                     else kang(seed, Path(tmp), args.context, args.epoch_scale))
         results.append(found | {"seed": seed})
         print(f"seed {seed}: {found['seconds']:.0f} s; measurable: target {found['measurable_target']}, "
               f"pretraining {found['measurable_pretraining']}; target (all groups) energy genes / r50: " + "  ".join(
