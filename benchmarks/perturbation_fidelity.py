@@ -28,7 +28,7 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 KANG = SHARED / "kang2018_muscat_example_sce.h5ad"
 PAPALEXI = SHARED / "papalexi2021_sceptre_lowmoi.h5ad"
 METRICS = ("energy_embedding", "energy_genes", "pearson_delta_top50", "sign_top50", "spread_ratio")
-METHODS = ("model", "control_mean", "training_shift", "other_contexts", "reference")
+METHODS = ("model", "control_mean", "training_shift", "other_contexts", "own_shift", "reference")
 
 
 def train_and_evaluate(data: Path, out: Path, overrides: list[tuple[str, object]]) -> dict:
