@@ -239,5 +239,30 @@ def test_info_rich_summary(small_bundle: Path, capsys):
 
 def test_h5ls_shows_layout(small_bundle: Path):
     with h5py.File(small_bundle) as f:
-        assert {"config", "lineage", "data", "weights", "metrics", "resume", "versions", "categories"} <= set(f)
+        assert {"config", "lineage", "data", "weights", "metrics", "versions", "categories"} <= set(f)
+        assert "resume" not in f  # a final bundle holds weights and metadata only (unless --keep-resume)
         assert f["weights"].attrs["sha256"] and f.attrs["format_version"] == 1
+
+
+def test_final_bundles_are_compact_and_keep_resume_stores_the_weights_once(small_h5ad, small_bundle, tmp_path,
+                                                                           capsys):
+    """Without --keep-resume a final bundle has no optimizer state; with it, the resume state refers to /weights
+    instead of copying them, and --resume of it continues (here: nothing left to train)."""
+    code, _, err = run_cli(capsys, "pretrain", "--preset", "vae", small_h5ad, "--set", "training.epochs=2",
+                           "--set", "data.label_key=cluster_id", "--set", "data.batch_key=sample_id", "-q",
+                           "--keep-resume", "-o", tmp_path / "kept.stk")
+    assert code == 0, err
+    plain, kept = read_bundle(small_bundle), read_bundle(tmp_path / "kept.stk", resume=True)
+    assert "resume" not in plain.sizes and kept.sizes["resume"] > 0
+    model = kept.resume["model"]
+    assert all(set(t) == {"__weights__", "dtype"} for t in model.values())  # the last state is the kept one
+    assert kept.sizes["resume"] < 2.5 * kept.sizes["weights"]  # Adam's two moments, not a third copy
+    code, out, err = run_cli(capsys, "info", tmp_path / "kept.stk")
+    assert code == 0 and "resume" in out and "MB" in out, err
+    code, _, err = run_cli(capsys, "pretrain", small_h5ad, "--resume", small_bundle, "-o", tmp_path / "x.stk")
+    assert code == 2 and "--keep-resume" in err, err
+    code, _, err = run_cli(capsys, "pretrain", small_h5ad, "--resume", tmp_path / "kept.stk", "-q", "-o",
+                           tmp_path / "again.stk")
+    assert code == 0, err
+    again = read_bundle(tmp_path / "again.stk")
+    assert all(np.array_equal(again.weights[k], kept.weights[k]) for k in kept.weights)

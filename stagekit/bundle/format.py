@@ -86,6 +86,7 @@ class Bundle:
     created: str = ""
     path: str = ""
     records: dict[str, Any] = field(default_factory=dict)
+    sizes: dict[str, int] = field(default_factory=dict)  # bytes stored per top-level part, as read
 
 
 def arrays_sha256(arrays: dict[str, np.ndarray]) -> str:
@@ -239,6 +240,19 @@ def _fill(f: h5py.File, b: Bundle) -> None:
             f[name].attrs["sha256"] = _digest(_arrays(f[name]))
 
 
+def _part_sizes(f: h5py.File) -> dict[str, int]:
+    """Bytes each top-level part stores (datasets only; HDF5's own metadata is the rest of the file)."""
+    sizes: dict[str, int] = {}
+
+    def add(path: str, node: h5py.Group | h5py.Dataset) -> None:
+        if isinstance(node, h5py.Dataset):
+            part = path.split("/", 1)[0]
+            sizes[part] = sizes.get(part, 0) + node.id.get_storage_size()
+
+    f.visititems(add)
+    return sizes
+
+
 def _arrays(node: h5py.Group | h5py.Dataset) -> dict[str, Any]:
     """Every dataset under `node` (or `node` itself), by path relative to it, as h5py reads it."""
     if isinstance(node, h5py.Dataset):
@@ -332,7 +346,8 @@ def read_bundle(path: str | Path, expect_stage: tuple[str, ...] | None = None, c
                    versions={k: str(v) for k, v in f["versions"].attrs.items()},
                    wall_time_s=float(f.attrs["wall_time_s"]), device=str(f.attrs["device"]),
                    argv=json.loads(f.attrs["argv"]), created=str(f.attrs["created"]), path=str(path),
-                   records=json.loads(f["records"][()].decode()) if "records" in f else {})
+                   records=json.loads(f["records"][()].decode()) if "records" in f else {},
+                   sizes=_part_sizes(f))
         if results:
             b.results = _arrays(f["results"])
             _check(path, f, "results", b.results)
@@ -348,8 +363,9 @@ def read_bundle(path: str | Path, expect_stage: tuple[str, ...] | None = None, c
                         "weights": _arrays(g) if weights else {}} for g in states]
         if resume:
             if "resume" not in f:
-                raise UserError(f"{path} holds no resume state; it was written by a finished run "
-                                "without `--resume` support")
+                raise UserError(f"{path} holds no resume state: a finished run keeps it only with --keep-resume "
+                                "(training.keep_resume); fine-tune from it, or train again with --keep-resume to "
+                                "continue training later")
             _check(path, f, "resume", _arrays(f["resume"]))
             b.resume = read_tree(f["resume"])
     return b

@@ -40,7 +40,7 @@ def summary(bundle: Bundle) -> dict[str, Any]:
             "categories": {k: v for k, v in bundle.categories.items()}, "config": config,
             "final_metrics": bundle.final_metrics, "history": bundle.history, "versions": bundle.versions,
             "top_k": [{k: v for k, v in s.items() if k != "weights"} for s in bundle.top_k],
-            "records": bundle.records}
+            "records": bundle.records, "sizes": bundle.sizes}
 
 
 def render(bundle: Bundle, console: Console) -> None:
@@ -50,6 +50,10 @@ def render(bundle: Bundle, console: Console) -> None:
     head.add_row("created", bundle.created, "wall time", f"{bundle.wall_time_s:.1f} s")
     head.add_row("device", bundle.device, "versions",
                  ", ".join(f"{k} {v}" for k, v in bundle.versions.items() if k in ("stagekit", "torch")))
+    if bundle.sizes:
+        largest = sorted(bundle.sizes.items(), key=lambda kv: -kv[1])
+        head.add_row("size", f"{sum(bundle.sizes.values()) / 1e6:.1f} MB", "parts",
+                     ", ".join(f"{k} {v / 1e6:.1f} MB" for k, v in largest if v >= 1e5) or "all under 0.1 MB")
     parts: list[Any] = [head]
 
     chain = [f"{bundle.stage} ({bundle.model})  {bundle.path}"]

@@ -34,6 +34,9 @@ class PhaseOptions:
     strategy: Annotated[str | None, typer.Option(help="auto or ddp (runtime.strategy)")]
     precision: Annotated[str | None, typer.Option(help="32-true, bf16-mixed, 16-mixed (runtime.precision)")]
     resume: Annotated[Path | None, typer.Option(help="continue an interrupted run from its .partial bundle")]
+    keep_resume: Annotated[bool, typer.Option(
+        "--keep-resume", help="keep the resume state in the final bundle (training.keep_resume), so --resume can "
+                              "train it further; off, the final bundle holds weights and metadata only")]
     print_config: Annotated[bool, typer.Option("--print-config", help="print the effective config with sources; "
                                                                       "exit")]
     quiet: Quiet
@@ -71,7 +74,7 @@ TARGET_FLAGS = {name: f"data.{name}" for name in ("pert_key", "control", "contex
 
 RUNTIME_FLAGS = {"accelerator": "runtime.accelerator", "devices": "runtime.devices",
                  "strategy": "runtime.strategy", "precision": "runtime.precision"}
-_NO_TRAINING_LOOP = ("accelerator", "devices", "strategy", "precision", "resume")
+_NO_TRAINING_LOOP = ("accelerator", "devices", "strategy", "precision", "resume", "keep_resume")
 
 
 def phase_command(default_preset: str | None = None, training: bool = True, target: bool = False) -> Callable:
@@ -83,7 +86,7 @@ def phase_command(default_preset: str | None = None, training: bool = True, targ
         own = [p for p in inspect.signature(func, eval_str=True).parameters.values()
                if p.name not in ("opts", "target")]
         defaults = {"preset": default_preset, "print_config": False, "quiet": False, "json_": False,
-                    "allow_partial": False}
+                    "allow_partial": False, "keep_resume": False}
         groups = [PhaseOptions, *([TargetOptions] if target else [])]
         shared = [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY,
                                     annotation=inspect.get_annotations(group, eval_str=True)[f.name],
@@ -129,8 +132,9 @@ def phase_config(stage: str, opts: PhaseOptions, flags: dict[str, Any] | None = 
     """
     from stagekit.config import resolve_config
 
-    given = vars(opts) | (flags or {})
-    overrides = collect_overrides(opts.set_, given, {"seed": seed_key} | RUNTIME_FLAGS | (mapping or {}))
+    given = vars(opts) | {"keep_resume": True if opts.keep_resume else None} | (flags or {})
+    overrides = collect_overrides(opts.set_, given, {"seed": seed_key, "keep_resume": "training.keep_resume"}
+                                  | RUNTIME_FLAGS | (mapping or {}))
     name, stored = base_preset(opts.preset, opts.resume)
     config = resolve_config(stage, name, overrides, (stored, f"resume {opts.resume}") if stored else None)
     if opts.print_config:

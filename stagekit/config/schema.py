@@ -75,6 +75,9 @@ TRAINING = {
                       minimum=0),
     "checkpoint_every": Key("int", 0, "write a resumable bundle every N epochs; 0 only at the end",
                             minimum=0),
+    "keep_resume": Key("bool", False, "keep the optimizer, scheduler, RNG and loop state in the final bundle, so "
+                       "`--resume` can train it further (interrupted and checkpoint bundles always keep it); off, "
+                       "the final bundle holds the weights and metadata only"),
     "seed": Key("int", 0, "seed for initialisation, splits, shuffling and sampling", minimum=0),
 }
 

@@ -9,12 +9,14 @@ from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 
+import numpy as np
+
 from stagekit.bundle import Bundle, ensure_writable_folder, file_sha256, read_bundle, write_bundle
 from stagekit.config import Config
 from stagekit.errors import Interrupted, UserError
 from stagekit.train import Engine, FitResult, RunSettings, Task
 from stagekit.train.progress import ProgressReporter
-from stagekit.train.state import from_storable
+from stagekit.train.state import TENSOR_TAG, from_storable
 
 
 def package_versions() -> dict[str, str]:
@@ -79,6 +81,40 @@ def stamp(bundle: Bundle, config: Config, seed: int, started: float, device: str
     return bundle
 
 
+_WEIGHTS_REF = "__weights__"  # a resume-state tensor equal to /weights/NAME, stored once
+
+
+def _referenced(tensors: dict, weights: dict[str, np.ndarray]) -> dict:
+    def same(name: str, tensor: dict) -> bool:
+        return (name in weights and tensor[TENSOR_TAG].dtype == weights[name].dtype
+                and np.array_equal(tensor[TENSOR_TAG], weights[name]))
+
+    return {name: {_WEIGHTS_REF: name, "dtype": t["dtype"]} if same(name, t) else t for name, t in tensors.items()}
+
+
+def _resolved(tensors: dict, weights: dict[str, np.ndarray]) -> dict:
+    return {name: {TENSOR_TAG: weights[t[_WEIGHTS_REF]], "dtype": t["dtype"]} if _WEIGHTS_REF in t else t
+            for name, t in tensors.items()}
+
+
+def _map_states(state: dict, weights: dict[str, np.ndarray], convert: Callable) -> dict:
+    """The resume state's model and kept top-k states passed through `convert`."""
+    loop = state["loop"] | {"top_k": [entry | {"weights": convert(entry["weights"], weights)}
+                                      for entry in state["loop"].get("top_k", [])]}
+    return state | {"model": convert(state["model"], weights), "loop": loop}
+
+
+def weights_by_reference(state: dict, weights: dict[str, np.ndarray]) -> dict:
+    """The resume state with each model tensor (of the last state and of the kept top-k states) that equals the
+    bundle's weight of the same name replaced by a reference to it: no second copy of the weights."""
+    return _map_states(state, weights, _referenced)
+
+
+def weights_resolved(state: dict, weights: dict[str, np.ndarray]) -> dict:
+    """The resume state with references to the weights replaced by them again."""
+    return _map_states(state, weights, _resolved)
+
+
 class PhaseRun:
     """One run of a training phase: builds the engine from the config and owns the output file."""
 
@@ -87,6 +123,8 @@ class PhaseRun:
         self.config, self.output, self.started = config, output, time.time()
         self.resume_bundle = (read_bundle(resume, (config.stage,), command=config.stage, resume=True)
                               if resume else None)
+        if self.resume_bundle is not None:
+            self.resume_bundle.resume = weights_resolved(self.resume_bundle.resume, self.resume_bundle.weights)
         self.settings = RunSettings.from_config(config["training"], config["runtime"])
         self.engine = Engine(self.settings, ProgressReporter(quiet=quiet), on_checkpoint=self._checkpoint)
         self._bundle_for: Callable[[FitResult], Bundle] | None = None
@@ -97,7 +135,9 @@ class PhaseRun:
                             f"({self.resume_bundle.data.get('path')}); resume with the same file")
 
     def _complete(self, bundle: Bundle, result: FitResult, status: str) -> Bundle:
-        bundle.history, bundle.resume = result.history, result.resume_state
+        bundle.history = result.history
+        keep = status != "complete" or self.settings.keep_resume
+        bundle.resume = weights_by_reference(result.resume_state, bundle.weights) if keep else None
         bundle.records["phases"] = result.phases
         bundle.top_k = [state | {"weights": {k: v.numpy() for k, v in from_storable(state["weights"]).items()}}
                         for state in result.top_k]

@@ -50,6 +50,7 @@ class RunSettings:
     min_epochs: int = 0
     save_top_k: int = 0
     checkpoint_every: int = 0
+    keep_resume: bool = False  # read by the phase that writes the bundle, not by the loop
     seed: int = 0
     accelerator: str = "cpu"
     devices: int = 1

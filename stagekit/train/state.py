@@ -11,7 +11,7 @@ import torch
 
 from stagekit.errors import UserError
 
-_TAG = "__tensor__"
+TENSOR_TAG = "__tensor__"  # a stored tensor: {TENSOR_TAG: array, "dtype": torch dtype name}
 
 
 def to_storable(obj: Any) -> Any:
@@ -20,7 +20,7 @@ def to_storable(obj: Any) -> Any:
         dtype = str(tensor.dtype).removeprefix("torch.")
         if tensor.dtype == torch.bfloat16:  # numpy has no bfloat16
             tensor = tensor.float()
-        return {_TAG: tensor.numpy().copy(), "dtype": dtype}
+        return {TENSOR_TAG: tensor.numpy().copy(), "dtype": dtype}
     if isinstance(obj, np.ndarray):  # a copy: a snapshot must not change with the live state it was taken from
         return obj.copy()
     if isinstance(obj, dict):
@@ -32,8 +32,8 @@ def to_storable(obj: Any) -> Any:
 
 def from_storable(obj: Any) -> Any:
     if isinstance(obj, dict):
-        if _TAG in obj:
-            return torch.from_numpy(np.asarray(obj[_TAG])).to(getattr(torch, obj["dtype"]))
+        if TENSOR_TAG in obj:
+            return torch.from_numpy(np.asarray(obj[TENSOR_TAG])).to(getattr(torch, obj["dtype"]))
         return {k: from_storable(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
         return type(obj)(from_storable(v) for v in obj)

@@ -223,7 +223,7 @@ def test_unfreeze_resumes_mid_phase_exactly(chain, tmp_path, capsys, monkeypatch
     folder, _ = chain
     args = ["unfreeze", folder / "B.stk", "--set", "phase_c.epochs=2", "--set", "phase_d.epochs=2",
             "--set", "phase_e.epochs=2", "-q"]
-    assert run_cli(capsys, *args, "-o", tmp_path / "straight.stk")[0] == 0
+    assert run_cli(capsys, *args, "--keep-resume", "-o", tmp_path / "straight.stk")[0] == 0
     fired = []
 
     def interrupt_in_phase_d(self, model, ctx, values):
@@ -241,6 +241,6 @@ def test_unfreeze_resumes_mid_phase_exactly(chain, tmp_path, capsys, monkeypatch
     a, b = read_bundle(tmp_path / "straight.stk"), read_bundle(tmp_path / "run.stk")
     assert all(np.array_equal(a.weights[k], b.weights[k]) for k in a.weights)
     assert [p["frozen_after"] for p in a.records["phases"]] == [p["frozen_after"] for p in b.records["phases"]]
-    code, _, err = run_cli(capsys, "unfreeze", folder / "A.stk", "--resume", tmp_path / "run.stk", "-q",
+    code, _, err = run_cli(capsys, "unfreeze", folder / "A.stk", "--resume", tmp_path / "straight.stk", "-q",
                            "-o", tmp_path / "other.stk")
     assert code == 2 and "another parent" in err, err
