@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -215,8 +216,12 @@ def run(request: PhaseRequest) -> Path | None:
     protein = np.concatenate([s.protein for s in species])
     key = macrogene_key(species, protein, model_cfg["n_macrogenes"], seed)
     centroids = cached_centroids(macrogenes_from or resume, key, phase.engine.reporter.log)
-    if centroids is None:
+    if centroids is None:  # minutes at SATURN's real sizes: say so before, and how long after
+        started = time.perf_counter()
+        phase.engine.reporter.log(f"macrogenes: k-means of {len(protein):,} gene embeddings (dim {protein.shape[1]}) "
+                                  f"into {min(model_cfg['n_macrogenes'], len(protein)):,} centroids ...")
         centroids = macrogene_centroids(protein, model_cfg["n_macrogenes"], seed)
+        phase.engine.reporter.log(f"macrogenes: k-means done in {time.perf_counter() - started:.0f} s")
     log_weights = log_weights_from_centroids(protein, centroids, model_cfg["scoring"])
     torch.manual_seed(seed)
     model = SaturnModel([s.counts.n_vars for s in species], torch.from_numpy(log_weights), model_cfg["n_hidden"],
