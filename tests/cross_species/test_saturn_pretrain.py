@@ -116,6 +116,9 @@ def test_extract_macrogenes_and_embedding_per_species(capsys, demo, tmp_path):
     assert adata.n_obs == 350 and adata.obsm["X_macrogenes"].shape == (350, 150)
     assert adata.obsm["X_pretrain"].shape == (350, 64)
     assert sorted(adata.obs["species"].unique()) == ["human", "mouse"] and "Group" in adata.obs
+    mouse_names = anndata.read_h5ad(demo["mouse"]).obs_names  # renamed species:cell, the file's name kept
+    kept = adata.obs.loc[adata.obs["species"] == "mouse", "stagekit_cell"]
+    assert list(kept) == list(mouse_names) and list(kept.index) == [f"mouse:{n}" for n in mouse_names]
     assert adata.uns["stagekit"]["macrogene_weights"].shape == (len(read_bundle(bundle).var_names), 150)
     # deterministic (no dropout in eval), and new mouse cells map through the same model (query mapping)
     code, _, err = run_cli(capsys, "extract", bundle, demo["mouse"], "--species", "mouse", "-o", tmp_path / "q.h5ad")

@@ -135,11 +135,15 @@ class SaturnTask(Task):
     def step(self, model: torch.nn.Module, batch: dict, ctx: StepContext) -> dict[str, torch.Tensor]:
         out = model(batch["xs"], batch.get("partners"))
         nll = sum(out[f"nll_{i}"] for i in range(len(self.species)))
-        loss = nll + self.weights["lambda_l1"] * out["l1"]
+        loss, logged = nll, {}
+        if self.weights["lambda_l1"]:  # at weight 0 (the preset) the term is neither added nor logged
+            loss = loss + self.weights["lambda_l1"] * out["l1"]
+            logged["l1"] = out["l1"]
         if "protein_similarity" in out:
             loss = loss + self.weights["lambda_pe"] * out["protein_similarity"]
+            logged["protein_similarity"] = out["protein_similarity"]
         named = {f"nll_{s.name}": out[f"nll_{i}"] for i, s in enumerate(self.species)}
-        return {"loss": loss, "nll": nll} | named | {k: out[k] for k in ("l1", "protein_similarity") if k in out}
+        return {"loss": loss, "nll": nll} | named | logged
 
 
 def macrogene_key(species: list[SpeciesData], protein: np.ndarray, n_macrogenes: int, seed: int) -> str:

@@ -105,7 +105,8 @@ def cell_outputs(model: torch.nn.Module, cells: SpeciesCells, batch_size: int = 
 def saturn_anndata(bundle: Bundle, data: list[Path], species: list[str], log=print):
     """All species in one AnnData: X and obsm["X_macrogenes"] the macrogene values, obsm["X_pretrain"] (or
     "X_align") the embedding; the gene -> macrogene weight table in uns (genes differ between species, so it
-    cannot be varm)."""
+    cannot be varm). Cells are named `species:cell` (barcodes repeat across species); obs["stagekit_cell"] keeps
+    each file's own name."""
     import anndata
 
     from stagekit.stages.cross_species.pretrain_saturn import load_model
@@ -117,6 +118,7 @@ def saturn_anndata(bundle: Bundle, data: list[Path], species: list[str], log=pri
         macro, embedding = cell_outputs(model, cells)
         obs = cells.obs.copy()
         obs["species"] = cells.name
+        obs["stagekit_cell"] = obs.index.astype(str)  # the file's own cell name, to join back on
         key = "X_align" if bundle.stage == "align" else "X_pretrain"
         part = anndata.AnnData(X=macro, obs=obs, obsm={"X_macrogenes": macro, key: embedding})
         part.obs_names = [f"{cells.name}:{n}" for n in obs.index]  # barcodes may repeat across species
