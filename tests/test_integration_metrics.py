@@ -27,3 +27,16 @@ def test_aligned_species_transfer_and_mix():
 def test_separated_species_score_low_mixing():
     z, species, labels = _data(aligned=False)
     assert species_mixing(z, species) < 0.2
+
+
+def test_partly_shared_labels_report_the_ceiling_and_the_shared_cells(recwarn):
+    """Mouse has a type human lacks: accuracy on all mouse cells is capped by the share of shared labels; the
+    scores on the shared labels' cells and the unmatched label are reported, with no warning per seed."""
+    z, species, labels = _data(aligned=True)
+    labels = labels.copy()
+    labels[(species == "mouse") & (labels == "c")] = "d"  # mouse's third type has no human counterpart
+    transfer = label_transfer(z, species, labels, seeds=3)["human->mouse"]
+    assert transfer["max_accuracy"] == pytest.approx(2 / 3) and transfer["unmatched_labels"] == ["d"]
+    assert transfer["accuracy"] <= transfer["max_accuracy"] + 1e-9
+    assert transfer["shared_accuracy"] > 0.9 and transfer["shared_balanced_accuracy"] > 0.9
+    assert not [w for w in recwarn if "y_pred contains classes not in y_true" in str(w.message)]

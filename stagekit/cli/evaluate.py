@@ -31,6 +31,7 @@ def evaluate(
     if output is None:
         raise UserError("name the report folder with -o/--output DIR")
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     from stagekit.stages import evaluate as stage
@@ -64,6 +65,15 @@ def evaluate(
             table.add_column(column, justify="right" if column else "left")
         for pair, scores in report["label_transfer"].items():
             table.add_row(f"label transfer {pair}", f"{scores['accuracy']:.4f}", f"{scores['balanced_accuracy']:.4f}")
+            if scores["unmatched_labels"]:  # partly shared labels: the ceiling and the shared cells' scores
+                table.add_row("  max possible (cells whose label the source has)", f"{scores['max_accuracy']:.4f}",
+                              "")
+                if "shared_accuracy" in scores:
+                    table.add_row("  on the shared labels' cells", f"{scores['shared_accuracy']:.4f}",
+                                  f"{scores['shared_balanced_accuracy']:.4f}")
+                shown = ", ".join(scores["unmatched_labels"][:6]) + (" ..." if len(scores["unmatched_labels"]) > 6
+                                                                      else "")
+                table.add_row(f"  labels without a counterpart: {escape(shown)}", "", "")
         scores = report["integration"]
         for k, value in scores["knn_agreement"].items():
             table.add_row(f"{k}-NN cross-species label agreement", f"{value:.4f}", "")
