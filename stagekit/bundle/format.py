@@ -16,7 +16,9 @@ Layout (see `h5ls -r file.stk`):
   /metrics/history/NAME  one value per epoch;  /metrics/final  attrs
   /weights/NAME     model tensors; attrs sha256 over all of them
   /results/NAME     other arrays a phase produces (cluster centres, score tables, ...); attrs sha256
-  /resume/...       optimizer, scheduler, RNG and loop state for exact resume; attrs sha256
+  /resume/...       optimizer, scheduler, RNG and loop state for exact resume; attrs sha256. Optional: `.partial`
+                    bundles always, final ones with training.keep_resume; model tensors equal to /weights/NAME are
+                    stored as {"__weights__": NAME, "dtype": ...} (see stages.phase.weights_by_reference)
   /top_k/NAME/...   the best states by the monitored metric (training.save_top_k), best first: model tensors;
                     attrs epoch, metric, value, rank; /top_k attrs sha256. /weights is the first of them.
 
