@@ -13,7 +13,8 @@ from torch import nn
 _NO_DECAY_MODULES = (nn.LayerNorm, nn.BatchNorm1d, nn.GroupNorm, nn.Embedding)
 
 
-def _matches(name: str, prefix: str) -> bool:
+def matches_prefix(name: str, prefix: str) -> bool:
+    """Whether a dotted parameter name is `prefix` or lies under it (`blocks` matches `blocks.3.weight`)."""
     return name == prefix or name.startswith(prefix + ".")
 
 
@@ -33,14 +34,14 @@ class FreezePlan:
 
     def apply(self, model: nn.Module) -> None:
         for name, param in model.named_parameters():
-            rules = [(len(p), False) for p in self.frozen if _matches(name, p)]
-            rules += [(len(p), True) for p in self.trainable if _matches(name, p)]
+            rules = [(len(p), False) for p in self.frozen if matches_prefix(name, p)]
+            rules += [(len(p), True) for p in self.trainable if matches_prefix(name, p)]
             if rules:
                 param.requires_grad_(max(rules)[1])
 
     def scale_prefix(self, name: str) -> str:
         """The lr-scale prefix that applies to a parameter ('' for none)."""
-        matches = [p for p in self.lr_scales if _matches(name, p)]
+        matches = [p for p in self.lr_scales if matches_prefix(name, p)]
         return max(matches, key=len) if matches else ""
 
     def lr_scale(self, name: str) -> float:
@@ -64,7 +65,7 @@ def no_decay_names(model: nn.Module) -> set[str]:
         for param_name, param in module.named_parameters(recurse=False):
             full = f"{module_name}.{param_name}" if module_name else param_name
             if (isinstance(module, _NO_DECAY_MODULES) or param.ndim <= 1
-                    or any(_matches(full, p) for p in declared)):
+                    or any(matches_prefix(full, p) for p in declared)):
                 names.add(full)
     return names
 

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from stagekit.bundle.records import format_load_report
+from stagekit.train.optim import matches_prefix
 
 
 @dataclass
@@ -70,7 +71,7 @@ def load_by_name(model: nn.Module, weights: dict[str, np.ndarray], new: tuple[st
     matched = {}
     for name, tensor in own.items():
         if name not in weights:
-            declared = any(name == p or name.startswith(p + ".") for p in new)
+            declared = any(matches_prefix(name, p) for p in new)
             (report.new if declared else report.missing).append(name)
         elif name in regrow:
             grown = _regrown(tensor, weights[name], regrow[name])

@@ -43,7 +43,7 @@ from stagekit.stages.perturbation.task import TransitionTask
 from stagekit.stages.phase import PhaseRun, kept_metrics, lineage_of
 from stagekit.stages.registry import PhaseRequest
 from stagekit.train import FitResult
-from stagekit.train.optim import FreezePlan, group_table, layer_decay_scales, param_groups
+from stagekit.train.optim import FreezePlan, group_table, layer_decay_scales, matches_prefix, param_groups
 from stagekit.train.phases import Phase
 from stagekit.train.state import weights_to_numpy
 from stagekit.train.transfer import LoadReport, Regrow, load_by_name
@@ -191,11 +191,11 @@ def _carried_model(parent: Bundle, target: Target, n_genes: int, allow_partial: 
 def _frozen_phase(config: Config, model: TransitionModel) -> list[Phase]:
     frozen = tuple(config["freeze"]["frozen"])
     names = [n for n, _ in model.named_parameters()]
-    unknown = [p for p in frozen if not any(n == p or n.startswith(p + ".") for n in names)]
+    unknown = [p for p in frozen if not any(matches_prefix(n, p) for n in names)]
     if unknown:
         raise UserError(f"freeze.frozen '{unknown[0]}' names no module of the model (modules: "
                         f"{', '.join(dict.fromkeys(n.split('.')[0] for n in names))})")
-    if all(any(n == p or n.startswith(p + ".") for p in frozen) for n in names):
+    if all(any(matches_prefix(n, p) for p in frozen) for n in names):
         raise UserError(f"freeze.frozen {list(frozen)} freezes every parameter; leave something to train")
     return [Phase(name=Path(config.preset).stem, freeze=FreezePlan(frozen=frozen))]
 
@@ -262,8 +262,8 @@ def run(request: PhaseRequest) -> Path | None:
                         "on it (phase A), or `unfreeze` without --phase")
     design = _design(config, parent, continuing)
     phase = PhaseRun(config, request.output, request.resume, request.quiet)
-    resumed = phase.resume_bundle
-    if resumed is not None and (not resumed.lineage or resumed.lineage[0]["sha256"] != file_sha256(parent.path)):
+    resumed, lineage = phase.resume_bundle, lineage_of(parent)  # the parent hashed once, not per checkpoint
+    if resumed is not None and (not resumed.lineage or resumed.lineage[0]["sha256"] != lineage[0]["sha256"]):
         raise UserError(f"{request.resume} was fine-tuned from another parent than {request.parent}; resume with "
                         "the parent it was started from")
     holder = resumed or (parent if continuing else None)
@@ -302,7 +302,7 @@ def run(request: PhaseRequest) -> Path | None:
 
     def bundle_for(result: FitResult) -> Bundle:
         return Bundle(stage=config.stage, model="transition", config_toml="", seed=seed,
-                      weights=weights_to_numpy(model), model_config=model_config, lineage=lineage_of(parent),
+                      weights=weights_to_numpy(model), model_config=model_config, lineage=lineage,
                       data=data, var_names=counts.var_names, categories=categories,
                       final_metrics=kept_metrics(result, ("train_", "val_")), results=results,
                       records={"load_report": report.as_dict()})
