@@ -67,7 +67,8 @@ def render(bundle: Bundle, console: Console) -> None:
                          for k, v in bundle.categories.items())
         described = "".join(f"\n{d[k]}" for k in ("design", "split") if k in d)  # what a phase says of its data
         files = d["files"].replace("\n", " + ") if "files" in d else d.get("path")
-        parts.append(Panel(f"{files}\n{d.get('n_obs')} cells x {d.get('n_vars')} genes ({d.get('matrix')}),"
+        matrix = f" ({d['matrix']})" if "matrix" in d else ""
+        parts.append(Panel(f"{files}\n{d.get('n_obs')} {d.get('units', 'cells')} x {d.get('n_vars')} genes{matrix},"
                            f" sha256 {str(d.get('sha256'))[:12]}{escape(described)}\n{cats}", title="data",
                            expand=False))
 

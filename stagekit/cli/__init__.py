@@ -30,6 +30,7 @@ def _register() -> None:
         info,
         presets,
         pretrain,
+        segment,
         unfreeze,
     )
 
@@ -37,6 +38,7 @@ def _register() -> None:
     app.command("cluster-search", no_args_is_help=True)(cluster_search.cluster_search)
     app.command("finetune", no_args_is_help=True)(finetune.finetune)
     app.command("unfreeze", no_args_is_help=True)(unfreeze.unfreeze)
+    app.command("segment", no_args_is_help=True)(segment.segment)
     app.command("extract", no_args_is_help=True)(extract.extract)
     app.command("align", no_args_is_help=True)(align.align)
     app.command("evaluate", no_args_is_help=True)(evaluate.evaluate)

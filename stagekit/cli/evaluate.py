@@ -24,6 +24,8 @@ def evaluate(
     held_out_of: Annotated[Path | None, typer.Option(
         "--held-out-of", help="transition: score the model on the held-out cells of this ancestor bundle (e.g. "
                               "the pretraining task after fine-tuning: forgetting)")] = None,
+    expansion_um: Annotated[float, typer.Option(
+        "--expansion-um", help="segment: the nucleus-expansion baseline's distance (micron)")] = 5.0,
     quiet: opt.Quiet = False,
 ) -> None:
     """Score a bundle against labels: clustering ACC/ARI/NMI, silhouette, cluster sizes; across species, label
@@ -36,7 +38,7 @@ def evaluate(
 
     from stagekit.stages import evaluate as stage
 
-    report = stage.run(source, output, label_key, data, umap, seed, held_out_of)
+    report = stage.run(source, output, label_key, data, umap, seed, held_out_of, expansion_um)
     console = Console(stderr=True, quiet=quiet)  # --quiet: no tables; stdout still names metrics.json
     if "clustering" in report:
         table = Table(title=f"clustering vs obs['{report['label_key']}'] ({report['n_cells']} cells)")
@@ -84,6 +86,8 @@ def evaluate(
         console.print(table)
     if "perturbation" in report:
         _perturbation_tables(console, report["perturbation"])
+    if "segmentation" in report:
+        _segmentation_table(console, report)
     for plot in report["plots"]:
         console.print(f"wrote {plot}", highlight=False)
     print(json.dumps(report) if json_ else output / "metrics.json")
@@ -107,3 +111,21 @@ def _perturbation_tables(console, scores: dict) -> None:
         for metric in HEADLINE:
             table.add_row(metric.replace("_", " "), *(f"{scores[key][m][metric]:.3f}" for m in methods))
         console.print(table)
+
+
+def _segmentation_table(console, report: dict) -> None:
+    from rich.table import Table
+
+    methods = report["segmentation"]
+    table = Table(title=f"segmentation of {report['transcripts']:,} transcripts (correct, assigned: higher is "
+                        "better; MECR: lower)")
+    table.add_column("metric")
+    for name in methods:
+        table.add_column(name.replace("_", " "), justify="right")
+    for metric in next(iter(methods.values())):
+        table.add_row(metric.replace("_", " "), *(f"{m[metric]:.4f}" if isinstance(m[metric], float) else str(m[metric])
+                                                   for m in methods.values()))
+    for name, value in report["links"].items():
+        table.add_row(f"held-out links: {name}", f"{value:.4f}" if isinstance(value, float) else str(value),
+                      *[""] * (len(methods) - 1))
+    console.print(table)

@@ -265,6 +265,62 @@ def unfreeze_phase(epochs: int, lr: float) -> dict[str, Key]:
 UNFREEZE_TRAINING = {k: v for k, v in TRANSITION_TRAINING.items()
                      if k not in ("epochs", "lr", "scheduler", "warmup_ratio", "min_lr_ratio")}
 
+# segment: tiles are the mini-batches; val_fraction holds out transcripts inside nuclei (all their links)
+SEGMENT_DATA = {
+    "format": Key("str", "xenium", "export layout: which files and columns hold transcripts and nucleus polygons",
+                  choices=("xenium", "merscope", "cosmx")),
+    "min_qv": Key("float", 20.0, "drop transcripts of lower quality value (Xenium's Phred-scaled qv; formats "
+                  "without one keep every transcript); 0 keeps all", minimum=0),
+    "control_prefixes": Key("list[str]", ["NegControlProbe_", "NegControlCodeword", "BLANK_", "antisense_",
+                                          "Unassigned", "Deprecated"],
+                            "feature names starting with one of these are control probes and are dropped"),
+}
+
+SEGMENT_GRAPH = {
+    "k_tx": Key("int", 10, "transcript-transcript edges: each transcript's k nearest transcripts ...", minimum=1),
+    "dist_tx": Key("float", 5.0, "... within this distance (micron)", minimum=0),
+    "dist_bd": Key("float", 10.0, "candidate nuclei of a transcript: those whose outline is within this distance "
+                   "(micron); only they can receive it", minimum=0),
+    "max_tile_transcripts": Key("int", 1000, "tiles (the mini-batches) hold at most this many transcripts besides "
+                                "their margin", minimum=10),
+    "tile_margin": Key("float", 15.0, "each tile also holds the transcripts within this distance of its box "
+                       "(micron), so cells on a tile edge see their neighbours", minimum=0),
+}
+
+SEGGER_MODEL = {
+    "hidden": Key("int", 64, "width of transcript and nucleus embeddings", minimum=1),
+    "layers": Key("int", 2, "GATv2 message-passing layers", minimum=1),
+    "heads": Key("int", 4, "attention heads per layer (hidden must be a multiple)", minimum=1),
+    "dropout": Key("float", 0.0, "attention dropout", minimum=0, maximum=1),
+}
+
+SEGMENT_LABELS = {
+    "message_fraction": Key("float", 0.5, "share of the inside transcripts that carry messages into their nucleus "
+                            "at each training step; the others are its labels (never both)", minimum=0.05,
+                            maximum=0.95),
+    "neg_ratio": Key("int", 5, "negative candidate nuclei kept per labelled transcript; 0 keeps every one",
+                     minimum=0),
+    "swap_geometry": Key("float", 0.2, "share of labelled transcripts whose candidate links swap their geometry "
+                         "features, so the score must also learn whether the neighbourhood expresses what the "
+                         "nucleus expresses; 0 off", minimum=0, maximum=1),
+    "hide_nuclei": Key("float", 0.2, "share of nuclei left out of each training step, as if the stain had missed "
+                       "them: their inside transcripts then have only wrong candidates, which teaches the score to "
+                       "refuse a nearby nucleus whose expression does not match; 0 off", minimum=0, maximum=0.9),
+}
+
+SEGMENT_PREDICT = {
+    "score_cut": Key("float", 0.3, "a transcript joins its best candidate nucleus when the link probability is at "
+                     "least this", minimum=0, maximum=1),
+    "min_transcripts": Key("int", 10, "transcripts left over form new cells (connected components of the "
+                           "transcript graph) of at least this many; 0 leaves them unassigned", minimum=0),
+}
+
+SEGMENT_TRAINING = TRAINING | {
+    "batch_size": Key("int", 2, "tiles per optimizer step (summed over all processes)", minimum=1),
+    "val_fraction": Key("float", 0.1, "share of the transcripts inside nuclei held out: their links are the "
+                        "validation set and carry no messages", minimum=0.01, maximum=0.5),
+}
+
 SCHEMAS: dict[tuple[str, str], Schema] = {
     ("pretrain", "vae"): {"data": COUNT_DATA, "model": VAE_MODEL, "contrastive": CONTRASTIVE, "training": TRAINING,
                           "runtime": RUNTIME},
@@ -291,6 +347,9 @@ SCHEMAS: dict[tuple[str, str], Schema] = {
                                  "unfreeze": UNFREEZE, "phase_c": unfreeze_phase(10, 2e-4),
                                  "phase_d": unfreeze_phase(10, 2e-4), "phase_e": unfreeze_phase(10, 1e-4),
                                  "training": UNFREEZE_TRAINING, "runtime": RUNTIME},
+    ("segment", "segger"): {"data": SEGMENT_DATA, "graph": SEGMENT_GRAPH, "model": SEGGER_MODEL,
+                            "labels": SEGMENT_LABELS, "predict": SEGMENT_PREDICT, "training": SEGMENT_TRAINING,
+                            "runtime": RUNTIME},
     # DEC clusters every cell: no validation split, so no val_fraction key that would be ignored
     ("finetune", "dec"): {"dec": DEC, "training": {k: v for k, v in TRAINING.items() if k != "val_fraction"},
                           "runtime": RUNTIME},

@@ -106,3 +106,27 @@ def umap_layout(latent: np.ndarray, seed: int) -> np.ndarray:
     from umap import UMAP
 
     return UMAP(init="pca", random_state=seed, n_jobs=1).fit_transform(latent)
+
+
+def plot_segmentation_region(xy: np.ndarray, cell: np.ndarray, nuclei: np.ndarray, path: Path,
+                             size: float = 100.0) -> Path:
+    """Transcripts of a `size` x `size` micron window at the sample's centre coloured by assigned cell (grey:
+    unassigned) over the nucleus outlines."""
+    plt = _pyplot()
+    centre = np.median(xy, 0)
+    lo, hi = centre - size / 2, centre + size / 2
+    inside = np.all((xy >= lo) & (xy <= hi), 1)
+    names, code = np.unique(cell[inside], return_inverse=True)
+    colours = plt.get_cmap("tab20")(np.random.default_rng(0).permutation(len(names)) % 20)
+    fig, ax = plt.subplots(figsize=(6, 6), constrained_layout=True)
+    none = cell[inside] == ""
+    ax.scatter(*xy[inside][none].T, s=2, c="lightgrey", label="unassigned")
+    ax.scatter(*xy[inside][~none].T, s=3, c=colours[code[~none]])
+    for poly in nuclei:
+        if np.any(np.all((poly >= lo) & (poly <= hi), 1)):
+            ax.plot(*poly.T, color="black", lw=0.8)
+    ax.set(xlim=(lo[0], hi[0]), ylim=(lo[1], hi[1]), aspect="equal", xlabel="x (micron)", ylabel="y (micron)",
+           title=f"transcripts by assigned cell ({int(inside.sum()):,} in view; grey: unassigned)")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

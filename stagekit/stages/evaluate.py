@@ -15,6 +15,7 @@ from stagekit.errors import UserError
 from stagekit.metrics import plots
 from stagekit.metrics.clustering import contingency, internal_scores, label_agreement
 from stagekit.metrics.integration import cross_species_knn_agreement, label_transfer, species_mixing
+from stagekit.stages.registry import entry, resolve
 
 if TYPE_CHECKING:
     import anndata
@@ -160,13 +161,19 @@ def _warnings_to_stderr(message: str) -> None:
 
 
 def run(source: Path, output_dir: Path, label_key: str | None = None, data: Path | None = None,
-        umap: bool = True, seed: int = 0, held_out_of: Path | None = None) -> dict:
+        umap: bool = True, seed: int = 0, held_out_of: Path | None = None, expansion_um: float = 5.0) -> dict:
     if not source.exists():
         raise UserError(f"{source} does not exist")
     if output_dir.exists() and not output_dir.is_dir():
         raise UserError(f"report folder {output_dir} is a file; give a folder path")
+    if source.is_dir():  # a segmentation written by `stagekit extract`
+        from stagekit.stages.segmentation.report import from_folder
+
+        return from_folder(source, output_dir, expansion_um)
     # the source is read once; a perturbation model's predictions are scored apart
     adata, bundle = (_read_h5ad(source), None) if source.suffix == ".h5ad" else (None, read_bundle(source))
+    if bundle is not None and entry(bundle.stage, bundle.model, str(source)).report:
+        return resolve(entry(bundle.stage, bundle.model).report)(bundle, data, output_dir, expansion_um)
     if (adata is not None and "stagekit_source" in adata.obs) or (bundle is not None and bundle.model == "transition"):
         if label_key:
             raise UserError(f"--label-key does not apply to {source}: a perturbation model is scored against the "

@@ -37,6 +37,8 @@ class Entry:
     options: tuple[str, ...] = ()  # command-specific options the phase accepts
     pipeline: str = ""
     plan: str = ""  # "module:function"(PhaseRequest) printing what the phase would train (--print-config)
+    writes: str = ""  # "module:function"(bundle, data, output, log) -> Path: extract writes its own outputs
+    report: str = ""  # "module:function"(bundle, data, output, seed) -> dict: evaluate scores it its own way
 
 
 _CLUSTERING = "stagekit.stages.clustering"
@@ -45,6 +47,7 @@ _SATURN_CELLS = f"{_CROSS_SPECIES}.saturn_cells:saturn_anndata"
 _MEAN_TEACHER = "stagekit.stages.mean_teacher"
 _MEAN_TEACHER_CELLS = f"{_MEAN_TEACHER}.cells:mean_teacher_cells"
 _PERTURBATION = "stagekit.stages.perturbation"
+_SEGMENTATION = "stagekit.stages.segmentation"
 
 ENTRIES: dict[tuple[str, str], Entry] = {
     ("pretrain", "vae"): Entry(f"{_CLUSTERING}.pretrain_vae:run", f"{_CLUSTERING}.cells:vae_cells",
@@ -70,15 +73,19 @@ ENTRIES: dict[tuple[str, str], Entry] = {
     ("unfreeze", "transition"): Entry(f"{_PERTURBATION}.transfer:run", f"{_PERTURBATION}.cells:transition_cells",
                                       options=("allow_partial",), pipeline="perturbation transfer",
                                       plan=f"{_PERTURBATION}.transfer:print_plan"),
+    ("segment", "segger"): Entry(f"{_SEGMENTATION}.stage:run", options=("allow_new_genes",),
+                                 pipeline="cell segmentation", writes=f"{_SEGMENTATION}.predict:write",
+                                 report=f"{_SEGMENTATION}.report:from_bundle"),
 }
 
 # how a command spells each option, for messages
 OPTION_FLAGS = {"protein_emb": "--protein-emb", "species": "--species", "macrogenes_from": "--macrogenes-from",
                 "k": "--k", "species_key": "--species-key", "init_from": "--init-from",
-                "pert_features": "--pert-features", "split_toml": "--split-toml", "allow_partial": "--allow-partial"}
+                "pert_features": "--pert-features", "split_toml": "--split-toml", "allow_partial": "--allow-partial",
+                "allow_new_genes": "--allow-new-genes"}
 
 
-def _resolve(target: str) -> Callable:
+def resolve(target: str) -> Callable:
     module, name = target.split(":")
     return getattr(importlib.import_module(module), name)
 
@@ -103,7 +110,7 @@ def run_phase(request: PhaseRequest) -> Path | None:
         hint = f" (it is for {', '.join(f'--preset {o}' for o in owners)})" if owners else ""
         raise UserError(f"{OPTION_FLAGS.get(foreign[0], foreign[0])} does not apply to `stagekit {config.stage}` "
                         f"with model '{config.model}'{hint}")
-    return _resolve(found.run)(request)
+    return resolve(found.run)(request)
 
 
 def print_plan(request: PhaseRequest) -> None:
@@ -111,7 +118,7 @@ def print_plan(request: PhaseRequest) -> None:
     config = request.config
     found = entry(config.stage, config.model, f"preset {config.preset}")
     if found.plan:
-        _resolve(found.plan)(request)
+        resolve(found.plan)(request)
 
 
 def cells_of(bundle: Any, data: list[Path], species: list[str] | None, log: Callable[[str], None],
@@ -122,7 +129,7 @@ def cells_of(bundle: Any, data: list[Path], species: list[str] | None, log: Call
     if not found.cells:
         raise UserError(f"{bundle.path}: a '{bundle.stage}' ({bundle.model}) bundle has no per-cell outputs")
     if pert is None and held_out_of is None:
-        return _resolve(found.cells)(bundle, data, species or [], log)
+        return resolve(found.cells)(bundle, data, species or [], log)
     if bundle.model != "transition":
         flag = "--pert predicts a perturbation" if pert else "--held-out-of scores a perturbation model"
         raise UserError(f"{flag}; {bundle.path} holds a '{bundle.model}' model")
@@ -133,4 +140,4 @@ def cells_of(bundle: Any, data: list[Path], species: list[str] | None, log: Call
         task = read_bundle(held_out_of, command="--held-out-of")
         if task.model != "transition":
             raise UserError(f"--held-out-of {held_out_of} holds a '{task.model}' model; give a transition bundle")
-    return _resolve(found.cells)(bundle, data, species or [], log, pert=pert, held_out_of=task)
+    return resolve(found.cells)(bundle, data, species or [], log, pert=pert, held_out_of=task)

@@ -1,0 +1,211 @@
+"""`stagekit extract SEG.stk SAMPLE_DIR -o OUT_DIR`: every transcript scored against its candidate nuclei from the
+tile where it is not in the margin, assigned to the best one above `score_cut`; the rest grouped into new cells.
+
+OUT_DIR gets transcripts.parquet (the input rows and columns + stagekit_cell_id, stagekit_score, stagekit_status),
+cells.h5ad (cells x genes counts, centroid in obsm['spatial'], convex-hull area, transcript count), segmentation.json
+(provenance and summary) and region.png.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy.sparse import coo_matrix, csr_matrix
+from scipy.sparse.csgraph import connected_components
+
+from stagekit.bundle import Bundle, ensure_writable_folder, file_sha256
+from stagekit.data.spatial import Sample
+from stagekit.errors import UserError
+from stagekit.stages.segmentation.graph import SampleGraph, tile_data
+
+NEW_CELL_PREFIX = "stagekit-"
+
+
+@dataclass
+class Assignment:
+    cell: np.ndarray  # (kept,) str: nucleus id, new-cell id or '' (unassigned)
+    score: np.ndarray  # (kept,) best link probability, NaN without a candidate
+    status: np.ndarray  # (kept,) 'nucleus' | 'new_cell' | 'unassigned'
+    pair_probability: np.ndarray  # (pairs,) probability of every candidate pair
+
+
+def link_probabilities(model, graph: SampleGraph, tiles_per_batch: int = 8) -> np.ndarray:
+    """The probability of every candidate pair, each scored in the tile where its transcript is core."""
+    from torch_geometric.data import Batch
+
+    probability = np.full(len(graph.cand_tx), np.nan, np.float32)
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, len(graph.tiles), tiles_per_batch):
+            batch = Batch.from_data_list([tile_data(graph, t, None)
+                                          for t in range(start, min(start + tiles_per_batch, len(graph.tiles)))])
+            pairs = batch["tx", "candidate", "bd"].pair.numpy()
+            probability[pairs] = torch.sigmoid(model(batch)).numpy()
+    return probability
+
+
+def assign(graph: SampleGraph, probability: np.ndarray, nucleus_ids: list[str], score_cut: float,
+           min_transcripts: int) -> Assignment:
+    n = len(graph.xy)
+    has = np.diff(graph.cand_start) > 0
+    best_pair = np.full(n, -1, np.int64)
+    score = np.full(n, np.nan, np.float32)
+    if len(probability):
+        starts = graph.cand_start[:-1][has]
+        best = np.maximum.reduceat(probability, starts)
+        score[has] = best
+        # first pair of each transcript reaching its maximum
+        is_max = probability == np.repeat(best, np.diff(graph.cand_start)[has])
+        position = np.where(is_max, np.arange(len(probability)), len(probability))
+        best_pair[has] = np.minimum.reduceat(position, starts)
+    chosen = (best_pair >= 0) & (score >= score_cut)
+    ids = np.asarray(nucleus_ids, dtype=object)
+    cell = np.full(n, "", dtype=object)
+    cell[chosen] = ids[graph.cand_bd[best_pair[chosen]]]
+    status = np.where(chosen, "nucleus", "unassigned").astype(object)
+    if min_transcripts > 0:
+        left = np.flatnonzero(~chosen)
+        new_cell = _components(graph, left, min_transcripts)
+        grouped = new_cell >= 0
+        cell[left[grouped]] = [f"{NEW_CELL_PREFIX}{c + 1}" for c in new_cell[grouped]]
+        status[left[grouped]] = "new_cell"
+    return Assignment(cell.astype(str), score, status.astype(str), probability)
+
+
+def _components(graph: SampleGraph, left: np.ndarray, min_size: int) -> np.ndarray:
+    """Connected components of the transcript graph among `left`; -1 for those in components below min_size."""
+    position = np.full(len(graph.xy), -1, np.int64)
+    position[left] = np.arange(len(left))
+    nbr = graph.knn[left]
+    ok = (nbr >= 0) & (position[np.maximum(nbr, 0)] >= 0)
+    rows = np.repeat(np.arange(len(left)), ok.sum(1))
+    cols = position[nbr[ok]]
+    adjacency = coo_matrix((np.ones(len(rows)), (rows, cols)), shape=(len(left), len(left)))
+    _, label = connected_components(adjacency, directed=False)
+    sizes = np.bincount(label)
+    big = sizes >= min_size
+    renumber = np.full(len(sizes), -1, np.int64)
+    renumber[big] = np.arange(big.sum())
+    return renumber[label]
+
+
+def cells_anndata(sample: Sample, cell: np.ndarray, nucleus_ids: list[str]):
+    """Cells x genes counts of the assigned transcripts, centroid in obsm['spatial'], convex-hull area."""
+    import anndata
+    import pandas as pd
+    from scipy.spatial import ConvexHull, QhullError
+
+    assigned = cell != ""
+    names, code = np.unique(cell[assigned], return_inverse=True)
+    counts = csr_matrix((np.ones(assigned.sum(), np.float32), (code, sample.gene_codes[assigned])),
+                        shape=(len(names), len(sample.genes)))
+    counts.sum_duplicates()
+    xy = sample.xy[assigned]
+    n = np.bincount(code, minlength=len(names))
+    centre = np.stack([np.bincount(code, xy[:, d], len(names)) for d in (0, 1)], 1) / np.maximum(n, 1)[:, None]
+    area = np.zeros(len(names))
+    order = np.argsort(code, kind="stable")
+    bounds = np.searchsorted(code[order], np.arange(len(names) + 1))
+    for i in range(len(names)):
+        pts = xy[order[bounds[i]:bounds[i + 1]]]
+        if len(pts) >= 3:
+            try:
+                area[i] = ConvexHull(pts).volume  # in 2-D, `volume` is the enclosed area
+            except QhullError:  # collinear points
+                area[i] = 0.0
+    obs = pd.DataFrame({"n_transcripts": n, "area": area, "has_nucleus": np.isin(names, nucleus_ids)},
+                       index=pd.Index(names.astype(str), name="cell_id"))
+    adata = anndata.AnnData(counts, obs=obs, var=pd.DataFrame(index=pd.Index(sample.genes, name="gene")))
+    adata.obsm["spatial"] = centre
+    return adata
+
+
+def transcripts_table(sample: Sample, result: Assignment):
+    """The input rows and columns, with the assignment of every kept transcript ('filtered' for the others)."""
+    table = sample.table.copy()
+    rows = np.flatnonzero(sample.keep)
+    cell = np.full(len(table), "", dtype=object)
+    score = np.full(len(table), np.nan, np.float32)
+    status = np.full(len(table), "filtered", dtype=object)
+    cell[rows], score[rows], status[rows] = result.cell, result.score, result.status
+    table["stagekit_cell_id"], table["stagekit_score"], table["stagekit_status"] = cell, score, status
+    return table
+
+
+def summary(result: Assignment) -> dict:
+    nucleus = result.status == "nucleus"
+    cells, counts = np.unique(result.cell[result.cell != ""], return_counts=True)
+    return {"transcripts": int(len(result.cell)), "assigned_to_nucleus": float(nucleus.mean()),
+            "in_new_cells": float((result.status == "new_cell").mean()),
+            "unassigned": float((result.status == "unassigned").mean()), "cells": int(len(cells)),
+            "new_cells": int(sum(c.startswith(NEW_CELL_PREFIX) for c in cells)),
+            "transcripts_per_cell_median": float(np.median(counts)) if len(counts) else 0.0}
+
+
+def predict_sample(bundle: Bundle, folder: Path, log) -> tuple[Sample, SampleGraph, Assignment]:
+    from stagekit.stages.segmentation.stage import load_model, read_for, sample_graph, vocabulary
+
+    stored = tomllib.loads(bundle.model_config)
+    sample = read_for(stored, folder, log)
+    _, codes, new = vocabulary(sample, bundle.var_names)
+    if new:
+        log(f"warning: {len(new)} gene(s) the model never saw ({', '.join(new[:5])}"
+            f"{' ...' if len(new) > 5 else ''}) are read as its unknown-gene token")
+        codes = np.where(codes >= len(bundle.var_names), 0, codes)
+    graph = sample_graph(sample, codes, stored["graph"], log)
+    model = load_model(bundle)
+    probability = link_probabilities(model, graph)
+    result = assign(graph, probability, sample.nuclei.ids, stored["predict"]["score_cut"],
+                    stored["predict"]["min_transcripts"])
+    return sample, graph, result
+
+
+def write(bundle: Bundle, data: list[Path], output: Path, log) -> Path:
+    """extract for segger bundles: the output is a folder, replaced only once every file in it is written."""
+    if len(data) > 1:
+        raise UserError(f"extract of a segment bundle reads one sample folder; got {len(data)}")
+    folder = Path(data[0]) if data else Path(bundle.data.get("path", ""))
+    if not data and not folder.is_dir():
+        raise UserError(f"{bundle.path} was trained on {folder}, which is gone; give the sample folder")
+    if output.suffix in (".h5ad", ".stk") or output.is_file():
+        raise UserError(f"output {output}: a segment bundle extracts into a folder; give a folder path")
+    ensure_writable_folder(output.parent if output.parent != Path("") else Path("."))
+    sample, graph, result = predict_sample(bundle, folder, log)
+    tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        transcripts_table(sample, result).to_parquet(tmp / "transcripts.parquet", index=False)
+        adata = cells_anndata(sample, result.cell, sample.nuclei.ids)
+        provenance = {"bundle": str(Path(bundle.path).resolve()), "bundle_sha256": file_sha256(bundle.path),
+                      "sample": str(folder.resolve()), "config": bundle.config_toml,
+                      "lineage": json.dumps(bundle.lineage)}
+        adata.uns["stagekit"] = provenance
+        adata.write_h5ad(tmp / "cells.h5ad")
+        info = provenance | {"summary": summary(result), "dropped": sample.dropped,
+                             "val_link_metrics": {k: v for k, v in bundle.final_metrics.items()
+                                                  if k in ("val_auroc", "val_f1")}}
+        (tmp / "segmentation.json").write_text(json.dumps(info, indent=1))
+        from stagekit.metrics.plots import plot_segmentation_region
+
+        plot_segmentation_region(sample.xy, result.cell, sample.nuclei.vertices, tmp / "region.png")
+        if output.exists():
+            old = output.with_name(f".{output.name}.{os.getpid()}.old")
+            os.replace(output, old)
+            os.replace(tmp, output)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, output)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    s = summary(result)
+    log(f"{s['transcripts']:,} transcripts: {s['assigned_to_nucleus']:.1%} to a nucleus, {s['in_new_cells']:.1%} in "
+        f"{s['new_cells']:,} new cells, {s['unassigned']:.1%} unassigned; {s['cells']:,} cells")
+    return output

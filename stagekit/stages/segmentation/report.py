@@ -1,0 +1,182 @@
+"""`stagekit evaluate` of a segmentation (an extract folder, or a segment bundle with its sample), with nucleus
+expansion scored side by side on the same transcripts.
+
+Correct assignment (where the sample has a ground-truth column): a transcript is correct when it goes to its true
+cell or, for a background transcript or one of a cell whose nucleus is missing, when it goes to no nucleus-bearing
+cell. MECR (mutually exclusive co-expression rate): for marker genes of different cell groups, the share of cells
+expressing both among cells expressing either, averaged over the pairs; lower is better.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+
+import numpy as np
+
+from stagekit.bundle import Bundle, atomic_output
+from stagekit.data.polygons import centroids
+from stagekit.data.spatial import Sample
+from stagekit.errors import UserError
+from stagekit.metrics.plots import plot_segmentation_region
+from stagekit.stages.segmentation.graph import SampleGraph, TileRoles, candidate_links
+
+
+def expansion(sample: Sample, distance: float) -> np.ndarray:
+    """Nucleus expansion (what 10x does): each transcript to the nearest nucleus whose outline is within
+    `distance` micron; '' otherwise."""
+    vertices = sample.nuclei.vertices
+    tx, bd, _, _ = candidate_links(sample.xy, vertices, centroids(vertices), distance)
+    cell = np.full(sample.n, "", dtype=object)
+    first = np.diff(tx, prepend=-1) != 0  # candidates come nearest first
+    cell[tx[first]] = np.asarray(sample.nuclei.ids, dtype=object)[bd[first]]
+    return cell.astype(str)
+
+
+def marker_pairs(sample: Sample, inside: np.ndarray, n_groups: int = 8, per_group: int = 3,
+                 seed: int = 0) -> list[tuple[str, str]]:
+    """Markers from the nuclei's own transcripts (independent of any segmentation): nuclei clustered by k-means
+    on log-normalised counts, the `per_group` genes most enriched in each cluster, paired across clusters."""
+    from scipy.sparse import csr_matrix
+    from sklearn.cluster import KMeans
+
+    rows = inside >= 0
+    counts = csr_matrix((np.ones(rows.sum()), (inside[rows], sample.gene_codes[rows])),
+                        shape=(len(sample.nuclei.ids), len(sample.genes))).toarray()
+    counts = counts[counts.sum(1) >= 5]
+    k = min(n_groups, len(counts) // 5)
+    if k < 2:
+        return []
+    logged = np.log1p(counts / counts.sum(1, keepdims=True) * 100)
+    groups = KMeans(k, n_init=10, random_state=seed).fit_predict(logged)
+    markers = []
+    for g in range(k):
+        enrichment = logged[groups == g].mean(0) - logged[groups != g].mean(0)
+        markers.append([i for i in np.argsort(-enrichment)[:per_group] if enrichment[i] > 0])
+    return [(sample.genes[a], sample.genes[b]) for g in range(k) for h in range(g + 1, k)
+            for a in markers[g] for b in markers[h] if a != b]
+
+
+def mecr(sample: Sample, cell: np.ndarray, pairs: list[tuple[str, str]], min_transcripts: int = 10) -> float:
+    from scipy.sparse import csr_matrix
+
+    if not pairs:
+        return float("nan")
+    assigned = cell != ""
+    names, code = np.unique(cell[assigned], return_inverse=True)
+    expressed = csr_matrix((np.ones(assigned.sum()), (code, sample.gene_codes[assigned])),
+                           shape=(len(names), len(sample.genes))).toarray()
+    expressed = expressed[expressed.sum(1) >= min_transcripts] > 0
+    column = {g: i for i, g in enumerate(sample.genes)}
+    rates = []
+    for a, b in pairs:
+        ea, eb = expressed[:, column[a]], expressed[:, column[b]]
+        either = (ea | eb).sum()
+        if either:
+            rates.append((ea & eb).sum() / either)
+    return float(np.mean(rates)) if rates else float("nan")
+
+
+def scores(sample: Sample, cell: np.ndarray, pairs: list[tuple[str, str]]) -> dict:
+    ids = set(sample.nuclei.ids)
+    nucleus_cell = np.isin(cell, list(ids))
+    names, counts = np.unique(cell[cell != ""], return_counts=True)
+    out = {"assigned": float((cell != "").mean()), "assigned_to_nucleus": float(nucleus_cell.mean()),
+           "cells": int(len(names)), "transcripts_per_cell_median": float(np.median(counts)) if len(counts) else 0.0,
+           "transcripts_per_cell_mean": float(counts.mean()) if len(counts) else 0.0,
+           "mecr": mecr(sample, cell, pairs)}
+    if sample.vendor_cell is not None and (sample.vendor_cell != "").any():
+        vendor = sample.vendor_cell != ""
+        out["same_cell_as_vendor"] = float((cell[vendor] == sample.vendor_cell[vendor]).mean())
+    if sample.truth is not None:
+        truth_has_nucleus = np.isin(sample.truth, list(ids))
+        correct = np.where(truth_has_nucleus, cell == sample.truth, ~nucleus_cell)
+        out["correct"] = float(correct.mean())
+        out["correct_nucleus_cells"] = float(correct[truth_has_nucleus].mean()) if truth_has_nucleus.any() else 0.0
+        out["correct_without_nucleus"] = (float(correct[~truth_has_nucleus].mean())
+                                          if (~truth_has_nucleus).any() else 0.0)
+    return out
+
+
+def held_out_links(bundle: Bundle, graph: SampleGraph, model) -> dict:
+    """AUROC / F1 of the held-out links (the validation transcripts' candidate pairs; the other inside
+    transcripts carry messages)."""
+    from torch_geometric.data import Batch
+
+    from stagekit.stages.segmentation.graph import tile_data
+    from stagekit.train.metrics import binary_scores
+
+    validation = np.zeros(len(graph.xy), bool)
+    validation[np.asarray(bundle.results["validation"], dtype=np.int64)] = True
+    inside = graph.inside >= 0
+    roles = TileRoles(inside & ~validation, validation)
+    probability, target = [], []
+    import torch
+
+    with torch.no_grad():
+        for tile, (core, _) in enumerate(graph.tiles):
+            if validation[core].any():
+                data = Batch.from_data_list([tile_data(graph, tile, roles)])
+                probability.append(torch.sigmoid(model(data)).numpy())
+                target.append(data["tx", "candidate", "bd"].y.numpy())
+    if not probability:
+        return {}
+    found = binary_scores(np.concatenate(probability), np.concatenate(target))
+    return {"auroc": found["auroc"], "f1": found["f1"], "links": int(sum(len(t) for t in target))}
+
+
+def _report(sample: Sample, cell: np.ndarray, inside: np.ndarray, output: Path, expansion_distance: float,
+            links: dict, source: str) -> dict:
+    output.mkdir(parents=True, exist_ok=True)
+    pairs = marker_pairs(sample, inside)
+    expanded = expansion(sample, expansion_distance)
+    report = {"source": source, "sample": str(sample.folder), "transcripts": int(sample.n), "dropped": sample.dropped,
+              "segmentation": {"stagekit": scores(sample, cell, pairs),
+                               f"expansion_{expansion_distance:g}um": scores(sample, expanded, pairs)},
+              "links": links, "marker_pairs": len(pairs), "plots": []}
+    for name, assigned in (("stagekit", cell), ("expansion", expanded)):
+        path = plot_segmentation_region(sample.xy, assigned, sample.nuclei.vertices, output / f"region_{name}.png")
+        report["plots"].append(str(path))
+    with atomic_output(output / "metrics.json") as tmp:
+        tmp.write_text(json.dumps(report, indent=2))
+    return report
+
+
+def from_bundle(bundle: Bundle, data: Path | None, output: Path, expansion_distance: float = 5.0) -> dict:
+    from stagekit.stages.segmentation.predict import predict_sample
+    from stagekit.stages.segmentation.stage import load_model
+
+    folder = Path(data) if data else Path(bundle.data.get("path", ""))
+    if not folder.is_dir():
+        raise UserError(f"{bundle.path} was trained on {folder}, which is gone; give the sample folder")
+    sample, graph, result = predict_sample(bundle, folder, lambda m: None)
+    same_sample = Path(bundle.data.get("path", "")) == folder.resolve() and "validation" in bundle.results
+    links = held_out_links(bundle, graph, load_model(bundle)) if same_sample else {}
+    return _report(sample, result.cell, graph.inside, output, expansion_distance, links, str(bundle.path))
+
+
+def from_folder(folder: Path, output: Path, expansion_distance: float = 5.0) -> dict:
+    """An extract folder: its transcripts.parquet and segmentation.json (which names the sample)."""
+    import pandas as pd
+
+    from stagekit.stages.segmentation.stage import read_for
+
+    info_path = folder / "segmentation.json"
+    if not info_path.is_file() or not (folder / "transcripts.parquet").is_file():
+        raise UserError(f"{folder} is not a `stagekit extract` output of a segment bundle (no segmentation.json "
+                        "or transcripts.parquet)")
+    info = json.loads(info_path.read_text())
+    config = tomllib.loads(info["config"])
+    sample = read_for(config, Path(info["sample"]), lambda m: None)
+    table = pd.read_parquet(folder / "transcripts.parquet", columns=["stagekit_cell_id"])
+    if len(table) != len(sample.table):
+        raise UserError(f"{folder}/transcripts.parquet has {len(table):,} rows, the sample {info['sample']} "
+                        f"{len(sample.table):,}; extract again")
+    cell = table["stagekit_cell_id"].fillna("").astype(str).to_numpy()[sample.keep]
+    vertices = sample.nuclei.vertices
+    tx, bd, _, inside_flag = candidate_links(sample.xy, vertices, centroids(vertices), 1e-6)
+    inside = np.full(sample.n, -1, np.int64)
+    inside[tx[inside_flag]] = bd[inside_flag]
+    links = {k.removeprefix("val_"): v for k, v in info.get("val_link_metrics", {}).items()}
+    return _report(sample, cell, inside, output, expansion_distance, links, str(folder))

@@ -1,0 +1,204 @@
+"""`stagekit segment --preset segger SAMPLE_DIR`: train the transcript -> nucleus link predictor on the engine,
+tiles as mini-batches, validation AUROC / F1 over the held-out links, the best states kept (`--from`: fine-tune a
+model trained on another sample)."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from stagekit.bundle import Bundle, read_bundle
+from stagekit.config.loader import toml_value
+from stagekit.data.spatial import Sample, read_sample
+from stagekit.errors import UserError
+from stagekit.models.segger import SeggerGNN
+from stagekit.stages.phase import PhaseRun, kept_metrics, lineage_of
+from stagekit.stages.registry import PhaseRequest
+from stagekit.stages.segmentation.graph import PAIR_FEATURES, SampleGraph, TileRoles, build_graph, tile_data
+from stagekit.train import FitResult, Task
+from stagekit.train.hooks import StepContext
+from stagekit.train.metrics import binary_scores
+from stagekit.train.state import load_weights, weights_to_numpy
+from stagekit.train.transfer import Regrow, load_by_name
+
+UNKNOWN_GENE = "<unknown>"  # vocabulary entry 0: genes a model never saw
+
+
+class SegmentationTask(Task):
+    """Tiles as mini-batches; each load re-draws which inside transcripts carry messages and which are labels."""
+
+    monitor, monitor_mode = "auroc", "max"
+
+    def __init__(self, model: SeggerGNN, graph: SampleGraph, validation: np.ndarray, labels: dict, tiles_per_step: int,
+                 seed: int) -> None:
+        self.model, self.graph, self.labels, self.seed = model, graph, labels, seed
+        self.tiles_per_step = tiles_per_step
+        self.validation = np.zeros(len(graph.xy), bool)
+        self.validation[validation] = True
+        inside = graph.inside >= 0
+        trainable = inside & ~self.validation
+        self.train_tiles = [i for i, (core, _) in enumerate(graph.tiles) if trainable[core].any()]
+        self.val_tiles = [i for i, (core, _) in enumerate(graph.tiles) if self.validation[core].any()]
+
+    def _chunks(self, tiles: list[int], rank: int, world: int) -> list[list[int]]:
+        chunks = [tiles[i:i + self.tiles_per_step] for i in range(0, len(tiles), self.tiles_per_step)]
+        return chunks[rank::world]
+
+    def train_plan(self, epoch: int, rank: int, world: int) -> list:
+        order = np.random.default_rng([self.seed, epoch]).permutation(self.train_tiles).tolist()
+        return [("train", epoch, chunk) for chunk in self._chunks(order, rank, world)]
+
+    def val_plan(self, rank: int, world: int) -> list:
+        return [("val", 0, chunk) for chunk in self._chunks(self.val_tiles, rank, world)]
+
+    def roles(self, kind: str, epoch: int, tile: int) -> tuple[TileRoles, np.random.Generator]:
+        rng = np.random.default_rng([self.seed, epoch, tile, kind == "val"])
+        inside = self.graph.inside >= 0
+        if kind == "val":  # every training label carries messages; the held-out transcripts are scored
+            return TileRoles(inside & ~self.validation, self.validation), rng
+        message = inside & ~self.validation & (rng.random(len(inside)) < self.labels["message_fraction"])
+        supervised = inside & ~self.validation & ~message
+        hidden = rng.random(len(self.graph.nucleus_xy)) < self.labels["hide_nuclei"]
+        return TileRoles(message, supervised, self.labels["swap_geometry"], self.labels["neg_ratio"], hidden), rng
+
+    def load(self, item):
+        from torch_geometric.data import Batch
+
+        kind, epoch, tiles = item
+        graphs = []
+        for tile in tiles:
+            roles, rng = self.roles(kind, epoch, tile)
+            graphs.append(tile_data(self.graph, tile, roles, rng))
+        return Batch.from_data_list(graphs)
+
+    def step(self, model, batch, ctx: StepContext) -> dict[str, torch.Tensor]:
+        logits = model(batch)
+        target = batch["tx", "candidate", "bd"].y.float()
+        loss = F.binary_cross_entropy_with_logits(logits, target) if len(target) else logits.sum() * 0.0
+        if ctx.train:
+            return {"loss": loss}
+        return {"loss": loss, "probability": torch.sigmoid(logits), "target": target}
+
+    def batch_size_of(self, batch) -> int:  # links, so that means weigh every labelled pair alike
+        return max(int(batch["tx", "candidate", "bd"].y.numel()), 1)
+
+    def val_metrics(self, outputs: dict[str, np.ndarray]) -> dict[str, float]:
+        scores = binary_scores(outputs["probability"], outputs["target"])
+        return {"auroc": scores["auroc"], "f1": scores["f1"], "links": float(len(outputs["target"]))}
+
+
+def vocabulary(sample: Sample, known: list[str] | None) -> tuple[list[str], np.ndarray, list[str]]:
+    """(vocabulary, the sample's gene codes into it, genes new to a known vocabulary, appended at its end)."""
+    vocab = list(known) if known else [UNKNOWN_GENE]
+    new = [g for g in sample.genes if g not in set(vocab)]
+    vocab += new
+    position = {g: i for i, g in enumerate(vocab)}
+    lookup = np.array([position[g] for g in sample.genes], dtype=np.int64)
+    return vocab, lookup[sample.gene_codes], new
+
+
+def sample_graph(sample: Sample, codes: np.ndarray, graph_cfg: dict, log) -> SampleGraph:
+    graph = build_graph(sample, codes, graph_cfg["k_tx"], graph_cfg["dist_tx"], graph_cfg["dist_bd"],
+                        graph_cfg["max_tile_transcripts"], graph_cfg["tile_margin"])
+    no_nucleus = sum(1 for core, members in graph.tiles
+                     if np.diff(graph.cand_start)[members].sum() == 0)
+    log(f"graph: {len(graph.xy):,} transcripts, {len(graph.nucleus_xy):,} nuclei, {len(graph.cand_tx):,} candidate "
+        f"links within {graph_cfg['dist_bd']:g} um, {int((graph.inside >= 0).sum()):,} transcripts inside a nucleus; "
+        f"{len(graph.tiles)} tiles of <= {graph_cfg['max_tile_transcripts']:,} transcripts"
+        + (f" ({no_nucleus} without any nucleus: their transcripts can only join new cells)" if no_nucleus else ""))
+    return graph
+
+
+def build_model(model_config: str) -> SeggerGNN:
+    config = tomllib.loads(model_config)
+    m = config["model"]
+    return SeggerGNN(config["genes"]["n"], 1, 4, len(PAIR_FEATURES), m["hidden"], m["layers"], m["heads"],
+                     m["dropout"])
+
+
+def model_config_toml(config, n_genes: int) -> str:
+    """What rebuilding the model and its graph needs (copied by a fine-tuned model)."""
+    lines = []
+    for section in ("model", "data", "graph", "predict"):
+        lines += [f"[{section}]", *(f"{k} = {toml_value(v)}" for k, v in config[section].items())]
+    return "\n".join([*lines, "[genes]", f"n = {n_genes}"]) + "\n"
+
+
+def load_model(bundle: Bundle) -> SeggerGNN:
+    model = build_model(bundle.model_config)
+    load_weights(model, bundle.weights)
+    return model.eval()
+
+
+def read_for(config_or_stored: dict, folder: Path, log) -> Sample:
+    data = config_or_stored["data"]
+    return read_sample(folder, data["format"], data["min_qv"], control_prefixes=tuple(data["control_prefixes"]),
+                       log=log)
+
+
+def _parent(request: PhaseRequest) -> Bundle:
+    parent = read_bundle(request.parent, ("segment",), command="segment --from")
+    if parent.model != "segger":
+        raise UserError(f"--from {request.parent} holds a '{parent.model}' model; give a `segment` bundle")
+    stored = tomllib.loads(parent.model_config)
+    changed = [f"model.{k}" for k, v in stored["model"].items() if request.config["model"][k] != v]
+    if changed:
+        raise UserError(f"--from {request.parent}: {', '.join(changed)} differ(s) from the stored model's; "
+                        "drop those --set values to fine-tune it")
+    return parent
+
+
+def run(request: PhaseRequest) -> Path | None:
+    config = request.config
+    if len(request.data) != 1:
+        raise UserError(f"segment reads one sample folder; got {len(request.data)}")
+    parent = _parent(request) if request.parent else None
+    phase = PhaseRun(config, request.output, request.resume, request.quiet)
+    sample = read_for(config, request.data[0], request.log)
+    known = phase.resume_bundle.var_names if phase.resume_bundle else (parent.var_names if parent else None)
+    vocab, codes, new = vocabulary(sample, known)
+    if parent is not None and new and not request.options.get("allow_new_genes"):
+        shown = ", ".join(new[:5]) + (f" and {len(new) - 5} more" if len(new) > 5 else "")
+        raise UserError(f"{request.data[0]}: {len(new)} gene(s) the --from model never saw ({shown}); add "
+                        "--allow-new-genes to give them new, untrained embeddings (the rest is carried over)")
+    fingerprint = sample.fingerprint()
+    phase.check_resume_data(fingerprint)
+    graph = sample_graph(sample, codes, config["graph"], request.log)
+    seed, training = config["training"]["seed"], config["training"]
+    inside = np.flatnonzero(graph.inside >= 0)
+    validation = np.sort(np.random.default_rng(seed).choice(
+        inside, int(round(training["val_fraction"] * len(inside))), replace=False))
+    if len(inside) == 0:
+        raise UserError(f"{request.data[0]}: no transcript lies inside a nucleus polygon, so there is nothing to "
+                        "learn from; check the nucleus file and the coordinate units")
+    request.log(f"labels: {len(inside) - len(validation):,} inside transcripts for training, {len(validation):,} "
+                "held out for validation (their links neither train nor carry messages)")
+    phase.engine.launch()
+    torch.manual_seed(seed)
+    model_config = model_config_toml(config, len(vocab))
+    model = build_model(model_config)
+    extra: dict = {}
+    if parent is not None and not request.resume:
+        source = np.array([parent.var_names.index(g) if g in parent.var_names else -1 for g in vocab])
+        report = load_by_name(model, parent.weights,
+                              regrow={"gene_embedding.weight": Regrow(0, source, vocab)})
+        if report.partial:
+            raise UserError(f"--from {request.parent}: {report.summary()}")
+        request.log(f"from {request.parent}: {report.summary()}")
+        extra["load_report"] = report.as_dict()
+    task = SegmentationTask(model, graph, validation, config["labels"], training["batch_size"], seed)
+
+    def bundle_for(result: FitResult) -> Bundle:
+        bundle = Bundle(stage=config.stage, model="segger", config_toml="", seed=seed,
+                        weights=weights_to_numpy(model), model_config=model_config,
+                        lineage=lineage_of(parent) if parent else [], data=fingerprint, var_names=vocab,
+                        final_metrics=kept_metrics(result, ("train_", "val_")),
+                        results={"validation": validation})
+        bundle.records |= extra
+        return bundle
+
+    return phase.fit(task, bundle_for)

@@ -1,0 +1,209 @@
+"""`segment` on a small synthetic Xenium sample with known truth: the graph, the leak-free labels, training that
+learns, extract's outputs, evaluate against nucleus expansion, transfer with --from, and bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import anndata
+import numpy as np
+import pandas as pd
+import pytest
+
+from stagekit.bundle import read_bundle
+from stagekit.data.polygons import areas, point_distances, shape_features
+from stagekit.data.spatial import read_sample
+from stagekit.stages.segmentation.graph import TileRoles, build_graph, tile_data
+from tests.conftest import ROOT, run_cli
+
+GENERATOR = ROOT.parent / "shared" / "tools" / "make_xenium_synthetic.py"
+FAST = ["--set", "model.hidden=32", "--set", "graph.max_tile_transcripts=800", "--set", "training.batch_size=2",
+        "--set", "training.early_stopping_patience=0", "-q"]
+
+
+def synthetic(folder: Path, seed: int, size: int = 96) -> Path:
+    if not GENERATOR.is_file():
+        reason = f"{GENERATOR} is missing: put the shared folder beside the clone"
+        if os.environ.get("STAGEKIT_REQUIRE_SHARED"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    subprocess.run([sys.executable, str(GENERATOR), "--layout", "tissue", "--missed_nuclei", "0.1", "--seed",
+                    str(seed), "--width", str(size), "--height", str(size), "--out", str(folder)], check=True,
+                   capture_output=True)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def sample_dir(tmp_path_factory) -> Path:
+    return synthetic(tmp_path_factory.mktemp("xenium") / "s0", seed=0)
+
+
+@pytest.fixture(scope="module")
+def trained(sample_dir, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "seg.stk"
+    from stagekit.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["segment", "--preset", "segger", str(sample_dir), "-o", str(out), "--set", "training.epochs=12",
+              *FAST])
+    assert exc.value.code == 0
+    return out
+
+
+def test_polygon_geometry_is_exact():
+    square = np.array([[[0, 0], [2, 0], [2, 1], [0, 1], [0, 0], [0, 0]]], float)  # padded by the closing vertex
+    shape = shape_features(square, np.array([4]))
+    assert areas(square)[0] == 2.0 and shape["perimeter"][0] == 6.0  # an area, not a perimeter or hull length
+    assert shape["elongation"][0] == pytest.approx(2.0) and shape["circularity"][0] == pytest.approx(8 * np.pi / 36)
+    distance, inside = point_distances(np.array([[1, 0.5], [3, 0.5], [1, 2]]), np.repeat(square, 3, 0))
+    assert inside.tolist() == [True, False, False] and distance[1:].tolist() == [1.0, 1.0]
+
+
+def test_reading_filters_and_keeps_each_polygon_with_its_own_id(sample_dir, tmp_path):
+    sample = read_sample(sample_dir, log=lambda m: None)
+    table = pd.read_parquet(sample_dir / "transcripts.parquet")
+    assert sample.dropped["control_probes"] == table.feature_name.str.startswith("NegControl").sum()
+    assert sample.n == ((table.qv >= 20) & ~table.feature_name.str.startswith("NegControl")).sum()
+    # the nucleus file in another order (ids not sorted): each polygon keeps its own id
+    shuffled = tmp_path / "shuffled"
+    shuffled.mkdir()
+    (shuffled / "transcripts.parquet").symlink_to(sample_dir / "transcripts.parquet")
+    nuclei = pd.read_parquet(sample_dir / "nucleus_boundaries.parquet")
+    order = nuclei.cell_id.unique()[::-1]
+    nuclei.set_index("cell_id").loc[order].reset_index().to_parquet(shuffled / "nucleus_boundaries.parquet")
+    other = read_sample(shuffled, log=lambda m: None)
+    centre = {i: v[:-1].mean(0) for i, v in zip(sample.nuclei.ids, sample.nuclei.vertices, strict=True)}
+    for i, v in zip(other.nuclei.ids, other.nuclei.vertices, strict=True):
+        first = nuclei[nuclei.cell_id == i][["vertex_x", "vertex_y"]].to_numpy()[0]
+        assert np.allclose(v[0], first)
+        assert i in centre
+
+
+def test_tiles_cover_every_transcript_once_and_labels_never_carry_messages(sample_dir):
+    sample = read_sample(sample_dir, log=lambda m: None)
+    graph = build_graph(sample, sample.gene_codes, k_tx=8, dist_tx=5.0, dist_bd=10.0, max_tile_transcripts=500,
+                        tile_margin=10.0)
+    cores = np.concatenate([core for core, _ in graph.tiles])
+    assert len(graph.tiles) > 4 and np.array_equal(np.sort(cores), np.arange(sample.n))
+    assert (graph.cand_distance <= 10.0).all() and (graph.inside >= 0).sum() > 100
+    rng = np.random.default_rng(0)
+    inside = graph.inside >= 0
+    message = inside & (rng.random(sample.n) < 0.5)
+    roles = TileRoles(message, inside & ~message, swap_geometry=0.5, neg_ratio=3)
+    for tile in range(len(graph.tiles)):
+        data = tile_data(graph, tile, roles, rng)
+        index = data["tx"].index.numpy()
+        senders = set(index[data["tx", "inside", "bd"].edge_index[0].numpy()])
+        labelled = set(index[data["tx", "candidate", "bd"].edge_index[0].numpy()])
+        assert not senders & labelled  # a label never reaches the nucleus it labels
+        y = data["tx", "candidate", "bd"].y.numpy()
+        assert set(np.unique(y)) <= {0, 1}
+        owners = data["tx", "candidate", "bd"].edge_index[0].numpy()
+        assert np.bincount(owners[y == 0]).max(initial=0) <= 3  # neg_ratio
+
+
+def test_segment_learns_extract_writes_and_beats_nuclei_alone(trained, sample_dir, tmp_path, capsys):
+    bundle = read_bundle(trained)
+    history = bundle.history
+    assert history["train_loss"][-1] < 0.7 * history["train_loss"][0]
+    assert max(history["val_auroc"]) > 0.9 and bundle.final_metrics["val_auroc"] == max(history["val_auroc"])
+    assert len(bundle.top_k) >= 1
+    out = tmp_path / "seg"
+    code, stdout, err = run_cli(capsys, "extract", trained, sample_dir, "-o", out)
+    assert code == 0, err
+    table = pd.read_parquet(out / "transcripts.parquet")
+    source = pd.read_parquet(sample_dir / "transcripts.parquet")
+    assert len(table) == len(source) and list(table.columns[: len(source.columns)]) == list(source.columns)
+    assert set(table.stagekit_status) <= {"nucleus", "new_cell", "unassigned", "filtered"}
+    cells = anndata.read_h5ad(out / "cells.h5ad")
+    assigned = table[table.stagekit_cell_id != ""]
+    assert cells.n_obs == assigned.stagekit_cell_id.nunique() and cells.X.sum() == len(assigned)
+    assert cells.obsm["spatial"].shape == (cells.n_obs, 2) and (cells.obs.area > 0).mean() > 0.9
+    assert (out / "region.png").stat().st_size > 1000
+    code, stdout, err = run_cli(capsys, "evaluate", out, "-o", tmp_path / "report", "-q")
+    assert code == 0, err
+    report = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    ours, expansion = report["segmentation"]["stagekit"], report["segmentation"]["expansion_5um"]
+    nuclei_only = read_sample(sample_dir, log=lambda m: None)
+    from stagekit.stages.segmentation.report import expansion as expand
+
+    naive = expand(nuclei_only, 1e-6)  # nuclei alone: the naive baseline
+    truth_nucleus = np.isin(nuclei_only.truth, nuclei_only.nuclei.ids)
+    naive_correct = np.where(truth_nucleus, naive == nuclei_only.truth, naive == "").mean()
+    assert ours["correct"] > naive_correct + 0.2
+    assert 0 < expansion["correct"] < 1 and "mecr" in ours and report["links"]["auroc"] > 0.9
+    # the bundle and its sample give the same assignment
+    code, _, err = run_cli(capsys, "evaluate", trained, sample_dir, "-o", tmp_path / "report2", "-q")
+    assert code == 0, err
+    again = json.loads((tmp_path / "report2" / "metrics.json").read_text())
+    assert again["segmentation"]["stagekit"]["correct"] == pytest.approx(ours["correct"])
+
+
+def test_extract_replaces_an_existing_folder_only_when_complete(trained, sample_dir, tmp_path, capsys):
+    out = tmp_path / "seg"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    code, _, err = run_cli(capsys, "extract", trained, tmp_path / "missing", "-o", out)
+    assert code == 2 and (out / "old.txt").read_text() == "old"
+    code, _, err = run_cli(capsys, "extract", trained, sample_dir, "-o", out)
+    assert code == 0 and not (out / "old.txt").exists() and (out / "cells.h5ad").is_file()
+
+
+def test_transfer_with_from_loads_the_model_and_names_new_genes(trained, tmp_path, capsys):
+    other = synthetic(tmp_path / "s1", seed=1)
+    out = tmp_path / "seg2.stk"
+    code, _, err = run_cli(capsys, "segment", other, "--from", trained, "-o", out, "--set", "training.epochs=1",
+                           *FAST)
+    assert code == 0, err
+    bundle = read_bundle(out)
+    assert bundle.lineage[0]["stage"] == "segment" and bundle.records["load_report"]["mismatched"] == []
+    table = pd.read_parquet(other / "transcripts.parquet")
+    table["feature_name"] = table.feature_name.replace({"GENE001": "NEWGENE"})
+    table.to_parquet(other / "transcripts.parquet")
+    code, _, err = run_cli(capsys, "segment", other, "--from", trained, "-o", tmp_path / "seg3.stk", *FAST)
+    assert code == 2 and "NEWGENE" in err and "--allow-new-genes" in err
+    code, _, err = run_cli(capsys, "segment", other, "--from", trained, "--allow-new-genes", "-o",
+                           tmp_path / "seg3.stk", "--set", "training.epochs=1", *FAST)
+    assert code == 0, err
+    assert read_bundle(tmp_path / "seg3.stk").var_names[-1] == "NEWGENE"
+
+
+@pytest.mark.parametrize("case", ["no_transcripts", "missing_column", "no_nuclei_file", "zero_nuclei",
+                                  "text_coordinates", "dist_bd", "other_model"])
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(case, sample_dir, tmp_path, capsys, small_bundle):
+    folder = tmp_path / "sample"
+    folder.mkdir()
+    table = pd.read_parquet(sample_dir / "transcripts.parquet")
+    nuclei = pd.read_parquet(sample_dir / "nucleus_boundaries.parquet")
+    extra: list[str] = []
+    expected = ""
+    if case != "no_transcripts":
+        if case == "missing_column":
+            table = table.drop(columns=["feature_name"])
+            expected = "feature_name"
+        if case == "text_coordinates":
+            table["x_location"] = table.x_location.astype(str)
+            table.loc[3, "x_location"] = "n/a"
+            expected = "x_location"
+        table.to_parquet(folder / "transcripts.parquet")
+    else:
+        expected = "transcripts"
+    if case == "zero_nuclei":
+        nuclei.iloc[:0].to_parquet(folder / "nucleus_boundaries.parquet")
+        expected = "nucleus"
+    elif case != "no_nuclei_file":
+        nuclei.to_parquet(folder / "nucleus_boundaries.parquet")
+    else:
+        expected = "nucleus boundaries"
+    if case == "dist_bd":
+        extra, expected = ["--set", "graph.dist_bd=0"], "dist_bd"
+    if case == "other_model":
+        extra, expected = ["--from", str(small_bundle)], "segment"
+    out = tmp_path / "out.stk"
+    code, stdout, err = run_cli(capsys, "segment", folder, "-o", out, *extra, *FAST)
+    assert code == 2 and expected in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert not out.exists()
