@@ -274,6 +274,8 @@ SEGMENT_DATA = {
     "control_prefixes": Key("list[str]", ["NegControlProbe_", "NegControlCodeword", "BLANK_", "antisense_",
                                           "Unassigned", "Deprecated"],
                             "feature names starting with one of these are control probes and are dropped"),
+    "region": Key("list[float]", [], "[x0, y0, x1, y1] in micron: only the transcripts in this box (e.g. a crop to "
+                  "train on); empty for the whole sample"),
 }
 
 SEGMENT_GRAPH = {

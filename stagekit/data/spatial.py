@@ -152,9 +152,16 @@ def read_nuclei(path: Path, columns: dict[str, str], scale: float, fmt: str) -> 
     return Nuclei([str(ids[i]) for i in good], vertices, np.array([len(polygons[i]) for i in good]))
 
 
+def _in_region(xy: np.ndarray, region: list[float]) -> np.ndarray:
+    x0, y0, x1, y1 = region
+    return (xy[:, 0] >= x0) & (xy[:, 0] <= x1) & (xy[:, 1] >= y0) & (xy[:, 1] <= y1)
+
+
 def read_sample(folder: Path, fmt: str = "xenium", min_qv: float = 20.0, columns: dict[str, str] | None = None,
-                control_prefixes: tuple[str, ...] = CONTROL_PREFIXES, log=print) -> Sample:
-    """Transcripts that pass the quality and control-probe filters, and the nucleus polygons of a sample folder."""
+                control_prefixes: tuple[str, ...] = CONTROL_PREFIXES, region: list[float] | None = None,
+                log=print) -> Sample:
+    """Transcripts that pass the quality and control-probe filters (and lie in `region`, [x0, y0, x1, y1] in
+    micron, when given), and the nucleus polygons of a sample folder."""
     folder = Path(folder)
     if not folder.is_dir():
         raise UserError(f"{folder} is not a folder; give the sample's output folder (e.g. a Xenium output)")
@@ -176,14 +183,32 @@ def read_sample(folder: Path, fmt: str = "xenium", min_qv: float = 20.0, columns
         low_qv = pd.to_numeric(table[cols["qv"]], errors="coerce").to_numpy() < min_qv
     keep = ~control & ~low_qv
     dropped = {"control_probes": int(control.sum()), f"qv_below_{min_qv:g}": int((low_qv & ~control).sum())}
+    if region and (len(region) != 4 or region[0] >= region[2] or region[1] >= region[3]):
+        raise UserError(f"data.region {region}: give [x0, y0, x1, y1] in micron with x0 < x1 and y0 < y1")
+    if region:
+        xy_all = np.stack([_numeric(table, cols["x"], tx_path), _numeric(table, cols["y"], tx_path)], 1) * scale
+        outside = ~_in_region(xy_all, region) & keep
+        if outside.all() or not (keep & ~outside).any():
+            lo, hi = xy_all.min(0), xy_all.max(0)
+            raise UserError(f"data.region {region} holds no transcript of {tx_path} (its transcripts span x "
+                            f"{lo[0]:.0f}..{hi[0]:.0f}, y {lo[1]:.0f}..{hi[1]:.0f} micron)")
+        keep &= ~outside
+        dropped["outside_region"] = int(outside.sum())
     log(f"{tx_path.name}: {len(table):,} transcripts; dropped {dropped['control_probes']:,} control-probe and "
-        f"{dropped[f'qv_below_{min_qv:g}']:,} low-quality (qv < {min_qv:g}); {int(keep.sum()):,} kept")
+        f"{dropped[f'qv_below_{min_qv:g}']:,} low-quality (qv < {min_qv:g})"
+        + (f" and {dropped['outside_region']:,} outside the region" if region else "") + f"; {int(keep.sum()):,} kept")
     if not keep.any():
         raise UserError(f"{tx_path}: every transcript was filtered out (data.min_qv = {min_qv:g}, control probes)")
     kept = table.loc[keep]
     xy = np.stack([_numeric(kept, cols["x"], tx_path), _numeric(kept, cols["y"], tx_path)], 1) * scale
     genes, codes = np.unique(genes_all[keep], return_inverse=True)
     nuclei = read_nuclei(nuc_path, spec["nucleus_columns"], scale, fmt)
+    if region:  # nuclei reaching into the region stay: transcripts at its edge may belong to them
+        reach = np.array([_in_region(v, region).any() for v in nuclei.vertices])
+        nuclei = Nuclei([i for i, r in zip(nuclei.ids, reach, strict=True) if r], nuclei.vertices[reach],
+                        nuclei.n_vertices[reach])
+        if not nuclei.ids:
+            raise UserError(f"data.region {region} holds no nucleus of {nuc_path}")
     log(f"{nuc_path.name}: {len(nuclei.ids):,} nuclei")
 
     def strings(role: str) -> np.ndarray | None:
@@ -193,6 +218,6 @@ def read_sample(folder: Path, fmt: str = "xenium", min_qv: float = 20.0, columns
 
     vendor = strings("cell")
     if vendor is not None:
-        vendor = np.where(np.isin(vendor, spec["unassigned"]), "", vendor)
+        vendor = np.where(pd.Series(vendor).isin(set(spec["unassigned"])).to_numpy(), "", vendor)
     return Sample(folder, table, keep, xy, codes.astype(np.int64), [str(g) for g in genes], nuclei, vendor,
                   strings("truth"), dropped, {"transcripts": str(tx_path), "nuclei": str(nuc_path)})

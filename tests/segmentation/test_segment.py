@@ -173,7 +173,7 @@ def test_transfer_with_from_loads_the_model_and_names_new_genes(trained, tmp_pat
 
 
 @pytest.mark.parametrize("case", ["no_transcripts", "missing_column", "no_nuclei_file", "zero_nuclei",
-                                  "text_coordinates", "dist_bd", "other_model"])
+                                  "text_coordinates", "dist_bd", "other_model", "empty_region"])
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(case, sample_dir, tmp_path, capsys, small_bundle):
     folder = tmp_path / "sample"
     folder.mkdir()
@@ -203,6 +203,8 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(case, sample_dir, tm
         extra, expected = ["--set", "graph.dist_bd=0"], "dist_bd"
     if case == "other_model":
         extra, expected = ["--from", str(small_bundle)], "segment"
+    if case == "empty_region":
+        extra, expected = ["--region", "500,500,600,600"], "data.region"
     out = tmp_path / "out.stk"
     code, stdout, err = run_cli(capsys, "segment", folder, "-o", out, *extra, *FAST)
     assert code == 2 and expected in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err

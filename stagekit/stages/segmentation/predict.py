@@ -120,7 +120,7 @@ def cells_anndata(sample: Sample, cell: np.ndarray, nucleus_ids: list[str]):
                 area[i] = ConvexHull(pts).volume  # in 2-D, `volume` is the enclosed area
             except QhullError:  # collinear points
                 area[i] = 0.0
-    obs = pd.DataFrame({"n_transcripts": n, "area": area, "has_nucleus": np.isin(names, nucleus_ids)},
+    obs = pd.DataFrame({"n_transcripts": n, "area": area, "has_nucleus": pd.Index(names).isin(set(nucleus_ids))},
                        index=pd.Index(names.astype(str), name="cell_id"))
     adata = anndata.AnnData(counts, obs=obs, var=pd.DataFrame(index=pd.Index(sample.genes, name="gene")))
     adata.obsm["spatial"] = centre
@@ -153,6 +153,7 @@ def predict_sample(bundle: Bundle, folder: Path, log) -> tuple[Sample, SampleGra
     from stagekit.stages.segmentation.stage import load_model, read_for, sample_graph, vocabulary
 
     stored = tomllib.loads(bundle.model_config)
+    stored["data"]["region"] = []  # a model trained on a crop predicts the whole sample
     sample = read_for(stored, folder, log)
     _, codes, new = vocabulary(sample, bundle.var_names)
     if new:

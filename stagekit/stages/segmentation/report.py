@@ -78,9 +78,16 @@ def mecr(sample: Sample, cell: np.ndarray, pairs: list[tuple[str, str]], min_tra
     return float(np.mean(rates)) if rates else float("nan")
 
 
+def is_in(values: np.ndarray, names: list[str]) -> np.ndarray:
+    """Membership of strings by hashing (numpy's isin compares object arrays element by element)."""
+    import pandas as pd
+
+    return pd.Series(values).isin(set(names)).to_numpy()
+
+
 def scores(sample: Sample, cell: np.ndarray, pairs: list[tuple[str, str]]) -> dict:
-    ids = set(sample.nuclei.ids)
-    nucleus_cell = np.isin(cell, list(ids))
+    ids = sample.nuclei.ids
+    nucleus_cell = is_in(cell, ids)
     names, counts = np.unique(cell[cell != ""], return_counts=True)
     out = {"assigned": float((cell != "").mean()), "assigned_to_nucleus": float(nucleus_cell.mean()),
            "cells": int(len(names)), "transcripts_per_cell_median": float(np.median(counts)) if len(counts) else 0.0,
@@ -90,7 +97,7 @@ def scores(sample: Sample, cell: np.ndarray, pairs: list[tuple[str, str]]) -> di
         vendor = sample.vendor_cell != ""
         out["same_cell_as_vendor"] = float((cell[vendor] == sample.vendor_cell[vendor]).mean())
     if sample.truth is not None:
-        truth_has_nucleus = np.isin(sample.truth, list(ids))
+        truth_has_nucleus = is_in(sample.truth, ids)
         correct = np.where(truth_has_nucleus, cell == sample.truth, ~nucleus_cell)
         out["correct"] = float(correct.mean())
         out["correct_nucleus_cells"] = float(correct[truth_has_nucleus].mean()) if truth_has_nucleus.any() else 0.0

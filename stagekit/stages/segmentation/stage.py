@@ -137,7 +137,7 @@ def load_model(bundle: Bundle) -> SeggerGNN:
 def read_for(config_or_stored: dict, folder: Path, log) -> Sample:
     data = config_or_stored["data"]
     return read_sample(folder, data["format"], data["min_qv"], control_prefixes=tuple(data["control_prefixes"]),
-                       log=log)
+                       region=data.get("region") or None, log=log)
 
 
 def _parent(request: PhaseRequest) -> Bundle:
