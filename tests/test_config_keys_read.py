@@ -98,6 +98,7 @@ RUNS: dict[tuple[str, str], Callable[[Callable[[str], Any]], dict[str, Any]]] = 
     ("pretrain", "transition"): lambda fixture: {"overrides": TRANSITION, "data": [fixture("stim_h5ad")]},
     ("finetune", "transition"): lambda fixture: transfer_run(fixture, "finetune"),
     ("unfreeze", "transition"): lambda fixture: transfer_run(fixture, "unfreeze"),
+    ("segment", "segger"): lambda fixture: {"overrides": ONE_EPOCH, "data": [fixture("xenium_small")]},
 }
 
 

@@ -8,11 +8,12 @@ from tests.conftest import run_cli
 
 
 def test_every_entry_resolves_to_functions():
-    from stagekit.stages.registry import _resolve
+    from stagekit.stages.registry import resolve
 
     for (stage, model), entry in ENTRIES.items():
-        assert callable(_resolve(entry.run)), (stage, model)
-        assert callable(_resolve(entry.cells)), (stage, model)
+        assert entry.cells or entry.writes, f"{stage} {model}: extract would have nothing to write"
+        for target in (entry.run, entry.cells, entry.plan, entry.writes, entry.report):
+            assert not target or callable(resolve(target)), (stage, model, target)
 
 
 def test_extract_of_an_unknown_finetune_bundle_is_a_user_error(capsys, tmp_path: Path, small_bundle: Path):

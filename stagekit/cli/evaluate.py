@@ -26,6 +26,9 @@ def evaluate(
                               "the pretraining task after fine-tuning: forgetting)")] = None,
     expansion_um: Annotated[float, typer.Option(
         "--expansion-um", help="segment: the nucleus-expansion baseline's distance (micron)")] = 5.0,
+    markers: Annotated[Path | None, typer.Option(
+        "--markers", help="segment: CSV/TSV of marker genes (columns gene, group) for MECR; default: the top genes "
+                          "of k-means groups of the nuclei's own transcripts")] = None,
     quiet: opt.Quiet = False,
 ) -> None:
     """Score a bundle against labels: clustering ACC/ARI/NMI, silhouette, cluster sizes; across species, label
@@ -38,7 +41,7 @@ def evaluate(
 
     from stagekit.stages import evaluate as stage
 
-    report = stage.run(source, output, label_key, data, umap, seed, held_out_of, expansion_um)
+    report = stage.run(source, output, label_key, data, umap, seed, held_out_of, expansion_um, markers)
     console = Console(stderr=True, quiet=quiet)  # --quiet: no tables; stdout still names metrics.json
     if "clustering" in report:
         table = Table(title=f"clustering vs obs['{report['label_key']}'] ({report['n_cells']} cells)")

@@ -280,9 +280,9 @@ SEGMENT_DATA = {
 
 SEGMENT_GRAPH = {
     "k_tx": Key("int", 10, "transcript-transcript edges: each transcript's k nearest transcripts ...", minimum=1),
-    "dist_tx": Key("float", 5.0, "... within this distance (micron)", minimum=0),
+    "dist_tx": Key("float", 5.0, "... within this distance (micron)", minimum=1e-3),
     "dist_bd": Key("float", 10.0, "candidate nuclei of a transcript: those whose outline is within this distance "
-                   "(micron); only they can receive it", minimum=0),
+                   "(micron); only they can receive it", minimum=1e-3),
     "max_tile_transcripts": Key("int", 1000, "tiles (the mini-batches) hold at most this many transcripts besides "
                                 "their margin", minimum=10),
     "tile_margin": Key("float", 15.0, "each tile also holds the transcripts within this distance of its box "
@@ -308,6 +308,9 @@ SEGMENT_LABELS = {
     "hide_nuclei": Key("float", 0.2, "share of nuclei left out of each training step, as if the stain had missed "
                        "them: their inside transcripts then have only wrong candidates, which teaches the score to "
                        "refuse a nearby nucleus whose expression does not match; 0 off", minimum=0, maximum=0.9),
+    "vendor_weight": Key("float", 0.0, "transcripts outside every nucleus that the vendor assigned to a nucleus-"
+                         "bearing cell (column cell_id) become labels too, weighted this much in the loss (weaker "
+                         "evidence: 10x's ids are themselves an expansion); 0 off", minimum=0, maximum=1),
 }
 
 SEGMENT_PREDICT = {

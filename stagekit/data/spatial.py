@@ -7,6 +7,7 @@ override any entry. Reading never writes into the sample folder.
 from __future__ import annotations
 
 import hashlib
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,8 +31,10 @@ FORMATS: dict[str, dict] = {
                              "gene": "gene", "qv": "", "cell": "cell_id", "truth": ""},
                  "nucleus_columns": {"cell": "cell_id", "x": "vertex_x", "y": "vertex_y"},
                  "unassigned": ("-1", ""), "micron_per_unit": 1.0},
-    # CosMx: *_tx_file.csv and *-polygons.csv in pixels (0.12028 micron per pixel on the 6k-plex instrument)
-    "cosmx": {"transcripts": ("*_tx_file.csv.gz", "*_tx_file.csv"), "nuclei": ("*-polygons.csv.gz", "*-polygons.csv"),
+    # CosMx: *_tx_file.csv in pixels (0.12028 micron per pixel); its *-polygons.csv outline whole cells, so nucleus
+    # outlines come as a vertex table in the same pixel coordinates
+    "cosmx": {"transcripts": ("*_tx_file.csv.gz", "*_tx_file.csv"),
+              "nuclei": ("nucleus_boundaries.parquet", "nucleus_boundaries.csv.gz", "nucleus_boundaries.csv"),
               "columns": {"id": "", "x": "x_global_px", "y": "y_global_px", "z": "z", "gene": "target", "qv": "",
                           "cell": "cell", "truth": ""},
               "nucleus_columns": {"cell": "cell", "x": "x_global_px", "y": "y_global_px"},
@@ -109,7 +112,16 @@ def _require(table: pd.DataFrame, path: Path, columns: dict[str, str], roles: tu
     missing = [columns[r] for r in roles if columns[r] and columns[r] not in table.columns]
     if missing:
         raise UserError(f"{path}: missing column(s) {', '.join(missing)} (data.format = '{fmt}' expects "
-                        f"{', '.join(columns[r] for r in roles if columns[r])}; map others with data.columns)")
+                        f"{', '.join(columns[r] for r in roles if columns[r])}; rename the columns or choose "
+                        "another --format)")
+
+
+def _strings(column: pd.Series) -> np.ndarray:
+    """Text values; older Xenium files store names as bytes (b'...'), decoded rather than printed."""
+    values = column.to_numpy()
+    if len(values) and isinstance(values[0], bytes):
+        return np.array([v.decode() if isinstance(v, bytes) else str(v) for v in values])
+    return column.astype(str).to_numpy()
 
 
 def _numeric(table: pd.DataFrame, column: str, path: Path) -> np.ndarray:
@@ -127,7 +139,7 @@ def read_nuclei(path: Path, columns: dict[str, str], scale: float, fmt: str) -> 
     table = _read_table(path)
     _require(table, path, columns, ("cell", "x", "y"), fmt)
     x, y = _numeric(table, columns["x"], path) * scale, _numeric(table, columns["y"], path) * scale
-    cells = table[columns["cell"]].astype(str).to_numpy()
+    cells = _strings(table[columns["cell"]])
     ids, first = np.unique(cells, return_index=True)
     ids = ids[np.argsort(first)]  # file order
     code = pd.Categorical(cells, categories=ids).codes
@@ -143,6 +155,9 @@ def read_nuclei(path: Path, columns: dict[str, str], scale: float, fmt: str) -> 
     good = [i for i, p in enumerate(polygons) if len(np.unique(p, axis=0)) >= 3]
     if not good:
         raise UserError(f"{path}: no nucleus polygon with 3 or more vertices; segmentation needs nuclei")
+    if len(good) < len(polygons):
+        print(f"warning: {path}: {len(polygons) - len(good):,} nucleus polygon(s) with fewer than 3 distinct "
+              "vertices left out", file=sys.stderr)
     width = max(len(polygons[i]) for i in good) + 1
     vertices = np.zeros((len(good), width, 2))
     for row, i in enumerate(good):
@@ -174,7 +189,7 @@ def read_sample(folder: Path, fmt: str = "xenium", min_qv: float = 20.0, columns
     if len(table) == 0:
         raise UserError(f"{tx_path}: no transcripts")
     scale = spec["micron_per_unit"]
-    genes_all = table[cols["gene"]].astype(str).to_numpy()
+    genes_all = _strings(table[cols["gene"]])
     control = np.zeros(len(table), bool)
     for prefix in control_prefixes:
         control |= np.char.startswith(genes_all.astype(str), prefix)

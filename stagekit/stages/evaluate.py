@@ -161,7 +161,8 @@ def _warnings_to_stderr(message: str) -> None:
 
 
 def run(source: Path, output_dir: Path, label_key: str | None = None, data: Path | None = None,
-        umap: bool = True, seed: int = 0, held_out_of: Path | None = None, expansion_um: float = 5.0) -> dict:
+        umap: bool = True, seed: int = 0, held_out_of: Path | None = None, expansion_um: float = 5.0,
+        markers: Path | None = None) -> dict:
     if not source.exists():
         raise UserError(f"{source} does not exist")
     if output_dir.exists() and not output_dir.is_dir():
@@ -169,11 +170,11 @@ def run(source: Path, output_dir: Path, label_key: str | None = None, data: Path
     if source.is_dir():  # a segmentation written by `stagekit extract`
         from stagekit.stages.segmentation.report import from_folder
 
-        return from_folder(source, output_dir, expansion_um)
+        return from_folder(source, output_dir, expansion_um, markers)
     # the source is read once; a perturbation model's predictions are scored apart
     adata, bundle = (_read_h5ad(source), None) if source.suffix == ".h5ad" else (None, read_bundle(source))
     if bundle is not None and entry(bundle.stage, bundle.model, str(source)).report:
-        return resolve(entry(bundle.stage, bundle.model).report)(bundle, data, output_dir, expansion_um)
+        return resolve(entry(bundle.stage, bundle.model).report)(bundle, data, output_dir, expansion_um, markers)
     if (adata is not None and "stagekit_source" in adata.obs) or (bundle is not None and bundle.model == "transition"):
         if label_key:
             raise UserError(f"--label-key does not apply to {source}: a perturbation model is scored against the "

@@ -38,7 +38,7 @@ class Entry:
     pipeline: str = ""
     plan: str = ""  # "module:function"(PhaseRequest) printing what the phase would train (--print-config)
     writes: str = ""  # "module:function"(bundle, data, output, log) -> Path: extract writes its own outputs
-    report: str = ""  # "module:function"(bundle, data, output, seed) -> dict: evaluate scores it its own way
+    report: str = ""  # "module:function"(bundle, data, output, expansion_um, markers) -> dict: evaluate's own way
 
 
 _CLUSTERING = "stagekit.stages.clustering"

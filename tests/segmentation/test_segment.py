@@ -4,9 +4,6 @@ learns, extract's outputs, evaluate against nucleus expansion, transfer with --f
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import anndata
@@ -18,28 +15,15 @@ from stagekit.bundle import read_bundle
 from stagekit.data.polygons import areas, point_distances, shape_features
 from stagekit.data.spatial import read_sample
 from stagekit.stages.segmentation.graph import TileRoles, build_graph, tile_data
-from tests.conftest import ROOT, run_cli
+from tests.conftest import run_cli, synthetic_xenium
 
-GENERATOR = ROOT.parent / "shared" / "tools" / "make_xenium_synthetic.py"
 FAST = ["--set", "model.hidden=32", "--set", "graph.max_tile_transcripts=800", "--set", "training.batch_size=2",
         "--set", "training.early_stopping_patience=0", "-q"]
 
 
-def synthetic(folder: Path, seed: int, size: int = 96) -> Path:
-    if not GENERATOR.is_file():
-        reason = f"{GENERATOR} is missing: put the shared folder beside the clone"
-        if os.environ.get("STAGEKIT_REQUIRE_SHARED"):
-            pytest.fail(reason)
-        pytest.skip(reason)
-    subprocess.run([sys.executable, str(GENERATOR), "--layout", "tissue", "--missed_nuclei", "0.1", "--seed",
-                    str(seed), "--width", str(size), "--height", str(size), "--out", str(folder)], check=True,
-                   capture_output=True)
-    return folder
-
-
 @pytest.fixture(scope="module")
-def sample_dir(tmp_path_factory) -> Path:
-    return synthetic(tmp_path_factory.mktemp("xenium") / "s0", seed=0)
+def sample_dir(xenium_small) -> Path:
+    return xenium_small
 
 
 @pytest.fixture(scope="module")
@@ -91,10 +75,11 @@ def test_tiles_cover_every_transcript_once_and_labels_never_carry_messages(sampl
     assert len(graph.tiles) > 4 and np.array_equal(np.sort(cores), np.arange(sample.n))
     assert (graph.cand_distance <= 10.0).all() and (graph.inside >= 0).sum() > 100
     rng = np.random.default_rng(0)
-    inside = graph.inside >= 0
-    message = inside & (rng.random(sample.n) < 0.5)
-    roles = TileRoles(message, inside & ~message, swap_geometry=0.5, neg_ratio=3)
     for tile in range(len(graph.tiles)):
+        inside = graph.inside[graph.tiles[tile][1]] >= 0
+        message = inside & (rng.random(len(inside)) < 0.5)
+        hidden = rng.random(len(graph.nucleus_xy)) < 0.2
+        roles = TileRoles(message, inside & ~message, swap_geometry=0.5, neg_ratio=3, hidden=hidden)
         data = tile_data(graph, tile, roles, rng)
         index = data["tx"].index.numpy()
         senders = set(index[data["tx", "inside", "bd"].edge_index[0].numpy()])
@@ -104,13 +89,14 @@ def test_tiles_cover_every_transcript_once_and_labels_never_carry_messages(sampl
         assert set(np.unique(y)) <= {0, 1}
         owners = data["tx", "candidate", "bd"].edge_index[0].numpy()
         assert np.bincount(owners[y == 0]).max(initial=0) <= 3  # neg_ratio
+        assert not set(data["bd"].index.numpy()) & set(np.flatnonzero(hidden))  # hidden nuclei are gone
 
 
 def test_segment_learns_extract_writes_and_beats_nuclei_alone(trained, sample_dir, tmp_path, capsys):
     bundle = read_bundle(trained)
     history = bundle.history
     assert history["train_loss"][-1] < 0.7 * history["train_loss"][0]
-    assert max(history["val_auroc"]) > 0.9 and bundle.final_metrics["val_auroc"] == max(history["val_auroc"])
+    assert max(history["val_auroc"]) > 0.85 and bundle.final_metrics["val_auroc"] == max(history["val_auroc"])
     assert len(bundle.top_k) >= 1
     out = tmp_path / "seg"
     code, stdout, err = run_cli(capsys, "extract", trained, sample_dir, "-o", out)
@@ -135,26 +121,64 @@ def test_segment_learns_extract_writes_and_beats_nuclei_alone(trained, sample_di
     truth_nucleus = np.isin(nuclei_only.truth, nuclei_only.nuclei.ids)
     naive_correct = np.where(truth_nucleus, naive == nuclei_only.truth, naive == "").mean()
     assert ours["correct"] > naive_correct + 0.2
-    assert 0 < expansion["correct"] < 1 and "mecr" in ours and report["links"]["auroc"] > 0.9
+    assert 0 < expansion["correct"] < 1 and "mecr" in ours and report["links"]["auroc"] > 0.85
+    # markers from a file: the generator's programs (10 marker genes per cell type)
+    markers = tmp_path / "markers.csv"
+    markers.write_text("gene,group\n" + "".join(f"GENE{i:03d},type{i // 10}\n" for i in range(50)))
+    code, _, err = run_cli(capsys, "evaluate", out, "-o", tmp_path / "report_markers", "--markers", markers, "-q")
+    assert code == 0, err
+    with_file = json.loads((tmp_path / "report_markers" / "metrics.json").read_text())
+    assert with_file["marker_pairs"] == 10 * 100  # 5 groups: 10 group pairs x 10 x 10 genes
+    scored = with_file["segmentation"]
+    assert scored["stagekit"]["mecr"] < scored["expansion_5um"]["mecr"] + 0.05
+    (tmp_path / "bad.csv").write_text("symbol,type\nGENE001,a\n")
+    code, _, err = run_cli(capsys, "evaluate", out, "-o", tmp_path / "report_bad", "--markers", tmp_path / "bad.csv")
+    assert code == 2 and "gene and group" in err
     # the bundle and its sample give the same assignment
     code, _, err = run_cli(capsys, "evaluate", trained, sample_dir, "-o", tmp_path / "report2", "-q")
     assert code == 0, err
     again = json.loads((tmp_path / "report2" / "metrics.json").read_text())
     assert again["segmentation"]["stagekit"]["correct"] == pytest.approx(ours["correct"])
+    # the held-out links are scored as training validated them
+    assert again["links"]["auroc"] == pytest.approx(bundle.final_metrics["val_auroc"], abs=1e-6)
 
 
-def test_extract_replaces_an_existing_folder_only_when_complete(trained, sample_dir, tmp_path, capsys):
+def test_extract_replaces_only_its_own_earlier_output(trained, sample_dir, tmp_path, capsys):
     out = tmp_path / "seg"
     out.mkdir()
+    (out / "segmentation.json").write_text("{}")  # an earlier extract output
     (out / "old.txt").write_text("old")
     code, _, err = run_cli(capsys, "extract", trained, tmp_path / "missing", "-o", out)
     assert code == 2 and (out / "old.txt").read_text() == "old"
     code, _, err = run_cli(capsys, "extract", trained, sample_dir, "-o", out)
     assert code == 0 and not (out / "old.txt").exists() and (out / "cells.h5ad").is_file()
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep")
+    for target in (other, sample_dir, sample_dir.parent, trained.parent):  # never emptied
+        before = sorted(p.name for p in target.iterdir())
+        code, _, err = run_cli(capsys, "extract", trained, sample_dir, "-o", target)
+        assert code == 2 and "folder" in err and sorted(p.name for p in target.iterdir()) == before
+
+
+def test_vendor_cell_ids_as_weaker_labels(sample_dir, tmp_path, capsys):
+    out = tmp_path / "vendor.stk"
+    code, _, err = run_cli(capsys, "segment", sample_dir, "-o", out, "--set", "labels.vendor_weight=0.3",
+                           "--set", "training.epochs=2", *FAST[:-1])
+    assert code == 0, err
+    assert "weak labels for" in err and read_bundle(out).history["train_loss"][-1] > 0
+    table = pd.read_parquet(sample_dir / "transcripts.parquet").drop(columns=["cell_id"])
+    folder = tmp_path / "no_vendor"
+    folder.mkdir()
+    table.to_parquet(folder / "transcripts.parquet")
+    (folder / "nucleus_boundaries.parquet").symlink_to(sample_dir / "nucleus_boundaries.parquet")
+    code, _, err = run_cli(capsys, "segment", folder, "-o", tmp_path / "v2.stk", "--set", "labels.vendor_weight=0.3",
+                           *FAST)
+    assert code == 2 and "vendor_weight" in err
 
 
 def test_transfer_with_from_loads_the_model_and_names_new_genes(trained, tmp_path, capsys):
-    other = synthetic(tmp_path / "s1", seed=1)
+    other = synthetic_xenium(tmp_path / "s1", seed=1)
     out = tmp_path / "seg2.stk"
     code, _, err = run_cli(capsys, "segment", other, "--from", trained, "-o", out, "--set", "training.epochs=1",
                            *FAST)

@@ -136,26 +136,36 @@ def pair_geometry(owner: np.ndarray, distance: np.ndarray, dist_bd: float) -> np
 
 @dataclass
 class TileRoles:
-    """What each transcript does in one load of a tile. Inside transcripts are split: `message` ones carry
-    messages into their nucleus, `supervised` ones (core transcripts only) give the labelled candidate pairs;
-    a transcript is never both, so no label reaches the nucleus it labels. At prediction every inside transcript
-    carries messages and every core transcript is scored."""
+    """What each transcript of one tile (`members`, in the tile's order) does in one load. Inside transcripts are
+    split: `message` ones carry messages into their nucleus, `supervised` ones (core transcripts only) give the
+    labelled candidate pairs; a transcript is never both, so no label reaches the nucleus it labels. At
+    prediction (no roles) every inside transcript carries messages and every core transcript is scored."""
 
-    message: np.ndarray  # bool over the sample's transcripts
-    supervised: np.ndarray  # bool
+    message: np.ndarray  # bool over the tile's members
+    supervised: np.ndarray  # bool over the tile's members
     swap_geometry: float = 0.0  # probability that a supervised transcript's pair features are shuffled
-    neg_ratio: int = 0  # negatives kept per positive (0: every candidate)
-    hidden: np.ndarray | None = None  # bool over nuclei: left out of this load, as if the stain had missed them
+    neg_ratio: int = 0  # negatives kept per labelled transcript (0: every candidate)
+    hidden: np.ndarray | None = None  # bool over all nuclei: left out of this load, as if the stain had missed them
+    weak: np.ndarray | None = None  # over the members: nucleus the vendor assigned an outside transcript to, or -1
+    weak_weight: float = 0.0  # the loss weight of those weaker labels
+    unknown_gene: float = 0.0  # share of transcripts read as the unknown-gene token (so that token is trained)
 
 
-def tile_data(graph: SampleGraph, tile: int, roles: TileRoles | None, rng: np.random.Generator | None = None):
+def _position(sorted_ids: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Position of each id in `sorted_ids`, -1 where absent (a lookup that costs the tile, not the sample)."""
+    if len(sorted_ids) == 0:
+        return np.full(len(ids), -1, np.int64)
+    pos = np.minimum(np.searchsorted(sorted_ids, ids), len(sorted_ids) - 1)
+    return np.where(sorted_ids[pos] == ids, pos, -1)
+
+
+def tile_data(graph: SampleGraph, tile: int, roles: TileRoles | None = None, rng: np.random.Generator | None = None):
     """One tile as a PyG `HeteroData`. Candidate pairs are in ('tx', 'candidate', 'bd') with `edge_attr`
-    (geometry), `y` (1 = the transcript lies in that nucleus; -1 unlabelled) and `core` (scored here)."""
+    (geometry), `y` (1 = the transcript lies in that nucleus, 0 not; -1 unlabelled), `weight` and `pair` (their
+    index in the sample's candidate list); only core transcripts' pairs are there."""
     from torch_geometric.data import HeteroData
 
-    core, members = graph.tiles[tile]
-    local = np.full(len(graph.xy), -1, np.int64)
-    local[members] = np.arange(len(members))
+    core, members = graph.tiles[tile]  # both sorted
     counts = np.diff(graph.cand_start)[members]
     pair = np.repeat(graph.cand_start[members], counts) + (np.arange(counts.sum())
                                                           - np.repeat(np.cumsum(counts) - counts, counts))
@@ -164,49 +174,67 @@ def tile_data(graph: SampleGraph, tile: int, roles: TileRoles | None, rng: np.ra
     if hidden is not None:  # a hidden nucleus is no candidate: the geometry is taken among the others
         pair = pair[~hidden[graph.cand_bd[pair]]]
         features = pair_geometry(graph.cand_tx[pair], graph.cand_distance[pair], graph.dist_bd)
-    nuclei = np.unique(graph.cand_bd[pair])
-    inside_here = members[graph.inside[members] >= 0]
+    inside_members = graph.inside[members]
+    sends = inside_members >= 0
     if hidden is not None:
-        inside_here = inside_here[~hidden[graph.inside[inside_here]]]
-    nuclei = np.union1d(nuclei, graph.inside[inside_here])
-    bd_local = np.full(len(graph.nucleus_xy), -1, np.int64)
-    bd_local[nuclei] = np.arange(len(nuclei))
+        sends &= ~hidden[np.maximum(inside_members, 0)]
+    if roles is not None:
+        sends &= roles.message
+    nuclei = np.union1d(graph.cand_bd[pair], inside_members[sends])
 
     data = HeteroData()
-    data["tx"].gene = torch.from_numpy(graph.genes[members])
+    genes = graph.genes[members]
+    if roles is not None and roles.unknown_gene > 0:
+        genes = np.where(rng.random(len(genes)) < roles.unknown_gene, 0, genes)
+    data["tx"].gene = torch.from_numpy(genes)
     data["tx"].x = torch.from_numpy(graph.density[members])
-    data["tx"].core = torch.from_numpy(np.isin(members, core))
     data["tx"].index = torch.from_numpy(members)
     data["bd"].x = torch.from_numpy(graph.nucleus_features[nuclei])
     data["bd"].index = torch.from_numpy(nuclei)
-    nbr = local[np.where(graph.knn[members] >= 0, graph.knn[members], 0)]
-    ok = (graph.knn[members] >= 0) & (nbr >= 0)
-    src = nbr[ok]
-    dst = np.repeat(np.arange(len(members)), ok.sum(1))
-    data["tx", "near", "tx"].edge_index = torch.from_numpy(np.stack([src, dst]))
+    neighbour = _position(members, graph.knn[members].ravel()).reshape(graph.knn[members].shape)
+    ok = (graph.knn[members] >= 0) & (neighbour >= 0)
+    data["tx", "near", "tx"].edge_index = torch.from_numpy(
+        np.stack([neighbour[ok], np.repeat(np.arange(len(members)), ok.sum(1))]))
+    senders = np.flatnonzero(sends)
+    data["tx", "inside", "bd"].edge_index = torch.from_numpy(
+        np.stack([senders, _position(nuclei, inside_members[senders])]))
 
-    message = inside_here if roles is None else inside_here[roles.message[inside_here]]
-    data["tx", "inside", "bd"].edge_index = torch.from_numpy(np.stack([local[message],
-                                                                       bd_local[graph.inside[message]]]))
     owner = graph.cand_tx[pair]
-    is_core = np.isin(owner, core)
+    owner_local = _position(members, owner)
+    is_core = _position(core, owner) >= 0
     labels = (graph.inside[owner] == graph.cand_bd[pair]).astype(np.int64)
+    weight = np.ones(len(pair), np.float32)
     if roles is None:
         keep = is_core
         labels = np.where(graph.inside[owner] >= 0, labels, -1)
     else:
-        keep = is_core & roles.supervised[owner] & (graph.inside[owner] >= 0)  # hidden nuclei's: negatives only
+        supervised = is_core & roles.supervised[owner_local]
+        keep = supervised & (graph.inside[owner] >= 0)  # those of a hidden nucleus: negatives only
+        if roles.weak is not None and roles.weak_weight > 0:
+            target = roles.weak[owner_local]
+            weak = supervised & (graph.inside[owner] < 0) & (target >= 0)
+            weak &= _has_positive(owner, target == graph.cand_bd[pair])
+            labels = np.where(weak, target == graph.cand_bd[pair], labels).astype(np.int64)
+            weight[weak] = roles.weak_weight
+            keep |= weak
         if roles.neg_ratio and keep.any():
             keep &= _negatives_kept(labels, owner, keep, roles.neg_ratio, rng)
         if roles.swap_geometry > 0 and keep.any():
             features = _swapped(features, owner, keep, roles.swap_geometry, rng)
     pair = pair[keep]
-    data["tx", "candidate", "bd"].edge_index = torch.from_numpy(np.stack([local[graph.cand_tx[pair]],
-                                                                          bd_local[graph.cand_bd[pair]]]))
+    data["tx", "candidate", "bd"].edge_index = torch.from_numpy(
+        np.stack([owner_local[keep], _position(nuclei, graph.cand_bd[pair])]))
     data["tx", "candidate", "bd"].edge_attr = torch.from_numpy(features[keep])
     data["tx", "candidate", "bd"].y = torch.from_numpy(labels[keep])
+    data["tx", "candidate", "bd"].weight = torch.from_numpy(weight[keep])
     data["tx", "candidate", "bd"].pair = torch.from_numpy(pair)
     return data
+
+
+def _has_positive(owner: np.ndarray, positive: np.ndarray) -> np.ndarray:
+    """Per pair: whether its transcript has a positive pair among its candidates (a vendor's cell may lie
+    beyond dist_bd; such a transcript is left out rather than given only negatives)."""
+    return np.isin(owner, np.unique(owner[positive]))
 
 
 def _negatives_kept(labels: np.ndarray, owner: np.ndarray, keep: np.ndarray, ratio: int,
@@ -218,8 +246,9 @@ def _negatives_kept(labels: np.ndarray, owner: np.ndarray, keep: np.ndarray, rat
     first = np.r_[True, owner[order][1:] != owner[order][:-1]]
     group_start = np.maximum.accumulate(np.where(first, np.arange(len(order)), 0))
     position = np.arange(len(order)) - group_start
+    has_positive = np.isin(owner[order], owner[labels == 1])
     allowed = np.empty(len(labels), bool)
-    allowed[order] = (labels[order] == 1) | (position <= ratio)
+    allowed[order] = (labels[order] == 1) | (position < ratio + has_positive)
     return allowed | ~keep
 
 

@@ -168,6 +168,23 @@ def predict_sample(bundle: Bundle, folder: Path, log) -> tuple[Sample, SampleGra
     return sample, graph, result
 
 
+def check_output_folder(output: Path, sample: Path, bundle: Path) -> Path:
+    """The folder extract may fill (absolute): new, or an earlier extract output (it holds segmentation.json); never
+    the sample folder, a folder holding the sample or the bundle, nor any other existing folder."""
+    output = output.resolve()
+    if output.suffix in (".h5ad", ".stk") or output.is_file():
+        raise UserError(f"output {output}: a segment bundle extracts into a folder; give a new folder path")
+    if output == sample.resolve() or output in sample.resolve().parents or output in bundle.resolve().parents:
+        raise UserError(f"output {output} holds the sample or the bundle; give a new folder such as {output / 'seg'}")
+    if output.is_dir() and any(output.iterdir()) and not (output / "segmentation.json").is_file():
+        raise UserError(f"output {output} is a folder that is not an earlier `stagekit extract` output; give a new "
+                        "folder (an earlier output is replaced once the new one is complete)")
+    if not output.parent.is_dir():
+        raise UserError(f"output folder {output.parent} does not exist; create it first")
+    ensure_writable_folder(output.parent)
+    return output
+
+
 def write(bundle: Bundle, data: list[Path], output: Path, log) -> Path:
     """extract for segger bundles: the output is a folder, replaced only once every file in it is written."""
     if len(data) > 1:
@@ -175,9 +192,7 @@ def write(bundle: Bundle, data: list[Path], output: Path, log) -> Path:
     folder = Path(data[0]) if data else Path(bundle.data.get("path", ""))
     if not data and not folder.is_dir():
         raise UserError(f"{bundle.path} was trained on {folder}, which is gone; give the sample folder")
-    if output.suffix in (".h5ad", ".stk") or output.is_file():
-        raise UserError(f"output {output}: a segment bundle extracts into a folder; give a folder path")
-    ensure_writable_folder(output.parent if output.parent != Path("") else Path("."))
+    output = check_output_folder(output, folder, Path(bundle.path))
     sample, graph, result = predict_sample(bundle, folder, log)
     tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)

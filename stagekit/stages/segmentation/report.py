@@ -20,7 +20,7 @@ from stagekit.data.polygons import centroids
 from stagekit.data.spatial import Sample
 from stagekit.errors import UserError
 from stagekit.metrics.plots import plot_segmentation_region
-from stagekit.stages.segmentation.graph import SampleGraph, TileRoles, candidate_links
+from stagekit.stages.segmentation.graph import SampleGraph, candidate_links, tile_data
 
 
 def expansion(sample: Sample, distance: float) -> np.ndarray:
@@ -56,6 +56,26 @@ def marker_pairs(sample: Sample, inside: np.ndarray, n_groups: int = 8, per_grou
         markers.append([i for i in np.argsort(-enrichment)[:per_group] if enrichment[i] > 0])
     return [(sample.genes[a], sample.genes[b]) for g in range(k) for h in range(g + 1, k)
             for a in markers[g] for b in markers[h] if a != b]
+
+
+def markers_from_file(path: Path, sample: Sample) -> list[tuple[str, str]]:
+    """Pairs of marker genes of different groups from a table with columns gene and group."""
+    import pandas as pd
+
+    try:
+        table = pd.read_csv(path, sep=None, engine="python")
+    except Exception as exc:  # any unreadable file means the same to a user
+        raise UserError(f"--markers {path} is not a readable CSV/TSV table ({type(exc).__name__})") from None
+    if not {"gene", "group"} <= set(table.columns):
+        raise UserError(f"--markers {path}: needs columns gene and group (it has {', '.join(map(str, table.columns))})")
+    known = set(sample.genes)
+    table = table[table.gene.astype(str).isin(known)]
+    groups = {g: sorted(set(t.gene.astype(str))) for g, t in table.groupby("group")}
+    if len(groups) < 2:
+        raise UserError(f"--markers {path}: fewer than two groups with genes of this sample; MECR pairs markers of "
+                        "different groups")
+    names = sorted(groups)
+    return [(a, b) for i, g in enumerate(names) for h in names[i + 1:] for a in groups[g] for b in groups[h] if a != b]
 
 
 def mecr(sample: Sample, cell: np.ndarray, pairs: list[tuple[str, str]], min_transcripts: int = 10) -> float:
@@ -107,26 +127,25 @@ def scores(sample: Sample, cell: np.ndarray, pairs: list[tuple[str, str]]) -> di
 
 
 def held_out_links(bundle: Bundle, graph: SampleGraph, model) -> dict:
-    """AUROC / F1 of the held-out links (the validation transcripts' candidate pairs; the other inside
-    transcripts carry messages)."""
+    """AUROC / F1 of the held-out links as training validated them (the validation transcripts' candidate pairs,
+    the other inside transcripts carrying messages, the same fixed hidden nuclei and swapped geometry)."""
+    import tomllib
+
+    import torch
     from torch_geometric.data import Batch
 
-    from stagekit.stages.segmentation.graph import tile_data
+    from stagekit.stages.segmentation.stage import SegmentationTask
     from stagekit.train.metrics import binary_scores
 
-    validation = np.zeros(len(graph.xy), bool)
-    validation[np.asarray(bundle.results["validation"], dtype=np.int64)] = True
-    inside = graph.inside >= 0
-    roles = TileRoles(inside & ~validation, validation)
+    config = tomllib.loads(bundle.config_toml)
+    task = SegmentationTask(model, graph, np.asarray(bundle.results["validation"], dtype=np.int64),
+                            config["labels"], 1, bundle.seed)
     probability, target = [], []
-    import torch
-
     with torch.no_grad():
-        for tile, (core, _) in enumerate(graph.tiles):
-            if validation[core].any():
-                data = Batch.from_data_list([tile_data(graph, tile, roles)])
-                probability.append(torch.sigmoid(model(data)).numpy())
-                target.append(data["tx", "candidate", "bd"].y.numpy())
+        for _, _, tiles in task.val_plan(0, 1):
+            data = Batch.from_data_list([tile_data(graph, tile, *task.roles("val", 0, tile)) for tile in tiles])
+            probability.append(torch.sigmoid(model(data)).numpy())
+            target.append(data["tx", "candidate", "bd"].y.numpy())
     if not probability:
         return {}
     found = binary_scores(np.concatenate(probability), np.concatenate(target))
@@ -134,14 +153,15 @@ def held_out_links(bundle: Bundle, graph: SampleGraph, model) -> dict:
 
 
 def _report(sample: Sample, cell: np.ndarray, inside: np.ndarray, output: Path, expansion_distance: float,
-            links: dict, source: str) -> dict:
+            links: dict, source: str, markers: Path | None) -> dict:
+    pairs = markers_from_file(markers, sample) if markers else marker_pairs(sample, inside)
     output.mkdir(parents=True, exist_ok=True)
-    pairs = marker_pairs(sample, inside)
     expanded = expansion(sample, expansion_distance)
     report = {"source": source, "sample": str(sample.folder), "transcripts": int(sample.n), "dropped": sample.dropped,
               "segmentation": {"stagekit": scores(sample, cell, pairs),
                                f"expansion_{expansion_distance:g}um": scores(sample, expanded, pairs)},
-              "links": links, "marker_pairs": len(pairs), "plots": []}
+              "links": links, "marker_pairs": len(pairs),
+              "markers_from": str(markers) if markers else "k-means groups of the nuclei's transcripts", "plots": []}
     for name, assigned in (("stagekit", cell), ("expansion", expanded)):
         path = plot_segmentation_region(sample.xy, assigned, sample.nuclei.vertices, output / f"region_{name}.png")
         report["plots"].append(str(path))
@@ -150,7 +170,8 @@ def _report(sample: Sample, cell: np.ndarray, inside: np.ndarray, output: Path, 
     return report
 
 
-def from_bundle(bundle: Bundle, data: Path | None, output: Path, expansion_distance: float = 5.0) -> dict:
+def from_bundle(bundle: Bundle, data: Path | None, output: Path, expansion_distance: float = 5.0,
+                markers: Path | None = None) -> dict:
     from stagekit.stages.segmentation.predict import predict_sample
     from stagekit.stages.segmentation.stage import load_model
 
@@ -158,12 +179,15 @@ def from_bundle(bundle: Bundle, data: Path | None, output: Path, expansion_dista
     if not folder.is_dir():
         raise UserError(f"{bundle.path} was trained on {folder}, which is gone; give the sample folder")
     sample, graph, result = predict_sample(bundle, folder, lambda m: None)
-    same_sample = Path(bundle.data.get("path", "")) == folder.resolve() and "validation" in bundle.results
+    # the held-out links are positions in the transcripts the model was trained on: the same files, no crop
+    trained_on = tomllib.loads(bundle.model_config)["data"]
+    same_sample = (bundle.data.get("sha256") == sample.files_sha256() and not trained_on.get("region")
+                   and "validation" in bundle.results)
     links = held_out_links(bundle, graph, load_model(bundle)) if same_sample else {}
-    return _report(sample, result.cell, graph.inside, output, expansion_distance, links, str(bundle.path))
+    return _report(sample, result.cell, graph.inside, output, expansion_distance, links, str(bundle.path), markers)
 
 
-def from_folder(folder: Path, output: Path, expansion_distance: float = 5.0) -> dict:
+def from_folder(folder: Path, output: Path, expansion_distance: float = 5.0, markers: Path | None = None) -> dict:
     """An extract folder: its transcripts.parquet and segmentation.json (which names the sample)."""
     import pandas as pd
 
@@ -175,8 +199,13 @@ def from_folder(folder: Path, output: Path, expansion_distance: float = 5.0) -> 
                         "or transcripts.parquet)")
     info = json.loads(info_path.read_text())
     config = tomllib.loads(info["config"])
+    config["data"]["region"] = []  # extract predicts the whole sample
     sample = read_for(config, Path(info["sample"]), lambda m: None)
-    table = pd.read_parquet(folder / "transcripts.parquet", columns=["stagekit_cell_id"])
+    try:
+        table = pd.read_parquet(folder / "transcripts.parquet", columns=["stagekit_cell_id"])
+    except Exception:  # a parquet without the column, or not a parquet
+        raise UserError(f"{folder}/transcripts.parquet has no readable column stagekit_cell_id; "
+                        "extract again") from None
     if len(table) != len(sample.table):
         raise UserError(f"{folder}/transcripts.parquet has {len(table):,} rows, the sample {info['sample']} "
                         f"{len(sample.table):,}; extract again")
@@ -186,4 +215,4 @@ def from_folder(folder: Path, output: Path, expansion_distance: float = 5.0) -> 
     inside = np.full(sample.n, -1, np.int64)
     inside[tx[inside_flag]] = bd[inside_flag]
     links = {k.removeprefix("val_"): v for k, v in info.get("val_link_metrics", {}).items()}
-    return _report(sample, cell, inside, output, expansion_distance, links, str(folder))
+    return _report(sample, cell, inside, output, expansion_distance, links, str(folder), markers)

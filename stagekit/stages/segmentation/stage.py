@@ -26,6 +26,7 @@ from stagekit.train.state import load_weights, weights_to_numpy
 from stagekit.train.transfer import Regrow, load_by_name
 
 UNKNOWN_GENE = "<unknown>"  # vocabulary entry 0: genes a model never saw
+UNKNOWN_GENE_RATE = 0.01  # share of training transcripts read as that token, so that it is trained
 
 
 class SegmentationTask(Task):
@@ -34,8 +35,9 @@ class SegmentationTask(Task):
     monitor, monitor_mode = "auroc", "max"
 
     def __init__(self, model: SeggerGNN, graph: SampleGraph, validation: np.ndarray, labels: dict, tiles_per_step: int,
-                 seed: int) -> None:
+                 seed: int, vendor_target: np.ndarray | None = None) -> None:
         self.model, self.graph, self.labels, self.seed = model, graph, labels, seed
+        self.vendor_target = vendor_target
         self.tiles_per_step = tiles_per_step
         self.validation = np.zeros(len(graph.xy), bool)
         self.validation[validation] = True
@@ -45,25 +47,39 @@ class SegmentationTask(Task):
         self.val_tiles = [i for i, (core, _) in enumerate(graph.tiles) if self.validation[core].any()]
 
     def _chunks(self, tiles: list[int], rank: int, world: int) -> list[list[int]]:
-        chunks = [tiles[i:i + self.tiles_per_step] for i in range(0, len(tiles), self.tiles_per_step)]
-        return chunks[rank::world]
+        """Steps of `tiles_per_step` tiles (over all processes); every process takes its share of each step, so all
+        take the same number of steps (a step of fewer tiles than processes gives each its first tile)."""
+        steps = [tiles[i:i + self.tiles_per_step] for i in range(0, len(tiles), self.tiles_per_step)]
+        return [step[rank::world] or step[:1] for step in steps]
 
     def train_plan(self, epoch: int, rank: int, world: int) -> list:
         order = np.random.default_rng([self.seed, epoch]).permutation(self.train_tiles).tolist()
         return [("train", epoch, chunk) for chunk in self._chunks(order, rank, world)]
 
     def val_plan(self, rank: int, world: int) -> list:
-        return [("val", 0, chunk) for chunk in self._chunks(self.val_tiles, rank, world)]
+        tiles = self.val_tiles[rank::world] or self.val_tiles[:1]
+        return [("val", 0, tiles[i:i + self.tiles_per_step]) for i in range(0, len(tiles), self.tiles_per_step)]
 
     def roles(self, kind: str, epoch: int, tile: int) -> tuple[TileRoles, np.random.Generator]:
-        rng = np.random.default_rng([self.seed, epoch, tile, kind == "val"])
-        inside = self.graph.inside >= 0
-        if kind == "val":  # every training label carries messages; the held-out transcripts are scored
-            return TileRoles(inside & ~self.validation, self.validation), rng
-        message = inside & ~self.validation & (rng.random(len(inside)) < self.labels["message_fraction"])
-        supervised = inside & ~self.validation & ~message
+        """Roles of the tile's transcripts. Validation scores the held-out transcripts under the same hidden nuclei
+        and swapped geometry as training, drawn once (a fixed seed): with the geometry alone, links of transcripts
+        inside nuclei are separated almost perfectly, and the AUROC would stop telling states apart."""
+        members = self.graph.tiles[tile][1]
+        rng = np.random.default_rng([self.seed, epoch if kind == "train" else 0, tile, kind == "val"])
+        inside = self.graph.inside[members] >= 0
+        held_out = self.validation[members]
         hidden = rng.random(len(self.graph.nucleus_xy)) < self.labels["hide_nuclei"]
-        return TileRoles(message, supervised, self.labels["swap_geometry"], self.labels["neg_ratio"], hidden), rng
+        common = {"swap_geometry": self.labels["swap_geometry"], "hidden": hidden}
+        if kind == "val":  # every training label carries messages; the held-out transcripts are scored
+            return TileRoles(inside & ~held_out, held_out, **common), rng
+        message = inside & ~held_out & (rng.random(len(members)) < self.labels["message_fraction"])
+        supervised = inside & ~held_out & ~message
+        weak = None
+        if self.vendor_target is not None:  # outside transcripts with a vendor cell are labels too, never messages
+            weak = self.vendor_target[members]
+            supervised |= ~inside & (weak >= 0)
+        return TileRoles(message, supervised, neg_ratio=self.labels["neg_ratio"], weak=weak,
+                         weak_weight=self.labels["vendor_weight"], unknown_gene=UNKNOWN_GENE_RATE, **common), rng
 
     def load(self, item):
         from torch_geometric.data import Batch
@@ -77,8 +93,10 @@ class SegmentationTask(Task):
 
     def step(self, model, batch, ctx: StepContext) -> dict[str, torch.Tensor]:
         logits = model(batch)
-        target = batch["tx", "candidate", "bd"].y.float()
-        loss = F.binary_cross_entropy_with_logits(logits, target) if len(target) else logits.sum() * 0.0
+        links = batch["tx", "candidate", "bd"]
+        target = links.y.float()
+        loss = (F.binary_cross_entropy_with_logits(logits, target, weight=links.weight) if len(target)
+                else logits.sum() * 0.0)
         if ctx.train:
             return {"loss": loss}
         return {"loss": loss, "probability": torch.sigmoid(logits), "target": target}
@@ -111,6 +129,19 @@ def sample_graph(sample: Sample, codes: np.ndarray, graph_cfg: dict, log) -> Sam
         f"{len(graph.tiles)} tiles of <= {graph_cfg['max_tile_transcripts']:,} transcripts"
         + (f" ({no_nucleus} without any nucleus: their transcripts can only join new cells)" if no_nucleus else ""))
     return graph
+
+
+def vendor_targets(sample: Sample, log) -> np.ndarray:
+    """The nucleus index of each transcript's vendor cell id (-1 where none, or the id has no nucleus)."""
+    import pandas as pd
+
+    if sample.vendor_cell is None or not (sample.vendor_cell != "").any():
+        raise UserError(f"{sample.folder}: labels.vendor_weight > 0 needs the vendor's cell ids (column cell_id), "
+                        "which this sample does not have; set labels.vendor_weight = 0")
+    target = pd.Index(sample.nuclei.ids).get_indexer(pd.Index(sample.vendor_cell)).astype(np.int64)
+    log(f"labels: the vendor's cell id adds weak labels for {int((target >= 0).sum()):,} transcripts "
+        "(those outside a nucleus are used)")
+    return target
 
 
 def build_model(model_config: str) -> SeggerGNN:
@@ -190,7 +221,8 @@ def run(request: PhaseRequest) -> Path | None:
             raise UserError(f"--from {request.parent}: {report.summary()}")
         request.log(f"from {request.parent}: {report.summary()}")
         extra["load_report"] = report.as_dict()
-    task = SegmentationTask(model, graph, validation, config["labels"], training["batch_size"], seed)
+    task = SegmentationTask(model, graph, validation, config["labels"], training["batch_size"], seed,
+                            vendor_targets(sample, request.log) if config["labels"]["vendor_weight"] > 0 else None)
 
     def bundle_for(result: FitResult) -> Bundle:
         bundle = Bundle(stage=config.stage, model="segger", config_toml="", seed=seed,
