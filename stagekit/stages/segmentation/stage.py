@@ -201,11 +201,11 @@ def run(request: PhaseRequest) -> Path | None:
     graph = sample_graph(sample, codes, config["graph"], request.log)
     seed, training = config["training"]["seed"], config["training"]
     inside = np.flatnonzero(graph.inside >= 0)
-    validation = np.sort(np.random.default_rng(seed).choice(
-        inside, int(round(training["val_fraction"] * len(inside))), replace=False))
     if len(inside) == 0:
         raise UserError(f"{request.data[0]}: no transcript lies inside a nucleus polygon, so there is nothing to "
                         "learn from; check the nucleus file and the coordinate units")
+    validation = np.sort(np.random.default_rng(seed).choice(
+        inside, int(round(training["val_fraction"] * len(inside))), replace=False))
     request.log(f"labels: {len(inside) - len(validation):,} inside transcripts for training, {len(validation):,} "
                 "held out for validation (their links neither train nor carry messages)")
     phase.engine.launch()
@@ -214,7 +214,8 @@ def run(request: PhaseRequest) -> Path | None:
     model = build_model(model_config)
     extra: dict = {}
     if parent is not None and not request.resume:
-        source = np.array([parent.var_names.index(g) if g in parent.var_names else -1 for g in vocab])
+        known_at = {g: i for i, g in enumerate(parent.var_names)}
+        source = np.array([known_at.get(g, -1) for g in vocab])
         report = load_by_name(model, parent.weights,
                               regrow={"gene_embedding.weight": Regrow(0, source, vocab)})
         if report.partial:
