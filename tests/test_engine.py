@@ -75,6 +75,19 @@ def test_loss_falls_and_history_is_recorded():
     assert result.final_metrics["val_loss"] == h["val_loss"][-1]  # nothing monitored: the last state is kept
 
 
+@pytest.mark.parametrize("kind", ["adam", "sgd"])
+def test_the_optimizer_is_a_setting(kind, monkeypatch):
+    import stagekit.train.engine as engine_module
+
+    built = []
+    original = engine_module.build_optimizer
+    monkeypatch.setattr(engine_module, "build_optimizer", lambda *a: built.append(original(*a)) or built[-1])
+    result = Engine(RunSettings(**(SETTINGS | {"optimizer": kind, "lr": 1e-2 if kind == "adam" else 5e-2}))).fit(
+        Regression())
+    assert result.history["val_loss"][-1] < 0.5 * result.history["val_loss"][0]
+    assert [type(o).__name__.lower() for o in built] == [kind]
+
+
 def test_interrupt_then_resume_gives_the_same_weights():
     straight = Regression()
     reference = Engine(RunSettings(**SETTINGS)).fit(straight)

@@ -12,10 +12,12 @@ from stagekit.errors import UserError
 
 
 def extract(
-    bundle: Annotated[Path, typer.Argument(help="a pretrain (vae, saturn), cluster-search or finetune (dec) bundle")],
+    bundle: Annotated[Path, typer.Argument(
+        help="a bundle of any phase (pretrain, cluster-search, finetune, unfreeze, align, segment)")],
     data: Annotated[list[Path] | None, typer.Argument(
         help=".h5ad file(s); default: the data the bundle was trained on")] = None,
-    output: Annotated[Path | None, typer.Option("--output", "-o", help=".h5ad to write")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help=".h5ad to write (segment bundles: a folder)")
+                      ] = None,
     species: Annotated[list[str] | None, typer.Option(
         "--species", help="saturn: the species of each data file, in order")] = None,
     pert: Annotated[str | None, typer.Option(
@@ -27,9 +29,10 @@ def extract(
 ) -> None:
     """Write per-cell outputs: vae/dec: obsm['X_stagekit'], obs['stagekit_cluster'], soft assignments;
     saturn: obsm['X_macrogenes'] and obsm['X_pretrain'] for every species; transition: predicted and observed cells
-    of every held-out (perturbation, context) group (obs['stagekit_source']), or --pert for new control cells."""
+    of every held-out (perturbation, context) group (obs['stagekit_source']), or --pert for new control cells;
+    segger: a folder with transcripts.parquet (each transcript's cell), cells.h5ad and region.png."""
     if output is None:
-        raise UserError("name the .h5ad to write with -o/--output PATH.h5ad")
+        raise UserError("name the output with -o/--output PATH.h5ad (a folder for segment bundles)")
     from stagekit.stages import extract as stage
 
     print(stage.run(bundle, data or [], output, species, log=opt.stderr_log(quiet), pert=pert,

@@ -59,8 +59,10 @@ TRAINING = {
     "epochs": Key("int", 100, "number of passes over the training cells", minimum=1),
     "batch_size": Key("int", 256, "cells per optimizer step (summed over all processes)", minimum=1),
     "lr": Key("float", 1e-3, "peak learning rate of AdamW", minimum=0),
-    "weight_decay": Key("float", 1e-6, "AdamW weight decay (never on biases, norm layers or embeddings)",
+    "weight_decay": Key("float", 1e-6, "weight decay (never on biases, norm layers or embeddings)",
                         minimum=0),
+    "optimizer": Key("str", "adamw", "adamw (decoupled weight decay), adam (weight decay as L2) or sgd (Nesterov "
+                     "momentum 0.9)", choices=("adamw", "adam", "sgd")),
     "grad_clip": Key("float", 0.0, "clip the gradient norm to this value; 0 disables", minimum=0),
     "scheduler": Key("str", "constant", "learning-rate schedule", choices=("constant", "cosine")),
     "warmup_ratio": Key("float", 0.0, "fraction of steps of linear warm-up to lr (constant and cosine schedules)",

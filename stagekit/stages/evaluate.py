@@ -167,13 +167,17 @@ def run(source: Path, output_dir: Path, label_key: str | None = None, data: Path
         raise UserError(f"{source} does not exist")
     if output_dir.exists() and not output_dir.is_dir():
         raise UserError(f"report folder {output_dir} is a file; give a folder path")
-    if source.is_dir():  # a segmentation written by `stagekit extract`
-        from stagekit.stages.segmentation.report import from_folder
+    adata, bundle = None, None
+    if not source.is_dir():  # the source is read once; a perturbation model's predictions are scored apart
+        adata, bundle = (_read_h5ad(source), None) if source.suffix == ".h5ad" else (None, read_bundle(source))
+    if source.is_dir() or (bundle is not None and entry(bundle.stage, bundle.model, str(source)).report):
+        given = [flag for flag, value in (("--label-key", label_key), ("--held-out-of", held_out_of)) if value]
+        if given:
+            raise UserError(f"{given[0]} does not apply to a segmentation ({source}); drop it")
+        if bundle is None:  # a segmentation folder written by `stagekit extract`
+            from stagekit.stages.segmentation.report import from_folder
 
-        return from_folder(source, output_dir, expansion_um, markers)
-    # the source is read once; a perturbation model's predictions are scored apart
-    adata, bundle = (_read_h5ad(source), None) if source.suffix == ".h5ad" else (None, read_bundle(source))
-    if bundle is not None and entry(bundle.stage, bundle.model, str(source)).report:
+            return from_folder(source, output_dir, expansion_um, markers)
         return resolve(entry(bundle.stage, bundle.model).report)(bundle, data, output_dir, expansion_um, markers)
     if (adata is not None and "stagekit_source" in adata.obs) or (bundle is not None and bundle.model == "transition"):
         if label_key:

@@ -16,6 +16,10 @@ def run(bundle_path: Path, data: list[Path], output: Path, species: list[str] | 
     bundle = read_bundle(bundle_path, command="extract")
     writer = entry(bundle.stage, bundle.model, str(bundle_path)).writes
     if writer:  # the model writes its own outputs (e.g. a segmentation folder)
+        given = [flag for flag, value in (("--species", species), ("--pert", pert), ("--held-out-of", held_out_of))
+                 if value]
+        if given:
+            raise UserError(f"{given[0]} does not apply to a '{bundle.model}' bundle; drop it")
         return resolve(writer)(bundle, data, output, log)
     if output.suffix != ".h5ad":
         raise UserError(f"output {output} should end in .h5ad")

@@ -42,6 +42,7 @@ class RunSettings:
     batch_size: int = 256
     lr: float = 1e-3
     weight_decay: float = 0.0
+    optimizer: str = "adamw"
     grad_clip: float = 0.0
     scheduler: str = "constant"
     warmup_ratio: float = 0.0
@@ -403,7 +404,7 @@ class Engine:
             frozen = [n for n, p in raw.named_parameters() if not p.requires_grad]
             loop.phase_log.append({"index": index, "name": phase.name, "epochs": phase.epochs, "groups": table,
                                    "frozen_before": tensor_checksums(raw, frozen), "frozen_after": {}})
-        optimizer = fabric.setup_optimizers(build_optimizer(groups, phase.lr))
+        optimizer = fabric.setup_optimizers(build_optimizer(groups, phase.lr, self.settings.optimizer))
         steps = len(task.train_plan(first_epoch(phases, index), fabric.global_rank, fabric.world_size))
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lr_lambda(phase.scheduler, phase.epochs * steps, phase.warmup_ratio, phase.min_lr_ratio))

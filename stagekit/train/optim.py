@@ -138,7 +138,16 @@ def lr_lambda(scheduler: str, total_steps: int, warmup_ratio: float, min_lr_rati
     return factor
 
 
-def build_optimizer(groups: list[dict], lr: float) -> torch.optim.Optimizer:
+OPTIMIZERS = ("adamw", "adam", "sgd")
+
+
+def build_optimizer(groups: list[dict], lr: float, kind: str = "adamw") -> torch.optim.Optimizer:
+    """AdamW (decoupled weight decay), Adam (weight decay as an L2 term) or SGD with Nesterov momentum 0.9; the
+    groups carry their own lr and weight decay."""
     if not groups:
         raise ValueError("no trainable parameters: the freeze plan froze everything")
+    if kind == "adam":
+        return torch.optim.Adam(groups, lr=lr)
+    if kind == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True)
     return torch.optim.AdamW(groups, lr=lr)
