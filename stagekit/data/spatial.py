@@ -7,7 +7,6 @@ override any entry. Reading never writes into the sample folder.
 from __future__ import annotations
 
 import hashlib
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -134,7 +133,7 @@ def _numeric(table: pd.DataFrame, column: str, path: Path) -> np.ndarray:
     return values
 
 
-def read_nuclei(path: Path, columns: dict[str, str], scale: float, fmt: str) -> Nuclei:
+def read_nuclei(path: Path, columns: dict[str, str], scale: float, fmt: str, log=print) -> Nuclei:
     """Polygons grouped by cell id in file order; each id is attached to its own rows (never by sorted order)."""
     table = _read_table(path)
     _require(table, path, columns, ("cell", "x", "y"), fmt)
@@ -156,8 +155,8 @@ def read_nuclei(path: Path, columns: dict[str, str], scale: float, fmt: str) -> 
     if not good:
         raise UserError(f"{path}: no nucleus polygon with 3 or more vertices; segmentation needs nuclei")
     if len(good) < len(polygons):
-        print(f"warning: {path}: {len(polygons) - len(good):,} nucleus polygon(s) with fewer than 3 distinct "
-              "vertices left out", file=sys.stderr)
+        log(f"warning: {path}: {len(polygons) - len(good):,} nucleus polygon(s) with fewer than 3 distinct "
+            "vertices left out")
     width = max(len(polygons[i]) for i in good) + 1
     vertices = np.zeros((len(good), width, 2))
     for row, i in enumerate(good):
@@ -217,7 +216,7 @@ def read_sample(folder: Path, fmt: str = "xenium", min_qv: float = 20.0, columns
     kept = table.loc[keep]
     xy = np.stack([_numeric(kept, cols["x"], tx_path), _numeric(kept, cols["y"], tx_path)], 1) * scale
     genes, codes = np.unique(genes_all[keep], return_inverse=True)
-    nuclei = read_nuclei(nuc_path, spec["nucleus_columns"], scale, fmt)
+    nuclei = read_nuclei(nuc_path, spec["nucleus_columns"], scale, fmt, log)
     if region:  # nuclei reaching into the region stay: transcripts at its edge may belong to them
         reach = np.array([_in_region(v, region).any() for v in nuclei.vertices])
         nuclei = Nuclei([i for i, r in zip(nuclei.ids, reach, strict=True) if r], nuclei.vertices[reach],

@@ -170,7 +170,8 @@ def run(source: Path, output_dir: Path, label_key: str | None = None, data: Path
     adata, bundle = None, None
     if not source.is_dir():  # the source is read once; a perturbation model's predictions are scored apart
         adata, bundle = (_read_h5ad(source), None) if source.suffix == ".h5ad" else (None, read_bundle(source))
-    if source.is_dir() or (bundle is not None and entry(bundle.stage, bundle.model, str(source)).report):
+    scorer = entry(bundle.stage, bundle.model, str(source)).report if bundle is not None else ""
+    if source.is_dir() or scorer:
         given = [flag for flag, value in (("--label-key", label_key), ("--held-out-of", held_out_of)) if value]
         if given:
             raise UserError(f"{given[0]} does not apply to a segmentation ({source}); drop it")
@@ -178,7 +179,7 @@ def run(source: Path, output_dir: Path, label_key: str | None = None, data: Path
             from stagekit.stages.segmentation.report import from_folder
 
             return from_folder(source, output_dir, expansion_um, markers)
-        return resolve(entry(bundle.stage, bundle.model).report)(bundle, data, output_dir, expansion_um, markers)
+        return resolve(scorer)(bundle, data, output_dir, expansion_um, markers)
     if (adata is not None and "stagekit_source" in adata.obs) or (bundle is not None and bundle.model == "transition"):
         if label_key:
             raise UserError(f"--label-key does not apply to {source}: a perturbation model is scored against the "

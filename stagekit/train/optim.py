@@ -138,9 +138,6 @@ def lr_lambda(scheduler: str, total_steps: int, warmup_ratio: float, min_lr_rati
     return factor
 
 
-OPTIMIZERS = ("adamw", "adam", "sgd")
-
-
 def build_optimizer(groups: list[dict], lr: float, kind: str = "adamw") -> torch.optim.Optimizer:
     """AdamW (decoupled weight decay), Adam (weight decay as an L2 term) or SGD with Nesterov momentum 0.9; the
     groups carry their own lr and weight decay."""

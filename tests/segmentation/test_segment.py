@@ -233,3 +233,19 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(case, sample_dir, tm
     code, stdout, err = run_cli(capsys, "segment", folder, "-o", out, *extra, *FAST)
     assert code == 2 and expected in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert not out.exists()
+
+
+def test_a_model_trained_on_a_region_predicts_the_whole_sample(sample_dir, tmp_path, capsys):
+    out = tmp_path / "crop.stk"
+    code, _, err = run_cli(capsys, "segment", sample_dir, "--region", "0,0,50,50", "-o", out,
+                           "--set", "training.epochs=1", *FAST)
+    assert code == 0, err
+    whole = read_sample(sample_dir, log=lambda m: None)
+    assert 0 < read_bundle(out).data["n_obs"] < whole.n
+    code, _, err = run_cli(capsys, "extract", out, sample_dir, "-o", tmp_path / "seg")
+    assert code == 0, err
+    table = pd.read_parquet(tmp_path / "seg" / "transcripts.parquet")
+    assert (table.stagekit_status != "filtered").sum() == whole.n
+    code, _, err = run_cli(capsys, "evaluate", out, sample_dir, "-o", tmp_path / "report", "-q")
+    report = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    assert code == 0 and report["transcripts"] == whole.n and report["links"] == {}  # held-out links: the crop's

@@ -36,18 +36,32 @@ class Assignment:
     pair_probability: np.ndarray  # (pairs,) probability of every candidate pair
 
 
-def link_probabilities(model, graph: SampleGraph, tiles_per_batch: int = 8) -> np.ndarray:
-    """The probability of every candidate pair, each scored in the tile where its transcript is core."""
+def scored_links(model, graph: SampleGraph, steps: list[list[int]], roles_of=None):
+    """(pair index, link probability, label) of the candidate pairs of each step's tiles, in order; `roles_of(tile)`
+    gives a tile's (TileRoles, rng), or none for prediction (every core transcript scored)."""
     from torch_geometric.data import Batch
 
-    probability = np.full(len(graph.cand_tx), np.nan, np.float32)
+    pairs, probability, labels = [], [], []
     model.eval()
     with torch.no_grad():
-        for start in range(0, len(graph.tiles), tiles_per_batch):
-            batch = Batch.from_data_list([tile_data(graph, t, None)
-                                          for t in range(start, min(start + tiles_per_batch, len(graph.tiles)))])
-            pairs = batch["tx", "candidate", "bd"].pair.numpy()
-            probability[pairs] = torch.sigmoid(model(batch)).numpy()
+        for tiles in steps:
+            batch = Batch.from_data_list([tile_data(graph, t, *(roles_of(t) if roles_of else ())) for t in tiles])
+            links = batch["tx", "candidate", "bd"]
+            pairs.append(links.pair.numpy())
+            probability.append(torch.sigmoid(model(batch)).numpy())
+            labels.append(links.y.numpy())
+    if not pairs:
+        return np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros(0, np.int64)
+    return np.concatenate(pairs), np.concatenate(probability), np.concatenate(labels)
+
+
+def link_probabilities(model, graph: SampleGraph, tiles_per_batch: int = 8) -> np.ndarray:
+    """The probability of every candidate pair, each scored in the tile where its transcript is core."""
+    tiles = list(range(len(graph.tiles)))
+    pairs, scores, _ = scored_links(model, graph, [tiles[i:i + tiles_per_batch]
+                                                   for i in range(0, len(tiles), tiles_per_batch)])
+    probability = np.full(len(graph.cand_tx), np.nan, np.float32)
+    probability[pairs] = scores
     return probability
 
 
@@ -153,7 +167,6 @@ def predict_sample(bundle: Bundle, folder: Path, log) -> tuple[Sample, SampleGra
     from stagekit.stages.segmentation.stage import load_model, read_for, sample_graph, vocabulary
 
     stored = tomllib.loads(bundle.model_config)
-    stored["data"]["region"] = []  # a model trained on a crop predicts the whole sample
     sample = read_for(stored, folder, log)
     _, codes, new = vocabulary(sample, bundle.var_names)
     if new:

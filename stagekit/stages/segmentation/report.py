@@ -20,7 +20,7 @@ from stagekit.data.polygons import centroids
 from stagekit.data.spatial import Sample
 from stagekit.errors import UserError
 from stagekit.metrics.plots import plot_segmentation_region
-from stagekit.stages.segmentation.graph import SampleGraph, candidate_links, tile_data
+from stagekit.stages.segmentation.graph import SampleGraph, candidate_links
 
 
 def expansion(sample: Sample, distance: float) -> np.ndarray:
@@ -129,27 +129,19 @@ def scores(sample: Sample, cell: np.ndarray, pairs: list[tuple[str, str]]) -> di
 def held_out_links(bundle: Bundle, graph: SampleGraph, model) -> dict:
     """AUROC / F1 of the held-out links as training validated them (the validation transcripts' candidate pairs,
     the other inside transcripts carrying messages, the same fixed hidden nuclei and swapped geometry)."""
-    import tomllib
-
-    import torch
-    from torch_geometric.data import Batch
-
+    from stagekit.stages.segmentation.predict import scored_links
     from stagekit.stages.segmentation.stage import SegmentationTask
     from stagekit.train.metrics import binary_scores
 
     config = tomllib.loads(bundle.config_toml)
     task = SegmentationTask(model, graph, np.asarray(bundle.results["validation"], dtype=np.int64),
                             config["labels"], 1, bundle.seed)
-    probability, target = [], []
-    with torch.no_grad():
-        for _, _, tiles in task.val_plan(0, 1):
-            data = Batch.from_data_list([tile_data(graph, tile, *task.roles("val", 0, tile)) for tile in tiles])
-            probability.append(torch.sigmoid(model(data)).numpy())
-            target.append(data["tx", "candidate", "bd"].y.numpy())
-    if not probability:
+    _, probability, target = scored_links(model, graph, [tiles for _, _, tiles in task.val_plan(0, 1)],
+                                          lambda tile: task.roles("val", 0, tile))
+    if not len(target):
         return {}
-    found = binary_scores(np.concatenate(probability), np.concatenate(target))
-    return {"auroc": found["auroc"], "f1": found["f1"], "links": int(sum(len(t) for t in target))}
+    found = binary_scores(probability, target)
+    return {"auroc": found["auroc"], "f1": found["f1"], "links": int(len(target))}
 
 
 def _report(sample: Sample, cell: np.ndarray, inside: np.ndarray, output: Path, expansion_distance: float,
@@ -199,7 +191,6 @@ def from_folder(folder: Path, output: Path, expansion_distance: float = 5.0, mar
                         "or transcripts.parquet)")
     info = json.loads(info_path.read_text())
     config = tomllib.loads(info["config"])
-    config["data"]["region"] = []  # extract predicts the whole sample
     sample = read_for(config, Path(info["sample"]), lambda m: None)
     try:
         table = pd.read_parquet(folder / "transcripts.parquet", columns=["stagekit_cell_id"])

@@ -165,10 +165,12 @@ def load_model(bundle: Bundle) -> SeggerGNN:
     return model.eval()
 
 
-def read_for(config_or_stored: dict, folder: Path, log) -> Sample:
+def read_for(config_or_stored: dict, folder: Path, log, crop: bool = False) -> Sample:
+    """The sample as the data section says; only training reads its crop (`data.region`): a model trained on a
+    crop predicts and is scored on the whole sample."""
     data = config_or_stored["data"]
     return read_sample(folder, data["format"], data["min_qv"], control_prefixes=tuple(data["control_prefixes"]),
-                       region=data.get("region") or None, log=log)
+                       region=(data["region"] or None) if crop else None, log=log)
 
 
 def _parent(request: PhaseRequest) -> Bundle:
@@ -189,7 +191,7 @@ def run(request: PhaseRequest) -> Path | None:
         raise UserError(f"segment reads one sample folder; got {len(request.data)}")
     parent = _parent(request) if request.parent else None
     phase = PhaseRun(config, request.output, request.resume, request.quiet)
-    sample = read_for(config, request.data[0], request.log)
+    sample = read_for(config, request.data[0], request.log, crop=True)
     known = phase.resume_bundle.var_names if phase.resume_bundle else (parent.var_names if parent else None)
     vocab, codes, new = vocabulary(sample, known)
     if parent is not None and new and not request.options.get("allow_new_genes"):
