@@ -35,15 +35,22 @@ def score_table(path: Path):
     from rich.table import Table
 
     from stagekit.bundle import read_bundle
+    from stagekit.stages.clustering.cluster_search import mean_ranks
 
     bundle = read_bundle(path, weights=False)
     scores, chosen = bundle.results, int(bundle.final_metrics["k"])
-    selection = tomllib.loads(bundle.config_toml)["cluster"]["selection"]
-    table = Table(title=f"cluster-search (selection: {selection})")
-    columns = [c for c in ("silhouette", "calinski_harabasz", "davies_bouldin", "gap") if c in scores]
+    cluster_cfg = tomllib.loads(bundle.config_toml)["cluster"]
+    selection = cluster_cfg["selection"]
+    leiden = f"; Leiden communities: {int(scores['leiden'])}" if "leiden" in scores else ""
+    columns = {c: scores[c] for c in ("silhouette", "calinski_harabasz", "davies_bouldin", "gap", "eigengap")
+               if c in scores}
+    if selection == "mean_rank" and len(scores["k"]) > 1:
+        criteria = tuple(cluster_cfg["rank_criteria"])
+        columns[f"mean rank ({' + '.join(criteria)})"] = mean_ranks(scores, criteria)
+    table = Table(title=f"cluster-search (selection: {selection}{leiden})")
     for column in ("k", *columns):
         table.add_column(column, justify="right")
     for i, kk in enumerate(scores["k"]):
         mark = "bold green" if kk == chosen else None
-        table.add_row(f"{kk}{' *' if kk == chosen else ''}", *(f"{scores[c][i]:.4g}" for c in columns), style=mark)
+        table.add_row(f"{kk}{' *' if kk == chosen else ''}", *(f"{v[i]:.4g}" for v in columns.values()), style=mark)
     return table

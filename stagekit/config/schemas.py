@@ -88,14 +88,21 @@ CLUSTER_SEARCH = {
     "k_max": Key("int", 20, "largest number of clusters tried", minimum=2),
     "n_init": Key("int", 10, "k-means restarts per k (the best inertia is kept)", minimum=1),
     "max_iter": Key("int", 300, "k-means iterations per restart", minimum=1),
-    "selection": Key("str", "silhouette_plateau", "rule that chooses k",
+    "selection": Key("str", "eigengap", "rule that chooses k",
                      choices=("silhouette_plateau", "silhouette", "calinski_harabasz", "davies_bouldin", "gap",
-                              "consensus")),
+                              "eigengap", "leiden", "consensus", "mean_rank")),
     "tolerance": Key("float", 0.05, "silhouette_plateau: relative shortfall from the best silhouette still "
                      "accepted", minimum=0),
     "silhouette_sample_size": Key("int", 2000, "cells in the seeded subsample the silhouette is scored on",
                                   minimum=10),
     "gap": Key("bool", False, "also compute the gap statistic (slower)"),
+    "rank_criteria": Key("list[str]", ["silhouette", "eigengap"], "mean_rank: the criteria whose ranks are "
+                         "averaged (silhouette, calinski_harabasz, davies_bouldin, gap (ranked by value), "
+                         "eigengap)"),
+    "neighbours": Key("int", 20, "k of the nearest-neighbour graph the eigengap and Leiden rules read",
+                      minimum=2),
+    "leiden_resolution": Key("float", 0.8, "resolution of the Leiden rule (scDeepCluster's Louvain estimate of k "
+                             "uses 0.8; larger gives more communities)", minimum=0),
     "gap_references": Key("int", 5, "uniform reference data sets for the gap statistic", minimum=1),
     "seed": Key("int", 0, "seed of k-means, the silhouette subsample and the gap references", minimum=0),
 }

@@ -18,7 +18,7 @@ def _pyplot():
 
 def plot_k_scores(table: dict[str, np.ndarray], chosen: int, path: Path) -> Path:
     plt = _pyplot()
-    names = [n for n in ("silhouette", "calinski_harabasz", "davies_bouldin", "gap") if n in table]
+    names = [n for n in ("silhouette", "calinski_harabasz", "davies_bouldin", "gap", "eigengap") if n in table]
     fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3), constrained_layout=True)
     for ax, name in zip(np.atleast_1d(axes), names, strict=True):
         ax.plot(table["k"], table[name], marker="o", ms=3)

@@ -14,6 +14,7 @@ from stagekit.data.batching import epoch_plan
 from stagekit.errors import UserError
 from stagekit.losses.triplet import cosine_triplet_loss, label_groups, mine_triplets
 from stagekit.metrics.integration import cross_species_knn_agreement, species_mixing
+from stagekit.metrics.neighbour_graph import knn_adjacency, leiden_partition
 from stagekit.models.saturn import SaturnMetric
 from stagekit.stages.cross_species.pretrain_saturn import load_model
 from stagekit.stages.cross_species.saturn_cells import SpeciesCells, cell_outputs, load_cells
@@ -25,17 +26,8 @@ from stagekit.train.state import weights_to_numpy
 
 
 def leiden_labels(embedding: np.ndarray, resolution: float, seed: int, k: int = 15) -> np.ndarray:
-    """Leiden clusters (RB configuration, seeded) of a k-nearest-neighbour graph of the embedding."""
-    import igraph
-    import leidenalg
-    from sklearn.neighbors import NearestNeighbors
-
-    neighbours = NearestNeighbors(n_neighbors=min(k + 1, len(embedding))).fit(embedding).kneighbors(embedding)[1]
-    edges = {(min(i, j), max(i, j)) for i, row in enumerate(neighbours) for j in row[1:]}
-    graph = igraph.Graph(n=len(embedding), edges=sorted(edges))
-    partition = leidenalg.find_partition(graph, leidenalg.RBConfigurationVertexPartition,
-                                         resolution_parameter=resolution, seed=seed)
-    return np.array([f"leiden_{c}" for c in partition.membership])
+    """Leiden clusters of a k-nearest-neighbour graph of the embedding, named leiden_0, leiden_1, ..."""
+    return np.array([f"leiden_{c}" for c in leiden_partition(knn_adjacency(embedding, k), resolution, seed)])
 
 
 class AlignTask(Task):
