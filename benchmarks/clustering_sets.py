@@ -1,0 +1,148 @@
+"""The clustering chain on four real sets x three seeds, side by side with k-means on 50 principal components.
+
+Sets (../shared/data, labels used only for scoring): C. elegans neurons (Cao 2017, 4,186 cells, 10 types) and
+human kidney (Young 2018, 5,685 cells, 11 types) as preprocessed by the scDeepCluster authors, Kang 2018 PBMC
+(8,684 cells, 4 types) and scikit-learn's digits (1,797 images, 10 classes; `--preset autoencoder`, DEC with
+`balance = 1`, as benchmarks/clustering_digits.py). Per set and seed, as a user runs it:
+
+    pretrain -> cluster-search (every rule read off one score table, gap included) -> cluster-search --k TRUE
+    -> finetune --preset dec
+
+Printed: ARI with the true k (k-means on PCA-50 of log-normalised counts, or of the pixels; k-means on the
+pretrain latent; DEC), the k each rule chooses against the true k, and the chain's wall time against
+scDeepCluster's 1,638 s (its reference run on 2 cores for 4,271 cells). Targets: DEC ARI >= PCA-50 k-means on
+every set (mean over seeds); the default rule within +/- 2 of the true k on at least three of the four sets
+(median over seeds); pretrain + cluster-search + DEC <= 163.8 s.
+
+    python benchmarks/clustering_sets.py [--sets worm kidney kang digits] [--seeds 0 1 2] [--workdir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from _chain import ari_nmi_acc, stagekit
+from clustering_digits import write_digits
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SETS = {  # name: (file, label column, pretrain preset, DEC overrides)
+    "worm": ("scdcc_worm_neuron_top2000.h5ad", "label", "vae", []),
+    "kidney": ("scdcc_human_kidney_top2000.h5ad", "label", "vae", []),
+    "kang": ("kang2018_muscat_subset.h5ad", "cluster_id", "vae", []),
+    "digits": ("digits.h5ad", "digit", "autoencoder", ["--set", "dec.balance=1.0"]),
+}
+RULES = ("mean_rank", "silhouette_plateau", "silhouette", "calinski_harabasz", "davies_bouldin", "gap", "eigengap",
+         "leiden", "consensus")
+REFERENCE_SECONDS = 1638.0
+
+
+def pca_kmeans(path: Path, counts: bool, k: int, seed: int) -> np.ndarray:
+    import anndata
+    from scipy import sparse
+    from sklearn.cluster import KMeans
+    from sklearn.decomposition import PCA
+
+    x = anndata.read_h5ad(path).X
+    x = np.asarray(x.toarray() if sparse.issparse(x) else x, dtype=np.float64)
+    if counts:
+        x = np.log1p(1e4 * x / x.sum(1, keepdims=True))
+    return KMeans(k, n_init=10, random_state=seed).fit_predict(PCA(min(50, x.shape[1]), random_state=seed)
+                                                                 .fit_transform(x))
+
+
+def run_set(name: str, seed: int, work: Path) -> dict:
+    import anndata
+
+    from stagekit.bundle import read_bundle
+    from stagekit.stages.clustering.cluster_search import choose_k
+
+    file, label_key, preset, dec_sets = SETS[name]
+    path = work / file if name == "digits" else DATA / file
+    labels = anndata.read_h5ad(path, backed="r").obs[label_key].astype(str).to_numpy()
+    true_k = len(np.unique(labels))
+    out = work / f"{name}_{seed}"
+    out.mkdir(exist_ok=True)
+    s = ["-q", "--seed", seed]
+    times = {}
+    started = time.perf_counter()
+    stagekit("pretrain", "-p", preset, path, "--label-key", label_key, *s, "-o", out / "pretrain.stk")
+    times["pretrain"] = time.perf_counter() - started
+    started = time.perf_counter()
+    stagekit("cluster-search", out / "pretrain.stk", *s, "-o", out / "search.stk")
+    times["cluster-search"] = time.perf_counter() - started
+    search = read_bundle(out / "search.stk", weights=False)
+    started = time.perf_counter()
+    stagekit("cluster-search", out / "pretrain.stk", "--set", "cluster.gap=true", *s, "-o", out / "gap.stk")
+    times["gap"] = time.perf_counter() - started
+    table = read_bundle(out / "gap.stk", weights=False).results
+    chosen = {rule: choose_k(table, rule, 0.05) for rule in RULES}
+    chosen["default"] = int(search.final_metrics["k"])
+    stagekit("cluster-search", out / "pretrain.stk", "--k", true_k, *s, "-o", out / "clusters.stk")
+    started = time.perf_counter()
+    stagekit("finetune", "-p", "dec", out / "clusters.stk", *dec_sets, *s, "-o", out / "dec.stk")
+    times["dec"] = time.perf_counter() - started
+    ari = {"pca50_kmeans": ari_nmi_acc(labels, pca_kmeans(path, preset == "vae", true_k, seed))["ari"],
+           "latent_kmeans": ari_nmi_acc(labels, read_bundle(out / "clusters.stk", weights=False)
+                                        .results["assignments"])["ari"],
+           "dec": ari_nmi_acc(labels, read_bundle(out / "dec.stk", weights=False).results["assignments"])["ari"]}
+    return {"set": name, "seed": seed, "true_k": true_k, "k": chosen, "ari": ari, "seconds": times,
+            "silhouette": np.round(table["silhouette"], 3).tolist()}
+
+
+def report(results: list[dict]) -> None:
+    sets = list(dict.fromkeys(r["set"] for r in results))
+    by_set = {name: [r for r in results if r["set"] == name] for name in sets}
+    print("\nARI with the true k (mean +/- sd over seeds)")
+    print(f"{'set':<8} {'true k':>6} {'PCA-50 k-means':>16} {'latent k-means':>16} {'DEC':>16}  DEC >= PCA")
+    for name, rows in by_set.items():
+        cells = {m: np.array([r["ari"][m] for r in rows]) for m in ("pca50_kmeans", "latent_kmeans", "dec")}
+        text = "  ".join(f"{v.mean():7.3f} +/- {v.std():.3f}" for v in cells.values())
+        met = cells["dec"].mean() >= cells["pca50_kmeans"].mean()
+        print(f"{name:<8} {rows[0]['true_k']:>6} {text}  {'met' if met else 'MISSED'}")
+    print("\nk chosen per rule (one per seed) against the true k; sets within +/- 2 (median over seeds)")
+    print(f"{'rule':<20} " + " ".join(f"{n + ' (' + str(by_set[n][0]['true_k']) + ')':>14}" for n in sets)
+          + "  sets  mean |error|")
+    for rule in ("default", *RULES):
+        within, errors, cells = 0, [], []
+        for name in sets:
+            ks = [r["k"][rule] for r in by_set[name]]
+            true_k = by_set[name][0]["true_k"]
+            within += abs(np.median(ks) - true_k) <= 2
+            errors += [abs(k - true_k) for k in ks]
+            cells.append(",".join(map(str, ks)))
+        print(f"{rule:<20} " + " ".join(f"{c:>14}" for c in cells) + f"  {within}/{len(sets)}  {np.mean(errors):.1f}")
+    print("\nwall seconds: pretrain + cluster-search + DEC (median over seeds) against scDeepCluster's 1,638 s")
+    for name, rows in by_set.items():
+        chain = np.median([r["seconds"]["pretrain"] + r["seconds"]["cluster-search"] + r["seconds"]["dec"]
+                           for r in rows])
+        parts = {p: np.median([r["seconds"][p] for r in rows]) for p in ("pretrain", "cluster-search", "dec")}
+        print(f"{name:<8} {chain:6.1f} s = 1/{REFERENCE_SECONDS / chain:.0f} of the reference  "
+              + "  ".join(f"{p} {v:.1f}" for p, v in parts.items()))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sets", nargs="+", default=list(SETS), choices=list(SETS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--workdir", type=Path, default=None)
+    args = parser.parse_args()
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="stagekit-clustering-"))
+    work.mkdir(parents=True, exist_ok=True)
+    if "digits" in args.sets:
+        write_digits(work / "digits.h5ad")
+    results = []
+    for seed in args.seeds:
+        for name in args.sets:
+            results.append(run_set(name, seed, work))
+            print(json.dumps(results[-1]), flush=True)
+    report(results)
+    print(f"\nbundles in {work}")
+
+
+if __name__ == "__main__":
+    main()
