@@ -38,15 +38,25 @@ def test_choose_k_rules():
 
 
 def test_neighbour_graph_finds_separated_groups():
-    from stagekit.metrics.neighbour_graph import knn_adjacency, laplacian_spectrum, leiden_partition
+    from stagekit.metrics.neighbour_graph import (
+        knn_adjacency,
+        laplacian_spectrum,
+        leiden_partition,
+        nearest_neighbours,
+        self_tuning_affinity,
+    )
 
     rng = np.random.default_rng(0)
     centres = np.array([[0, 0], [20, 0], [0, 20]])
     points = np.concatenate([c + rng.normal(size=(100, 2)) for c in centres])
     graph = knn_adjacency(points, 10)
-    spectrum = laplacian_spectrum(graph, 6)
-    assert spectrum[:3].max() < 1e-6 and spectrum[3] > 0.01  # three components: three zero eigenvalues
-    assert int(np.argmax(np.diff(spectrum)[1:]) + 2) == 3  # the eigengap rule reads k = 3
+    assert (graph != graph.T).nnz == 0 and set(np.unique(graph.data)) == {1.0}
+    affinity = self_tuning_affinity(*nearest_neighbours(points, 10))
+    assert (affinity != affinity.T).nnz == 0 and affinity.data.min() > 0 and affinity.data.max() <= 1
+    for adjacency in (graph, affinity):
+        spectrum = laplacian_spectrum(adjacency, 6)
+        assert spectrum[:3].max() < 1e-6 and spectrum[3] > 0.01  # three components: three zero eigenvalues
+        assert int(np.argmax(np.diff(spectrum)[1:]) + 2) == 3  # the eigengap rule reads k = 3
     communities = leiden_partition(graph, 0.1, seed=0)
     assert len(np.unique(communities)) == 3
     assert all(len(np.unique(communities[i * 100:(i + 1) * 100])) == 1 for i in range(3))
