@@ -78,7 +78,7 @@ def choose_k(table: dict[str, np.ndarray], selection: str, tolerance: float = 0.
 
     - a criterion's best k: silhouette / calinski_harabasz (highest), davies_bouldin (lowest), gap (Tibshirani:
       the smallest k with gap(k) >= gap(k+1) - s(k+1)), eigengap (the largest jump between the k-th and
-      (k+1)-th eigenvalues of the kNN graph's normalised Laplacian);
+      (k+1)-th eigenvalues of the normalised Laplacian of the kNN graph with self-tuning affinities);
     - leiden: the number of Leiden communities of the kNN graph (`table["leiden"]`, one value), clipped to
       the range of k;
     - silhouette_plateau: the largest k whose silhouette is within `tolerance` (relative) of the best. The
