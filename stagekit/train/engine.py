@@ -7,6 +7,7 @@ stopping, top-k states), the non-finite guard, checkpoints, signals and exact re
 
 from __future__ import annotations
 
+import atexit
 import math
 import signal
 import threading
@@ -194,6 +195,14 @@ def _as_is(batch: Any) -> Any:
     return batch
 
 
+def close_process_group() -> None:
+    """Destroy the default torch.distributed process group if one is open."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 class Engine:
     def __init__(self, settings: RunSettings, reporter: ProgressReporter | None = None,
                  on_checkpoint: Callable[[FitResult], None] | None = None) -> None:
@@ -209,8 +218,12 @@ class Engine:
                              precision=settings.precision)
 
     def launch(self) -> None:
-        """Start the other processes of a distributed run (each re-runs the command) and join them."""
+        """Start the other processes of a distributed run (each re-runs the command) and join them. The process
+        group is closed at exit: left open, gloo's threads can abort the interpreter's shutdown after a run that
+        succeeded ("terminate called without an active exception", exit code -6)."""
         self.fabric.launch()
+        if self.fabric.world_size > 1:
+            atexit.register(close_process_group)
 
     @property
     def is_global_zero(self) -> bool:
