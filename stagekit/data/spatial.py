@@ -199,6 +199,7 @@ def read_sample(folder: Path, fmt: str = "xenium", min_qv: float = 20.0, columns
     dropped = {"control_probes": int(control.sum()), f"qv_below_{min_qv:g}": int((low_qv & ~control).sum())}
     if region and (len(region) != 4 or region[0] >= region[2] or region[1] >= region[3]):
         raise UserError(f"data.region {region}: give [x0, y0, x1, y1] in micron with x0 < x1 and y0 < y1")
+    xy_all = None  # coordinates of every row, read once when the region needs them
     if region:
         xy_all = np.stack([_numeric(table, cols["x"], tx_path), _numeric(table, cols["y"], tx_path)], 1) * scale
         outside = ~_in_region(xy_all, region) & keep
@@ -214,7 +215,8 @@ def read_sample(folder: Path, fmt: str = "xenium", min_qv: float = 20.0, columns
     if not keep.any():
         raise UserError(f"{tx_path}: every transcript was filtered out (data.min_qv = {min_qv:g}, control probes)")
     kept = table.loc[keep]
-    xy = np.stack([_numeric(kept, cols["x"], tx_path), _numeric(kept, cols["y"], tx_path)], 1) * scale
+    xy = xy_all[keep] if xy_all is not None else \
+        np.stack([_numeric(kept, cols["x"], tx_path), _numeric(kept, cols["y"], tx_path)], 1) * scale
     genes, codes = np.unique(genes_all[keep], return_inverse=True)
     nuclei = read_nuclei(nuc_path, spec["nucleus_columns"], scale, fmt, log)
     if region:  # nuclei reaching into the region stay: transcripts at its edge may belong to them
