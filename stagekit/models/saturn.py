@@ -41,13 +41,16 @@ class SaturnModel(nn.Module):
         # protein embeddings of the stacked genes, for the similarity loss; not part of the saved weights
         self.register_buffer("protein", protein, persistent=False)
 
-    def weights(self, species: int) -> torch.Tensor:
-        """W_s: this species' genes x macrogenes."""
-        return self.log_weights[self.offsets[species]:self.offsets[species + 1]].exp()
+    def weights(self, species: int, all_weights: torch.Tensor | None = None) -> torch.Tensor:
+        """W_s: this species' genes x macrogenes; its rows of `all_weights` (= exp(log_weights), taken once per
+        step by forward) when given."""
+        rows = slice(self.offsets[species], self.offsets[species + 1])
+        return self.log_weights[rows].exp() if all_weights is None else all_weights[rows]
 
-    def macrogene_values(self, x: torch.Tensor, species: int) -> torch.Tensor:
+    def macrogene_values(self, x: torch.Tensor, species: int, all_weights: torch.Tensor | None = None
+                         ) -> torch.Tensor:
         """ReLU(LayerNorm(log1p(x) W_s)): macrogene expression without dropout, comparable across species."""
-        return F.relu(self.macro_norm(torch.log1p(x) @ self.weights(species)))
+        return F.relu(self.macro_norm(torch.log1p(x) @ self.weights(species, all_weights)))
 
     def macrogenes(self, x: torch.Tensor, species: int) -> torch.Tensor:
         """m = Dropout(ReLU(LayerNorm(log1p(x) W_s))): dropout acts only in training mode."""
@@ -62,10 +65,10 @@ class SaturnModel(nn.Module):
             z = torch.cat([z, F.one_hot(species, self.n_species).to(z.dtype)], dim=-1)
         return self.decoder(z)
 
-    def gene_parameters(self, h: torch.Tensor, species: int, library: torch.Tensor
-                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    def gene_parameters(self, h: torch.Tensor, species: int, library: torch.Tensor,
+                        all_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """ZINB mean (library x softmax over this species' genes only) and zero-inflation logits."""
-        mu = library * torch.softmax(h @ self.weights(species).T, dim=-1)
+        mu = library * torch.softmax(h @ self.weights(species, all_weights).T, dim=-1)
         return mu, self.zi_heads[species](h)
 
     def decode(self, z: torch.Tensor, species: int, library: torch.Tensor
@@ -74,23 +77,25 @@ class SaturnModel(nn.Module):
         h = self.decoder_hidden(z, torch.full((len(z),), species, device=z.device))
         return self.gene_parameters(h, species, library)
 
-    def forward(self, xs: list[torch.Tensor], partners: torch.Tensor | None = None
+    def forward(self, xs: list[torch.Tensor], partners: torch.Tensor | None = None, l1: bool = False
                 ) -> dict[str, torch.Tensor]:
         """One batch per species in one call (one forward per step keeps DDP simple): the mean NLL of each
-        species, sum |W|, and (given `partners` and protein embeddings) the embedding-similarity loss. Encoder
-        and decoder run once on every species' cells together; only the gene layers are per species."""
+        species, sum |W| (if `l1`), and (given `partners` and protein embeddings) the embedding-similarity loss.
+        Encoder and decoder run once on every species' cells together; only the gene layers are per species."""
         sizes = [len(x) for x in xs]
         species = torch.repeat_interleave(torch.arange(len(xs), device=xs[0].device),
                                           torch.tensor(sizes, device=xs[0].device))
-        values = torch.cat([self.macrogene_values(x, s) for s, x in enumerate(xs)])
+        weights = self.log_weights.exp()  # once: both gene layers of every species and the regularisers read it
+        values = torch.cat([self.macrogene_values(x, s, weights) for s, x in enumerate(xs)])
         hidden = self.decoder_hidden(self.encoder(self.macro_dropout(values)), species)
         out = {}
         for s, (x, h) in enumerate(zip(xs, hidden.split(sizes), strict=True)):
-            mu, zi = self.gene_parameters(h, s, x.sum(-1, keepdim=True).clamp_min(1.0))
+            mu, zi = self.gene_parameters(h, s, x.sum(-1, keepdim=True).clamp_min(1.0), weights)
             out[f"nll_{s}"] = count_nll(x, mu.float(), self.log_theta[s].exp(), zi.float()).mean()
-        out["l1"] = weight_l1(self.log_weights)
+        if l1:  # exp of every weight: skipped at weight 0 (the preset)
+            out["l1"] = weight_l1(weights)
         if partners is not None and self.protein is not None:
-            out["protein_similarity"] = embedding_similarity_loss(self.log_weights, self.protein, partners)
+            out["protein_similarity"] = embedding_similarity_loss(weights, self.protein, partners)
         return out
 
 

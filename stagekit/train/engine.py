@@ -22,6 +22,7 @@ from torch import nn
 
 from stagekit.bundle.records import format_group_table
 from stagekit.errors import TrainingFinished, TrainingStopped, UserError
+from stagekit.train.allocator import keep_freed_memory
 from stagekit.train.hooks import Hook, StepContext
 from stagekit.train.metrics import gather_rows
 from stagekit.train.optim import FreezePlan, build_optimizer, group_table, lr_lambda, param_groups
@@ -211,6 +212,7 @@ class Engine:
         self.settings = settings
         self.reporter = reporter or ProgressReporter(quiet=True)
         self.on_checkpoint = on_checkpoint
+        keep_freed_memory()  # large step intermediates reuse freed pages instead of faulting in new ones
         if settings.threads:
             torch.set_num_threads(settings.threads)
         self.fabric = Fabric(accelerator=settings.accelerator, devices=settings.devices,
@@ -276,6 +278,7 @@ class Engine:
                     if phase_at(phases, loop.epoch) != index or loop.epoch >= total_epochs or loop.finished:
                         loop.bad_epochs = 0  # each phase gets its own patience
                         self._close_phase(raw, loop, index)  # its end state, before any kept state is restored
+                    last_good = {}  # released before the next is taken: one copy of model and optimizer state
                     last_good = self._snapshot(task, hooks, run, loop)
                     if interrupted:  # a signal arrived during validation or between epochs
                         return result("interrupted", f"{signals.received} after epoch {loop.epoch}", last_good)

@@ -66,7 +66,7 @@ def test_training_lowers_the_loss_and_aligns_cell_types_across_species():
     for _ in range(150):
         partners = torch.randint(0, len(protein), (len(protein),), generator=generator)
         out = model([x for x, _, _ in data], partners)
-        total = out["nll_0"] + out["nll_1"] + 0.2 * out["protein_similarity"] + 0.0 * out["l1"]
+        total = out["nll_0"] + out["nll_1"] + 0.2 * out["protein_similarity"]
         optimizer.zero_grad()
         total.backward()
         optimizer.step()
@@ -79,3 +79,23 @@ def test_training_lowers_the_loss_and_aligns_cell_types_across_species():
     # species B cells take the label of their nearest species-A cell: well above chance (1/3)
     nearest = ((zb[:, None, :] - za[None]) ** 2).sum(-1).argmin(1)
     assert (ta[nearest] == tb).mean() > 0.8
+
+
+def test_embedding_similarity_loss_matches_cosine_similarity_in_value_and_gradient():
+    from torch.nn import functional as F
+
+    from stagekit.losses.saturn import embedding_similarity_loss
+
+    generator = torch.Generator().manual_seed(0)
+    log_weights = torch.randn(30, 8, generator=generator, dtype=torch.float64)
+    protein = torch.randn(30, 5, generator=generator, dtype=torch.float64)
+    partners = torch.randint(0, 30, (30,), generator=generator)
+    ours = log_weights.clone().requires_grad_()
+    loss = embedding_similarity_loss(ours.exp(), protein, partners)
+    loss.backward()
+    plain = log_weights.clone().requires_grad_()
+    u = plain.exp()
+    expected = (F.cosine_similarity(u, u[partners], dim=-1)
+                - F.cosine_similarity(protein, protein[partners], dim=-1)).pow(2).mean()
+    expected.backward()
+    assert torch.allclose(loss, expected) and torch.allclose(ours.grad, plain.grad)

@@ -133,7 +133,7 @@ class SaturnTask(Task):
         return sum(len(x) for x in batch["xs"])
 
     def step(self, model: torch.nn.Module, batch: dict, ctx: StepContext) -> dict[str, torch.Tensor]:
-        out = model(batch["xs"], batch.get("partners"))
+        out = model(batch["xs"], batch.get("partners"), l1=bool(self.weights["lambda_l1"]))
         nll = sum(out[f"nll_{i}"] for i in range(len(self.species)))
         loss, logged = nll, {}
         if self.weights["lambda_l1"]:  # at weight 0 (the preset) the term is neither added nor logged
