@@ -60,9 +60,12 @@ def lgamma(x: torch.Tensor) -> torch.Tensor:
 
 def count_nll(x: torch.Tensor, mu: torch.Tensor, theta: torch.Tensor,
               zi_logits: torch.Tensor | None = None) -> torch.Tensor:
-    """Negative log-likelihood summed over genes: NB, or ZINB when `zi_logits` is given. `theta` is per gene
-    (genes,) or per cell and gene."""
-    log_nb_positive, log_zinb_positive = _scvi_likelihoods()
+    """Negative log-likelihood summed over genes: NB (scvi-tools' log_nb_positive), or ZINB when `zi_logits` is
+    given (scvi-tools' log_zinb_positive computed with its gradient in one pass, stagekit.losses.zinb). `theta` is
+    per gene (genes,) or per cell and gene."""
     if zi_logits is None:
+        log_nb_positive, _ = _scvi_likelihoods()
         return -log_nb_positive(x, mu, theta, lgamma_fn=lgamma).sum(-1)
-    return -log_zinb_positive(x, mu, theta, zi_logits, lgamma_fn=lgamma).sum(-1)
+    from stagekit.losses.zinb import zinb_nll  # scvi-tools' formula, gradient in the forward pass
+
+    return zinb_nll(x, mu, theta, zi_logits)
