@@ -64,5 +64,6 @@ def test_blocks_of_cells_give_the_same_value_and_gradient(monkeypatch: pytest.Mo
     whole, whole_grads = _value_and_grads(zinb_nll, *inputs)
     monkeypatch.setattr(zinb, "CHUNK_ELEMENTS", 7 * inputs[0].shape[1])  # blocks of 7 cells, the last one short
     blocks, block_grads = _value_and_grads(zinb_nll, *inputs)
-    assert torch.equal(whole, blocks) and all(torch.equal(a, b) for a, b in zip(whole_grads, block_grads,
-                                                                                 strict=True))
+    # equal up to rounding (vectorised loops split the rows differently)
+    assert torch.allclose(whole, blocks, rtol=1e-12) and all(
+        torch.allclose(a, b, rtol=1e-12, atol=1e-12) for a, b in zip(whole_grads, block_grads, strict=True))
