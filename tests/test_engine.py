@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from stagekit.data.batching import epoch_plan, eval_plan, split_train_val
-from stagekit.errors import TrainingFinished, TrainingStopped
+from stagekit.errors import TrainingFinished, TrainingStopped, UserError
 from stagekit.train import EMA, Engine, FreezePlan, Guard, Phase, RunSettings, Task, layer_decay_scales
 from stagekit.train.optim import lr_lambda, param_groups
 from stagekit.train.state import from_storable
@@ -552,3 +552,37 @@ def test_load_by_name_regrows_an_input_axis_and_reports_every_kind():
     assert report.mismatched == ["1.weight", "1.bias"] and not report.missing
     report = load_by_name(nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2), nn.Linear(2, 2)), weights)
     assert report.missing == ["2.weight", "2.bias"] and report.partial == ["2.weight", "2.bias", "extra"]
+
+
+class SplitRegression(Regression):
+    """Regression without dropout (the same arithmetic either way) whose batches split into micro-batches."""
+
+    def __init__(self):
+        super().__init__()
+        self.model = nn.Sequential(nn.Linear(8, 32), nn.LayerNorm(32), nn.ReLU(), nn.Linear(32, 1))
+        self.parts_seen = 0
+
+    def micro_batches(self, batch, size):
+        n = len(batch["x"])
+        return [{"x": batch["x"][i:i + size], "y": batch["y"][i:i + size], "share": len(batch["x"][i:i + size]) / n}
+                for i in range(0, n, size)]
+
+    def step(self, model, batch, ctx):
+        self.parts_seen += ctx.train
+        return {"loss": super().step(model, batch, ctx)["loss"] * batch.get("share", 1.0)}
+
+
+def test_micro_batches_accumulate_to_the_whole_batch_step():
+    whole, parts = SplitRegression(), SplitRegression()
+    first = Engine(RunSettings(**SETTINGS)).fit(whole)
+    second = Engine(RunSettings(**SETTINGS, micro_batch_size=10)).fit(parts)
+    # 13 steps an epoch: twelve of 32 rows (parts of 10, 10, 10, 2) and one of 25 (10, 10, 5)
+    assert whole.parts_seen == 6 * 13 and parts.parts_seen == 6 * (12 * 4 + 3)
+    for name, value in _weights(whole.model).items():
+        assert torch.allclose(value, _weights(parts.model)[name], atol=1e-5), name
+    assert np.allclose(first.history["train_loss"], second.history["train_loss"], rtol=1e-5)
+
+
+def test_micro_batches_need_a_task_that_splits():
+    with pytest.raises(UserError, match="micro_batch_size"):
+        Engine(RunSettings(**SETTINGS, micro_batch_size=10)).fit(Regression())

@@ -33,18 +33,29 @@ def _scvi(x, mu, theta, pi):
     return -log_zinb_positive(x, mu, theta, pi).sum(-1)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("theta_scale", [1e-4, 1.0, 1e6])
 @pytest.mark.parametrize("pi_shift", [-15.0, 0.0, 15.0])  # dropout probability near 0, middling, near 1
-def test_value_and_gradient_match_scvi_tools(dtype: torch.dtype, theta_scale: float, pi_shift: float) -> None:
-    inputs = _inputs(dtype, theta_scale, pi_shift)
+def test_value_and_gradient_match_scvi_tools(theta_scale: float, pi_shift: float) -> None:
+    """float64: equal to scvi-tools to 1e-9. float32: no further from scvi-tools' float64 value than scvi-tools'
+    own float32 result (at theta 1e6, lgamma(x + theta) - lgamma(theta) cancels to ~1 in float32 whatever the
+    order of the sums; the two orders differ)."""
+    inputs = _inputs(torch.float64, theta_scale, pi_shift)
     ours, our_grads = _value_and_grads(zinb_nll, *inputs)
-    theirs, their_grads = _value_and_grads(_scvi, *inputs)
-    rtol = 1e-4 if dtype == torch.float32 else 1e-9
-    assert torch.allclose(ours, theirs, rtol=rtol, atol=rtol)
-    for name, a, b in zip(("mu", "theta", "pi"), our_grads, their_grads, strict=True):
-        scale = b.abs().max().clamp_min(1.0)
-        assert (a - b).abs().max() <= rtol * 10 * scale, name
+    exact, exact_grads = _value_and_grads(_scvi, *inputs)
+    assert torch.allclose(ours, exact, rtol=1e-9, atol=1e-9)
+    for name, a, b in zip(("mu", "theta", "pi"), our_grads, exact_grads, strict=True):
+        assert (a - b).abs().max() <= 1e-8 * b.abs().max().clamp_min(1.0), name
+
+    single = [t.float() for t in inputs]
+    ours, our_grads = _value_and_grads(zinb_nll, *single)
+    theirs, their_grads = _value_and_grads(_scvi, *single)
+
+    def error(value: torch.Tensor, reference: torch.Tensor) -> float:
+        return float((value.double() - reference).abs().max() / reference.abs().max().clamp_min(1.0))
+
+    assert error(ours, exact) <= max(2 * error(theirs, exact), 1e-5)
+    for name, a, b, ref in zip(("mu", "theta", "pi"), our_grads, their_grads, exact_grads, strict=True):
+        assert error(a, ref) <= max(2 * error(b, ref), 1e-5), name
 
 
 def test_per_cell_theta_and_no_gradient_mode() -> None:

@@ -9,6 +9,12 @@ CROSS_SPECIES_TRAINING = TRAINING | {
     "batch_size": Key("int", 256, "cells of each species per optimizer step (each step takes one batch of every "
                       "species; summed over all processes)", minimum=1),
 }
+# pretrain only: align mines triplets across the whole batch, which a part of it cannot stand for
+SATURN_PRETRAIN_TRAINING = CROSS_SPECIES_TRAINING | {
+    "micro_batch_size": Key("int", 0, "cells of each species per forward/backward pass within a step (0: the whole "
+                            "batch); the gradients of the parts add up to the batch's, so a step is the same with "
+                            "less memory", minimum=0),
+}
 
 COUNT_DATA = {
     "layer": Key("str", "", "layer holding raw counts; empty means X"),
@@ -336,7 +342,7 @@ SEGMENT_TRAINING = TRAINING | {
 SCHEMAS: dict[tuple[str, str], Schema] = {
     ("pretrain", "vae"): {"data": COUNT_DATA, "model": VAE_MODEL, "contrastive": CONTRASTIVE, "training": TRAINING,
                           "runtime": RUNTIME},
-    ("pretrain", "saturn"): {"data": SATURN_DATA, "model": SATURN_MODEL, "training": CROSS_SPECIES_TRAINING,
+    ("pretrain", "saturn"): {"data": SATURN_DATA, "model": SATURN_MODEL, "training": SATURN_PRETRAIN_TRAINING,
                              "runtime": RUNTIME},
     # align trains on every cell (triplets are mined per batch): no validation split, so no val_fraction key
     ("align", "saturn"): {"align": ALIGN,

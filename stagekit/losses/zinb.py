@@ -10,7 +10,8 @@ small theta, pi near 0 and 1).
 With t = theta, m = mu, p = pi logits, T = t + m + eps, a = -p + t (log(t + eps) - log T):
   x = 0:  log L = softplus(a) - softplus(-p)
   x > 0:  log L = a - softplus(-p) + x (log(m + eps) - log T) + lgamma(x + t) - lgamma(t) - lgamma(x + 1)
-and da/dp = -1, da/dm = -t / T, da/dt = log(t + eps) - log T + t (1 / (t + eps) - 1 / T).
+and da/dp = -1, da/dm = -t / T, da/dt = log(t + eps) - log T + t (1 / (t + eps) - 1 / T). Counts are taken as
+zero when x <= eps (scvi-tools treats x == eps as neither case; counts are integers).
 """
 
 from __future__ import annotations
@@ -25,28 +26,37 @@ EPS = 1e-8  # scvi-tools' default
 
 def _nll_and_gradients(x: torch.Tensor, mu: torch.Tensor, theta: torch.Tensor, pi: torch.Tensor,
                        gradients: bool) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-    zero, nonzero = x < EPS, x > EPS  # scvi-tools' two cases (a count equal to eps is in neither)
+    """Per-cell NLL and (if `gradients`) d NLL / d mu, theta, pi of one block of cells. The terms that vanish
+    at x = 0 (x log(m / T), the lgamma and digamma differences) are computed on the non-zero counts only:
+    most counts are zero, and those terms are the costly ones."""
+    nonzero = x > EPS
+    flat = nonzero.view(-1).nonzero().squeeze(1)  # positions of the non-zero counts
+    xv = x.reshape(-1)[flat]
+    mv = mu.reshape(-1)[flat]
+    tv = theta[flat % theta.shape[0]] if theta.dim() == 1 else theta.reshape(-1)[flat]
     log_theta = torch.log(theta + EPS)
     total = mu + theta + EPS
     log_ratio = log_theta - torch.log(total)  # log(t + eps) - log T
     a = log_ratio * theta - pi
     softplus_neg_pi = F.softplus(-pi)
-    log_mu_ratio = torch.log(mu + EPS).sub_(log_theta).add_(log_ratio)  # log(m + eps) - log T
-    nonzero_ll = (a - softplus_neg_pi).add_(x * log_mu_ratio).add_(torch.lgamma(x + theta)).sub_(
-        torch.lgamma(theta)).sub_(torch.lgamma(x + 1))
-    zero_ll = F.softplus(a).sub_(softplus_neg_pi)
-    nll = -(torch.where(nonzero, nonzero_ll, 0.0).add_(torch.where(zero, zero_ll, 0.0))).sum(-1)
+    log_total_v = torch.log(tv + mv + EPS)
+    ll = torch.where(nonzero, a, F.softplus(a)).sub_(softplus_neg_pi)
+    sparse_ll = (xv * (torch.log(mv + EPS) - log_total_v)).add_(torch.lgamma(xv + tv)).sub_(
+        torch.lgamma(tv)).sub_(torch.lgamma(xv + 1))
+    nll = -ll.view(-1).index_add_(0, flat, sparse_ll).view_as(ll).sum(-1)
     if not gradients:
         return nll, ()
-    del nonzero_ll, zero_ll, log_mu_ratio, softplus_neg_pi
-    sig_a, sig_p = torch.sigmoid(a), torch.sigmoid(pi)
+    del ll, softplus_neg_pi, sparse_ll
+    sig_a = torch.sigmoid(a)
+    kept = torch.where(nonzero, 1.0, sig_a)  # what of d a multiplies in: 1 for x > 0, sigmoid(a) for x = 0
+    grad_pi = torch.sigmoid(pi).add_(torch.where(nonzero, 0.0, sig_a - 1.0))
     inverse_total = total.reciprocal_()
-    grad_pi = torch.where(nonzero, sig_p, torch.where(zero, sig_a + sig_p - 1.0, 0.0))
-    grad_mu = torch.where(nonzero, (x + theta) * inverse_total - x / (mu + EPS),
-                          torch.where(zero, sig_a * theta * inverse_total, 0.0))
-    da_dtheta = log_ratio.add_(theta * ((theta + EPS).reciprocal() - inverse_total))
-    nonzero_dtheta = (da_dtheta - x * inverse_total).add_(digamma(x + theta)).sub_(digamma(theta))
-    grad_theta = -torch.where(nonzero, nonzero_dtheta, torch.where(zero, sig_a * da_dtheta, 0.0))
+    grad_mu = (theta * inverse_total).mul_(kept)
+    inverse_total_v = (tv + mv + EPS).reciprocal_()
+    # x / T - x / (m + eps) = -x t / (T (m + eps)): no cancellation when t is small
+    grad_mu.view(-1).index_add_(0, flat, (xv * tv).mul_(inverse_total_v).div_(mv + EPS).neg_())
+    grad_theta = log_ratio.add_(theta * ((theta + EPS).reciprocal() - inverse_total)).mul_(kept).neg_()
+    grad_theta.view(-1).index_add_(0, flat, (xv * inverse_total_v).sub_(digamma(xv + tv)).add_(digamma(tv)))
     return nll, (grad_mu, grad_theta, grad_pi)
 
 

@@ -62,6 +62,7 @@ class RunSettings:
     precision: str = "32-true"
     threads: int = 0
     num_workers: int = 0
+    micro_batch_size: int = 0  # > 0: each step's batch runs as parts (Task.micro_batches), gradients accumulated
 
     @classmethod
     def from_config(cls, training: dict[str, Any], runtime: dict[str, Any],
@@ -122,6 +123,11 @@ class Task(Hook):
         """Loss terms averaged over the batch ('loss' is the one optimised). Tensors with a batch dimension
         are per-sample validation outputs: gathered over the whole validation set and scored by `val_metrics`."""
         raise NotImplementedError
+
+    def micro_batches(self, batch: Any, size: int) -> list[Any]:
+        """The batch as parts of about `size` samples (for `micro_batch_size`): `step` on each part returns
+        terms that add up, over the parts, to the whole batch's (each part weighted by its share)."""
+        raise UserError("this phase cannot split a step into micro-batches; remove training.micro_batch_size")
 
     def val_metrics(self, outputs: dict[str, np.ndarray]) -> dict[str, float]:
         """Metrics of the whole validation set from its gathered per-sample outputs (e.g. AUROC)."""
@@ -307,19 +313,16 @@ class Engine:
         for batch in self._batches(task, plan[loop.step_in_epoch:]):
             batch = fabric.to_device(batch)
             ctx = StepContext(epoch, loop.global_step, run.phase.name, run.index)
-            out = task.step(run.model, batch, ctx)
-            loss = out["loss"]
-            if self._agree(not bool(torch.isfinite(loss.detach())))[0]:
+            run.optimizer.zero_grad(set_to_none=True)
+            values = self._forward_backward(task, run, batch, ctx)
+            if self._agree(not math.isfinite(values["loss"]))[0]:
                 raise TrainingStopped(f"loss became non-finite at epoch {epoch + 1}, step {loop.step_in_epoch + 1}; "
                                       "lower training.lr or set training.grad_clip")
-            run.optimizer.zero_grad(set_to_none=True)
-            fabric.backward(loss)
             if run.phase.grad_clip > 0:
                 fabric.clip_gradients(run.model, run.optimizer, max_norm=run.phase.grad_clip, error_if_nonfinite=False)
             run.optimizer.step()
             run.scheduler.step()
             n = task.batch_size_of(batch)
-            values = {k: float(v.detach()) for k, v in out.items() if v.ndim == 0}
             for k, v in values.items():
                 loop.sums[k] = loop.sums.get(k, 0.0) + v * n
             loop.count += n
@@ -338,6 +341,22 @@ class Engine:
         loop.sums["_time_s"] = loop.sums.get("_time_s", 0.0) + time.monotonic() - t0
         loop.sums["_cpu_s"] = loop.sums.get("_cpu_s", 0.0) + time.process_time() - cpu0
         return True
+
+    def _forward_backward(self, task: Task, run: _PhaseRun, batch: Any, ctx: StepContext) -> dict[str, float]:
+        """Gradients of one step into the parameters, and its scalar terms. With `micro_batch_size` the batch
+        runs as parts whose gradients accumulate (DDP synchronises on the last part only): the same step with
+        the activations of one part in memory."""
+        size = self.settings.micro_batch_size
+        parts = task.micro_batches(batch, size) if size else [batch]
+        values: dict[str, float] = {}
+        for i, part in enumerate(parts):
+            with self.fabric.no_backward_sync(run.model, enabled=i < len(parts) - 1):
+                out = task.step(run.model, part, ctx)
+                self.fabric.backward(out["loss"])
+            for k, v in out.items():
+                if v.ndim == 0:
+                    values[k] = values.get(k, 0.0) + float(v.detach())
+        return values
 
     def _end_epoch(self, task: Task, hooks: list[Hook], run: _PhaseRun, loop: LoopState,
                    signals: _Signals) -> bool:

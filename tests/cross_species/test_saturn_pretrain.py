@@ -241,3 +241,16 @@ def test_backed_pretrain_align_extract(capsys, demo, tmp_path):
     code, _, err = run_cli(capsys, "pretrain", "-p", "saturn", demo["human"], "--species-key", "Group",
                            "--protein-emb", demo["human_embeddings"], "--backed", "-o", tmp_path / "x.stk")
     assert code == 2 and "one file per species" in err
+
+
+def test_micro_batches_give_the_same_pretraining(capsys, demo, tmp_path):
+    """Parts of 50 cells per species (the 175-cell batches in 4 parts) train the same model as whole batches."""
+    no_dropout = ("--set", "model.dropout=0", "--set", "model.lambda_l1=0.01")
+    whole = _pretrain_both(capsys, demo, tmp_path / "whole.stk", 2, *no_dropout)
+    parts = _pretrain_both(capsys, demo, tmp_path / "parts.stk", 2, *no_dropout,
+                           "--set", "training.micro_batch_size=50")
+    a, b = read_bundle(whole), read_bundle(parts)
+    for key in ("train_loss", "train_nll", "train_l1", "train_protein_similarity"):
+        assert np.allclose(a.history[key], b.history[key], rtol=1e-4), key
+    for name, value in a.weights.items():
+        assert np.allclose(value, b.weights[name], rtol=1e-3, atol=1e-5), name

@@ -132,17 +132,36 @@ class SaturnTask(Task):
     def batch_size_of(self, batch: dict) -> int:
         return sum(len(x) for x in batch["xs"])
 
+    def micro_batches(self, batch: dict, size: int) -> list[dict]:
+        """Each species' cells in the same number of parts of at most about `size`; a part's NLL terms are
+        weighted by its share of the species' cells, and the weight regularisers (which see no cells) go with
+        the first part, so the parts' terms add up to the whole step's."""
+        xs = batch["xs"]
+        n_parts = min(-(-max(len(x) for x in xs) // size), min(len(x) for x in xs))
+        chunks = [x.tensor_split(n_parts) for x in xs]
+        parts = []
+        for j in range(n_parts):
+            part = {"xs": [c[j] for c in chunks], "first": j == 0,
+                    "shares": [len(c[j]) / len(x) for c, x in zip(chunks, xs, strict=True)]}
+            if j == 0 and "partners" in batch:
+                part["partners"] = batch["partners"]
+            parts.append(part)
+        return parts
+
     def step(self, model: torch.nn.Module, batch: dict, ctx: StepContext) -> dict[str, torch.Tensor]:
-        out = model(batch["xs"], batch.get("partners"), l1=bool(self.weights["lambda_l1"]))
-        nll = sum(out[f"nll_{i}"] for i in range(len(self.species)))
+        regularised = batch.get("first", True)  # the whole batch, or the first of its parts
+        out = model(batch["xs"], batch.get("partners"), l1=regularised and bool(self.weights["lambda_l1"]))
+        shares = batch.get("shares") or [1.0] * len(self.species)
+        named = {f"nll_{s.name}": out[f"nll_{i}"] * share
+                 for i, (s, share) in enumerate(zip(self.species, shares, strict=True))}
+        nll = sum(named.values())
         loss, logged = nll, {}
-        if self.weights["lambda_l1"]:  # at weight 0 (the preset) the term is neither added nor logged
+        if self.weights["lambda_l1"] and regularised:  # at weight 0 (the preset) neither added nor logged
             loss = loss + self.weights["lambda_l1"] * out["l1"]
             logged["l1"] = out["l1"]
         if "protein_similarity" in out:
             loss = loss + self.weights["lambda_pe"] * out["protein_similarity"]
             logged["protein_similarity"] = out["protein_similarity"]
-        named = {f"nll_{s.name}": out[f"nll_{i}"] for i, s in enumerate(self.species)}
         return {"loss": loss, "nll": nll} | named | logged
 
 
