@@ -29,7 +29,7 @@ similarities). Target at the pancreas and real shapes: pretrain and align >= 50 
 This machine's timings drift by +-15 % from minute to minute; compare rows of one run, and run it twice.
 
     python benchmarks/saturn_speed.py [--shape toy|pancreas|run|real|memory] [--epochs N] [--threads 2]
-        [--glibc-default]
+        [--micro-batch-size N] [--glibc-default]
 """
 
 from __future__ import annotations
@@ -162,6 +162,9 @@ def main() -> None:
     parser.add_argument("--shape", choices=SHAPES, default="toy")
     parser.add_argument("--epochs", type=int, help="epochs of each stage (default: per shape)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (the reference ran with 2)")
+    parser.add_argument("--micro-batch-size", type=int,
+                        help="pretrain's training.micro_batch_size (cells of each species per pass; 0: the whole "
+                             "batch; default: the saturn preset's)")
     parser.add_argument("--glibc-default", action="store_true",
                         help="leave glibc's allocator as it is (the engine keeps freed large blocks otherwise)")
     args = parser.parse_args()
@@ -187,7 +190,8 @@ def main() -> None:
     model = [("data.hv_genes", shape.genes, "bench"), ("model.n_macrogenes", shape.macrogenes, "bench"),
              ("model.n_hidden", shape.hidden, "bench"), ("model.n_embed", shape.embed, "bench"),
              ("data.label_key", "cell_type", "bench")]
-    pre = resolve_config("pretrain", "saturn", common + model)
+    micro = [] if args.micro_batch_size is None else [("training.micro_batch_size", args.micro_batch_size, "bench")]
+    pre = resolve_config("pretrain", "saturn", common + model + micro)
     c0, t0 = cpu_seconds(), time.perf_counter()
     embeddings = [f"human={folder / 'human.npz'}", f"mouse={folder / 'mouse.npz'}"]
     run_phase(PhaseRequest(pre, folder / "pre.stk", [human, mouse], quiet=True,
@@ -206,7 +210,8 @@ def main() -> None:
     print(f"{args.shape}: {' + '.join(f'{n:,}' for n in shape.cells)} cells x {shape.genes:,} genes per species, "
           f"M = {shape.macrogenes:,}, hidden {shape.hidden}, embedding {shape.embed}, batch {shape.batch:,}, "
           f"protein embedding dim {shape.dim}, {epochs} epochs, {args.threads} thread(s), CPU"
-          + (", glibc's default allocator" if args.glibc_default else ""))
+          + (", glibc's default allocator" if args.glibc_default else "")
+          + f", pretrain micro-batches of {pre['training']['micro_batch_size'] or 'the whole batch'}")
     print(f"torch.matmul at ({min(shape.batch, max(shape.cells))} x {shape.genes}) @ ({shape.genes} x "
           f"{shape.macrogenes}): {rate / 1e9:.0f} GFLOP per CPU-s")
     print(f"{'measure':<44} {'stagekit':>9} {'limit':>8} {'of limit':>8} {'reference':>9} {'ratio':>7}")
