@@ -17,6 +17,7 @@ zero when x <= eps (scvi-tools treats x == eps as neither case; counts are integ
 from __future__ import annotations
 
 import torch
+from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
 from stagekit.losses.counts import digamma
@@ -49,7 +50,8 @@ def _nll_and_gradients(x: torch.Tensor, mu: torch.Tensor, theta: torch.Tensor, p
     del ll, softplus_neg_pi, sparse_ll
     sig_a = torch.sigmoid(a)
     kept = torch.where(nonzero, 1.0, sig_a)  # what of d a multiplies in: 1 for x > 0, sigmoid(a) for x = 0
-    grad_pi = torch.sigmoid(pi).add_(torch.where(nonzero, 0.0, sig_a - 1.0))
+    grad_pi = torch.where(nonzero, torch.sigmoid(pi), sig_a - torch.sigmoid(-pi))  # not sigmoid(p) + sig_a - 1:
+    # that cancels to 0 in float32 once p > ~16
     inverse_total = total.reciprocal_()
     grad_mu = (theta * inverse_total).mul_(kept)
     inverse_total_v = (tv + mv + EPS).reciprocal_()
@@ -60,7 +62,7 @@ def _nll_and_gradients(x: torch.Tensor, mu: torch.Tensor, theta: torch.Tensor, p
     return nll, (grad_mu, grad_theta, grad_pi)
 
 
-CHUNK_ELEMENTS = 2**20  # cells x genes per block of rows: the dozen temporaries of a block stay in cache
+CHUNK_ELEMENTS = 2**20  # cells x genes per block of rows: a dozen temporaries of this size, not of the batch
 
 
 class _ZinbNll(torch.autograd.Function):
@@ -82,6 +84,7 @@ class _ZinbNll(torch.autograd.Function):
         return nll
 
     @staticmethod
+    @once_differentiable  # the saved gradients are constants: no second derivative
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         grad_mu, grad_theta, grad_pi = ctx.saved_tensors
         per_cell = grad.unsqueeze(-1)
@@ -94,5 +97,10 @@ class _ZinbNll(torch.autograd.Function):
 
 def zinb_nll(x: torch.Tensor, mu: torch.Tensor, theta: torch.Tensor, pi: torch.Tensor) -> torch.Tensor:
     """Per-cell ZINB negative log-likelihood summed over genes: -scvi.log_zinb_positive(x, mu, theta, pi).sum(-1).
-    `theta` per gene (genes,) or per cell and gene; `pi` the zero-inflation logits."""
-    return _ZinbNll.apply(x, mu, theta, pi)
+    `theta` per gene (genes,) or per cell and gene; `pi` the zero-inflation logits, cells x genes like `mu`."""
+    if mu.dim() != 2 or pi.shape != mu.shape or x.shape != mu.shape:
+        raise ValueError(f"zinb_nll needs x, mu and pi of one cells x genes shape; got {tuple(x.shape)}, "
+                         f"{tuple(mu.shape)}, {tuple(pi.shape)}")
+    if not torch.is_grad_enabled():  # no gradient buffers when nothing will ask for them
+        return _nll_and_gradients(x, mu, theta, pi, gradients=False)[0]
+    return _ZinbNll.apply(x.contiguous(), mu.contiguous(), theta, pi.contiguous())

@@ -79,9 +79,10 @@ class SaturnModel(nn.Module):
 
     def forward(self, xs: list[torch.Tensor], partners: torch.Tensor | None = None, l1: bool = False
                 ) -> dict[str, torch.Tensor]:
-        """One batch per species in one call (one forward per step keeps DDP simple): the mean NLL of each
-        species, sum |W| (if `l1`), and (given `partners` and protein embeddings) the embedding-similarity loss.
-        Encoder and decoder run once on every species' cells together; only the gene layers are per species."""
+        """One batch per species in one call: the mean NLL of each species (0 for a species without cells in a
+        micro-batch), sum |W| (if `l1`), and (given `partners` and protein embeddings) the embedding-similarity
+        loss. Encoder and decoder run once on every species' cells together; only the gene layers are per
+        species."""
         sizes = [len(x) for x in xs]
         species = torch.repeat_interleave(torch.arange(len(xs), device=xs[0].device),
                                           torch.tensor(sizes, device=xs[0].device))
@@ -90,6 +91,9 @@ class SaturnModel(nn.Module):
         hidden = self.decoder_hidden(self.encoder(self.macro_dropout(values)), species)
         out = {}
         for s, (x, h) in enumerate(zip(xs, hidden.split(sizes), strict=True)):
+            if not len(x):  # a micro-batch without cells of this species
+                out[f"nll_{s}"] = hidden.new_zeros(())
+                continue
             mu, zi = self.gene_parameters(h, s, x.sum(-1, keepdim=True).clamp_min(1.0), weights)
             out[f"nll_{s}"] = count_nll(x, mu.float(), self.log_theta[s].exp(), zi.float()).mean()
         if l1:  # exp of every weight: skipped at weight 0 (the preset)

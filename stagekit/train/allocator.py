@@ -12,21 +12,23 @@ returned to the system before the process ends (the peak is what it was).
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import sys
+from functools import cache
 
 M_TRIM_THRESHOLD = -1  # mallopt parameters, <malloc.h>
 M_MMAP_MAX = -4
 KEEP_FREE_BYTES = 2**31 - 1  # the heap's free top is trimmed only beyond this (mallopt takes an int)
 
 
+@cache
 def keep_freed_memory() -> bool:
-    """Serve large blocks from the heap and keep freed ones there (mallopt). False where the C library is not
-    glibc (musl, macOS, Windows): nothing is changed there."""
+    """Serve large blocks from the heap and keep freed ones there (mallopt; once per process, for the rest of
+    it). False where the C library is not glibc (musl, macOS, Windows): nothing is changed there. glibc applies
+    it to its main arena; blocks over 64 MiB asked for by other threads are still mapped afresh."""
     if not sys.platform.startswith("linux"):
         return False
     try:
-        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
+        mallopt = ctypes.CDLL(None).mallopt  # the symbols the process already has: glibc's, where it is glibc
     except (OSError, AttributeError):
         return False
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int

@@ -99,3 +99,36 @@ def test_embedding_similarity_loss_matches_cosine_similarity_in_value_and_gradie
                 - F.cosine_similarity(protein, protein[partners], dim=-1)).pow(2).mean()
     expected.backward()
     assert torch.allclose(loss, expected) and torch.allclose(ours.grad, plain.grad)
+
+
+def test_micro_batches_cap_parts_and_add_up_when_a_species_has_few_cells():
+    from types import SimpleNamespace
+
+    from stagekit.stages.cross_species.pretrain_saturn import SaturnTask
+
+    data = two_species()
+    model, protein = _model(data)
+    model.macro_dropout.p = 0.0
+    for layer in model.modules():
+        if isinstance(layer, torch.nn.Dropout):
+            layer.p = 0.0
+    species = [SimpleNamespace(name="a", counts=SimpleNamespace(n_vars=40)),
+               SimpleNamespace(name="b", counts=SimpleNamespace(n_vars=40))]
+    task = SaturnTask(model, species, [], 16, 0, {"lambda_l1": 0.01, "lambda_pe": 0.2})
+    batch = {"xs": [data[0][0][:2], data[1][0][:10]], "partners": torch.randint(0, len(protein), (len(protein),))}
+
+    def gradients(parts):
+        model.zero_grad()
+        total = 0.0
+        for part in parts:
+            loss = task.step(model, part, None)["loss"]
+            loss.backward()
+            total += float(loss.detach())
+        return total, [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    parts = task.micro_batches(batch, 3)
+    assert [[len(x) for x in part["xs"]] for part in parts] == [[0, 2], [0, 2], [1, 3], [1, 3]]  # none over 3
+    whole_loss, whole = gradients([batch])
+    parts_loss, split = gradients(parts)
+    assert abs(whole_loss - parts_loss) < 1e-4 * abs(whole_loss)
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(whole, split, strict=True))

@@ -133,12 +133,13 @@ class SaturnTask(Task):
         return sum(len(x) for x in batch["xs"])
 
     def micro_batches(self, batch: dict, size: int) -> list[dict]:
-        """Each species' cells in the same number of parts of at most about `size`; a part's NLL terms are
+        """Each species' cells in the same number of parts, none over `size` cells; a part's NLL terms are
         weighted by its share of the species' cells, and the weight regularisers (which see no cells) go with
-        the first part, so the parts' terms add up to the whole step's."""
+        the first part, so the parts' terms add up to the whole step's. A species with fewer cells than parts
+        fills the last ones: the last part, where DDP synchronises, holds every species."""
         xs = batch["xs"]
-        n_parts = min(-(-max(len(x) for x in xs) // size), min(len(x) for x in xs))
-        chunks = [x.tensor_split(n_parts) for x in xs]
+        n_parts = -(-max(len(x) for x in xs) // size)
+        chunks = [x.tensor_split(n_parts)[::-1] for x in xs]  # empty chunks of a small species come first
         parts = []
         for j in range(n_parts):
             part = {"xs": [c[j] for c in chunks], "first": j == 0,
