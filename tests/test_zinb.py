@@ -78,3 +78,10 @@ def test_blocks_of_cells_give_the_same_value_and_gradient(monkeypatch: pytest.Mo
     # equal up to rounding (vectorised loops split the rows differently)
     assert torch.allclose(whole, blocks, rtol=1e-12) and all(
         torch.allclose(a, b, rtol=1e-12, atol=1e-12) for a, b in zip(whole_grads, block_grads, strict=True))
+
+
+def test_mixed_precision_inputs_promote_like_scvi_tools() -> None:
+    x, mu, theta, pi = _inputs(torch.float64, 1.0, 0.0)
+    mixed = (x.float(), mu.float(), theta, pi.float())  # a float64 dispersion beside float32 means
+    assert zinb_nll(*mixed).dtype == _scvi(*mixed).dtype == torch.float64
+    assert torch.allclose(zinb_nll(*mixed), _scvi(*mixed))

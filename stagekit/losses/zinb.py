@@ -101,6 +101,8 @@ def zinb_nll(x: torch.Tensor, mu: torch.Tensor, theta: torch.Tensor, pi: torch.T
     if mu.dim() != 2 or pi.shape != mu.shape or x.shape != mu.shape:
         raise ValueError(f"zinb_nll needs x, mu and pi of one cells x genes shape; got {tuple(x.shape)}, "
                          f"{tuple(mu.shape)}, {tuple(pi.shape)}")
+    dtype = torch.promote_types(torch.promote_types(mu.dtype, theta.dtype), pi.dtype)  # as scvi-tools' arithmetic
+    x, mu, theta, pi = (t.to(dtype) for t in (x, mu, theta, pi))
     if not torch.is_grad_enabled():  # no gradient buffers when nothing will ask for them
         return _nll_and_gradients(x, mu, theta, pi, gradients=False)[0]
     return _ZinbNll.apply(x.contiguous(), mu.contiguous(), theta, pi.contiguous())
