@@ -1,9 +1,11 @@
 """A Segger-style link predictor: a heterogeneous GATv2 network over transcripts and nuclei, built from PyG parts.
 
 Transcripts start from a gene embedding plus their local density and exchange messages with their nearest
-transcripts; nuclei start from their polygon shape and receive messages from the transcripts inside them. A small
-MLP scores how well a (transcript, nucleus) pair's embeddings match, another the pair's geometry; the logit is
-their sum.
+transcripts; nuclei start from their polygon shape and receive messages from the transcripts inside them. Each
+nucleus embedding is also decoded into an expression profile (a distribution over genes), trained to predict the
+genes of the inside transcripts it did not hear from. The logit of a (transcript, nucleus) pair is the sum of: how
+likely that profile makes the transcript's gene and its neighbours' genes (pointwise mutual information, per-gene
+offsets learned), a small MLP of the two embeddings, and a small MLP of the pair's geometry.
 """
 
 from __future__ import annotations
@@ -38,6 +40,13 @@ class SeggerGNN(nn.Module):
         # neighbourhood; its own gene still says which cell type it came from)
         self.match = nn.Sequential(nn.Linear(2 * hidden, hidden), nn.GELU(), nn.Linear(hidden, 1))
         self.geometry = nn.Sequential(nn.Linear(n_pair_features, 16), nn.GELU(), nn.Linear(16, 1))
+        # the profile term is a likelihood over every gene, learned from every labelled transcript's gene: it
+        # tells apart pairs of cell types that rarely touch in the training sample, where the pair MLP only ever
+        # saw a few negatives
+        self.profile = Linear(hidden, n_genes)
+        self.gene_offset = nn.Embedding(n_genes, 1)
+        nn.init.zeros_(self.gene_offset.weight)
+        self.profile_weight = nn.Parameter(torch.ones(2))  # own gene, neighbourhood
 
     def embed(self, data) -> dict[str, torch.Tensor]:
         """Embeddings after message passing, and each transcript's own gene embedding under "gene"."""
@@ -52,9 +61,36 @@ class SeggerGNN(nn.Module):
 
     def forward(self, data) -> torch.Tensor:
         """Logits of the ('tx', 'candidate', 'bd') pairs."""
+        return self.scores(data)[0]
+
+    def scores(self, data) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits of the candidate pairs, each nucleus' log-profile over genes)."""
         h = self.embed(data)
         pairs = data["tx", "candidate", "bd"]
         tx, bd = pairs.edge_index
         nucleus = h["bd"][bd]
-        match = self.match(torch.cat([h["tx"][tx] * nucleus, h["gene"][tx] * nucleus], 1))
-        return (match + self.geometry(pairs.edge_attr)).squeeze(1)
+        match = self.match(torch.cat([h["tx"][tx] * nucleus, h["gene"][tx] * nucleus], 1)).squeeze(1)
+        log_profile = torch.log_softmax(self.profile(h["bd"]), 1)
+        pmi = log_profile + self.gene_offset.weight.T  # (nuclei, genes)
+        genes = data["tx"].gene
+        own = pmi[bd, genes[tx]]
+        neighbourhood = self._neighbourhood_mean(data, pmi, genes, tx, bd)
+        profile = self.profile_weight[0] * own + self.profile_weight[1] * neighbourhood
+        return match + profile + self.geometry(pairs.edge_attr).squeeze(1), log_profile
+
+    @staticmethod
+    def _neighbourhood_mean(data, pmi: torch.Tensor, genes: torch.Tensor, tx: torch.Tensor,
+                            bd: torch.Tensor) -> torch.Tensor:
+        """Per pair: the mean PMI of the transcript's neighbours' genes under the nucleus' profile."""
+        source, target = data["tx", "near", "tx"].edge_index
+        if source.numel() == 0:
+            return pmi.new_zeros(tx.shape)
+        order = torch.argsort(target, stable=True)
+        target, neighbour_gene = target[order], genes[source[order]]
+        counts = torch.bincount(target, minlength=genes.numel())
+        slot = torch.arange(target.numel(), device=target.device) - (torch.cumsum(counts, 0) - counts)[target]
+        padded = torch.full((genes.numel(), int(counts.max())), -1, dtype=torch.long, device=genes.device)
+        padded[target, slot] = neighbour_gene  # each transcript's neighbours' genes, -1 after the last
+        around = padded[tx]
+        values = pmi[bd[:, None], around.clamp(min=0)] * (around >= 0)
+        return values.sum(1) / counts[tx].clamp(min=1)

@@ -32,7 +32,7 @@ def trained(sample_dir, tmp_path_factory) -> Path:
     from stagekit.cli import main
 
     with pytest.raises(SystemExit) as exc:
-        main(["segment", "--preset", "segger", str(sample_dir), "-o", str(out), "--set", "training.epochs=12",
+        main(["segment", "--preset", "segger", str(sample_dir), "-o", str(out), "--set", "training.epochs=20",
               *FAST])
     assert exc.value.code == 0
     return out

@@ -19,6 +19,7 @@ from stagekit.data.polygons import centroids, point_distances, shape_features
 from stagekit.data.spatial import Sample
 from stagekit.errors import UserError
 
+NOISE_HOPS = 3  # context noise draws genes from a few kNN steps away: mostly the cell itself, some its neighbours
 PAIR_FEATURES = ("extra_distance", "nearest", "rank")  # geometry of a candidate pair, relative to the nearest
 
 
@@ -149,6 +150,7 @@ class TileRoles:
     weak: np.ndarray | None = None  # over the members: nucleus the vendor assigned an outside transcript to, or -1
     weak_weight: float = 0.0  # the loss weight of those weaker labels
     unknown_gene: float = 0.0  # share of transcripts read as the unknown-gene token (so that token is trained)
+    context_noise: float = 0.0  # share of the unsupervised transcripts given the gene of another tile transcript
 
 
 def _position(sorted_ids: np.ndarray, ids: np.ndarray) -> np.ndarray:
@@ -184,6 +186,10 @@ def tile_data(graph: SampleGraph, tile: int, roles: TileRoles | None = None, rng
 
     data = HeteroData()
     genes = graph.genes[members]
+    if roles is not None and roles.context_noise > 0:
+        mixed = np.flatnonzero(~roles.supervised & (rng.random(len(genes)) < roles.context_noise))
+        genes = genes.copy()
+        genes[mixed] = graph.genes[_random_walk(graph.knn, members[mixed], NOISE_HOPS, rng)]
     if roles is not None and roles.unknown_gene > 0:
         genes = np.where(rng.random(len(genes)) < roles.unknown_gene, 0, genes)
     data["tx"].gene = torch.from_numpy(genes)
@@ -229,6 +235,15 @@ def tile_data(graph: SampleGraph, tile: int, roles: TileRoles | None = None, rng
     data["tx", "candidate", "bd"].weight = torch.from_numpy(weight[keep])
     data["tx", "candidate", "bd"].pair = torch.from_numpy(pair)
     return data
+
+
+def _random_walk(knn: np.ndarray, start: np.ndarray, hops: int, rng: np.random.Generator) -> np.ndarray:
+    """Where `hops` steps to a random neighbour lead from each start (a transcript without neighbours stays)."""
+    at = start
+    for _ in range(hops):
+        step = knn[at, rng.integers(0, knn.shape[1], len(at))]
+        at = np.where(step >= 0, step, at)
+    return at
 
 
 def _has_positive(owner: np.ndarray, positive: np.ndarray) -> np.ndarray:

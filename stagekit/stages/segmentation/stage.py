@@ -79,7 +79,8 @@ class SegmentationTask(Task):
             weak = self.vendor_target[members]
             supervised |= ~inside & (weak >= 0)
         return TileRoles(message, supervised, neg_ratio=self.labels["neg_ratio"], weak=weak,
-                         weak_weight=self.labels["vendor_weight"], unknown_gene=UNKNOWN_GENE_RATE, **common), rng
+                         weak_weight=self.labels["vendor_weight"], unknown_gene=UNKNOWN_GENE_RATE,
+                         context_noise=self.labels["context_noise"], **common), rng
 
     def load(self, item):
         from torch_geometric.data import Batch
@@ -92,11 +93,16 @@ class SegmentationTask(Task):
         return Batch.from_data_list(graphs)
 
     def step(self, model, batch, ctx: StepContext) -> dict[str, torch.Tensor]:
-        logits = model(batch)
+        logits, log_profile = model.scores(batch)
         links = batch["tx", "candidate", "bd"]
         target = links.y.float()
         loss = (F.binary_cross_entropy_with_logits(logits, target, weight=links.weight) if len(target)
                 else logits.sum() * 0.0)
+        positive = links.y == 1  # the nucleus never heard these transcripts: its profile must predict their genes
+        if positive.any():
+            tx, bd = links.edge_index[:, positive]
+            gene_nll = -log_profile[bd, batch["tx"].gene[tx]]
+            loss = loss + (gene_nll * links.weight[positive]).sum() / links.weight[positive].sum()
         if ctx.train:
             return {"loss": loss}
         return {"loss": loss, "probability": torch.sigmoid(logits), "target": target}
@@ -218,8 +224,8 @@ def run(request: PhaseRequest) -> Path | None:
     if parent is not None and not request.resume:
         known_at = {g: i for i, g in enumerate(parent.var_names)}
         source = np.array([known_at.get(g, -1) for g in vocab])
-        report = load_by_name(model, parent.weights,
-                              regrow={"gene_embedding.weight": Regrow(0, source, vocab)})
+        per_gene = ("gene_embedding.weight", "profile.weight", "profile.bias", "gene_offset.weight")
+        report = load_by_name(model, parent.weights, regrow={name: Regrow(0, source, vocab) for name in per_gene})
         if report.partial:
             raise UserError(f"--from {request.parent}: {report.summary()}")
         request.log(f"from {request.parent}: {report.summary()}")
