@@ -8,7 +8,7 @@ import torch
 
 from stagekit.data.spatial import read_sample
 from stagekit.models.segger import SeggerGNN
-from stagekit.stages.segmentation.graph import NOISE_HOPS, TileRoles, build_graph, tile_data
+from stagekit.stages.segmentation.graph import NOISE_HOPS, PAIR_FEATURES, TileRoles, build_graph, tile_data
 
 
 def _graph(sample_dir):
@@ -36,7 +36,7 @@ def test_neighbourhood_term_is_the_mean_pmi_of_the_neighbours_genes(xenium_small
 def test_profile_logits_and_log_profile_shapes(xenium_small):
     graph = _graph(xenium_small)
     data = tile_data(graph, 0)
-    model = SeggerGNN(int(graph.genes.max()) + 1, 1, 4, 3, hidden=16, layers=1, heads=2)
+    model = SeggerGNN(int(graph.genes.max()) + 1, 1, 4, len(PAIR_FEATURES), hidden=16, layers=1, heads=2)
     logits, log_profile = model.scores(data)
     assert logits.shape == (data["tx", "candidate", "bd"].edge_index.shape[1],)
     assert torch.allclose(log_profile.exp().sum(1), torch.ones(data["bd"].num_nodes), atol=1e-5)

@@ -20,7 +20,7 @@ from stagekit.data.spatial import Sample
 from stagekit.errors import UserError
 
 NOISE_HOPS = 3  # context noise draws genes from a few kNN steps away: mostly the cell itself, some its neighbours
-PAIR_FEATURES = ("extra_distance", "nearest", "rank")  # geometry of a candidate pair, relative to the nearest
+PAIR_FEATURES = ("extra_distance",)  # geometry of a candidate pair: how much farther than the nearest candidate
 
 
 @dataclass
@@ -114,7 +114,7 @@ def build_graph(sample: Sample, gene_codes: np.ndarray, k_tx: int, dist_tx: floa
     tx, bd, d, ins = candidate_links(xy, vertices, centre, dist_bd)
     start = np.searchsorted(tx, np.arange(len(xy) + 1))
     features = pair_geometry(tx, d, dist_bd)
-    first = features[:, 1] == 1
+    first = np.diff(tx, prepend=-1) != 0  # pairs are sorted by transcript, nearest first
     inside = np.full(len(xy), -1, np.int64)
     inside[tx[ins & first]] = bd[ins & first]
     return SampleGraph(xy, gene_codes, density, knn, nucleus_feature_matrix(sample), centre, tx, bd, d, dist_bd,
@@ -123,16 +123,16 @@ def build_graph(sample: Sample, gene_codes: np.ndarray, k_tx: int, dist_tx: floa
 
 def pair_geometry(owner: np.ndarray, distance: np.ndarray, dist_bd: float) -> np.ndarray:
     """PAIR_FEATURES of candidate pairs grouped by transcript, nearest first: how much farther than the
-    transcript's nearest candidate the nucleus is (in dist_bd), whether it is the nearest, its rank (capped at 5).
-    Relative, not absolute: the labelled transcripts all lie inside a nucleus, so an absolute distance would never
-    be seen above zero on a positive link in training."""
+    transcript's nearest candidate the nucleus is (in dist_bd). Relative, not absolute: the labelled transcripts all
+    lie inside a nucleus, so an absolute distance would never be seen above zero on a positive link in training.
+    No "is the nearest" flag or rank: in training the positive is always the nearest, so such a flag jumped the
+    logit by 3.2 between two candidates 1 um apart, and at a cell border the nearest nucleus is often not the
+    cell's own (synthetic tissue: mean correct 0.861 with them, 0.861 without, over three samples)."""
     if len(owner) == 0:
         return np.zeros((0, len(PAIR_FEATURES)), np.float32)
     first = np.diff(owner, prepend=-1) != 0
     group_start = np.maximum.accumulate(np.where(first, np.arange(len(owner)), 0))
-    rank = np.arange(len(owner)) - group_start
-    extra = (distance - distance[group_start]) / dist_bd
-    return np.stack([extra, rank == 0, np.minimum(rank, 5) / 5], 1).astype(np.float32)
+    return ((distance - distance[group_start]) / dist_bd)[:, None].astype(np.float32)
 
 
 @dataclass
