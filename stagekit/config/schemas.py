@@ -321,10 +321,10 @@ SEGMENT_LABELS = {
     "hide_nuclei": Key("float", 0.2, "share of nuclei left out of each training step, as if the stain had missed "
                        "them: their inside transcripts then have only wrong candidates, which teaches the score to "
                        "refuse a nearby nucleus whose expression does not match; 0 off", minimum=0, maximum=0.9),
-    "context_noise": Key("float", 0.0, "share of the transcripts around the labelled ones whose gene is replaced, at "
-                         "each training step, by the gene of another transcript of the tile, as where two cells "
-                         "touch: the score learns to trust a transcript's own gene over a mixed neighbourhood; 0 "
-                         "off", minimum=0, maximum=0.9),
+    "context_noise": Key("float", 0.0, "share of the unlabelled transcripts whose gene is replaced, at each training "
+                         "step, by the gene of a transcript a few kNN steps away, as where two cells touch: the "
+                         "score learns to trust a transcript's own gene over a mixed neighbourhood; 0 off",
+                         minimum=0, maximum=0.9),
     "vendor_weight": Key("float", 0.0, "transcripts outside every nucleus that the vendor assigned to a nucleus-"
                          "bearing cell (column cell_id) become labels too, weighted this much in the loss (weaker "
                          "evidence: 10x's ids are themselves an expansion); 0 off", minimum=0, maximum=1),

@@ -249,3 +249,13 @@ def test_a_model_trained_on_a_region_predicts_the_whole_sample(sample_dir, tmp_p
     code, _, err = run_cli(capsys, "evaluate", out, sample_dir, "-o", tmp_path / "report", "-q")
     report = json.loads((tmp_path / "report" / "metrics.json").read_text())
     assert code == 0 and report["transcripts"] == whole.n and report["links"] == {}  # held-out links: the crop's
+
+
+def test_a_bundle_of_an_earlier_model_version_is_refused_by_name(trained):
+    from stagekit.errors import UserError
+    from stagekit.stages.segmentation.stage import load_model
+
+    bundle = read_bundle(trained)
+    del bundle.weights["profile.weight"]  # as written before the expression profiles
+    with pytest.raises(UserError, match="profile.weight.*earlier version"):
+        load_model(bundle)

@@ -150,7 +150,7 @@ class TileRoles:
     weak: np.ndarray | None = None  # over the members: nucleus the vendor assigned an outside transcript to, or -1
     weak_weight: float = 0.0  # the loss weight of those weaker labels
     unknown_gene: float = 0.0  # share of transcripts read as the unknown-gene token (so that token is trained)
-    context_noise: float = 0.0  # share of the unsupervised transcripts given the gene of another tile transcript
+    context_noise: float = 0.0  # share of the unsupervised transcripts given the gene of one NOISE_HOPS steps away
 
 
 def _position(sorted_ids: np.ndarray, ids: np.ndarray) -> np.ndarray:

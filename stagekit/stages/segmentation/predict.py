@@ -167,6 +167,7 @@ def predict_sample(bundle: Bundle, folder: Path, log) -> tuple[Sample, SampleGra
     from stagekit.stages.segmentation.stage import load_model, read_for, sample_graph, vocabulary
 
     stored = tomllib.loads(bundle.model_config)
+    model = load_model(bundle)  # first: a bundle this version cannot read fails before the sample is read
     sample = read_for(stored, folder, log)
     _, codes, new = vocabulary(sample, bundle.var_names)
     if new:
@@ -174,7 +175,6 @@ def predict_sample(bundle: Bundle, folder: Path, log) -> tuple[Sample, SampleGra
             f"{' ...' if len(new) > 5 else ''}) are read as its unknown-gene token")
         codes = np.where(codes >= len(bundle.var_names), 0, codes)
     graph = sample_graph(sample, codes, stored["graph"], log)
-    model = load_model(bundle)
     probability = link_probabilities(model, graph)
     result = assign(graph, probability, sample.nuclei.ids, stored["predict"]["score_cut"],
                     stored["predict"]["min_transcripts"])
