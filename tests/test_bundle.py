@@ -266,3 +266,18 @@ def test_final_bundles_are_compact_and_keep_resume_stores_the_weights_once(small
     assert code == 0, err
     again = read_bundle(tmp_path / "again.stk")
     assert all(np.array_equal(again.weights[k], kept.weights[k]) for k in kept.weights)
+
+
+def test_weights_that_do_not_fit_the_model_are_a_user_error_naming_them():
+    import torch
+
+    from stagekit.train.state import load_weights, weights_to_numpy
+
+    model = torch.nn.Linear(3, 2)
+    stored = weights_to_numpy(torch.nn.Linear(3, 2))
+    load_weights(model, stored, "ok.stk")
+    assert np.array_equal(model.weight.detach().numpy(), stored["weight"])
+    with pytest.raises(UserError, match=r"old\.stk: .*\(bias differ\).*train it again"):
+        load_weights(model, {"weight": stored["weight"]}, "old.stk")
+    with pytest.raises(UserError, match=r"\(weight differ\)"):
+        load_weights(model, stored | {"weight": np.zeros((2, 4), np.float32)}, "old.stk")

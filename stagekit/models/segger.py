@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 from torch_geometric.nn import GATv2Conv, HeteroConv, Linear
+from torch_geometric.utils import to_dense_batch
 
 
 class SeggerGNN(nn.Module):
@@ -85,12 +86,8 @@ class SeggerGNN(nn.Module):
         source, target = data["tx", "near", "tx"].edge_index
         if source.numel() == 0:
             return pmi.new_zeros(tx.shape)
-        order = torch.argsort(target, stable=True)
-        target, neighbour_gene = target[order], genes[source[order]]
-        counts = torch.bincount(target, minlength=genes.numel())
-        slot = torch.arange(target.numel(), device=target.device) - (torch.cumsum(counts, 0) - counts)[target]
-        padded = torch.full((genes.numel(), int(counts.max())), -1, dtype=torch.long, device=genes.device)
-        padded[target, slot] = neighbour_gene  # each transcript's neighbours' genes, -1 after the last
+        order = torch.argsort(target, stable=True)  # to_dense_batch groups a sorted index
+        padded, _ = to_dense_batch(genes[source[order]], target[order], fill_value=-1, batch_size=genes.numel())
         around = padded[tx]
         values = pmi[bd[:, None], around.clamp(min=0)] * (around >= 0)
-        return values.sum(1) / counts[tx].clamp(min=1)
+        return values.sum(1) / (around >= 0).sum(1).clamp(min=1)

@@ -54,8 +54,15 @@ def tensor_checksums(module: torch.nn.Module, names: list[str]) -> dict[str, str
     return {n: hashlib.sha256(b.tobytes()).hexdigest() for n, b in raw.items()}
 
 
-def load_weights(module: torch.nn.Module, weights: dict[str, np.ndarray]) -> None:
+def load_weights(module: torch.nn.Module, weights: dict[str, np.ndarray], source: str = "the bundle") -> None:
+    """Stored weights into `module`; weights that do not fit its parameters (a bundle written by a version whose
+    model differs) are a UserError naming them, not a traceback."""
     own = module.state_dict()
+    differ = sorted(set(own) ^ set(weights)) or [k for k in own if tuple(own[k].shape) != np.shape(weights[k])]
+    if differ:
+        raise UserError(f"{source}: its weights do not fit this stagekit's model ({', '.join(differ[:4])}"
+                        f"{' ...' if len(differ) > 4 else ''} differ); it was written by another version: train it "
+                        "again")
     module.load_state_dict({k: torch.from_numpy(np.asarray(v)).to(own[k].dtype) for k, v in weights.items()})
 
 

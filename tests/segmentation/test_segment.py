@@ -257,5 +257,5 @@ def test_a_bundle_of_an_earlier_model_version_is_refused_by_name(trained):
 
     bundle = read_bundle(trained)
     del bundle.weights["profile.weight"]  # as written before the expression profiles
-    with pytest.raises(UserError, match="profile.weight.*earlier version"):
+    with pytest.raises(UserError, match="profile.weight.*another version"):
         load_model(bundle)

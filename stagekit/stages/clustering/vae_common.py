@@ -48,7 +48,7 @@ def vae_config(bundle: Bundle) -> dict:
 def load_vae(bundle: Bundle) -> VAE:
     config = vae_config(bundle)
     model = build_vae(config["model"], len(bundle.var_names), len(bundle.categories.get("batch", [])))
-    load_weights(model, {k.removeprefix("vae."): v for k, v in bundle.weights.items() if k != "centres"})
+    load_weights(model, {k.removeprefix("vae."): v for k, v in bundle.weights.items() if k != "centres"}, bundle.path)
     model.eval()
     return model
 

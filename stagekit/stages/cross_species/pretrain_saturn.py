@@ -212,7 +212,7 @@ def load_model(bundle: Bundle) -> SaturnModel | SaturnMetric:
                         model_cfg["n_embed"], model_cfg["dropout"], model_cfg["condition_on_species"])
     if bundle.stage == "align":  # align keeps the encoder half only
         model = SaturnMetric(model)
-    load_weights(model, bundle.weights)
+    load_weights(model, bundle.weights, bundle.path)
     return model.eval()
 
 

@@ -46,7 +46,7 @@ def build_model(model_config: str, n_genes: int) -> MeanTeacher:
 
 def load_model(bundle: Bundle) -> MeanTeacher:
     model = build_model(bundle.model_config, len(bundle.var_names))
-    load_weights(model, bundle.weights)
+    load_weights(model, bundle.weights, bundle.path)
     return model.eval()
 
 

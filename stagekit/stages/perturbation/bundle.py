@@ -51,7 +51,7 @@ def stored_screen(bundle: Bundle) -> Screen:
 def load_transition(bundle: Bundle) -> TransitionBundle:
     """The model (in eval mode) and everything it was trained with, from a bundle read with its results."""
     model = build_model(bundle.model_config)
-    load_weights(model, bundle.weights)
+    load_weights(model, bundle.weights, bundle.path)
     r, c = bundle.results, bundle.categories
     screen = stored_screen(bundle)
     config = tomllib.loads(bundle.config_toml)

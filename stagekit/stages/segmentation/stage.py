@@ -167,13 +167,7 @@ def model_config_toml(config, n_genes: int) -> str:
 
 def load_model(bundle: Bundle) -> SeggerGNN:
     model = build_model(bundle.model_config)
-    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
-    stored = {name: tuple(np.shape(w)) for name, w in bundle.weights.items()}
-    if stored != expected:  # a bundle of an earlier model version (before the expression profiles)
-        raise UserError(f"{bundle.path}: its segmentation model has other parameters than this stagekit's "
-                        f"({', '.join(sorted(set(expected) ^ set(stored))[:4]) or 'shapes differ'}); it was written "
-                        "by an earlier version: train it again with `stagekit segment`")
-    load_weights(model, bundle.weights)
+    load_weights(model, bundle.weights, bundle.path)
     return model.eval()
 
 
