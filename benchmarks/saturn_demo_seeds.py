@@ -3,7 +3,7 @@ of one lucky seed? Runs `pretrain -p saturn-small` -> `align` (20 epochs, batch 
 `extract` -> `evaluate` on the embedded pancreas cells for each seed and prints balanced accuracy both ways and
 species mixing after pretrain and after align.
 
-    python benchmarks/saturn_demo_seeds.py [--seeds 0 1 2 3 4] [--workdir DIR]
+    python benchmarks/saturn_demo_seeds.py [--seeds 0 1 2 3 4] [--workdir DIR] [--precision bf16-mixed]
 """
 
 from __future__ import annotations
@@ -31,9 +31,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--precision", default="32-true", help="runtime precision of pretrain and align")
     args = parser.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="stagekit-demo-seeds-"))
     inputs = write_demo_inputs(DEMO_ORTHOLOGS, work)
+    print(f"precision {args.precision}")
     print(f"seed  {'pretrain h->m':>13} {'m->h':>6} {'mixing':>7}   {'align h->m':>10} {'m->h':>6} {'mixing':>7}")
     worst = 1.0
     for seed in args.seeds:
@@ -41,9 +43,10 @@ def main() -> None:
         run.mkdir(exist_ok=True)
         stagekit("pretrain", "-p", "saturn-small", inputs["human"], inputs["mouse"], "--protein-emb",
                  f"human={inputs['human_embeddings']}", "--protein-emb", f"mouse={inputs['mouse_embeddings']}",
-                 "--label-key", "Group", "--seed", seed, "-q", "-o", run / "pretrain.stk")
+                 "--label-key", "Group", "--seed", seed, "--precision", args.precision, "-q",
+                 "-o", run / "pretrain.stk")
         stagekit("align", run / "pretrain.stk", "--set", "training.epochs=20", "--set", "training.batch_size=256",
-                 "--seed", seed, "-q", "-o", run / "align.stk")
+                 "--seed", seed, "--precision", args.precision, "-q", "-o", run / "align.stk")
         row = []
         for name in ("pretrain", "align"):
             with contextlib.redirect_stderr(io.StringIO()):  # the reports' tables; the scores are read below

@@ -11,7 +11,9 @@ reference), CPU. One shape per run (`--shape`):
 
 Measured: CPU seconds per pretrain epoch and per align (metric) epoch, for the training steps and for the whole
 command (loading, HVG, macrogene k-means, training, writing) divided by the epochs; the macrogene k-means; peak
-RSS of this process and what the run adds above importing torch, Lightning Fabric, scvi-tools and anndata. The
+RSS of each phase's process (pretrain and align run in processes of their own, as users run the commands; the
+data are generated in a third) and what a run adds above importing torch, Lightning Fabric, scvi-tools and
+anndata. The
 reference's figures, measured on this kind of machine, are the issues' (SATURN itself cannot be installed here):
 toy 1.34 CPU-s per pretrain epoch, 1.80 per metric epoch, 13 s k-means, 0.94 GB; pancreas 11.9 CPU-s per pretrain
 epoch, 1.63 GB; run 12.4 and 26.7 CPU-s, 2.33 GB. Targets: toy >= 10x less time per epoch and <= 1/2 the peak
@@ -22,9 +24,10 @@ needs at the rate torch.matmul reaches on this machine for the largest product o
 (genes x M), measured in the same run): the "limit". Counted per cell of species s (G genes, M macrogenes,
 H hidden, E embedding, S species): pretrain 16 G M (the macrogene layer forward and weight gradient 4 G M;
 the decoder's gene layer and zero-inflation head, forward and both gradients, 6 G M each) plus 6 (2 M H + H E +
-(E + S) H) for encoder and decoder; align 2 G M (macrogenes frozen: forward only) plus 6 (M H + H E), and per
-step the mining products 4 B_0 B_1 M (cross-species neighbours in macrogene space) and 2 B^2 E (embedding
-similarities). Target at the pancreas and real shapes: pretrain and align >= 50 % of the limit.
+(E + S) H) for encoder and decoder; align 6 (M H + H E), and per step the mining products 2 B_0 B_1 M
+(cross-species neighbours in macrogene space) and 2 B^2 E (embedding similarities). With the macrogenes frozen
+align computes the gene layer's 2 G M per cell once per run, not per epoch ("align, once"). Target at the
+pancreas and real shapes: pretrain and align >= 50 % of the limit.
 
 This machine's timings drift by +-15 % from minute to minute; compare rows of one run, and run it twice.
 
@@ -110,8 +113,8 @@ def epoch_flop(shape: Shape) -> dict[str, float]:
     for b0, b1 in step_batches(shape):
         cells = b0 + b1
         pretrain += cells * (16 * g * m + 6 * (2 * m * h + h * e + (e + s) * h))
-        align += cells * (2 * g * m + 6 * (m * h + h * e)) + 4 * b0 * b1 * m + 2 * cells**2 * e
-    return {"pretrain": pretrain, "align": align}
+        align += cells * 6 * (m * h + h * e) + 2 * b0 * b1 * m + 2 * cells**2 * e
+    return {"pretrain": pretrain, "align": align, "align_once": sum(shape.cells) * 2 * g * m}
 
 
 def matmul_flop_per_cpu_s(shape: Shape, rounds: int = 3) -> float:
@@ -144,37 +147,26 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def main() -> None:
+def run_one_phase(args: argparse.Namespace) -> None:
+    """Child process: one phase on the folder the parent wrote; prints its measurements as one JSON line."""
+    import json
+
     import anndata  # noqa: F401  the stack every run imports, before anything is measured
     import lightning.fabric  # noqa: F401
     import scvi  # noqa: F401
     import torch
 
     imports_gb = rss_gb()
-
     from stagekit.bundle import read_bundle
     from stagekit.config import resolve_config
     from stagekit.stages.cross_species import pretrain_saturn
     from stagekit.stages.registry import PhaseRequest, run_phase
     from stagekit.train import engine
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shape", choices=SHAPES, default="toy")
-    parser.add_argument("--epochs", type=int, help="epochs of each stage (default: per shape)")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads (the reference ran with 2)")
-    parser.add_argument("--micro-batch-size", type=int,
-                        help="pretrain's training.micro_batch_size (cells of each species per pass; 0: the whole "
-                             "batch; default: the saturn preset's)")
-    parser.add_argument("--glibc-default", action="store_true",
-                        help="leave glibc's allocator as it is (the engine keeps freed large blocks otherwise)")
-    args = parser.parse_args()
     if args.glibc_default:
         engine.keep_freed_memory = lambda: False
-    shape = SHAPES[args.shape]
-    epochs = args.epochs or shape.epochs
+    shape, folder = SHAPES[args.shape], Path(args.folder)
     torch.set_num_threads(args.threads)
-    folder = Path(tempfile.mkdtemp(prefix="stagekit-saturn-bench-"))
-    human, mouse = write_species(folder, shape.cells, shape.genes, shape.dim)
     kmeans_s = []
     original = pretrain_saturn.macrogene_centroids
 
@@ -185,53 +177,103 @@ def main() -> None:
         return out
 
     pretrain_saturn.macrogene_centroids = timed_centroids
-    common = [("training.epochs", epochs, "bench"), ("training.batch_size", shape.batch, "bench"),
-              ("runtime.threads", args.threads, "bench")]
-    model = [("data.hv_genes", shape.genes, "bench"), ("model.n_macrogenes", shape.macrogenes, "bench"),
-             ("model.n_hidden", shape.hidden, "bench"), ("model.n_embed", shape.embed, "bench"),
-             ("data.label_key", "cell_type", "bench")]
-    micro = [] if args.micro_batch_size is None else [("training.micro_batch_size", args.micro_batch_size, "bench")]
-    pre = resolve_config("pretrain", "saturn", common + model + micro)
+    common = [("training.epochs", args.epochs or shape.epochs, "bench"),
+              ("training.batch_size", shape.batch, "bench"), ("runtime.threads", args.threads, "bench")]
+    if args.precision:
+        common.append(("runtime.precision", args.precision, "bench"))
     c0, t0 = cpu_seconds(), time.perf_counter()
-    embeddings = [f"human={folder / 'human.npz'}", f"mouse={folder / 'mouse.npz'}"]
-    run_phase(PhaseRequest(pre, folder / "pre.stk", [human, mouse], quiet=True,
-                           options={"species": ["human", "mouse"], "protein_emb": embeddings}))
-    pre_whole = (cpu_seconds() - c0, time.perf_counter() - t0)
-    pre_epoch = np.median(read_bundle(folder / "pre.stk", weights=False).history["epoch_cpu_s"])
-    c0, t0 = cpu_seconds(), time.perf_counter()
-    align = resolve_config("align", "align", common)
-    run_phase(PhaseRequest(align, folder / "align.stk", parent=folder / "pre.stk", quiet=True, log=lambda m: None))
-    align_whole = (cpu_seconds() - c0, time.perf_counter() - t0)
-    align_epoch = np.median(read_bundle(folder / "align.stk", weights=False).history["epoch_cpu_s"])
-    peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+    if args.run_phase == "pretrain":
+        model = [("data.hv_genes", shape.genes, "bench"), ("model.n_macrogenes", shape.macrogenes, "bench"),
+                 ("model.n_hidden", shape.hidden, "bench"), ("model.n_embed", shape.embed, "bench"),
+                 ("data.label_key", "cell_type", "bench")]
+        micro = [] if args.micro_batch_size is None else [("training.micro_batch_size", args.micro_batch_size,
+                                                           "bench")]
+        config = resolve_config("pretrain", "saturn", common + model + micro)
+        micro_batch = config["training"]["micro_batch_size"]
+        embeddings = [f"human={folder / 'human.npz'}", f"mouse={folder / 'mouse.npz'}"]
+        run_phase(PhaseRequest(config, folder / "pre.stk", [folder / "human.h5ad", folder / "mouse.h5ad"],
+                               quiet=True, options={"species": ["human", "mouse"], "protein_emb": embeddings}))
+    else:
+        micro_batch = None
+        run_phase(PhaseRequest(resolve_config("align", "align", common), folder / "align.stk",
+                               parent=folder / "pre.stk", quiet=True, log=lambda m: None))
+    whole = (cpu_seconds() - c0, time.perf_counter() - t0)
+    bundle = read_bundle(folder / ("pre.stk" if args.run_phase == "pretrain" else "align.stk"), weights=False)
+    print(json.dumps({"epoch_cpu_s": float(np.median(bundle.history["epoch_cpu_s"])), "cpu_s": whole[0],
+                      "wall_s": whole[1], "kmeans_s": kmeans_s[0] if kmeans_s else None,
+                      "peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2,
+                      "imports_gb": imports_gb, "micro_batch_size": micro_batch}))
+
+
+def main() -> None:
+    import json
+    import subprocess
+    import sys
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shape", choices=SHAPES, default="toy")
+    parser.add_argument("--epochs", type=int, help="epochs of each stage (default: per shape)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (the reference ran with 2)")
+    parser.add_argument("--micro-batch-size", type=int,
+                        help="pretrain's training.micro_batch_size (cells of each species per pass; 0: the whole "
+                             "batch; default: the saturn preset's)")
+    parser.add_argument("--precision", choices=("32-true", "bf16-mixed"),
+                        help="runtime.precision of both phases (default: the presets')")
+    parser.add_argument("--glibc-default", action="store_true",
+                        help="leave glibc's allocator as it is (the engine keeps freed large blocks otherwise)")
+    parser.add_argument("--run-phase", choices=("pretrain", "align"), help=argparse.SUPPRESS)
+    parser.add_argument("--folder", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.run_phase:
+        run_one_phase(args)
+        return
+    import torch
+
+    torch.set_num_threads(args.threads)
+    shape = SHAPES[args.shape]
+    epochs = args.epochs or shape.epochs
+    folder = Path(tempfile.mkdtemp(prefix="stagekit-saturn-bench-"))
+    write_species(folder, shape.cells, shape.genes, shape.dim)
+    measured = {}
+    for phase in ("pretrain", "align"):  # each phase in its own process, as users run the commands
+        child = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--run-phase", phase, "--folder",
+                                str(folder)], capture_output=True, text=True)
+        if child.returncode:
+            sys.exit(f"{phase} failed:\n{child.stderr[-3000:]}")
+        measured[phase] = json.loads(child.stdout.strip().splitlines()[-1])
+    pre, align = measured["pretrain"], measured["align"]
     rate = matmul_flop_per_cpu_s(shape)
     flop = epoch_flop(shape)
     ref = shape.reference
     print(f"{args.shape}: {' + '.join(f'{n:,}' for n in shape.cells)} cells x {shape.genes:,} genes per species, "
           f"M = {shape.macrogenes:,}, hidden {shape.hidden}, embedding {shape.embed}, batch {shape.batch:,}, "
-          f"protein embedding dim {shape.dim}, {epochs} epochs, {args.threads} thread(s), CPU"
+          f"protein embedding dim {shape.dim}, {epochs} epochs, {args.threads} thread(s), CPU, "
+          f"precision {args.precision or 'of the presets'}"
           + (", glibc's default allocator" if args.glibc_default else "")
-          + f", pretrain micro-batches of {pre['training']['micro_batch_size'] or 'the whole batch'}")
+          + f", pretrain micro-batches of {pre['micro_batch_size'] or 'the whole batch'}")
     print(f"torch.matmul at ({min(shape.batch, max(shape.cells))} x {shape.genes}) @ ({shape.genes} x "
-          f"{shape.macrogenes}): {rate / 1e9:.0f} GFLOP per CPU-s")
+          f"{shape.macrogenes}), float32: {rate / 1e9:.0f} GFLOP per CPU-s")
     print(f"{'measure':<44} {'stagekit':>9} {'limit':>8} {'of limit':>8} {'reference':>9} {'ratio':>7}")
-    for stage, steps, whole in (("pretrain", pre_epoch, pre_whole[0]), ("align", align_epoch, align_whole[0])):
-        limit = flop[stage] / rate
+    for stage, m in (("pretrain", pre), ("align", align)):
+        steps, whole, limit = m["epoch_cpu_s"], m["cpu_s"], flop[stage] / rate
         reference = ref.get(f"{stage}_epoch_cpu_s")
         versus = f"{reference:9.2f} {reference / steps:6.1f}x" if reference else f"{'-':>9} {'-':>7}"
         print(f"{stage + ' epoch, training steps (CPU-s)':<44} {steps:9.2f} {limit:8.2f} {limit / steps:8.0%} "
               + versus + f"   ({flop[stage] / 1e9:,.0f} GFLOP)")
         versus = f"{reference:9.2f} {reference * epochs / whole:6.1f}x" if reference else f"{'-':>9} {'-':>7}"
         print(f"{stage + ' whole command / epochs (CPU-s)':<44} {whole / epochs:9.2f} {'':>8} {'':>8} " + versus)
-    print(f"{'pretrain / align whole command (wall s)':<44} {pre_whole[1]:9.1f} {align_whole[1]:8.1f}")
+    print(f"{'align, once: macrogene products (GFLOP)':<44} {flop['align_once'] / 1e9:9.0f} "
+          f"{flop['align_once'] / rate:8.2f}")
+    print(f"{'pretrain / align whole command (wall s)':<44} {pre['wall_s']:9.1f} {align['wall_s']:8.1f}")
     k_ref = ref.get("kmeans_s")
-    print(f"{'macrogene k-means (s)':<44} {kmeans_s[0]:9.2f} {'':>8} {'':>8} "
-          + (f"{k_ref:9.2f} {k_ref / kmeans_s[0]:6.1f}x" if k_ref else f"{'-':>9} {'-':>7}"))
+    print(f"{'macrogene k-means (s)':<44} {pre['kmeans_s']:9.2f} {'':>8} {'':>8} "
+          + (f"{k_ref:9.2f} {k_ref / pre['kmeans_s']:6.1f}x" if k_ref else f"{'-':>9} {'-':>7}"))
+    peak_gb = max(pre["peak_gb"], align["peak_gb"])
     rss_ref = ref.get("peak_rss_gb")
-    print(f"{'peak RSS (GB, whole process)':<44} {peak_gb:9.2f} {'':>8} {'':>8} "
-          + (f"{rss_ref:9.2f} {rss_ref / peak_gb:6.1f}x" if rss_ref else f"{'-':>9} {'-':>7}"))
-    print(f"{'RSS after importing torch, Fabric, scvi-tools, anndata (GB)':<60} {imports_gb:6.2f}")
-    print(f"{'peak RSS above those imports (GB)':<60} {peak_gb - imports_gb:6.2f}")
+    print(f"{'peak RSS (GB): pretrain / align processes':<44} {pre['peak_gb']:9.2f} {align['peak_gb']:8.2f}"
+          + (f" {'':>8} {rss_ref:9.2f} {rss_ref / peak_gb:6.1f}x" if rss_ref else ""))
+    print(f"{'RSS after importing torch, Fabric, scvi-tools, anndata (GB)':<60} {pre['imports_gb']:6.2f}")
+    print(f"{'peak RSS above those imports (GB)':<60} {peak_gb - pre['imports_gb']:6.2f}")
     print(f"targets: >= {TARGET_RATIO[args.shape]:g}x less CPU time per epoch than the reference"
           + ("; peak memory <= 1/2 (ratio >= 2x)" if args.shape == "toy" else "; >= 50 % of the limit"))
     print("(the whole-command rows add data loading, HVG, k-means and bundle writing, spread over the epochs run;"

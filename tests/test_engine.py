@@ -114,6 +114,24 @@ def test_non_finite_loss_stops_and_keeps_last_good_state_of_model_and_task():
     assert task.steps == 26  # the task's own state is the end of epoch 2 too, not step 30
 
 
+def test_a_large_last_good_state_waits_on_disk_and_comes_back_the_same(tmp_path, monkeypatch):
+    from stagekit.train import held_state
+
+    in_memory = Engine(RunSettings(**SETTINGS)).fit(Regression())
+    monkeypatch.setattr(held_state, "SPILL_BYTES", 0)  # every state counts as large
+    on_disk = Engine(RunSettings(**SETTINGS), spill_dir=tmp_path).fit(Regression())
+    assert list(tmp_path.iterdir()) == []  # the held file is unlinked from the start
+    a, b = from_storable(in_memory.resume_state), from_storable(on_disk.resume_state)
+    assert _same(a["model"], b["model"]) and a["loop"]["history"]["val_loss"] == b["loop"]["history"]["val_loss"]
+    assert a["loop"]["epoch"] == b["loop"]["epoch"] == 6
+    assert torch.equal(a["optimizer"]["state"][0]["exp_avg_sq"], b["optimizer"]["state"][0]["exp_avg_sq"])
+
+    task = Regression(nan_at=30)  # a stop returns to the state read back from disk
+    stopped = Engine(RunSettings(**SETTINGS), spill_dir=tmp_path).fit(task)
+    assert stopped.status == "stopped" and stopped.epochs_done == 2 and task.steps == 26
+    assert _same(task.model.state_dict(), from_storable(stopped.resume_state["model"]))
+
+
 class Collapsing(Regression):
     """Publishes a number a Guard watches; it leaves its bounds at step 20."""
 

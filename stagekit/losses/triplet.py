@@ -48,11 +48,16 @@ def label_groups(space: torch.Tensor, species: torch.Tensor, labels: torch.Tenso
     n_labels = int(labels.max()) + 1
     nearest = torch.full_like(labels, -1)  # nearest cell of another species; -1: none in the batch
     votes = torch.zeros(len(labels), n_labels, device=labels.device)
-    for start, stop in species_blocks(species):
+    blocks = species_blocks(species)
+    # each pair of species' similarities once (A's cells x B's serve B's rows transposed): half the products
+    pairs = {(a, b): unit[blocks[a][0]:blocks[a][1]] @ unit[blocks[b][0]:blocks[b][1]].T
+             for a in range(len(blocks)) for b in range(a + 1, len(blocks))}
+    for a, (start, stop) in enumerate(blocks):
         others = _outside(start, stop, len(labels), labels.device)
         if len(others) == 0:
             continue
-        scores = unit[start:stop] @ unit[others].T  # this species' cells x every cell of another species
+        # this species' cells x every cell of another species, the other blocks in order (as `others`)
+        scores = torch.cat([pairs[a, b] if a < b else pairs[b, a].T for b in range(len(blocks)) if b != a], 1)
         voters = others[scores.topk(min(mnn_k if mnn else 1, len(others)), dim=1).indices]  # nearest first
         nearest[start:stop] = voters[:, 0]
         votes[start:stop].scatter_add_(1, labels[voters], torch.ones(voters.shape, device=votes.device))

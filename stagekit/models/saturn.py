@@ -47,10 +47,19 @@ class SaturnModel(nn.Module):
         rows = slice(self.offsets[species], self.offsets[species + 1])
         return self.log_weights[rows].exp() if all_weights is None else all_weights[rows]
 
+    def gene_products(self, x: torch.Tensor, species: int, all_weights: torch.Tensor | None = None
+                      ) -> torch.Tensor:
+        """log1p(x) W_s: the gene layer, before the macrogenes' LayerNorm."""
+        return torch.log1p(x) @ self.weights(species, all_weights)
+
+    def values_of_products(self, products: torch.Tensor) -> torch.Tensor:
+        """ReLU(LayerNorm(.)) of gene_products."""
+        return F.relu(self.macro_norm(products))
+
     def macrogene_values(self, x: torch.Tensor, species: int, all_weights: torch.Tensor | None = None
                          ) -> torch.Tensor:
         """ReLU(LayerNorm(log1p(x) W_s)): macrogene expression without dropout, comparable across species."""
-        return F.relu(self.macro_norm(torch.log1p(x) @ self.weights(species, all_weights)))
+        return self.values_of_products(self.gene_products(x, species, all_weights))
 
     def macrogenes(self, x: torch.Tensor, species: int) -> torch.Tensor:
         """m = Dropout(ReLU(LayerNorm(log1p(x) W_s))): dropout acts only in training mode."""
@@ -115,12 +124,18 @@ class SaturnMetric(nn.Module):
         self.encoder = copy.deepcopy(pretrained.encoder)
 
     weights = SaturnModel.weights
+    gene_products = SaturnModel.gene_products
+    values_of_products = SaturnModel.values_of_products
     macrogene_values = SaturnModel.macrogene_values
     macrogenes = SaturnModel.macrogenes
     embed = SaturnModel.embed
 
-    def forward(self, xs: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def forward(self, xs: list[torch.Tensor] | None = None, products: list[torch.Tensor] | None = None
+                ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Embeddings of one batch per species, concatenated in species order, and each species' macrogene
-        values before dropout (what align finds cross-species neighbours in)."""
-        values = [self.macrogene_values(x, s) for s, x in enumerate(xs)]
+        values before dropout (what align finds cross-species neighbours in). The batch is the counts `xs`, or
+        `products`: each species' gene_products computed beforehand (valid while log_weights are frozen)."""
+        if products is None:
+            products = [self.gene_products(x, s) for s, x in enumerate(xs)]
+        values = [self.values_of_products(p) for p in products]
         return self.encoder(self.macro_dropout(torch.cat(values))), values  # one encoder pass for all species

@@ -126,7 +126,8 @@ class PhaseRun:
         if self.resume_bundle is not None:
             self.resume_bundle.resume = weights_resolved(self.resume_bundle.resume, self.resume_bundle.weights)
         self.settings = RunSettings.from_config(config["training"], config["runtime"])
-        self.engine = Engine(self.settings, ProgressReporter(quiet=quiet), on_checkpoint=self._checkpoint)
+        self.engine = Engine(self.settings, ProgressReporter(quiet=quiet), on_checkpoint=self._checkpoint,
+                             spill_dir=output.resolve().parent)
         self._bundle_for: Callable[[FitResult], Bundle] | None = None
 
     def check_resume_data(self, fingerprint: dict) -> None:

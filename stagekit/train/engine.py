@@ -8,12 +8,14 @@ stopping, top-k states), the non-finite guard, checkpoints, signals and exact re
 from __future__ import annotations
 
 import atexit
+import logging
 import math
 import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,6 +25,7 @@ from torch import nn
 from stagekit.bundle.records import format_group_table
 from stagekit.errors import TrainingFinished, TrainingStopped, UserError
 from stagekit.train.allocator import keep_freed_memory
+from stagekit.train.held_state import HeldState
 from stagekit.train.hooks import Hook, StepContext
 from stagekit.train.metrics import gather_rows
 from stagekit.train.optim import FreezePlan, build_optimizer, group_table, lr_lambda, param_groups
@@ -144,12 +147,17 @@ class FitResult:
     message: str
     epochs_done: int
     history: dict[str, list[float]]
-    resume_state: dict
+    read_resume_state: Callable[[], dict]  # read when asked: a large held state waits on disk (HeldState)
     device: str
     is_global_zero: bool
     final_metrics: dict[str, float] = field(default_factory=dict)  # the kept state's epoch row
     top_k: list[dict] = field(default_factory=list)  # {"name", "epoch", "metric", "value", "weights"}, best first
     phases: list[dict] = field(default_factory=list)  # the loop's phase log: group tables, frozen checksums
+
+    @property
+    def resume_state(self) -> dict:
+        """Everything exact resume needs, as `to_storable` gives it."""
+        return self.read_resume_state()
 
 
 @dataclass
@@ -212,15 +220,20 @@ def close_process_group() -> None:
 
 class Engine:
     def __init__(self, settings: RunSettings, reporter: ProgressReporter | None = None,
-                 on_checkpoint: Callable[[FitResult], None] | None = None) -> None:
+                 on_checkpoint: Callable[[FitResult], None] | None = None, spill_dir: Path | None = None) -> None:
+        """`spill_dir`: where a large last good state waits (HeldState); None keeps it in memory."""
         from lightning.fabric import Fabric
+        from lightning_utilities.core import rank_zero
 
         self.settings = settings
         self.reporter = reporter or ProgressReporter(quiet=True)
         self.on_checkpoint = on_checkpoint
+        self.spill_dir = spill_dir
         keep_freed_memory()  # large step intermediates reuse freed pages instead of faulting in new ones
         if settings.threads:
             torch.set_num_threads(settings.threads)
+        # Fabric announces mixed precision on stdout even under --quiet; the run's device line names it
+        rank_zero.log.setLevel(logging.WARNING)  # the logger Lightning's rank_zero_info writes to
         self.fabric = Fabric(accelerator=settings.accelerator, devices=settings.devices,
                              num_nodes=settings.num_nodes, strategy=settings.strategy,
                              precision=settings.precision)
@@ -250,13 +263,17 @@ class Engine:
         if not fabric.is_global_zero:
             self.reporter.quiet, self.reporter.rich = True, False
         run: _PhaseRun | None = None
-        last_good: dict = resume or {}  # what a stop returns to (a resumed run with nothing left returns it)
+        last_good = HeldState(self.spill_dir)  # what a stop returns to (a resumed run with nothing left: resume)
+        last_good.hold_storable(resume or {})
 
-        def result(status: str, message: str, state: dict) -> FitResult:
-            history = state["loop"]["history"]
+        def result(status: str, message: str, state: dict | HeldState) -> FitResult:
+            held = state if isinstance(state, HeldState) else None
+            loop_state = held.loop if held else state["loop"]
+            history = loop_state["history"]
             final = self._kept_row(loop) if status == "complete" else {k: v[-1] for k, v in history.items()}
-            return FitResult(status, message, int(state["loop"]["epoch"]), history, state, self._device_name(),
-                             fabric.is_global_zero, final, self._top_k(loop), list(state["loop"].get("phase_log", [])))
+            return FitResult(status, message, int(loop_state["epoch"]), history,
+                             held.get if held else lambda: state, self._device_name(),
+                             fabric.is_global_zero, final, self._top_k(loop), list(loop_state.get("phase_log", [])))
 
         try:
             with _Signals() as signals:
@@ -269,7 +286,7 @@ class Engine:
                             for hook in hooks:
                                 hook.on_fit_start(raw)
                             self.reporter.start(total_epochs, run.steps_per_epoch, loop.epoch)
-                            last_good = self._snapshot(task, hooks, run, loop)
+                            last_good.hold(self._state(task, hooks, run, loop))
                     loop.phase = index
                     try:
                         if not self._train_epoch(task, hooks, run, loop, signals):
@@ -277,15 +294,14 @@ class Engine:
                                           f"{loop.step_in_epoch}", self._snapshot(task, hooks, run, loop))
                         interrupted = self._end_epoch(task, hooks, run, loop, signals)
                     except TrainingStopped as exc:
-                        self._restore(last_good, raw, hooks)
+                        self._restore(last_good.get(), raw, hooks)
                         return result("stopped", str(exc), last_good)
                     if self._update_monitor(task, loop, raw):
                         self._stop_early(phases, index, loop)
                     if phase_at(phases, loop.epoch) != index or loop.epoch >= total_epochs or loop.finished:
                         loop.bad_epochs = 0  # each phase gets its own patience
                         self._close_phase(raw, loop, index)  # its end state, before any kept state is restored
-                    last_good = {}  # released before the next is taken: one copy of model and optimizer state
-                    last_good = self._snapshot(task, hooks, run, loop)
+                    last_good.hold(self._state(task, hooks, run, loop))  # the previous one is released first
                     if interrupted:  # a signal arrived during validation or between epochs
                         return result("interrupted", f"{signals.received} after epoch {loop.epoch}", last_good)
                     if loop.finished:
@@ -494,12 +510,17 @@ class Engine:
         return [{"name": f"top{i + 1}", "epoch": e["epoch"], "metric": loop.monitor_key, "value": e["value"],
                  "weights": e["weights"]} for i, e in enumerate(loop.top_k)]
 
+    def _state(self, task: Task, hooks: list[Hook], run: _PhaseRun, loop: LoopState) -> dict:
+        """Everything exact resume needs, referencing the live tensors (every rank must call it: RNG states are
+        gathered)."""
+        return {"model": task.model.state_dict(), "optimizer": run.optimizer.state_dict(),
+                "scheduler": run.scheduler.state_dict(), "optimizer_phase": run.index,
+                "rng": capture_rng(self.fabric), "task": task.state_dict(),
+                "hooks": [h.state_dict() for h in hooks[1:]], "loop": loop.to_dict()}
+
     def _snapshot(self, task: Task, hooks: list[Hook], run: _PhaseRun, loop: LoopState) -> dict:
-        """Everything exact resume needs (every rank must call it: RNG states are gathered)."""
-        return to_storable({"model": task.model.state_dict(), "optimizer": run.optimizer.state_dict(),
-                            "scheduler": run.scheduler.state_dict(), "optimizer_phase": run.index,
-                            "rng": capture_rng(self.fabric), "task": task.state_dict(),
-                            "hooks": [h.state_dict() for h in hooks[1:]], "loop": loop.to_dict()})
+        """A copy of `_state`, as `to_storable` gives it."""
+        return to_storable(self._state(task, hooks, run, loop))
 
     def _restore(self, state: dict, raw: nn.Module, hooks: list[Hook]) -> LoopState:
         """Model, task and hook states (and, on resume, this rank's RNG stream) from a snapshot."""

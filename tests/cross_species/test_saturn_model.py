@@ -132,3 +132,18 @@ def test_micro_batches_cap_parts_and_add_up_when_a_species_has_few_cells():
     parts_loss, split = gradients(parts)
     assert abs(whole_loss - parts_loss) < 1e-4 * abs(whole_loss)
     assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(whole, split, strict=True))
+
+
+def test_metric_model_on_precomputed_gene_products_matches_counts():
+    """align computes log1p(x) W_s once per cell while the macrogenes are frozen; the step must not change."""
+    from stagekit.models.saturn import SaturnMetric
+
+    data = two_species()
+    metric = SaturnMetric(_model(data)[0]).eval()
+    xs = [data[0][0][:7], data[1][0][:5]]
+    products = [metric.gene_products(x, s) for s, x in enumerate(xs)]
+    z, values = metric(xs)
+    z_cached, values_cached = metric(products=products)
+    assert torch.allclose(z, z_cached)
+    assert all(torch.allclose(a, b) for a, b in zip(values, values_cached, strict=True))
+    assert not torch.allclose(products[0], data[0][0][:7] @ metric.weights(0))  # the log1p is in the products

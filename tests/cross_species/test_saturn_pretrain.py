@@ -254,3 +254,17 @@ def test_micro_batches_give_the_same_pretraining(capsys, demo, tmp_path):
         assert np.allclose(a.history[key], b.history[key], rtol=1e-4), key
     for name, value in a.weights.items():
         assert np.allclose(value, b.weights[name], rtol=1e-3, atol=1e-5), name
+
+
+def test_bf16_mixed_pretrain_learns_quietly(capfd, demo, tmp_path):
+    """bfloat16 autocast on CPU (runtime.precision): the products run in bf16, the likelihood in float32; the loss
+    falls and --quiet stays quiet (Fabric's own mixed-precision notice included)."""
+    out = tmp_path / "bf16.stk"
+    code, stdout, err = run_cli(capfd, "pretrain", "-p", "saturn", demo["human"], demo["mouse"], "--protein-emb",
+                                demo["human_embeddings"], "--protein-emb", demo["mouse_embeddings"],
+                                "--set", "training.epochs=4", *FAST, "--precision", "bf16-mixed", "-q", "-o", out)
+    assert code == 0, err
+    assert stdout.strip() == str(out) and err == ""  # the output path only, for chaining
+    bundle = read_bundle(out)
+    assert "bf16-mixed" in bundle.device
+    assert bundle.history["train_nll"][-1] < 0.9 * bundle.history["train_nll"][0]

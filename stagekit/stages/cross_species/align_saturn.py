@@ -17,7 +17,7 @@ from stagekit.metrics.integration import cross_species_knn_agreement, species_mi
 from stagekit.metrics.neighbour_graph import knn_adjacency, leiden_partition
 from stagekit.models.saturn import SaturnMetric
 from stagekit.stages.cross_species.pretrain_saturn import load_model
-from stagekit.stages.cross_species.saturn_cells import SpeciesCells, cell_outputs, load_cells
+from stagekit.stages.cross_species.saturn_cells import SpeciesCells, cell_gene_products, cell_outputs, load_cells
 from stagekit.stages.phase import PhaseRun, kept_metrics, lineage_of
 from stagekit.stages.registry import PhaseRequest
 from stagekit.train import FitResult, StepContext, Task
@@ -30,13 +30,30 @@ def leiden_labels(embedding: np.ndarray, resolution: float, seed: int, k: int = 
     return np.array([f"leiden_{c}" for c in leiden_partition(knn_adjacency(embedding, k), resolution, seed)])
 
 
+# frozen macrogenes: log1p(x) W_s is the same every epoch, so it is computed once per cell when it fits here
+PRODUCT_CACHE_BYTES = 2 * 1024**3
+
+
 class AlignTask(Task):
     def __init__(self, model: SaturnMetric, cells: list[SpeciesCells], labels: list[np.ndarray], cfg: dict,
-                 batch_size: int, seed: int) -> None:
+                 batch_size: int, seed: int, log=print) -> None:
         self.model, self.cells, self.cfg, self.batch_size, self.seed = model, cells, cfg, batch_size, seed
         prefixed = [np.char.add(f"{c.name}:", lab.astype(str)) for c, lab in zip(cells, labels, strict=True)]
         self.label_names = sorted(set(np.concatenate(prefixed)))
         self.codes = [np.searchsorted(self.label_names, p) for p in prefixed]
+        self.products = self._gene_products(log)
+
+    def _gene_products(self, log) -> list[torch.Tensor] | None:
+        """Each species' gene-layer products of every cell, when the macrogene weights stay frozen and the
+        products fit in PRODUCT_CACHE_BYTES (the gene layer is ~90 % of an align step's work at 8,000 genes);
+        None: every step computes them from the counts."""
+        if self.cfg["unfreeze_macrogenes"]:
+            return None
+        size = sum(c.matrix.shape[0] for c in self.cells) * self.model.log_weights.shape[1] * 4
+        if size > PRODUCT_CACHE_BYTES:
+            log(f"macrogene products of all cells would take {size / 1024**3:.1f} GB; computed at every step")
+            return None
+        return [cell_gene_products(self.model, c, self.batch_size) for c in self.cells]
 
     def freeze_plan(self) -> FreezePlan:
         return FreezePlan() if self.cfg["unfreeze_macrogenes"] else FreezePlan(frozen=("log_weights",))
@@ -49,11 +66,13 @@ class AlignTask(Task):
 
     def load(self, item: tuple[list[np.ndarray], int]) -> dict:
         rows, step_seed = item
-        return {"xs": [torch.from_numpy(c.matrix[r].toarray()) for c, r in zip(self.cells, rows, strict=True)],
-                "labels": torch.from_numpy(np.concatenate([code[r] for code, r in zip(self.codes, rows,
-                                                                                      strict=True)])),
-                "species": torch.from_numpy(np.concatenate([np.full(len(r), i) for i, r in enumerate(rows)])),
-                "seed": torch.tensor(step_seed)}
+        inputs = ({"products": [p[torch.from_numpy(r)] for p, r in zip(self.products, rows, strict=True)]}
+                  if self.products is not None else
+                  {"xs": [torch.from_numpy(c.matrix[r].toarray()) for c, r in zip(self.cells, rows, strict=True)]})
+        labels = np.concatenate([code[r] for code, r in zip(self.codes, rows, strict=True)])
+        species = np.concatenate([np.full(len(r), i) for i, r in enumerate(rows)])
+        return inputs | {"labels": torch.from_numpy(labels), "species": torch.from_numpy(species),
+                         "seed": torch.tensor(step_seed)}
 
     def batch_size_of(self, batch: dict) -> int:
         return len(batch["labels"])
@@ -70,7 +89,7 @@ class AlignTask(Task):
     def unlinked_labels(self) -> list[str]:
         """Labels of the first batch whose group gains no cell of another species: they form no triplets."""
         batch = self.load(self.train_plan(0, 0, 1)[0])
-        z, values = self.model.eval()(batch["xs"])
+        z, values = self.model.eval()(batch.get("xs"), batch.get("products"))
         self.model.train()
         space = self.neighbour_space(values)
         groups = label_groups(z if space is None else space, batch["species"], batch["labels"], self.cfg["mnn"],
@@ -82,7 +101,7 @@ class AlignTask(Task):
         return [self.label_names[i] for i in sorted(present - linked)]
 
     def step(self, model: torch.nn.Module, batch: dict, ctx: StepContext) -> dict[str, torch.Tensor]:
-        z, values = model(batch["xs"])
+        z, values = model(batch.get("xs"), batch.get("products"))
         generator = torch.Generator(device=z.device).manual_seed(int(batch["seed"]))
         a, p, n = mine_triplets(z, batch["species"], batch["labels"], self.cfg["margin"], self.cfg["mnn"],
                                 generator, self.neighbour_space(values), self.cfg["balance_species"],
@@ -115,14 +134,15 @@ def run(request: PhaseRequest) -> Path | None:
             log(f"{c.name}: no labels; {len(set(labels[-1]))} Leiden clusters of the pretrain embedding used")
     torch.manual_seed(seed)
     model = SaturnMetric(pretrained).train()
-    task = AlignTask(model, cells, labels, cfg, train_cfg["batch_size"], seed)
+    task = AlignTask(model, cells, labels, cfg, train_cfg["batch_size"], seed, log)
     for name in task.unlinked_labels():
         log(f"warning: label '{name}' has no cell of another species among its nearest cross-species cells "
             f"(align.neighbour_space = {cfg['neighbour_space']}); its cells form no triplets and it is skipped")
 
     def bundle_for(result: FitResult) -> Bundle:
         final = kept_metrics(result, "train_")
-        outputs = [cell_outputs(model, c)[1] for c in cells]
+        outputs = [cell_outputs(model, c, products=None if task.products is None else task.products[i])[1]
+                   for i, c in enumerate(cells)]
         embedding = np.concatenate(outputs)
         species = np.concatenate([np.full(len(o), c.name) for o, c in zip(outputs, cells, strict=True)])
         all_labels = np.concatenate(labels)

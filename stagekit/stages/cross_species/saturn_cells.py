@@ -88,18 +88,30 @@ def load_cells(bundle: Bundle, data: list[Path], species_names: list[str], log=p
 
 
 @torch.no_grad()
-def cell_outputs(model: torch.nn.Module, cells: SpeciesCells, batch_size: int = 4096
-                 ) -> tuple[np.ndarray, np.ndarray]:
-    """Macrogene values and embedding of every cell, deterministic (eval mode: no macrogene dropout)."""
+def cell_outputs(model: torch.nn.Module, cells: SpeciesCells, batch_size: int = 4096,
+                 products: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Macrogene values and embedding of every cell, deterministic (eval mode: no macrogene dropout); from the
+    cells' gene_products when given (cell_gene_products, with the model's current macrogene weights)."""
     model.eval()
     device = device_of(model)
     macro, embedding = [], []
     for rows in eval_plan(np.arange(cells.matrix.shape[0]), batch_size):
-        x = torch.from_numpy(cells.matrix[rows].toarray()).to(device)
-        m = model.macrogenes(x, cells.species)
+        if products is not None:
+            m = model.values_of_products(products[torch.from_numpy(rows)].to(device))
+        else:
+            m = model.macrogenes(torch.from_numpy(cells.matrix[rows].toarray()).to(device), cells.species)
         macro.append(m.float().cpu().numpy())
         embedding.append(model.encoder(m).float().cpu().numpy())
     return np.concatenate(macro), np.concatenate(embedding)
+
+
+@torch.no_grad()
+def cell_gene_products(model: torch.nn.Module, cells: SpeciesCells, batch_size: int = 4096) -> torch.Tensor:
+    """log1p(x) W_s of every cell (cells x macrogenes, float32, in CPU memory), a block of rows at a time."""
+    device = device_of(model)
+    return torch.cat([model.gene_products(torch.from_numpy(cells.matrix[rows].toarray()).to(device),
+                                          cells.species).float().cpu()
+                      for rows in eval_plan(np.arange(cells.matrix.shape[0]), batch_size)])
 
 
 def saturn_anndata(bundle: Bundle, data: list[Path], species: list[str], log=print):
