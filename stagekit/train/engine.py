@@ -231,7 +231,7 @@ class Engine:
         self.spill_dir = spill_dir
         if settings.threads:
             torch.set_num_threads(settings.threads)
-        # Fabric announces mixed precision on stdout even under --quiet; the run's device line names it
+        # Fabric announces mixed precision on stderr even under --quiet; the run's device line names it
         rank_zero.log.setLevel(logging.WARNING)  # the logger Lightning's rank_zero_info writes to
         self.fabric = Fabric(accelerator=settings.accelerator, devices=settings.devices,
                              num_nodes=settings.num_nodes, strategy=settings.strategy,
