@@ -246,11 +246,12 @@ def run(request: PhaseRequest) -> Path | None:
                                   f"into {min(model_cfg['n_macrogenes'], len(protein)):,} centroids ...")
         centroids = macrogene_centroids(protein, model_cfg["n_macrogenes"], seed)
         phase.engine.reporter.log(f"macrogenes: k-means done in {time.perf_counter() - started:.0f} s")
-    log_weights = log_weights_from_centroids(protein, centroids, model_cfg["scoring"])
     torch.manual_seed(seed)
-    model = SaturnModel([s.counts.n_vars for s in species], torch.from_numpy(log_weights), model_cfg["n_hidden"],
-                        model_cfg["n_embed"], model_cfg["dropout"], model_cfg["condition_on_species"],
-                        protein=torch.from_numpy(protein))
+    # the model keeps its own copy of the initial weights: the array is not held through training (genes x M)
+    model = SaturnModel([s.counts.n_vars for s in species],
+                        torch.from_numpy(log_weights_from_centroids(protein, centroids, model_cfg["scoring"])),
+                        model_cfg["n_hidden"], model_cfg["n_embed"], model_cfg["dropout"],
+                        model_cfg["condition_on_species"], protein=torch.from_numpy(protein))
     splits = [split_train_val(s.counts.n_obs, train_cfg["val_fraction"], seed + i, f"{s.counts.path} ({s.name})")
               for i, s in enumerate(species)]
     task = SaturnTask(model, species, splits, train_cfg["batch_size"], seed, model_cfg)
