@@ -119,7 +119,10 @@ def test_a_large_last_good_state_waits_on_disk_and_comes_back_the_same(tmp_path,
 
     in_memory = Engine(RunSettings(**SETTINGS)).fit(Regression())
     monkeypatch.setattr(held_state, "SPILL_BYTES", 0)  # every state counts as large
+    made, temporary_file = [], held_state.tempfile.TemporaryFile
+    monkeypatch.setattr(held_state.tempfile, "TemporaryFile", lambda **k: made.append(k["dir"]) or temporary_file(**k))
     on_disk = Engine(RunSettings(**SETTINGS), spill_dir=tmp_path).fit(Regression())
+    assert len(made) == 7 and set(made) == {tmp_path}  # the state before training and after each of 6 epochs
     assert list(tmp_path.iterdir()) == []  # the held file is unlinked from the start
     a, b = from_storable(in_memory.resume_state), from_storable(on_disk.resume_state)
     assert _same(a["model"], b["model"]) and a["loop"]["history"]["val_loss"] == b["loop"]["history"]["val_loss"]
