@@ -268,14 +268,11 @@ class Engine:
         last_good = HeldState(self.spill_dir)  # what a stop returns to (a resumed run with nothing left: resume)
         last_good.hold_storable(resume or {})
 
-        def result(status: str, message: str, state: dict | HeldState) -> FitResult:
-            held = state if isinstance(state, HeldState) else None
-            loop_state = held.loop if held else state["loop"]
-            history = loop_state["history"]
+        def result(status: str, message: str, held: HeldState) -> FitResult:
+            history = held.loop["history"]
             final = self._kept_row(loop) if status == "complete" else {k: v[-1] for k, v in history.items()}
-            return FitResult(status, message, int(loop_state["epoch"]), history,
-                             held.get if held else lambda: state, self._device_name(),
-                             fabric.is_global_zero, final, self._top_k(loop), list(loop_state.get("phase_log", [])))
+            return FitResult(status, message, int(held.loop["epoch"]), history, held.get, self._device_name(),
+                             fabric.is_global_zero, final, self._top_k(loop), list(held.loop.get("phase_log", [])))
 
         try:
             with _Signals() as signals:
@@ -291,9 +288,10 @@ class Engine:
                             last_good.hold(self._state(task, hooks, run, loop))
                     loop.phase = index
                     try:
-                        if not self._train_epoch(task, hooks, run, loop, signals):
+                        if not self._train_epoch(task, hooks, run, loop, signals):  # the state mid-epoch
+                            last_good.hold(self._state(task, hooks, run, loop))
                             return result("interrupted", f"{signals.received} at epoch {loop.epoch + 1}, step "
-                                          f"{loop.step_in_epoch}", self._snapshot(task, hooks, run, loop))
+                                          f"{loop.step_in_epoch}", last_good)
                         interrupted = self._end_epoch(task, hooks, run, loop, signals)
                     except TrainingStopped as exc:
                         self._restore(last_good.get(), raw, hooks)
@@ -519,10 +517,6 @@ class Engine:
                 "scheduler": run.scheduler.state_dict(), "optimizer_phase": run.index,
                 "rng": capture_rng(self.fabric), "task": task.state_dict(),
                 "hooks": [h.state_dict() for h in hooks[1:]], "loop": loop.to_dict()}
-
-    def _snapshot(self, task: Task, hooks: list[Hook], run: _PhaseRun, loop: LoopState) -> dict:
-        """A copy of `_state`, as `to_storable` gives it."""
-        return to_storable(self._state(task, hooks, run, loop))
 
     def _restore(self, state: dict, raw: nn.Module, hooks: list[Hook]) -> LoopState:
         """Model, task and hook states (and, on resume, this rank's RNG stream) from a snapshot."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -54,7 +55,8 @@ def tensor_checksums(module: torch.nn.Module, names: list[str]) -> dict[str, str
     return {n: hashlib.sha256(b.tobytes()).hexdigest() for n, b in raw.items()}
 
 
-def load_weights(module: torch.nn.Module, weights: dict[str, np.ndarray], source: str = "the bundle") -> None:
+def load_weights(module: torch.nn.Module, weights: dict[str, np.ndarray], source: str | Path = "the bundle"
+                 ) -> None:
     """Stored weights into `module`; weights that do not fit its parameters (a bundle written by a version whose
     model differs) are a UserError naming them, not a traceback."""
     own = module.state_dict()
