@@ -335,6 +335,16 @@ SEGMENT_PREDICT = {
                      "least this", minimum=0, maximum=1),
     "min_transcripts": Key("int", 10, "transcripts left over form new cells (connected components of the "
                            "transcript graph) of at least this many; 0 leaves them unassigned", minimum=0),
+    "max_distance": Key("float", 9.0, "a transcript joins no nucleus whose outline is farther than this (micron; "
+                        "candidates reach graph.dist_bd)", minimum=0),
+    "farther_penalty": Key("float", 0.25, "link logits lose this much per micron a candidate's outline is farther "
+                           "than the transcript's nearest candidate's", minimum=0),
+    "profile_rounds": Key("int", 2, "rounds of re-scoring every link with the expression profile of the cell its "
+                          "nucleus has become (the sample as segmented so far); 0 off", minimum=0),
+    "profile_weight": Key("float", 3.0, "weight in the link logit of how well a transcript's gene and its "
+                          "neighbours' fit that profile (log ratio to the sample's gene frequencies)", minimum=0),
+    "profile_prior": Key("float", 20.0, "pseudo-transcripts of the sample's gene frequencies in every cell's "
+                         "profile, so a cell with few transcripts says little", minimum=1),
 }
 
 SEGMENT_TRAINING = TRAINING | {

@@ -24,6 +24,7 @@ from stagekit.bundle import Bundle, ensure_writable_folder, file_sha256
 from stagekit.data.spatial import Sample
 from stagekit.errors import UserError
 from stagekit.stages.segmentation.graph import SampleGraph, tile_data
+from stagekit.stages.segmentation.refine import farther_than_nearest, profile_evidence
 
 NEW_CELL_PREFIX = "stagekit-"
 
@@ -33,7 +34,7 @@ class Assignment:
     cell: np.ndarray  # (kept,) str: nucleus id, new-cell id or '' (unassigned)
     score: np.ndarray  # (kept,) best link probability, NaN without a candidate
     status: np.ndarray  # (kept,) 'nucleus' | 'new_cell' | 'unassigned'
-    pair_probability: np.ndarray  # (pairs,) probability of every candidate pair
+    pair_probability: np.ndarray  # (pairs,) refined probability of every candidate pair
 
 
 def scored_links(model, graph: SampleGraph, steps: list[list[int]], roles_of=None):
@@ -65,8 +66,8 @@ def link_probabilities(model, graph: SampleGraph, tiles_per_batch: int = 8) -> n
     return probability
 
 
-def assign(graph: SampleGraph, probability: np.ndarray, nucleus_ids: list[str], score_cut: float,
-           min_transcripts: int) -> Assignment:
+def best_candidates(graph: SampleGraph, probability: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(best pair or -1, its probability or NaN) of every transcript; ties go to the first (nearest) candidate."""
     n = len(graph.xy)
     has = np.diff(graph.cand_start) > 0
     best_pair = np.full(n, -1, np.int64)
@@ -75,10 +76,23 @@ def assign(graph: SampleGraph, probability: np.ndarray, nucleus_ids: list[str], 
         starts = graph.cand_start[:-1][has]
         best = np.maximum.reduceat(probability, starts)
         score[has] = best
-        # first pair of each transcript reaching its maximum
         is_max = probability == np.repeat(best, np.diff(graph.cand_start)[has])
         position = np.where(is_max, np.arange(len(probability)), len(probability))
         best_pair[has] = np.minimum.reduceat(position, starts)
+    return best_pair, score
+
+
+def chosen_nucleus(graph: SampleGraph, probability: np.ndarray, score_cut: float) -> np.ndarray:
+    """The nucleus each transcript joins (-1: none), its best candidate when at least `score_cut`."""
+    best_pair, score = best_candidates(graph, probability)
+    chosen = (best_pair >= 0) & (score >= score_cut)
+    return np.where(chosen, graph.cand_bd[np.maximum(best_pair, 0)], -1)
+
+
+def assign(graph: SampleGraph, probability: np.ndarray, nucleus_ids: list[str], score_cut: float,
+           min_transcripts: int) -> Assignment:
+    n = len(graph.xy)
+    best_pair, score = best_candidates(graph, probability)
     chosen = (best_pair >= 0) & (score >= score_cut)
     ids = np.asarray(nucleus_ids, dtype=object)
     cell = np.full(n, "", dtype=object)
@@ -91,6 +105,34 @@ def assign(graph: SampleGraph, probability: np.ndarray, nucleus_ids: list[str], 
         cell[left[grouped]] = [f"{NEW_CELL_PREFIX}{c + 1}" for c in new_cell[grouped]]
         status[left[grouped]] = "new_cell"
     return Assignment(cell.astype(str), score, status.astype(str), probability)
+
+
+def predict_settings(stored: dict) -> dict:
+    """The bundle's predict section; keys added after the bundle was written take their defaults."""
+    from stagekit.config.schemas import SEGMENT_PREDICT
+
+    return {key: stored.get("predict", {}).get(key, spec.default) for key, spec in SEGMENT_PREDICT.items()}
+
+
+def refined_probabilities(graph: SampleGraph, probability: np.ndarray, settings: dict) -> np.ndarray:
+    """The network's link probabilities re-scored with what the whole sample shows (see refine.py): logits lose
+    `farther_penalty` per micron a candidate is farther than the nearest, nuclei beyond `max_distance` are out of
+    reach, and for `profile_rounds` rounds each link gains `profile_weight` x how well the transcript and its
+    neighbours fit the expression profile of the cell its nucleus has become."""
+    p = probability.astype(np.float64)
+    logit = np.log(np.clip(p, 1e-6, 1.0)) - np.log(np.clip(1.0 - p, 1e-6, 1.0))
+    logit -= settings["farther_penalty"] * farther_than_nearest(graph)
+    reachable = graph.cand_distance <= settings["max_distance"]
+
+    def with_evidence(evidence: np.ndarray | float) -> np.ndarray:
+        return np.where(reachable, 1.0 / (1.0 + np.exp(-(logit + evidence))), 0.0).astype(np.float32)
+
+    refined = with_evidence(0.0)
+    for _ in range(settings["profile_rounds"]):
+        nucleus_of = chosen_nucleus(graph, refined, settings["score_cut"])
+        refined = with_evidence(settings["profile_weight"] * profile_evidence(
+            graph, nucleus_of, len(graph.nucleus_xy), settings["profile_prior"]))
+    return refined
 
 
 def _components(graph: SampleGraph, left: np.ndarray, min_size: int) -> np.ndarray:
@@ -175,9 +217,9 @@ def predict_sample(bundle: Bundle, folder: Path, log) -> tuple[Sample, SampleGra
             f"{' ...' if len(new) > 5 else ''}) are read as its unknown-gene token")
         codes = np.where(codes >= len(bundle.var_names), 0, codes)
     graph = sample_graph(sample, codes, stored["graph"], log)
-    probability = link_probabilities(model, graph)
-    result = assign(graph, probability, sample.nuclei.ids, stored["predict"]["score_cut"],
-                    stored["predict"]["min_transcripts"])
+    settings = predict_settings(stored)
+    probability = refined_probabilities(graph, link_probabilities(model, graph), settings)
+    result = assign(graph, probability, sample.nuclei.ids, settings["score_cut"], settings["min_transcripts"])
     return sample, graph, result
 
 
