@@ -135,6 +135,34 @@ def test_a_large_last_good_state_waits_on_disk_and_comes_back_the_same(tmp_path,
     assert _same(task.model.state_dict(), from_storable(stopped.resume_state["model"]))
 
 
+def test_a_spilled_state_reads_back_as_to_storable_gives_it(tmp_path):
+    from stagekit.train.held_state import HeldState
+    from stagekit.train.state import to_storable
+
+    state = {"loop": {"epoch": 3, "history": {"loss": [1.0, 0.5]}},
+             "model": {"w": torch.randn(4, 3), "scalar": torch.tensor(2.5), "half": torch.randn(5).bfloat16(),
+                       "empty": torch.zeros(0, 7), "strided": torch.arange(12.0).reshape(3, 4).T},
+             "task": {"rows": np.arange(6).reshape(2, 3), "names": np.array(["a", None], dtype=object),
+                      "flags": np.array([True, False]), "rng": {"seed": 7}}}
+    want = to_storable(state)  # a copy
+    held = HeldState(tmp_path, spill_bytes=0)
+    held.hold(state)
+    state["model"]["w"].add_(1.0)  # later training must not change what is held
+    state["task"]["rows"][0, 0] = 99
+    got = held.get()
+    assert list(tmp_path.iterdir()) == [] and held.loop == {"epoch": 3, "history": {"loss": [1.0, 0.5]}}
+
+    def same(a, b):
+        if isinstance(a, np.ndarray):
+            return a.dtype == b.dtype and a.shape == b.shape and (a == b).all()
+        if isinstance(a, dict):
+            return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+        return a == b
+
+    assert same(got, want)
+    held.release()
+
+
 class Collapsing(Regression):
     """Publishes a number a Guard watches; it leaves its bounds at step 20."""
 

@@ -85,3 +85,27 @@ def test_weights_from_centroids_match_brute_force_ranks_in_blocks():
     brute = ((genes[:, None, :] - centroids[None]) ** 2).sum(-1).argsort(1).argsort(1) + 1.0
     expected = np.log(rank_weights(brute, "smoothed") + 1e-6).astype(np.float32)
     assert np.array_equal(log_weights_from_centroids(genes, centroids, "smoothed", block=16), expected)
+
+
+def test_seeding_on_principal_components_reaches_the_same_clustering():
+    """Seeding on a few principal components, then Lloyd on every dimension, against seeding on all of them (the
+    reference's way, `seeding_dims=0`): gene clusters along a low-dimensional structure, as protein embeddings."""
+    from sklearn.cluster import KMeans, kmeans_plusplus
+
+    from stagekit.models.macrogenes import macrogene_centroids
+
+    rng = np.random.default_rng(2)
+    centres = rng.normal(size=(30, 6)) @ rng.normal(size=(6, 256))  # 30 families in a 6-d subspace of 256
+    genes = (centres[rng.integers(0, 30, 900)] + 0.3 * rng.normal(size=(900, 256))).astype(np.float32)
+
+    def inertia(c):
+        return float(((genes[:, None, :] - c[None]) ** 2).sum(-1).min(1).sum())
+
+    full = macrogene_centroids(genes, 30, seed=0, seeding_dims=0)
+    _, rows = kmeans_plusplus(genes.astype(np.float64), 30, random_state=0)  # unchanged from before the setting
+    reference = KMeans(30, init=genes[rows], n_init=1, random_state=0).fit(genes).cluster_centers_
+    np.testing.assert_allclose(full, reference, rtol=1e-5, atol=1e-5)
+    reduced = [inertia(macrogene_centroids(genes, 30, seed=s, seeding_dims=8)) for s in range(3)]
+    everything = [inertia(macrogene_centroids(genes, 30, seed=s, seeding_dims=0)) for s in range(3)]
+    assert np.mean(reduced) < 1.02 * np.mean(everything)
+    assert macrogene_centroids(genes, 30, seed=0, seeding_dims=4096).tolist() == full.tolist()  # >= dim: all

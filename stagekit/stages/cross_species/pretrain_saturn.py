@@ -166,13 +166,17 @@ class SaturnTask(Task):
         return {"loss": loss, "nll": nll} | named | logged
 
 
-def macrogene_key(species: list[SpeciesData], protein: np.ndarray, n_macrogenes: int, seed: int) -> str:
-    """What the macrogene centroids depend on: every species' kept genes and their embeddings, M and the seed."""
+def macrogene_key(species: list[SpeciesData], protein: np.ndarray, n_macrogenes: int, seed: int,
+                  seeding_dims: int = 0) -> str:
+    """What the macrogene centroids depend on: every species' kept genes and their embeddings, M, the seed and
+    the seeding's principal components (none when it ran on every dimension, as before that setting existed)."""
     digest = hashlib.sha256()
     for s in species:
         digest.update(f"{s.name}:{','.join(s.counts.var_names)};".encode())
     digest.update(np.ascontiguousarray(protein, dtype=np.float32).tobytes())
     digest.update(f"#{n_macrogenes}#{seed}".encode())
+    if 0 < seeding_dims < min(protein.shape):
+        digest.update(f"#pca{seeding_dims}".encode())
     return digest.hexdigest()
 
 
@@ -186,7 +190,7 @@ def cached_centroids(source: Path | None, key: str, log=print) -> np.ndarray | N
         raise UserError(f"{source} holds no macrogene centroids; was it written by `pretrain --preset saturn`?")
     stored = bytes(np.asarray(stored).tobytes()).decode() if not isinstance(stored, str) else stored
     if stored != key:
-        log(f"{source}: its macrogenes were computed from other genes, embeddings, M or seed; running k-means")
+        log(f"{source}: its macrogenes were computed from other genes, embeddings, M, seed or seeding; running k-means")
         return None
     log(f"macrogene centroids reused from {source} (same genes, embeddings, M and seed)")
     return np.asarray(bundle.results["macrogene_centroids"], dtype=np.float32)
@@ -238,13 +242,13 @@ def run(request: PhaseRequest) -> Path | None:
 
     seed = train_cfg["seed"]
     protein = np.concatenate([s.protein for s in species])
-    key = macrogene_key(species, protein, model_cfg["n_macrogenes"], seed)
+    key = macrogene_key(species, protein, model_cfg["n_macrogenes"], seed, model_cfg["kmeans_seeding_dims"])
     centroids = cached_centroids(macrogenes_from or resume, key, phase.engine.reporter.log)
     if centroids is None:  # minutes at SATURN's real sizes: say so before, and how long after
         started = time.perf_counter()
         phase.engine.reporter.log(f"macrogenes: k-means of {len(protein):,} gene embeddings (dim {protein.shape[1]}) "
                                   f"into {min(model_cfg['n_macrogenes'], len(protein)):,} centroids ...")
-        centroids = macrogene_centroids(protein, model_cfg["n_macrogenes"], seed)
+        centroids = macrogene_centroids(protein, model_cfg["n_macrogenes"], seed, model_cfg["kmeans_seeding_dims"])
         phase.engine.reporter.log(f"macrogenes: k-means done in {time.perf_counter() - started:.0f} s")
     torch.manual_seed(seed)
     # the model keeps its own copy of the initial weights: the array is not held through training (genes x M)
