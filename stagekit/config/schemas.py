@@ -11,9 +11,10 @@ CROSS_SPECIES_TRAINING = TRAINING | {
 }
 # pretrain only: align mines triplets across the whole batch, which a part of it cannot stand for
 SATURN_PRETRAIN_TRAINING = CROSS_SPECIES_TRAINING | {
-    "micro_batch_size": Key("int", 0, "cells of each species per forward/backward pass within a step, in each "
-                            "process (0: the whole batch); the gradients of the parts add up to the batch's: the "
-                            "same step (up to dropout masks and rounding) with less memory", minimum=0),
+    "micro_batch_size": Key("int", 0, "cells per forward/backward pass within a step, in each process (SATURN "
+                            "pretrain: of one species per pass; 0: the whole batch); the gradients of the parts add "
+                            "up to the batch's: the same step (up to dropout masks and rounding) with less memory",
+                            minimum=0),
 }
 
 COUNT_DATA = {

@@ -133,21 +133,30 @@ class SaturnTask(Task):
         return sum(len(x) for x in batch["xs"])
 
     def micro_batches(self, batch: dict, size: int) -> list[dict]:
-        """Each species' cells in the same number of parts, none over `size` cells; a part's NLL terms are
-        weighted by its share of the species' cells, and the weight regularisers (which see no cells) go with
-        the first part, so the parts' terms add up to the whole step's. A species with fewer cells than parts
-        fills the last ones: the last part, where DDP synchronises, holds every species."""
+        """Parts of at most `size` cells of one species each, so a pass holds the activations of one species'
+        gene layers, not of all; a part's NLL terms are weighted by its share of the species' cells, and the
+        weight regularisers (which see no cells) go with the first part, so the parts' terms add up to the whole
+        step's. The last part, where DDP synchronises (every species' gene layers must have gradients there),
+        holds the last cells of every species, at most size // species of each."""
         xs = batch["xs"]
-        n_parts = -(-max(len(x) for x in xs) // size)
-        chunks = [x.tensor_split(n_parts)[::-1] for x in xs]  # empty chunks of a small species come first
+        tail = max(1, size // len(xs))
+        pieces, last = [], []
+        for s, x in enumerate(xs):
+            head, end = x[:len(x) - min(len(x), tail)], x[len(x) - min(len(x), tail):]
+            pieces += [(s, piece) for piece in head.tensor_split(-(-len(head) // size))] if len(head) else []
+            last.append(end)
         parts = []
-        for j in range(n_parts):
-            part = {"xs": [c[j] for c in chunks], "first": j == 0,
-                    "shares": [len(c[j]) / len(x) for c, x in zip(chunks, xs, strict=True)]}
-            if j == 0 and "partners" in batch:
-                part["partners"] = batch["partners"]
-            parts.append(part)
-        return parts
+        for s, piece in pieces:
+            part_xs = [x[:0] for x in xs]
+            part_xs[s] = piece
+            parts.append(part_xs)
+        parts.append(last)
+        out = [{"xs": part_xs, "first": j == 0,
+                "shares": [len(p) / len(x) if len(x) else 0.0 for p, x in zip(part_xs, xs, strict=True)]}
+               for j, part_xs in enumerate(parts)]
+        if "partners" in batch:
+            out[0]["partners"] = batch["partners"]
+        return out
 
     def step(self, model: torch.nn.Module, batch: dict, ctx: StepContext) -> dict[str, torch.Tensor]:
         regularised = batch.get("first", True)  # the whole batch, or the first of its parts
