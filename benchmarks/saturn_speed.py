@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import resource
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -233,14 +234,17 @@ def main() -> None:
     shape = SHAPES[args.shape]
     epochs = args.epochs or shape.epochs
     folder = Path(tempfile.mkdtemp(prefix="stagekit-saturn-bench-"))
-    write_species(folder, shape.cells, shape.genes, shape.dim)
     measured = {}
-    for phase in ("pretrain", "align"):  # each phase in its own process, as users run the commands
-        child = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--run-phase", phase, "--folder",
-                                str(folder)], capture_output=True, text=True)
-        if child.returncode:
-            sys.exit(f"{phase} failed:\n{child.stderr[-3000:]}")
-        measured[phase] = json.loads(child.stdout.strip().splitlines()[-1])
+    try:  # the data and bundles take 0.6-1.2 GB at the real shapes: removed after every run
+        write_species(folder, shape.cells, shape.genes, shape.dim)
+        for phase in ("pretrain", "align"):  # each phase in its own process, as users run the commands
+            child = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--run-phase", phase, "--folder",
+                                    str(folder)], capture_output=True, text=True)
+            if child.returncode:
+                sys.exit(f"{phase} failed:\n{child.stderr[-3000:]}")
+            measured[phase] = json.loads(child.stdout.strip().splitlines()[-1])
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
     pre, align = measured["pretrain"], measured["align"]
     rate = matmul_flop_per_cpu_s(shape)
     flop = epoch_flop(shape)
