@@ -349,6 +349,7 @@ class Engine:
             lrs = [g["lr"] for g in run.optimizer.param_groups]
             self.reporter.step(epoch, loop.global_step, values["loss"], (min(lrs), max(lrs)),
                                loop.count * world / max(time.monotonic() - t0, 1e-9))
+            del batch  # before the next one is loaded: two steps' batches are never held at once
             if loop.finished:  # complete and validate this epoch first (a signal is answered after it)
                 break
             if interrupted:
