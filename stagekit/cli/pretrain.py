@@ -39,7 +39,8 @@ def pretrain(
         help="saturn: obs column of species when one file holds several (data.species_key)")] = None,
     macrogenes_from: Annotated[Path | None, typer.Option(
         "--macrogenes-from", help="saturn: reuse the macrogene centroids of an earlier saturn pretrain bundle "
-                                  "when computed from the same genes, embeddings, M and seed (else k-means runs)")
+                                  "when computed from the same genes, embeddings, M, seed and seeding (else k-means "
+                                  "runs)")
     ] = None,
     labelled_fraction: Annotated[float | None, typer.Option(
         help="mean-teacher: fraction of the labelled cells whose labels are used (data.labelled_fraction)")] = None,

@@ -201,7 +201,7 @@ def cached_centroids(source: Path | None, key: str, log=print) -> np.ndarray | N
     if stored != key:
         log(f"{source}: its macrogenes were computed from other genes, embeddings, M, seed or seeding; running k-means")
         return None
-    log(f"macrogene centroids reused from {source} (same genes, embeddings, M and seed)")
+    log(f"macrogene centroids reused from {source} (same genes, embeddings, M, seed and seeding)")
     return np.asarray(bundle.results["macrogene_centroids"], dtype=np.float32)
 
 
