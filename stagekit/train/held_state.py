@@ -20,7 +20,7 @@ from typing import IO, Any
 import numpy as np
 import torch
 
-from stagekit.train.state import TENSOR_TAG, to_storable
+from stagekit.train.state import TENSOR_TAG, map_leaves, tensor_values, to_storable
 
 SPILL_BYTES = 256 * 1024**2
 
@@ -48,38 +48,38 @@ class _Spilled:
 
 def _spill(obj: Any, file: IO[bytes]) -> Any:
     """`obj` with every tensor and numeric array written to `file` and replaced by where it went."""
-    if isinstance(obj, torch.Tensor):
-        tensor = obj.detach().cpu()
-        if tensor.dtype == torch.bfloat16:  # as to_storable: numpy has no bfloat16
-            tensor = tensor.float()
-        return _write(file, tensor.contiguous().numpy(), str(obj.dtype).removeprefix("torch."))
-    if isinstance(obj, np.ndarray):
-        return obj.copy() if obj.dtype.hasobject else _write(file, np.ascontiguousarray(obj), None)
-    if isinstance(obj, dict):
-        return {k: _spill(v, file) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return type(obj)(_spill(v, file) for v in obj)
-    return obj
+
+    def leaf(value: Any) -> Any:
+        if isinstance(value, torch.Tensor):
+            values, dtype = tensor_values(value)
+            return _write(file, values, dtype)
+        if isinstance(value, np.ndarray):
+            return value.copy() if value.dtype.hasobject else _write(file, value, None)
+        return value
+
+    return map_leaves(obj, leaf)
 
 
 def _write(file: IO[bytes], array: np.ndarray, tensor_dtype: str | None) -> _Spilled:
     offset = file.tell()
+    if not array.flags.c_contiguous:  # (np.ascontiguousarray would make a 0-d array 1-d)
+        array = array.copy()
     file.write(memoryview(array.reshape(-1).view(np.uint8)))
     return _Spilled(offset, array.dtype.str, tuple(array.shape), tensor_dtype)
 
 
 def _read_back(obj: Any, file: IO[bytes]) -> Any:
     """The `to_storable` form of what `_spill` wrote."""
-    if isinstance(obj, _Spilled):
-        array = np.empty(obj.shape, np.dtype(obj.dtype))
-        file.seek(obj.offset)
+
+    def leaf(value: Any) -> Any:
+        if not isinstance(value, _Spilled):
+            return value
+        array = np.empty(value.shape, np.dtype(value.dtype))
+        file.seek(value.offset)
         file.readinto(memoryview(array.reshape(-1).view(np.uint8)))
-        return array if obj.tensor_dtype is None else {TENSOR_TAG: array, "dtype": obj.tensor_dtype}
-    if isinstance(obj, dict):
-        return {k: _read_back(v, file) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return type(obj)(_read_back(v, file) for v in obj)
-    return obj
+        return array if value.tensor_dtype is None else {TENSOR_TAG: array, "dtype": value.tensor_dtype}
+
+    return map_leaves(obj, leaf)
 
 
 class HeldState:

@@ -15,20 +15,35 @@ from stagekit.errors import UserError
 TENSOR_TAG = "__tensor__"  # a stored tensor: {TENSOR_TAG: array, "dtype": torch dtype name}
 
 
-def to_storable(obj: Any) -> Any:
+def map_leaves(obj: Any, leaf) -> Any:
+    """`obj` with its dicts, lists and tuples rebuilt and every other value replaced by `leaf(value)`."""
+    if isinstance(obj, dict):
+        return {k: map_leaves(v, leaf) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(map_leaves(v, leaf) for v in obj)
+    return leaf(obj)
+
+
+def tensor_values(tensor: torch.Tensor) -> tuple[np.ndarray, str]:
+    """A tensor's values on the CPU as numpy (a view of a CPU tensor; bfloat16, which numpy lacks, as float32)
+    and its dtype's name."""
+    values = tensor.detach().cpu()
+    if values.dtype == torch.bfloat16:
+        values = values.float()
+    return values.numpy(), str(tensor.dtype).removeprefix("torch.")
+
+
+def _storable_leaf(obj: Any) -> Any:
     if isinstance(obj, torch.Tensor):
-        tensor = obj.detach().cpu()
-        dtype = str(tensor.dtype).removeprefix("torch.")
-        if tensor.dtype == torch.bfloat16:  # numpy has no bfloat16
-            tensor = tensor.float()
-        return {TENSOR_TAG: tensor.numpy().copy(), "dtype": dtype}
+        values, dtype = tensor_values(obj)
+        return {TENSOR_TAG: values.copy(), "dtype": dtype}
     if isinstance(obj, np.ndarray):  # a copy: a snapshot must not change with the live state it was taken from
         return obj.copy()
-    if isinstance(obj, dict):
-        return {k: to_storable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return type(obj)(to_storable(v) for v in obj)
     return obj
+
+
+def to_storable(obj: Any) -> Any:
+    return map_leaves(obj, _storable_leaf)
 
 
 def from_storable(obj: Any) -> Any:

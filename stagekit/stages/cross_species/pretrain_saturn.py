@@ -142,7 +142,7 @@ class SaturnTask(Task):
         tail = max(1, size // len(xs))
         pieces, last = [], []
         for s, x in enumerate(xs):
-            head, end = x[:len(x) - min(len(x), tail)], x[len(x) - min(len(x), tail):]
+            head, end = x[:max(0, len(x) - tail)], x[max(0, len(x) - tail):]
             pieces += [(s, piece) for piece in head.tensor_split(-(-len(head) // size))] if len(head) else []
             last.append(end)
         parts = []
