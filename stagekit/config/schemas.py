@@ -336,7 +336,7 @@ SEGMENT_LABELS = {
 }
 
 SEGMENT_PREDICT = {
-    "score_cut": Key("float", 0.3, "a transcript joins its best candidate nucleus when the link probability is at "
+    "score_cut": Key("float", 0.1, "a transcript joins its best candidate nucleus when the link probability is at "
                      "least this", minimum=0, maximum=1),
     "min_transcripts": Key("int", 10, "transcripts left over form new cells (connected components of the "
                            "transcript graph) of at least this many; 0 leaves them unassigned", minimum=0),
@@ -346,10 +346,13 @@ SEGMENT_PREDICT = {
                            "than the transcript's nearest candidate's", minimum=0),
     "profile_rounds": Key("int", 2, "rounds of re-scoring every link with the expression profile of the cell its "
                           "nucleus has become (the sample as segmented so far); 0 off", minimum=0),
-    "profile_weight": Key("float", 3.0, "weight in the link logit of how well a transcript's gene and its "
-                          "neighbours' fit that profile (log ratio to the sample's gene frequencies)", minimum=0),
-    "profile_prior": Key("float", 20.0, "pseudo-transcripts of the sample's gene frequencies in every cell's "
-                         "profile, so a cell with few transcripts says little", minimum=1),
+    "profile_groups": Key("int", 10, "expression groups (k-means) the cells fall into for the re-scoring: a "
+                          "transcript is scored by its candidate cell's group, not by the cell's own ~100 "
+                          "transcripts; more groups than cell types is harmless", minimum=1),
+    "profile_weight": Key("float", 3.0, "weight in the link logit of how well a transcript's gene fits that group "
+                          "(log ratio to the sample's gene frequencies)", minimum=0),
+    "profile_context_weight": Key("float", 1.0, "weight of the same, averaged over the transcript's kNN "
+                                  "neighbours", minimum=0),
 }
 
 SEGMENT_TRAINING = TRAINING | {

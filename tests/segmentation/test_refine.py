@@ -3,14 +3,18 @@ refinement shown to fix assignments a geometry-only score gets wrong."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
+from sklearn.metrics import adjusted_rand_score
 
 from stagekit.data.spatial import read_sample
 from stagekit.stages.segmentation.graph import build_graph
 from stagekit.stages.segmentation.predict import assign, predict_settings, refined_probabilities
-from stagekit.stages.segmentation.refine import farther_than_nearest, profile_evidence
+from stagekit.stages.segmentation.refine import expression_groups, farther_than_nearest, profile_evidence
 from stagekit.stages.segmentation.report import is_in
+from tests.conftest import synthetic_xenium
 
 
 @pytest.fixture(scope="module")
@@ -21,25 +25,44 @@ def sample_and_graph(xenium_small):
     return sample, graph
 
 
-def test_profile_evidence_is_the_log_ratio_of_own_and_neighbours_genes(sample_and_graph):
+def test_profile_evidence_is_the_log_ratio_of_own_and_neighbours_genes_in_the_cells_group(sample_and_graph):
     _, graph = sample_and_graph
     rng = np.random.default_rng(0)
     n_nuclei = len(graph.nucleus_xy)
     nucleus_of = np.where(rng.uniform(size=len(graph.xy)) < 0.8, rng.integers(0, n_nuclei, len(graph.xy)), -1)
-    prior = 20.0
-    got = profile_evidence(graph, nucleus_of, n_nuclei, prior, chunk=97)  # chunks must not change anything
+    got = profile_evidence(graph, nucleus_of, n_nuclei, 4, 3.0, 0.5, chunk=97)  # chunks must not change anything
     genes = graph.genes
     frequency = np.bincount(genes) / len(genes)
+    group = expression_groups(genes, nucleus_of, n_nuclei, 4)
+    assert group.max() >= 1
 
     def log_ratio(c: int, g: int) -> float:
-        mine = genes[nucleus_of == c]
-        return np.log(((mine == g).sum() + prior * frequency[g]) / (len(mine) + prior)) - np.log(frequency[g])
+        if group[c] < 0:
+            return 0.0
+        theirs = genes[(nucleus_of >= 0) & (group[np.maximum(nucleus_of, 0)] == group[c])]
+        return np.log(((theirs == g).sum() + frequency[g]) / (len(theirs) + 1.0)) - np.log(frequency[g])
 
     for p in range(0, len(graph.cand_tx), 53):
         t, c = graph.cand_tx[p], graph.cand_bd[p]
         around = [log_ratio(c, genes[u]) for u in graph.knn[t] if u >= 0]
-        want = log_ratio(c, genes[t]) + (np.mean(around) if around else 0.0)
+        want = 3.0 * log_ratio(c, genes[t]) + 0.5 * (np.mean(around) if around else 0.0)
         assert got[p] == pytest.approx(want, abs=1e-4)
+
+
+def test_expression_groups_find_the_cell_types(tmp_path):
+    """The true cells of a 160 x 160 micron sample (~100 cells, 5 types) fall into groups that split the
+    generator's cell types rather than mix them."""
+    sample = read_sample(synthetic_xenium(tmp_path / "s", seed=2, size=160), log=lambda m: None)
+    ids = list(sample.nuclei.ids)
+    position = {cell: i for i, cell in enumerate(ids)}
+    nucleus_of = np.array([position.get(t, -1) for t in sample.truth])
+    group = expression_groups(sample.gene_codes, nucleus_of, len(ids), 10)
+    types = json.loads((sample.folder / "truth.json").read_text())["cell_types"]
+    has = group >= 0
+    truth = np.array([types[c] for c in np.asarray(ids)[has]])
+    assert adjusted_rand_score(truth, group[has]) > 0.5  # more groups than types: split, not mixed
+    mixed = [len(set(truth[group[has] == g])) for g in np.unique(group[has])]
+    assert np.mean(np.array(mixed) == 1) >= 0.8
 
 
 def test_farther_than_nearest_is_zero_for_each_transcripts_nearest_candidate(sample_and_graph):

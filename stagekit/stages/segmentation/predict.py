@@ -117,8 +117,8 @@ def predict_settings(stored: dict) -> dict:
 def refined_probabilities(graph: SampleGraph, probability: np.ndarray, settings: dict) -> np.ndarray:
     """The network's link probabilities re-scored with what the whole sample shows (see refine.py): logits lose
     `farther_penalty` per micron a candidate is farther than the nearest, nuclei beyond `max_distance` are out of
-    reach, and for `profile_rounds` rounds each link gains `profile_weight` x how well the transcript and its
-    neighbours fit the expression profile of the cell its nucleus has become."""
+    reach, and for `profile_rounds` rounds each link gains how well the transcript's gene (`profile_weight`) and
+    its neighbours' genes (`profile_context_weight`) fit the expression group of the cell its nucleus has become."""
     p = probability.astype(np.float64)
     logit = np.log(np.clip(p, 1e-6, 1.0)) - np.log(np.clip(1.0 - p, 1e-6, 1.0))
     logit -= settings["farther_penalty"] * farther_than_nearest(graph)
@@ -130,8 +130,8 @@ def refined_probabilities(graph: SampleGraph, probability: np.ndarray, settings:
     refined = with_evidence(0.0)
     for _ in range(settings["profile_rounds"]):
         nucleus_of = chosen_nucleus(graph, refined, settings["score_cut"])
-        refined = with_evidence(settings["profile_weight"] * profile_evidence(
-            graph, nucleus_of, len(graph.nucleus_xy), settings["profile_prior"]))
+        refined = with_evidence(profile_evidence(graph, nucleus_of, len(graph.nucleus_xy), settings["profile_groups"],
+                                                 settings["profile_weight"], settings["profile_context_weight"]))
     return refined
 
 

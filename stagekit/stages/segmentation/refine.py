@@ -1,16 +1,21 @@
 """Evidence that refines the network's link scores at prediction, from the sample as segmented so far.
 
 The network scores each (transcript, nucleus) pair from a tile's graph; it never sees the cell a nucleus has
-become. Once every transcript has a provisional cell, each nucleus-bearing cell has an expression profile of
-~100 transcripts (its nucleus alone holds ~30), and a transcript whose gene and neighbourhood do not fit that
-profile (a cell of another type whose nucleus the stain missed, background) can be told from one that does. The
-same idea drives Baysor's and ProSeg's expression models; here it is a few rounds of re-scoring on top of the
-GNN, not a second model.
+become. Once every transcript has a provisional cell, the cells fall into expression groups (cell types, roughly),
+and a transcript whose gene and neighbourhood do not fit its candidate cell's group (background, a cell of another
+type whose nucleus the stain missed) can be told from one that does. The same idea drives Baysor's and ProSeg's
+expression models; here it is a few rounds of re-scoring on top of the GNN, not a second model.
+
+Why groups and not each cell's own profile: a cell holds ~100 transcripts, so most genes of a panel are absent
+from it by chance and a gene foreign to its type looks no rarer than an ordinary one; and a transcript placed in
+the cell is one of those ~100, so it vouched for itself (a background transcript of a foreign gene scored as
+well as the cell's markers). A group of similar cells holds thousands of transcripts and tells the two apart.
 """
 
 from __future__ import annotations
 
 import numpy as np
+from scipy.sparse import csr_matrix
 
 from stagekit.stages.segmentation.graph import SampleGraph
 
@@ -25,36 +30,61 @@ def farther_than_nearest(graph: SampleGraph) -> np.ndarray:
     return (graph.cand_distance - np.repeat(nearest, counts[has])).astype(np.float32)
 
 
-def profile_evidence(graph: SampleGraph, nucleus_of: np.ndarray, n_nuclei: int, prior: float,
-                     chunk: int = 500_000) -> np.ndarray:
-    """Per candidate pair (t, c): log p_c(gene of t) / p(gene) plus the mean of the same over t's kNN neighbours,
-    where p_c is the gene distribution of the transcripts `nucleus_of` gives to c, shrunk towards the sample's by
-    `prior` pseudo-transcripts (a cell with few transcripts says little) and p the sample's.
+def expression_groups(genes: np.ndarray, nucleus_of: np.ndarray, n_nuclei: int, n_groups: int,
+                      min_transcripts: int = 10, seed: int = 0) -> np.ndarray:
+    """The expression group (0..n_groups-1) of every nucleus' cell, -1 for a cell without transcripts: k-means on
+    a truncated SVD of the log-normalised counts of the cells with at least `min_transcripts`, the smaller cells
+    placed at their nearest group centre. Fewer groups where there are few cells (about 10 cells a group)."""
+    from sklearn.cluster import KMeans
+    from sklearn.decomposition import TruncatedSVD
 
-    Counts are looked up by (nucleus, gene) key in a sorted array of the pairs that occur, so memory follows the
-    transcripts, not nuclei x genes (100,000 cells x a 5,000-gene panel would be 2 GB dense)."""
+    group = np.full(n_nuclei, -1, np.int64)
+    placed = nucleus_of >= 0
+    n_genes = int(genes.max()) + 1 if len(genes) else 1
+    counts = csr_matrix((np.ones(placed.sum(), np.float32), (nucleus_of[placed], genes[placed])),
+                        shape=(n_nuclei, n_genes))
+    size = np.asarray(counts.sum(1)).ravel()
+    fitted = size >= min_transcripts
+    k = min(n_groups, int(fitted.sum()) // 10)
+    if k < 2 or n_genes < 3:
+        group[size > 0] = 0
+        return group
+    has = np.flatnonzero(size > 0)
+    logged = csr_matrix(counts[has].multiply(100.0 / size[has][:, None]))
+    logged.data = np.log1p(logged.data)
+    dims = min(30, n_genes - 1, int(fitted.sum()) - 1)
+    embedding = TruncatedSVD(dims, random_state=seed).fit(logged[fitted[has]]).transform(logged)
+    kmeans = KMeans(k, n_init=3, random_state=seed).fit(embedding[fitted[has]])
+    group[has] = kmeans.predict(embedding)
+    return group
+
+
+def profile_evidence(graph: SampleGraph, nucleus_of: np.ndarray, n_nuclei: int, n_groups: int, gene_weight: float,
+                     context_weight: float, chunk: int = 500_000) -> np.ndarray:
+    """Per candidate pair (t, c): `gene_weight` x log p_G(gene of t) / p(gene) plus `context_weight` x the mean of
+    the same over t's kNN neighbours, where G is the expression group of the cell `nucleus_of` gives c, p_G the
+    gene distribution of the transcripts in G's cells (with one pseudo-transcript of the sample's frequencies
+    against log 0) and p the sample's. A nucleus whose cell has no transcripts yet scores 0."""
     genes = graph.genes
     n_genes = int(genes.max()) + 1 if len(genes) else 1
-    background = np.bincount(genes, minlength=n_genes) / max(len(genes), 1)
+    background = np.maximum(np.bincount(genes, minlength=n_genes) / max(len(genes), 1), 1e-12)
+    group = expression_groups(genes, nucleus_of, n_nuclei, n_groups)
     placed = nucleus_of >= 0
-    keys, counts = np.unique(nucleus_of[placed] * n_genes + genes[placed], return_counts=True)
-    size = np.bincount(nucleus_of[placed], minlength=n_nuclei).astype(np.float64)
-
-    def log_ratio(nucleus: np.ndarray, gene: np.ndarray) -> np.ndarray:
-        key = nucleus * n_genes + gene
-        count = np.zeros(key.shape)
-        if len(keys):
-            at = np.minimum(np.searchsorted(keys, key), len(keys) - 1)
-            count = np.where(keys[at] == key, counts[at], 0)
-        p_background = np.maximum(background[gene], 1e-12)
-        return np.log((count + prior * p_background) / (size[nucleus] + prior)) - np.log(p_background)
+    n_found = int(group.max()) + 1
+    counts = np.zeros((n_found, n_genes))
+    np.add.at(counts, (group[nucleus_of[placed]], genes[placed]), 1.0)
+    # log ratio per (group, gene); the last row (no group) is 0
+    table = np.zeros((n_found + 1, n_genes))
+    table[:n_found] = np.log((counts + background) / (counts.sum(1, keepdims=True) + 1.0)) - np.log(background)
+    row_of = np.where(group >= 0, group, n_found)
 
     evidence = np.empty(len(graph.cand_tx), np.float32)
     for start in range(0, len(evidence), chunk):
         tx, bd = graph.cand_tx[start:start + chunk], graph.cand_bd[start:start + chunk]
+        row = row_of[bd]
         neighbours = graph.knn[tx]
         valid = neighbours >= 0
-        around = np.where(valid, log_ratio(np.repeat(bd[:, None], neighbours.shape[1], 1),
-                                           genes[np.maximum(neighbours, 0)]), 0.0)
-        evidence[start:start + chunk] = log_ratio(bd, genes[tx]) + around.sum(1) / np.maximum(valid.sum(1), 1)
+        around = np.where(valid, table[row[:, None], genes[np.maximum(neighbours, 0)]], 0.0)
+        evidence[start:start + chunk] = (gene_weight * table[row, genes[tx]]
+                                         + context_weight * around.sum(1) / np.maximum(valid.sum(1), 1))
     return evidence
