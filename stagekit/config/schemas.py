@@ -344,13 +344,13 @@ SEGMENT_PREDICT = {
                         "candidates reach graph.dist_bd)", minimum=0),
     "farther_penalty": Key("float", 0.25, "link logits lose this much per micron a candidate's outline is farther "
                            "than the transcript's nearest candidate's", minimum=0),
-    "profile_rounds": Key("int", 2, "rounds of re-scoring every link with the expression profile of the cell its "
+    "profile_rounds": Key("int", 2, "rounds of re-scoring every link with the expression group of the cell its "
                           "nucleus has become (the sample as segmented so far); 0 off", minimum=0),
     "profile_groups": Key("int", 10, "expression groups (k-means) the cells fall into for the re-scoring: a "
                           "transcript is scored by its candidate cell's group, not by the cell's own ~100 "
                           "transcripts; more groups than cell types is harmless", minimum=1),
     "profile_weight": Key("float", 3.0, "weight in the link logit of how well a transcript's gene fits that group "
-                          "(log ratio to the sample's gene frequencies)", minimum=0),
+                          "(log ratio to the sample's gene frequencies, one pseudo-count)", minimum=0),
     "profile_context_weight": Key("float", 1.0, "weight of the same, averaged over the transcript's kNN "
                                   "neighbours", minimum=0),
 }

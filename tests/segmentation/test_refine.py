@@ -3,6 +3,7 @@ refinement shown to fix assignments a geometry-only score gets wrong."""
 
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
@@ -30,23 +31,50 @@ def test_profile_evidence_is_the_log_ratio_of_own_and_neighbours_genes_in_the_ce
     rng = np.random.default_rng(0)
     n_nuclei = len(graph.nucleus_xy)
     nucleus_of = np.where(rng.uniform(size=len(graph.xy)) < 0.8, rng.integers(0, n_nuclei, len(graph.xy)), -1)
+    nucleus_of[nucleus_of == 0] = -1  # nucleus 0's cell has no transcripts: no group, no evidence
     got = profile_evidence(graph, nucleus_of, n_nuclei, 4, 3.0, 0.5, chunk=97)  # chunks must not change anything
     genes = graph.genes
     frequency = np.bincount(genes) / len(genes)
     group = expression_groups(genes, nucleus_of, n_nuclei, 4)
-    assert group.max() >= 1
+    assert group.max() >= 1 and group[0] == -1
 
-    def log_ratio(c: int, g: int) -> float:
+    def log_ratio(c: int, t: int) -> float:
         if group[c] < 0:
             return 0.0
-        theirs = genes[(nucleus_of >= 0) & (group[np.maximum(nucleus_of, 0)] == group[c])]
-        return np.log(((theirs == g).sum() + frequency[g]) / (len(theirs) + 1.0)) - np.log(frequency[g])
+        members = np.flatnonzero((nucleus_of >= 0) & (group[np.maximum(nucleus_of, 0)] == group[c]))
+        members = members[members != t]  # the transcript scored is left out of its own group
+        g = genes[t]
+        return np.log(((genes[members] == g).sum() + 1.0) / (len(members) * frequency[g] + 1.0))
 
+    checked_zero = False
     for p in range(0, len(graph.cand_tx), 53):
         t, c = graph.cand_tx[p], graph.cand_bd[p]
-        around = [log_ratio(c, genes[u]) for u in graph.knn[t] if u >= 0]
-        want = 3.0 * log_ratio(c, genes[t]) + 0.5 * (np.mean(around) if around else 0.0)
+        around = [log_ratio(c, u) for u in graph.knn[t] if u >= 0]
+        want = 3.0 * log_ratio(c, t) + 0.5 * (np.mean(around) if around else 0.0)
         assert got[p] == pytest.approx(want, abs=1e-4)
+    for p in np.flatnonzero(graph.cand_bd == 0)[:5]:
+        assert got[p] == 0.0
+        checked_zero = True
+    assert checked_zero
+
+
+def test_a_gene_seen_only_in_the_transcript_scored_says_nothing(sample_and_graph):
+    """A gene seen only in the transcript scored, expected less than once in any group, weighs at most log 2 and
+    never for the cell the transcript is already in: it does not vouch for itself (without leaving it out, its
+    own group would score log(2 / (1 + E)) > 0 and every other -log(1 + E))."""
+    _, graph = sample_and_graph
+    genes = graph.genes.copy()
+    rare = int(genes.max()) + 1
+    t = int(graph.cand_tx[0])
+    genes[t] = rare
+    rare_graph = copy.copy(graph)
+    rare_graph.genes = genes
+    n_nuclei = len(graph.nucleus_xy)
+    nucleus_of = np.full(len(genes), -1)
+    nucleus_of[graph.cand_tx] = graph.cand_bd  # every transcript in its last candidate's cell
+    own = profile_evidence(rare_graph, nucleus_of, n_nuclei, 4, 1.0, 0.0)
+    pairs = np.arange(graph.cand_start[t], graph.cand_start[t + 1])
+    assert (own[pairs] <= 0).all() and (own[pairs] > -np.log(2)).all()  # log(1 / (1 + n_G / N)), n_G < N
 
 
 def test_expression_groups_find_the_cell_types(tmp_path):

@@ -128,7 +128,8 @@ def refined_probabilities(graph: SampleGraph, probability: np.ndarray, settings:
         return np.where(reachable, 1.0 / (1.0 + np.exp(-(logit + evidence))), 0.0).astype(np.float32)
 
     refined = with_evidence(0.0)
-    for _ in range(settings["profile_rounds"]):
+    weighted = settings["profile_weight"] > 0 or settings["profile_context_weight"] > 0
+    for _ in range(settings["profile_rounds"] if weighted else 0):
         nucleus_of = chosen_nucleus(graph, refined, settings["score_cut"])
         refined = with_evidence(profile_evidence(graph, nucleus_of, len(graph.nucleus_xy), settings["profile_groups"],
                                                  settings["profile_weight"], settings["profile_context_weight"]))

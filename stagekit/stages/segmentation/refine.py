@@ -9,7 +9,9 @@ expression models; here it is a few rounds of re-scoring on top of the GNN, not 
 Why groups and not each cell's own profile: a cell holds ~100 transcripts, so most genes of a panel are absent
 from it by chance and a gene foreign to its type looks no rarer than an ordinary one; and a transcript placed in
 the cell is one of those ~100, so it vouched for itself (a background transcript of a foreign gene scored as
-well as the cell's markers). A group of similar cells holds thousands of transcripts and tells the two apart.
+well as the cell's markers). A group of similar cells holds thousands of transcripts and tells the two apart;
+the transcript scored is still left out of its own group's counts, so a gene too rare to have been seen
+elsewhere in the group says nothing either way instead of tying the transcript to where it already is.
 """
 
 from __future__ import annotations
@@ -61,30 +63,38 @@ def expression_groups(genes: np.ndarray, nucleus_of: np.ndarray, n_nuclei: int, 
 
 def profile_evidence(graph: SampleGraph, nucleus_of: np.ndarray, n_nuclei: int, n_groups: int, gene_weight: float,
                      context_weight: float, chunk: int = 500_000) -> np.ndarray:
-    """Per candidate pair (t, c): `gene_weight` x log p_G(gene of t) / p(gene) plus `context_weight` x the mean of
-    the same over t's kNN neighbours, where G is the expression group of the cell `nucleus_of` gives c, p_G the
-    gene distribution of the transcripts in G's cells (with one pseudo-transcript of the sample's frequencies
-    against log 0) and p the sample's. A nucleus whose cell has no transcripts yet scores 0."""
+    """Per candidate pair (t, c): `gene_weight` x log r_G(gene of t) plus `context_weight` x the mean of the same
+    over t's kNN neighbours, where G is the expression group of the cell `nucleus_of` gives c and r_G(g) how much
+    more often G's transcripts carry gene g than the sample's: (n_Gg + 1) / (n_G p(g) + 1), a Gamma-Poisson
+    posterior mean with one pseudo-count, so that a gene expected less than about once in G counts as neither
+    present nor absent. The transcript scored is left out of G's counts when it is one of them. A nucleus whose
+    cell has no transcripts yet scores 0."""
     genes = graph.genes
     n_genes = int(genes.max()) + 1 if len(genes) else 1
-    background = np.maximum(np.bincount(genes, minlength=n_genes) / max(len(genes), 1), 1e-12)
+    frequency = np.bincount(genes, minlength=n_genes) / max(len(genes), 1)
     group = expression_groups(genes, nucleus_of, n_nuclei, n_groups)
-    placed = nucleus_of >= 0
-    n_found = int(group.max()) + 1
-    counts = np.zeros((n_found, n_genes))
-    np.add.at(counts, (group[nucleus_of[placed]], genes[placed]), 1.0)
-    # log ratio per (group, gene); the last row (no group) is 0
-    table = np.zeros((n_found + 1, n_genes))
-    table[:n_found] = np.log((counts + background) / (counts.sum(1, keepdims=True) + 1.0)) - np.log(background)
+    n_found = int(group.max()) + 1 if len(group) else 0
+    group_of_tx = np.where(nucleus_of >= 0, group[np.maximum(nucleus_of, 0)], -1)
+    placed = group_of_tx >= 0
+    # one row per group and a last row for cells without a group, whose log ratio is 0
+    counts = np.bincount(group_of_tx[placed] * n_genes + genes[placed],
+                         minlength=(n_found + 1) * n_genes).reshape(n_found + 1, n_genes).astype(np.float64)
+    size = counts.sum(1)
     row_of = np.where(group >= 0, group, n_found)
+
+    def log_ratio(row: np.ndarray, tx: np.ndarray) -> np.ndarray:
+        gene = genes[tx]
+        itself = (group_of_tx[tx] == row).astype(np.float64)
+        ratio = np.log((counts[row, gene] - itself + 1.0) / ((size[row] - itself) * frequency[gene] + 1.0))
+        return np.where(row == n_found, 0.0, ratio)
 
     evidence = np.empty(len(graph.cand_tx), np.float32)
     for start in range(0, len(evidence), chunk):
-        tx, bd = graph.cand_tx[start:start + chunk], graph.cand_bd[start:start + chunk]
-        row = row_of[bd]
+        tx, row = graph.cand_tx[start:start + chunk], row_of[graph.cand_bd[start:start + chunk]]
         neighbours = graph.knn[tx]
         valid = neighbours >= 0
-        around = np.where(valid, table[row[:, None], genes[np.maximum(neighbours, 0)]], 0.0)
-        evidence[start:start + chunk] = (gene_weight * table[row, genes[tx]]
+        around = np.where(valid, log_ratio(np.repeat(row[:, None], neighbours.shape[1], 1),
+                                           np.maximum(neighbours, 0)), 0.0)
+        evidence[start:start + chunk] = (gene_weight * log_ratio(row, tx)
                                          + context_weight * around.sum(1) / np.maximum(valid.sum(1), 1))
     return evidence
