@@ -58,7 +58,7 @@ def test_profile_evidence_is_the_log_ratio_of_own_and_neighbours_genes_in_the_ce
     assert checked_zero
 
 
-def test_a_gene_seen_only_in_the_transcript_scored_says_nothing(sample_and_graph):
+def test_a_gene_seen_only_in_the_transcript_scored_does_not_vouch_for_its_cell(sample_and_graph):
     """A gene seen only in the transcript scored, expected less than once in any group, weighs at most log 2 and
     never for the cell the transcript is already in: it does not vouch for itself (without leaving it out, its
     own group would score log(2 / (1 + E)) > 0 and every other -log(1 + E))."""
@@ -71,7 +71,7 @@ def test_a_gene_seen_only_in_the_transcript_scored_says_nothing(sample_and_graph
     rare_graph.genes = genes
     n_nuclei = len(graph.nucleus_xy)
     nucleus_of = np.full(len(genes), -1)
-    nucleus_of[graph.cand_tx] = graph.cand_bd  # every transcript in its last candidate's cell
+    nucleus_of[graph.cand_tx] = graph.cand_bd  # every transcript in one of its candidates' cells
     own = profile_evidence(rare_graph, nucleus_of, n_nuclei, 4, 1.0, 0.0)
     pairs = np.arange(graph.cand_start[t], graph.cand_start[t + 1])
     assert (own[pairs] <= 0).all() and (own[pairs] > -np.log(2)).all()  # log(1 / (1 + n_G / N)), n_G < N
