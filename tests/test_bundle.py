@@ -234,7 +234,7 @@ def test_info_json_and_no_torch_import(small_bundle: Path):
 
 def test_info_rich_summary(small_bundle: Path, capsys):
     code, out, _ = run_cli(capsys, "info", small_bundle)
-    assert code == 0 and "lineage" in out and "final metrics" in out and "train_loss" in out
+    assert code == 0 and "lineage" in out and "metrics of the saved weights" in out and "train_loss" in out
 
 
 def test_h5ls_shows_layout(small_bundle: Path):

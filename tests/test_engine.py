@@ -635,3 +635,16 @@ def test_micro_batches_accumulate_to_the_whole_batch_step():
 def test_micro_batches_need_a_task_that_splits():
     with pytest.raises(UserError, match="micro_batch_size"):
         Engine(RunSettings(**SETTINGS, micro_batch_size=10)).fit(Regression())
+
+
+def test_progress_names_what_the_task_counts(capsys):
+    """The progress line's rate is in the unit the task's batch_size_of counts (cells by default)."""
+    from stagekit.train.progress import ProgressReporter
+
+    class Links(Regression):
+        batch_unit = "links"
+
+    for task, unit in ((Regression(), "cells/s"), (Links(), "links/s")):
+        Engine(RunSettings(**(SETTINGS | {"epochs": 1})), reporter=ProgressReporter(interval_s=0.0)).fit(task)
+        lines = [line for line in capsys.readouterr().err.splitlines() if " step " in line]
+        assert lines and all(line.endswith(unit) for line in lines)

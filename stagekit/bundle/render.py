@@ -80,7 +80,7 @@ def render(bundle: Bundle, console: Console) -> None:
     parts.append(Panel(key_config, title="config", expand=False))
 
     if bundle.final_metrics:
-        metrics = Table(title="final metrics", show_header=True)
+        metrics = Table(title="metrics of the saved weights", show_header=True)
         metrics.add_column("metric")
         metrics.add_column("value", justify="right")
         for k, v in bundle.final_metrics.items():

@@ -109,15 +109,16 @@ def umap_layout(latent: np.ndarray, seed: int) -> np.ndarray:
 
 
 def plot_segmentation_region(xy: np.ndarray, cell: np.ndarray, nuclei: np.ndarray, path: Path,
-                             size: float = 100.0) -> Path:
-    """Transcripts of a `size` x `size` micron window at the sample's centre coloured by assigned cell (grey:
-    unassigned) over the nucleus outlines."""
+                             method: str = "stagekit", size: float = 100.0) -> Path:
+    """Transcripts of a `size` x `size` micron window at the sample's centre coloured by assigned cell (light
+    grey: unassigned; the cells' palette holds no greys) over the nucleus outlines, titled by `method`."""
     plt = _pyplot()
     centre = np.median(xy, 0)
     lo, hi = centre - size / 2, centre + size / 2
     inside = np.all((xy >= lo) & (xy <= hi), 1)
     names, code = np.unique(cell[inside], return_inverse=True)
-    colours = plt.get_cmap("tab20")(np.random.default_rng(0).permutation(len(names)) % 20)
+    palette = plt.get_cmap("tab20")(np.r_[0:14, 16:20])  # tab20 without its two greys (14, 15)
+    colours = palette[np.random.default_rng(0).permutation(len(names)) % len(palette)]
     fig, ax = plt.subplots(figsize=(6, 6), constrained_layout=True)
     none = cell[inside] == ""
     ax.scatter(*xy[inside][none].T, s=2, c="lightgrey", label="unassigned")
@@ -126,7 +127,8 @@ def plot_segmentation_region(xy: np.ndarray, cell: np.ndarray, nuclei: np.ndarra
         if np.any(np.all((poly >= lo) & (poly <= hi), 1)):
             ax.plot(*poly.T, color="black", lw=0.8)
     ax.set(xlim=(lo[0], hi[0]), ylim=(lo[1], hi[1]), aspect="equal", xlabel="x (micron)", ylabel="y (micron)",
-           title=f"transcripts by assigned cell ({int(inside.sum()):,} in view; grey: unassigned)")
+           title=f"{method}: transcripts by assigned cell\n({int(inside.sum()):,} in view; light grey: unassigned; "
+                 "black: nuclei)")
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

@@ -92,6 +92,7 @@ class Task(Hook):
     monitor: str = "loss"  # validation (or, without validation, training) metric the kept state is chosen by
     monitor_mode: str = "min"  # or "max"
     loads_in_workers: bool = True  # False when `load` reads state that changes during an epoch
+    batch_unit: str = "cells"  # what `batch_size_of` counts, as the progress line names it ("cells/s")
 
     def phases(self) -> list[Phase]:
         """The run's phases; by default one, training everything `freeze_plan` leaves trainable."""
@@ -284,7 +285,7 @@ class Engine:
                         if first:
                             for hook in hooks:
                                 hook.on_fit_start(raw)
-                            self.reporter.start(total_epochs, run.steps_per_epoch, loop.epoch)
+                            self.reporter.start(total_epochs, run.steps_per_epoch, loop.epoch, unit=task.batch_unit)
                             last_good.hold(self._state(task, hooks, run, loop))
                     loop.phase = index
                     try:

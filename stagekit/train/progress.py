@@ -17,14 +17,15 @@ class ProgressReporter:
         self.interval_s = interval_s
         self._bar: Progress | None = None
         self._last_line = 0.0
+        self.unit = "cells"
 
-    def start(self, epochs: int, steps_per_epoch: int, first_epoch: int = 0) -> None:
-        self.epochs, self.steps = epochs, steps_per_epoch
+    def start(self, epochs: int, steps_per_epoch: int, first_epoch: int = 0, unit: str = "cells") -> None:
+        self.epochs, self.steps, self.unit = epochs, steps_per_epoch, unit
         if self.rich:
             self._bar = Progress(TextColumn("[bold]epoch {task.fields[epoch]}/{task.fields[epochs]}"), BarColumn(),
                                  TextColumn("step {task.completed}/{task.total}"),
                                  TextColumn("loss {task.fields[loss]:.4g}  lr {task.fields[lr]}  "
-                                            "{task.fields[rate]:.0f} cells/s"),
+                                            f"{{task.fields[rate]:.0f}} {unit}/s"),
                                  TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
                                  console=self.console, transient=True)
             self._bar.start()
@@ -41,7 +42,7 @@ class ProgressReporter:
         elif not self.quiet and time.monotonic() - self._last_line > self.interval_s:
             self._last_line = time.monotonic()
             self.log(f"epoch {epoch + 1}/{self.epochs} step {global_step} loss {loss:.4g} lr {lr} "
-                     f"{rate:.0f} cells/s")
+                     f"{rate:.0f} {self.unit}/s")
 
     def epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
         shown = "  ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k not in ("epoch",))

@@ -231,7 +231,8 @@ def check_output_folder(output: Path, sample: Path, bundle: Path) -> Path:
     if output.suffix in (".h5ad", ".stk") or output.is_file():
         raise UserError(f"output {output}: a segment bundle extracts into a folder; give a new folder path")
     if output == sample.resolve() or output in sample.resolve().parents or output in bundle.resolve().parents:
-        raise UserError(f"output {output} holds the sample or the bundle; give a new folder such as {output / 'seg'}")
+        raise UserError(f"output {output} holds the sample or the bundle; give a new folder beside them, such as "
+                        f"{output.parent / (output.name + '_seg')}")
     if output.is_dir() and any(output.iterdir()) and not (output / "segmentation.json").is_file():
         raise UserError(f"output {output} is a folder that is not an earlier `stagekit extract` output; give a new "
                         "folder (an earlier output is replaced once the new one is complete)")

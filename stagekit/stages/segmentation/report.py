@@ -154,8 +154,10 @@ def _report(sample: Sample, cell: np.ndarray, inside: np.ndarray, output: Path, 
                                f"expansion_{expansion_distance:g}um": scores(sample, expanded, pairs)},
               "links": links, "marker_pairs": len(pairs),
               "markers_from": str(markers) if markers else "k-means groups of the nuclei's transcripts", "plots": []}
-    for name, assigned in (("stagekit", cell), ("expansion", expanded)):
-        path = plot_segmentation_region(sample.xy, assigned, sample.nuclei.vertices, output / f"region_{name}.png")
+    for name, assigned, method in (("stagekit", cell, "stagekit"),
+                                   ("expansion", expanded, f"nucleus expansion {expansion_distance:g} um")):
+        path = plot_segmentation_region(sample.xy, assigned, sample.nuclei.vertices, output / f"region_{name}.png",
+                                        method)
         report["plots"].append(str(path))
     with atomic_output(output / "metrics.json") as tmp:
         tmp.write_text(json.dumps(report, indent=2))

@@ -107,6 +107,8 @@ class SegmentationTask(Task):
             return {"loss": loss}
         return {"loss": loss, "probability": torch.sigmoid(logits), "target": target}
 
+    batch_unit = "links"
+
     def batch_size_of(self, batch) -> int:  # links, so that means weigh every labelled pair alike
         return max(int(batch["tx", "candidate", "bd"].y.numel()), 1)
 
