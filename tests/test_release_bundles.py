@@ -1,0 +1,76 @@
+"""Bundles written by an earlier release (tests/release_bundles) keep working, and the same commands with the same
+seed still train bit-identical weights."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stagekit.bundle import read_bundle
+from tests.conftest import run_cli
+from tests.release_bundles.commands import BUNDLES, DATA, ENV, commands
+
+COMMANDS = commands()
+# the data a bundle's cells are computed from (the stored bundles name paths on the machine that wrote them)
+CELL_DATA = {"vae": [DATA / "counts.h5ad"], "kmeans": [DATA / "counts.h5ad"], "dec": [DATA / "counts.h5ad"],
+             "saturn": [DATA / "human.h5ad", DATA / "mouse.h5ad"], "align": [DATA / "human.h5ad", DATA / "mouse.h5ad"],
+             "mean-teacher": [DATA / "counts.h5ad"], "mean-teacher-finetune": [DATA / "counts.h5ad"],
+             "transition": [DATA / "stim.h5ad"], "frozen-backbone": [DATA / "stim.h5ad"],
+             "progressive": [DATA / "stim.h5ad"], "segger": [DATA / "xenium"]}
+LABELS = {"vae": "cluster_id", "kmeans": "cluster_id", "dec": "cluster_id", "saturn": "Group", "align": "Group",
+          "mean-teacher": "cluster_id", "mean-teacher-finetune": "cluster_id"}
+
+
+@pytest.mark.parametrize("name", list(COMMANDS))
+def test_the_same_command_trains_the_same_weights(name, tmp_path):
+    out = tmp_path / f"{name}.stk"
+    run = subprocess.run([sys.executable, "-m", "stagekit", *COMMANDS[name], "-o", str(out)], capture_output=True,
+                         text=True, env=os.environ | ENV, timeout=300)
+    assert run.returncode == 0, run.stderr
+    stored, again = read_bundle(BUNDLES / f"{name}.stk"), read_bundle(out)
+    assert (again.stage, again.model) == (stored.stage, stored.model)
+    assert sorted(again.weights) == sorted(stored.weights)
+    for key, value in stored.weights.items():
+        assert np.array_equal(again.weights[key], value), f"{name}: {key} differs"
+    assert again.final_metrics == stored.final_metrics
+
+
+@pytest.mark.parametrize("name", list(COMMANDS))
+def test_a_stored_bundle_is_shown_verified_extracted_and_evaluated(name, tmp_path, capsys):
+    bundle = BUNDLES / f"{name}.stk"
+    code, out, err = run_cli(capsys, "info", bundle, "--verify")
+    assert code == 0 and "weights" in out, err
+    cells = tmp_path / ("cells" if name == "segger" else "cells.h5ad")
+    species = ["--species", "human", "--species", "mouse"] if name in ("saturn", "align") else []
+    code, out, err = run_cli(capsys, "extract", bundle, *CELL_DATA[name], *species, "-o", cells, "-q")
+    assert code == 0, err
+    labels = ["--label-key", LABELS[name]] if name in LABELS else []
+    code, out, err = run_cli(capsys, "evaluate", cells, *labels, "--no-umap", "-o", tmp_path / "report")
+    assert code == 0, err
+    assert json.loads((tmp_path / "report" / "metrics.json").read_text())
+
+
+def test_a_stored_bundle_seeds_transfer_and_resume(tmp_path, capsys):
+    code, _, err = run_cli(capsys, "segment", DATA / "xenium", "--from", BUNDLES / "segger.stk", "-o",
+                           tmp_path / "seg.stk", "--set", "model.hidden=16", "--set", "training.epochs=1",
+                           "--set", "training.batch_size=2", "-q")
+    assert code == 0, err
+    assert read_bundle(tmp_path / "seg.stk").lineage[0]["stage"] == "segment"
+    code, _, err = run_cli(capsys, "pretrain", DATA / "counts.h5ad", "--resume", BUNDLES / "vae.stk", "--set",
+                           "training.epochs=4", "-o", tmp_path / "more.stk", "-q")
+    assert code == 0, err
+    more = read_bundle(tmp_path / "more.stk")
+    assert more.epochs_done == 4 and len(more.history["train_loss"]) == 4
+
+
+def test_a_parent_bundle_of_the_release_is_fine_tuned(tmp_path, capsys):
+    code, _, err = run_cli(capsys, "finetune", "-p", "dec", BUNDLES / "kmeans.stk", DATA / "counts.h5ad",
+                           "--set", "training.epochs=1", "-o", tmp_path / "dec.stk", "-q")
+    assert code == 0, err
+    assert Path(tmp_path / "dec.stk").is_file()
