@@ -29,11 +29,11 @@ POSITIVE = "CD14+ Monocytes"
 
 def run(stage: str, data: Path, out: Path, overrides: list[tuple[str, object]], parent: Path | None = None):
     """One phase through the registry; returns (status, message) so a guard stop is a result, not a crash."""
-    from stagekit.config import resolve_config
     from stagekit.errors import UserError
-    from stagekit.stages.registry import PhaseRequest, run_phase
+    from stagekit.stages.registry import read_config, run_phase
+    from stagekit.stages.spec import PhaseRequest
 
-    config = resolve_config(stage, "mean-teacher", [(k, v, "bench") for k, v in overrides])
+    config = read_config(stage, "mean-teacher", [(k, v, "bench") for k, v in overrides])
     try:
         run_phase(PhaseRequest(config, out, [data], parent=parent, quiet=True, log=lambda m: None))
         return "complete", ""
@@ -50,7 +50,7 @@ def test_scores(bundle: Path, data: Path, positive: str, student: bool = False) 
     from stagekit.bundle import read_bundle
     from stagekit.losses.classification import probabilities
     from stagekit.models.classifier import log_normalise
-    from stagekit.stages.mean_teacher.stage import load_model
+    from stagekit.stages.mean_teacher.train import load_model
 
     b = read_bundle(bundle)
     adata = anndata.read_h5ad(data)

@@ -32,11 +32,11 @@ METHODS = ("model", "control_mean", "training_shift", "other_contexts", "own_shi
 
 
 def train_and_evaluate(data: Path, out: Path, overrides: list[tuple[str, object]]) -> dict:
-    from stagekit.config import resolve_config
     from stagekit.stages import evaluate
-    from stagekit.stages.registry import PhaseRequest, run_phase
+    from stagekit.stages.registry import read_config, run_phase
+    from stagekit.stages.spec import PhaseRequest
 
-    config = resolve_config("pretrain", "transition", [(k, v, "bench") for k, v in overrides])
+    config = read_config("pretrain", "transition", [(k, v, "bench") for k, v in overrides])
     bundle = run_phase(PhaseRequest(config, out / "tx.stk", [data], quiet=True, log=lambda m: None))
     return evaluate.run(bundle, out / "report", umap=False)["perturbation"]
 

@@ -42,10 +42,10 @@ BASELINES = ("control_mean", "training_shift", "own_shift")
 
 def phase(stage: str, preset: str, out: Path, overrides: list[tuple[str, object]], data: list[Path] | None = None,
           parent: Path | None = None) -> Path:
-    from stagekit.config import resolve_config
-    from stagekit.stages.registry import PhaseRequest, run_phase
+    from stagekit.stages.registry import read_config, run_phase
+    from stagekit.stages.spec import PhaseRequest
 
-    config = resolve_config(stage, preset, [(k, v, "bench") for k, v in overrides])
+    config = read_config(stage, preset, [(k, v, "bench") for k, v in overrides])
     return run_phase(PhaseRequest(config, out, list(data or []), parent, quiet=True, log=lambda m: None))
 
 

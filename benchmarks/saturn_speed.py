@@ -159,9 +159,9 @@ def run_one_phase(args: argparse.Namespace) -> None:
 
     imports_gb = rss_gb()
     from stagekit.bundle import read_bundle
-    from stagekit.config import resolve_config
     from stagekit.stages.cross_species import pretrain_saturn
-    from stagekit.stages.registry import PhaseRequest, run_phase
+    from stagekit.stages.registry import read_config, run_phase
+    from stagekit.stages.spec import PhaseRequest
     from stagekit.train import engine
 
     if args.glibc_default:
@@ -189,14 +189,14 @@ def run_one_phase(args: argparse.Namespace) -> None:
                  ("data.label_key", "cell_type", "bench")]
         micro = [] if args.micro_batch_size is None else [("training.micro_batch_size", args.micro_batch_size,
                                                            "bench")]
-        config = resolve_config("pretrain", "saturn", common + model + micro)
+        config = read_config("pretrain", "saturn", common + model + micro)
         micro_batch = config["training"]["micro_batch_size"]
         embeddings = [f"human={folder / 'human.npz'}", f"mouse={folder / 'mouse.npz'}"]
         run_phase(PhaseRequest(config, folder / "pre.stk", [folder / "human.h5ad", folder / "mouse.h5ad"],
                                quiet=True, options={"species": ["human", "mouse"], "protein_emb": embeddings}))
     else:
         micro_batch = None
-        run_phase(PhaseRequest(resolve_config("align", "align", common), folder / "align.stk",
+        run_phase(PhaseRequest(read_config("align", "align", common), folder / "align.stk",
                                parent=folder / "pre.stk", quiet=True, log=lambda m: None))
     whole = (cpu_seconds() - c0, time.perf_counter() - t0)
     bundle = read_bundle(folder / ("pre.stk" if args.run_phase == "pretrain" else "align.stk"), weights=False)

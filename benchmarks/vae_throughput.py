@@ -20,15 +20,15 @@ DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "kang201
 
 def stagekit_cells_per_s(epochs: int, batch_size: int, threads: int) -> list[float]:
     from stagekit.bundle import read_bundle
-    from stagekit.config import resolve_config
-    from stagekit.stages.registry import PhaseRequest, run_phase
+    from stagekit.stages.registry import read_config, run_phase
+    from stagekit.stages.spec import PhaseRequest
 
     # latent 10 as the SCVI model below (the preset's is 32)
     overrides = [("model.n_latent", 10, "bench"), ("training.epochs", epochs, "bench"),
                  ("training.batch_size", batch_size, "bench"),
                  ("training.early_stopping_patience", 0, "bench"), ("runtime.threads", threads, "bench"),
                  ("training.val_fraction", 0.1, "bench")]
-    config = resolve_config("pretrain", "vae", overrides)
+    config = read_config("pretrain", "vae", overrides)
     with tempfile.TemporaryDirectory() as tmp:
         out = run_phase(PhaseRequest(config, Path(tmp) / "bench.stk", [DATA], quiet=True))
         return read_bundle(out, weights=False).history["cells_per_s"]

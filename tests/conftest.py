@@ -73,10 +73,10 @@ def small_h5ad(tmp_path_factory, kang) -> Path:
 
 @pytest.fixture(scope="session")
 def small_bundle(tmp_path_factory, small_h5ad) -> Path:
-    from stagekit.config import resolve_config
-    from stagekit.stages.registry import PhaseRequest, run_phase
+    from stagekit.stages.registry import read_config, run_phase
+    from stagekit.stages.spec import PhaseRequest
 
-    config = resolve_config("pretrain", "vae", [("training.epochs", 2, "test"), ("data.label_key", "cluster_id", "t"),
+    config = read_config("pretrain", "vae", [("training.epochs", 2, "test"), ("data.label_key", "cluster_id", "t"),
                                                 ("data.batch_key", "sample_id", "t")])
     out = tmp_path_factory.mktemp("bundle") / "small.stk"
     return run_phase(PhaseRequest(config, out, [small_h5ad], quiet=True))

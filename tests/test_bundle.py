@@ -281,3 +281,17 @@ def test_weights_that_do_not_fit_the_model_are_a_user_error_naming_them():
         load_weights(model, {"weight": stored["weight"]}, "old.stk")
     with pytest.raises(UserError, match=r"\(weight differ\)"):
         load_weights(model, stored | {"weight": np.zeros((2, 4), np.float32)}, "old.stk")
+
+
+def test_a_crafted_object_array_in_results_is_reported_as_damaged(tmp_path: Path, capsys):
+    """A ragged (variable-length integer) dataset is a kind stagekit never writes: one line, no traceback, and
+    nothing is unpickled."""
+    path = write_bundle(_cluster_bundle(), tmp_path / "c.stk")
+    with h5py.File(path, "r+") as f:
+        ragged = f["results"].create_dataset("crafted", (2,), dtype=h5py.vlen_dtype(np.int64))
+        ragged[0], ragged[1] = np.arange(3), np.arange(5)
+    code, _, err = run_cli(capsys, "info", path, "--verify")
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert "results: unreadable" in err and "never writes" in err
+    with pytest.raises(UserError, match="results damaged"):
+        read_bundle(path, weights=False)

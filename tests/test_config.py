@@ -2,14 +2,14 @@ from pathlib import Path
 
 import pytest
 
-from stagekit.config import resolve_config
 from stagekit.config.loader import parse_override
 from stagekit.errors import UserError
+from stagekit.stages.registry import read_config
 from tests.conftest import run_cli
 
 
 def test_defaults_preset_and_overrides_with_sources():
-    config = resolve_config("pretrain", "vae", [("training.lr", 3e-3, "--set"), ("training.seed", 7, "--seed")])
+    config = read_config("pretrain", "vae", [("training.lr", 3e-3, "--set"), ("training.seed", 7, "--seed")])
     assert config["training"]["lr"] == 3e-3 and config.sources["training.lr"] == "--set"
     assert config["training"]["seed"] == 7 and config.sources["training.seed"] == "--seed"
     assert config.sources["model.n_latent"] == "preset vae.toml"
@@ -20,22 +20,22 @@ def test_unknown_key_names_key_file_and_closest_key(tmp_path: Path):
     preset = tmp_path / "mine.toml"
     preset.write_text('[preset]\nstage = "pretrain"\nmodel = "vae"\n[training]\nlearning_rat = 0.1\n')
     with pytest.raises(UserError, match=r"mine.toml: unknown key 'training.learning_rat'; did you mean"):
-        resolve_config("pretrain", str(preset), [])
+        read_config("pretrain", str(preset), [])
     with pytest.raises(UserError, match=r"unknown key 'training.n_latent'; did you mean 'model.n_latent'"):
-        resolve_config("pretrain", "vae", [("training.n_latent", 3, "--set")])
+        read_config("pretrain", "vae", [("training.n_latent", 3, "--set")])
 
 
 def test_wrong_type_and_choice_are_errors():
     with pytest.raises(UserError, match=r"'training.epochs' must be an integer"):
-        resolve_config("pretrain", "vae", [("training.epochs", "ten", "--set")])
+        read_config("pretrain", "vae", [("training.epochs", "ten", "--set")])
     with pytest.raises(UserError, match=r"'model.likelihood' must be one of"):
-        resolve_config("pretrain", "vae", [("model.likelihood", "poisson", "--set")])
+        read_config("pretrain", "vae", [("model.likelihood", "poisson", "--set")])
     with pytest.raises(UserError, match=r"'training.lr' must be a number"):
-        resolve_config("pretrain", "vae", [("training.lr", True, "--set")])
+        read_config("pretrain", "vae", [("training.lr", True, "--set")])
 
 
 def test_int_widens_to_float_and_override_parsing():
-    config = resolve_config("pretrain", "vae", [("training.lr", 1, "--set")])
+    config = read_config("pretrain", "vae", [("training.lr", 1, "--set")])
     assert isinstance(config["training"]["lr"], float)
     assert parse_override("model.n_hidden=[64, 32]") == ("model.n_hidden", [64, 32])
     assert parse_override("data.layer=counts") == ("data.layer", "counts")
@@ -47,9 +47,9 @@ def test_preset_for_another_stage_and_unknown_preset(tmp_path: Path):
     preset = tmp_path / "x.toml"
     preset.write_text('[preset]\nstage = "align"\nmodel = "vae"\n')
     with pytest.raises(UserError, match="for `stagekit align`"):
-        resolve_config("pretrain", str(preset), [])
+        read_config("pretrain", str(preset), [])
     with pytest.raises(UserError, match="did you mean 'vae'"):
-        resolve_config("pretrain", "vea", [])
+        read_config("pretrain", "vea", [])
 
 
 def test_print_config_shows_sources_and_exits_zero(capsys):

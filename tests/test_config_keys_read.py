@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from stagekit.config.loader import list_presets, parse_override, resolve_config
-from stagekit.config.schemas import SCHEMAS
+from stagekit.config.loader import list_presets, parse_override
 from stagekit.data.demo import DEMO_ORTHOLOGS, write_demo_inputs
-from stagekit.stages.registry import PhaseRequest, run_phase
+from stagekit.stages.registry import phases, read_config, run_phase
+from stagekit.stages.spec import PhaseRequest
 from tests.cross_species.test_saturn_pretrain import FAST
 
 PRESETS = {p["name"]: p for p in list_presets()}
@@ -37,7 +37,7 @@ def saturn_inputs(demo: dict[str, Path]) -> dict[str, Any]:
 
 def run(stage: str, preset: str, overrides: list[tuple[str, Any]], output: Path, **inputs):
     """Run a phase through the registry; returns the Config it used (which recorded the keys read)."""
-    config = resolve_config(stage, preset, [(dotted, value, "test") for dotted, value in overrides])
+    config = read_config(stage, preset, [(dotted, value, "test") for dotted, value in overrides])
     assert run_phase(PhaseRequest(config, output, quiet=True, log=lambda _: None, **inputs)) == output
     return config
 
@@ -112,6 +112,9 @@ def test_every_key_of_a_preset_is_read(name: str, request, tmp_path: Path):
     assert not unread, f"preset {name} ({stage} {model}): keys accepted and never read: {', '.join(unread)}"
 
 
+SCHEMAS = {(spec.command, spec.model): spec.schema for spec in phases()}
+
+
 def test_shipped_presets_run_every_schema():
     """Every key of every schema is checked above: each (stage, model) has a shipped preset and a tiny run."""
     shipped = {(p["stage"], p["model"]) for p in PRESETS.values()}
@@ -120,7 +123,7 @@ def test_shipped_presets_run_every_schema():
 
 
 def test_config_records_the_keys_code_reads():
-    config = resolve_config("pretrain", "vae", [])
+    config = read_config("pretrain", "vae", [])
     schema = SCHEMAS[("pretrain", "vae")]
     assert config.unread_keys() == [f"{s}.{k}" for s, keys in schema.items() for k in keys]
     training, runtime = config["training"], config["runtime"]

@@ -1,19 +1,17 @@
-"""Commands find phases through the registry: an unknown (stage, model) is a user error, not a wrong branch."""
+"""Commands find phases through the registry: an unknown (command, model) is a user error, not a wrong branch."""
 
 from pathlib import Path
 
 from stagekit.bundle import read_bundle, write_bundle
-from stagekit.stages.registry import ENTRIES
+from stagekit.stages.registry import phases
 from tests.conftest import run_cli
 
 
-def test_every_entry_resolves_to_functions():
-    from stagekit.stages.registry import resolve
-
-    for (stage, model), entry in ENTRIES.items():
-        assert entry.cells or entry.writes, f"{stage} {model}: extract would have nothing to write"
-        for target in (entry.run, entry.cells, entry.plan, entry.writes, entry.report):
-            assert not target or callable(resolve(target)), (stage, model, target)
+def test_every_phase_declares_callables_for_its_commands():
+    for spec in phases():
+        assert callable(spec.train), spec
+        assert spec.cells or spec.write_outputs, f"{spec.command} {spec.model}: extract would have nothing to write"
+        assert spec.report, f"{spec.command} {spec.model}: evaluate would have nothing to score"
 
 
 def test_extract_of_an_unknown_finetune_bundle_is_a_user_error(capsys, tmp_path: Path, small_bundle: Path):
@@ -28,4 +26,4 @@ def test_extract_of_an_unknown_finetune_bundle_is_a_user_error(capsys, tmp_path:
 
 def test_option_of_another_model_is_refused_before_training(capsys, tmp_path: Path, small_h5ad: Path):
     code, _, err = run_cli(capsys, "pretrain", "-p", "vae", small_h5ad, "--species", "human", "-o", tmp_path / "o.stk")
-    assert code == 2 and "--species does not apply" in err and "--preset saturn" in err
+    assert code == 2 and "--species does not apply" in err and "model 'saturn'" in err, err

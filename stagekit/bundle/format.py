@@ -266,17 +266,29 @@ def _arrays(node: h5py.Group | h5py.Dataset) -> dict[str, Any]:
 
 
 def _digest(arrays: dict[str, Any]) -> str:
-    """arrays_sha256, with variable-length strings (object arrays of bytes) hashed by their text."""
-    plain = {k: np.asarray(v) for k, v in arrays.items()}
-    return arrays_sha256({k: v.astype(str) if v.dtype == object else v for k, v in plain.items()})
+    """arrays_sha256, with variable-length strings (object arrays of bytes) hashed by their text. ValueError for
+    an object array of anything else (stagekit writes none: the file was made or changed by something else)."""
+    plain = {}
+    for name, value in arrays.items():
+        value = np.asarray(value)
+        if value.dtype == object:
+            if not all(isinstance(v, bytes | str) for v in value.ravel()):
+                raise ValueError(f"'{name}' holds values of a kind stagekit never writes")
+            value = value.astype(str)
+        plain[name] = value
+    return arrays_sha256(plain)
 
 
 def _check(path: str | Path, f: h5py.File, name: str, arrays: dict[str, Any]) -> None:
     """UserError when the checksum of part `name` does not match `arrays` read from it. Parts written before
     they had a checksum are not checked."""
     stored = f[name].attrs.get("sha256")
-    if stored is not None and _digest(arrays) != stored:
-        what = _CHECKED[name]
+    what = _CHECKED[name]
+    try:
+        digest = _digest(arrays) if stored is not None else None
+    except ValueError as exc:
+        raise UserError(f"{path}: {what} damaged ({exc}); re-run the phase that wrote this bundle") from None
+    if stored is not None and digest != stored:
         raise UserError(f"{path}: {what} {'is' if what == 'resume state' else 'are'} corrupted (checksum "
                         "mismatch); re-run the phase that wrote this bundle")
 
@@ -393,6 +405,6 @@ def verify_bundle(path: str | Path, unchecked: list[str] | None = None) -> list[
             try:
                 if _digest(_arrays(f[name])) != stored:
                     problems.append(f"{what}: checksum mismatch")
-            except (OSError, KeyError) as exc:
+            except (OSError, KeyError, ValueError) as exc:
                 problems.append(f"{what}: unreadable ({(str(exc).splitlines() or [''])[0]})")
     return problems

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -11,6 +11,7 @@ from stagekit.cli import options as opt
 from stagekit.errors import UserError
 
 
+@opt.pipeline_command("extract_options")
 def extract(
     bundle: Annotated[Path, typer.Argument(
         help="a bundle of any phase (pretrain, cluster-search, finetune, unfreeze, align, segment)")],
@@ -18,14 +19,9 @@ def extract(
         help=".h5ad file(s); default: the data the bundle was trained on")] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help=".h5ad to write (segment bundles: a folder)")
                       ] = None,
-    species: Annotated[list[str] | None, typer.Option(
-        "--species", help="saturn: the species of each data file, in order")] = None,
-    pert: Annotated[str | None, typer.Option(
-        "--pert", help="transition: predict this perturbation for every cell of DATA (control cells)")] = None,
-    held_out_of: Annotated[Path | None, typer.Option(
-        "--held-out-of", help="transition: predict the held-out cells of this ancestor bundle instead (e.g. the "
-                              "pretraining task after fine-tuning: forgetting)")] = None,
     quiet: opt.Quiet = False,
+    *,
+    pipeline: dict[str, Any],
 ) -> None:
     """Write per-cell outputs: vae/dec: obsm['X_stagekit'], obs['stagekit_cluster'], soft assignments;
     saturn: obsm['X_macrogenes'] and obsm['X_pretrain'] for every species; transition: predicted and observed cells
@@ -35,5 +31,4 @@ def extract(
         raise UserError("name the output with -o/--output PATH.h5ad (a folder for segment bundles)")
     from stagekit.stages import extract as stage
 
-    print(stage.run(bundle, data or [], output, species, log=opt.stderr_log(quiet), pert=pert,
-                    held_out_of=held_out_of))
+    print(stage.run(bundle, data or [], output, pipeline, log=opt.stderr_log(quiet)))

@@ -1,7 +1,8 @@
-"""Options every training phase shares, declared once, and how they map onto config keys.
+"""Options every training phase shares, declared once; the options each pipeline declares, added to its commands.
 
-`@phase_command(...)` appends the shared options (preset, --set, output, seed, devices, precision, resume, ...)
-to a command's own parameters and hands them to it as one `PhaseOptions` argument named `opts`.
+`@phase_command(COMMAND)` appends the shared options (preset, --set, output, seed, devices, precision, resume, ...)
+and the options the phases of COMMAND declare in their specs to a command's own parameters, and hands them to it
+as `opts: PhaseOptions` and `pipeline: dict`. `@pipeline_command(FIELD)` does the same for extract and evaluate.
 """
 
 from __future__ import annotations
@@ -46,67 +47,102 @@ class PhaseOptions:
         return stderr_log(self.quiet)
 
 
-@dataclass
-class TargetOptions:
-    """The target screen of a fine-tuning phase of a transition model (finetune, unfreeze)."""
-
-    pert_key: Annotated[str | None, typer.Option(
-        help="transition: obs column of the perturbation in the target data (data.pert_key; default: the "
-             "pretrained model's)")]
-    control: Annotated[str | None, typer.Option(help="transition: the control label (data.control)")]
-    context_key: Annotated[str | None, typer.Option(help="transition: obs column of the context (data.context_key)")]
-    batch_key: Annotated[str | None, typer.Option(help="transition: obs column of batches (data.batch_key)")]
-    layer: Annotated[str | None, typer.Option(help="transition: layer with raw counts (data.layer)")]
-    exclude: Annotated[list[str] | None, typer.Option(
-        "--exclude", help="transition: leave out cells with this perturbation label (data.exclude; repeatable)")]
-    test_fraction: Annotated[float | None, typer.Option(
-        help="transition: held-out cells of every target group; the rest is the few-shot training data "
-             "(data.test_fraction)")]
-    allow_partial: Annotated[bool, typer.Option(
-        "--allow-partial", help="train even when weights of the parent are mismatched, missing or unexpected")]
-
-    def flags(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "allow_partial"}
-
-
-TARGET_FLAGS = {name: f"data.{name}" for name in ("pert_key", "control", "context_key", "batch_key", "layer",
-                                                   "exclude", "test_fraction")}
-
 RUNTIME_FLAGS = {"accelerator": "runtime.accelerator", "devices": "runtime.devices",
                  "strategy": "runtime.strategy", "precision": "runtime.precision"}
 _NO_TRAINING_LOOP = ("accelerator", "devices", "strategy", "precision", "resume", "keep_resume")
 
 
-def phase_command(default_preset: str | None = None, training: bool = True, target: bool = False) -> Callable:
-    """Add the shared phase options to a command whose last parameter is `opts: PhaseOptions`.
+def _declared(specs: list, field: str) -> dict[str, list]:
+    """option name -> [(spec, option)] over the specs' `field` (options, extract_options, evaluate_options)."""
+    found: dict[str, list] = {}
+    for spec in specs:
+        for option in getattr(spec, field):
+            uses = found.setdefault(option.name, [])
+            if uses and (uses[0][1].type, uses[0][1].flags) != (option.type, option.flags):
+                raise TypeError(f"{option.flags} is declared with two types or spellings ({spec.pipeline})")
+            uses.append((spec, option))
+    return found
 
-    `training=False` (a phase without a training loop, e.g. cluster-search) leaves out the device, precision
-    and resume options; `target=True` adds the `TargetOptions` of fine-tuning phases, handed over as `target`."""
+
+def pipeline_parameters(specs: list, field: str = "options") -> list[inspect.Parameter]:
+    """One keyword parameter per option the specs declare, shown in --help under its pipeline's panel (an option
+    of several pipelines under a panel of its own)."""
+    from rich.markup import escape
+
+    parameters = []
+    for name, uses in _declared(specs, field).items():
+        option = uses[0][1]
+        pipelines = list(dict.fromkeys(spec.pipeline for spec, _ in uses))
+        panel = f"{pipelines[0]} options" if len(pipelines) == 1 else "Options of several pipelines"
+        keys = list(dict.fromkeys(o.key for _, o in uses if o.key))
+        text = option.help + (f" ({', '.join(keys)})" if keys else "")
+        text += f"; for {', '.join(pipelines)}" if len(pipelines) > 1 else ""
+        text += f"; default {option.default}" if option.default is not None else ""
+        kind = bool if option.type is bool else option.type | None
+        annotation = Annotated[kind, typer.Option(option.flags, help=escape(text), rich_help_panel=panel)]
+        default = False if option.type is bool else None
+        parameters.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation,
+                                            default=default))
+    return parameters
+
+
+def _with_parameters(func: Callable, parameters: list[inspect.Parameter], call: Callable) -> Callable:
+    """`func` with the signature `parameters`; `call(kwargs)` runs it."""
+    @functools.wraps(func)
+    def command(**kwargs: Any) -> Any:
+        return call(kwargs)
+
+    command.__signature__ = inspect.Signature(parameters)
+    command.__annotations__ = {p.name: p.annotation for p in parameters}
+    return command
+
+
+def _own(func: Callable, leave_out: tuple[str, ...]) -> list[inspect.Parameter]:
+    return [p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
+            for p in inspect.signature(func, eval_str=True).parameters.values() if p.name not in leave_out]
+
+
+def pipeline_command(field: str) -> Callable:
+    """Add the options every pipeline declares in `field` (extract_options, evaluate_options) to a command whose
+    last parameter is `pipeline: dict`: the values of those options (None or False where not given)."""
     def wrap(func: Callable) -> Callable:
-        own = [p for p in inspect.signature(func, eval_str=True).parameters.values()
-               if p.name not in ("opts", "target")]
-        defaults = {"preset": default_preset, "print_config": False, "quiet": False, "json_": False,
-                    "allow_partial": False, "keep_resume": False}
-        groups = [PhaseOptions, *([TargetOptions] if target else [])]
-        shared = [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY,
-                                    annotation=inspect.get_annotations(group, eval_str=True)[f.name],
-                                    default=defaults.get(f.name))
-                  for group in groups for f in fields(group) if training or f.name not in _NO_TRAINING_LOOP]
+        from stagekit.stages import registry
 
-        @functools.wraps(func)
-        def command(**kwargs: Any) -> Any:
+        parameters = pipeline_parameters(list(registry.phases()), field)
+
+        def call(kwargs: dict[str, Any]) -> Any:
+            values = {p.name: kwargs.pop(p.name) for p in parameters}
+            return func(**kwargs, pipeline=values)
+
+        return _with_parameters(func, _own(func, ("pipeline",)) + parameters, call)
+    return wrap
+
+
+def phase_command(command: str) -> Callable:
+    """Add the shared phase options and the options the phases of `command` declare to a command whose last
+    parameters are `opts: PhaseOptions` and `pipeline: dict` (the values of the phases' own options)."""
+    def wrap(func: Callable) -> Callable:
+        from stagekit.stages import registry
+
+        specs = registry.of_command(command)
+        trains = any(spec.trains for spec in specs)
+        default_preset = registry.default_preset(command)
+        defaults = {"preset": default_preset, "print_config": False, "quiet": False, "json_": False,
+                    "keep_resume": False}
+        annotations = inspect.get_annotations(PhaseOptions, eval_str=True)
+        shared = [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, annotation=annotations[f.name],
+                                    default=defaults.get(f.name))
+                  for f in fields(PhaseOptions) if trains or f.name not in _NO_TRAINING_LOOP]
+        parameters = pipeline_parameters(specs)
+
+        def call(kwargs: dict[str, Any]) -> Any:
             values = {f.name: kwargs.pop(f.name, defaults.get(f.name)) for f in fields(PhaseOptions)}
             if values["resume"] is not None and values["preset"] == default_preset:
                 values["preset"] = None  # a resumed run continues with its stored configuration
-            if target:
-                kwargs["target"] = TargetOptions(**{f.name: kwargs.pop(f.name, defaults.get(f.name))
-                                                    for f in fields(TargetOptions)})
-            return func(**kwargs, opts=PhaseOptions(**values))
+            pipeline = {p.name: kwargs.pop(p.name) for p in parameters}
+            return func(**kwargs, opts=PhaseOptions(**values), pipeline=pipeline)
 
-        parameters = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own] + shared
-        command.__signature__ = inspect.Signature(parameters)
-        command.__annotations__ = {p.name: p.annotation for p in parameters}
-        return command
+        return _with_parameters(func, _own(func, ("opts", "pipeline")) + parameters + shared, call)
     return wrap
 
 
@@ -119,32 +155,6 @@ def collect_overrides(sets: list[str] | None, flags: dict[str, Any], mapping: di
         if flags.get(flag) is not None:
             overrides.append((dotted, flags[flag], f"--{flag.replace('_', '-')}"))
     return overrides
-
-
-def phase_config(stage: str, opts: PhaseOptions, flags: dict[str, Any] | None = None,
-                 mapping: dict[str, str] | None = None, seed_key: str = "training.seed",
-                 plan: Callable[[Any], None] | None = None):
-    """The effective config of a phase from its command's options; None after --print-config (which also
-    calls `plan` with the config: what the phase would train, e.g. its parameter-group tables).
-
-    `flags` are the command's own config flags (e.g. --label-key) and `mapping` their dotted keys.
-    `--resume` continues with the configuration stored in the bundle (`--set` may still change keys).
-    """
-    from stagekit.config import resolve_config
-
-    given = vars(opts) | {"keep_resume": True if opts.keep_resume else None} | (flags or {})
-    overrides = collect_overrides(opts.set_, given, {"seed": seed_key, "keep_resume": "training.keep_resume"}
-                                  | RUNTIME_FLAGS | (mapping or {}))
-    name, stored = base_preset(opts.preset, opts.resume)
-    config = resolve_config(stage, name, overrides, (stored, f"resume {opts.resume}") if stored else None)
-    if opts.print_config:
-        print(config.to_toml(with_sources=True))
-        if plan is not None:
-            plan(config)
-        return None
-    if opts.output is None:
-        raise UserError("name the bundle to write with -o/--output PATH.stk")
-    return config
 
 
 def base_preset(preset: str | None, resume: Path | None) -> tuple[str | None, str | None]:
@@ -161,25 +171,44 @@ def base_preset(preset: str | None, resume: Path | None) -> tuple[str | None, st
     return None, read_bundle(resume, weights=False).config_toml
 
 
-def run_training_phase(stage: str, opts: PhaseOptions, data: list[Path] | None = None, parent: Path | None = None,
-                       flags: dict[str, Any] | None = None, mapping: dict[str, str] | None = None,
-                       options: dict[str, Any] | None = None, seed_key: str = "training.seed",
-                       log: Callable[[str], None] | None = None) -> Path | None:
-    """Resolve the config, run the phase the registry names for its (stage, model), print the result."""
-    from stagekit.stages.registry import PhaseRequest, print_plan, run_phase
+def run_training_phase(command: str, opts: PhaseOptions, pipeline: dict[str, Any], data: list[Path] | None = None,
+                       parent: Path | None = None, log: Callable[[str], None] | None = None) -> Path | None:
+    """Resolve the config, run the phase its preset names, print the result (and the phase's summary tables)."""
+    from stagekit.config.loader import read_preset, resolve_config
+    from stagekit.stages import registry
+    from stagekit.stages.spec import PhaseRequest
+    from stagekit.stages.spec import given as spec_given
 
-    def plan(config: Any) -> None:
-        if parent is not None:
-            print_plan(PhaseRequest(config, Path(), list(data or []), parent, None, opts.quiet, options or {}))
-
-    config = phase_config(stage, opts, flags, mapping, seed_key, plan)
-    if config is None:
+    name, stored = base_preset(opts.preset, opts.resume)
+    preset = read_preset(command, name, (stored, f"resume {opts.resume}") if stored else None)
+    spec = registry.phase(command, preset.model, str(preset.path))
+    given = spec_given(pipeline)
+    registry.check_options(spec, spec.options, given, command, registry.of_command(command))
+    values = {o.name: o.convert(given[o.name]) if o.convert and o.name in given else given.get(o.name, o.default)
+              for o in spec.options}
+    shared = vars(opts) | {"keep_resume": True if opts.keep_resume else None}
+    mapping = {"seed": spec.seed_key} | ({"keep_resume": "training.keep_resume"} | RUNTIME_FLAGS if spec.trains
+                                         else {})
+    overrides = collect_overrides(opts.set_, shared, mapping)
+    overrides += [(o.key, values[o.name], o.flags) for o in spec.options if o.key and o.name in given]
+    config = resolve_config(preset, spec.schema, overrides)
+    options = {o.name: values[o.name] for o in spec.options if not o.key}
+    request = PhaseRequest(config, opts.output or Path(), list(data or []), parent, opts.resume, opts.quiet, options,
+                           log or opts.log())
+    if opts.print_config:
+        print(config.to_toml(with_sources=True))
+        if parent is not None and spec.plan is not None:
+            spec.plan(request)
         return None
-
-    path = run_phase(PhaseRequest(config, opts.output, list(data or []), parent, opts.resume, opts.quiet,
-                                  options or {}, log or opts.log()))
+    if opts.output is None:
+        raise UserError("name the bundle to write with -o/--output PATH.stk")
+    path = registry.run_phase(request)
     if path is not None:  # None on the secondary processes of a distributed run
         emit_result(path, opts.json_)
+        if spec.summary is not None and not opts.quiet:
+            from stagekit.cli.tables import print_tables
+
+            print_tables(spec.summary(path))
     return path
 
 

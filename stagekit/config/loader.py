@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 from stagekit.config.schema import Key, Schema, check_value
-from stagekit.config.schemas import SCHEMAS
 from stagekit.errors import UserError
 
 HEADER = "preset"  # [preset] stage = ..., model = ..., description = ...
@@ -173,17 +172,27 @@ def _lookup(schema: Schema, dotted: str, source: str) -> tuple[str, str, Key]:
     return section, key, schema[section][key]
 
 
-def resolve_config(stage: str, preset: str | None, overrides: list[tuple[str, Any, str]],
-                   stored: tuple[str, str] | None = None) -> Config:
-    """Build the effective config. `overrides` are (dotted key, value, source label) in order of priority.
+@dataclass
+class PresetFile:
+    """A preset's text, read and checked up to its [preset] header: which command and model it is for."""
 
-    `stored` = (TOML text, label) replaces the preset file, e.g. the config stored in a bundle to resume.
-    """
+    path: Path
+    label: str  # where its values come from, as --print-config shows it
+    stage: str
+    model: str
+    tables: dict[str, Any]
+
+
+def read_preset(stage: str, preset: str | None, stored: tuple[str, str] | None = None) -> PresetFile:
+    """The preset named (a shipped name or a file), or `stored` = (TOML text, label), e.g. the config stored in a
+    bundle to resume; checked to be for `stagekit STAGE`."""
     if stored is not None:
         path, raw = Path(stored[1]), tomllib.loads(stored[0])
+        label = stored[1]
     else:
         path = preset_path(preset, stage)
         raw = _read_toml(path)
+        label = f"preset {path.name}" if path.parent == presets_dir() else f"preset {path}"
     header = raw.pop(HEADER, None)
     if not isinstance(header, dict) or "stage" not in header or "model" not in header:
         raise UserError(f"{path}: a preset needs a [preset] table with 'stage' and 'model'")
@@ -193,18 +202,16 @@ def resolve_config(stage: str, preset: str | None, overrides: list[tuple[str, An
     if extra:
         raise UserError(f"{path}: unknown key 'preset.{sorted(extra)[0]}'; [preset] holds stage, model, "
                         "description")
-    schema = SCHEMAS.get((stage, header["model"]))
-    if schema is None:
-        models = sorted(m for s, m in SCHEMAS if s == stage)
-        raise UserError(f"{path}: stage '{stage}' has no model '{header['model']}'; choose one of {models}")
+    return PresetFile(path, label, stage, str(header["model"]), raw)
 
+
+def resolve_config(preset: PresetFile, schema: Schema, overrides: list[tuple[str, Any, str]]) -> Config:
+    """The effective config: schema defaults <- the preset's values <- `overrides`, which are (dotted key, value,
+    source label) in order of priority."""
     values = {s: {k: key.default for k, key in keys.items()} for s, keys in schema.items()}
     sources = {dotted: "default" for dotted in _all_keys(schema)}
-    if stored is not None:
-        label = stored[1]
-    else:
-        label = f"preset {path.name}" if path.parent == presets_dir() else f"preset {path}"
-    for section, table in raw.items():
+    path = preset.path
+    for section, table in preset.tables.items():
         if not isinstance(table, dict):
             raise _unknown(section, schema, str(path))
         for key, value in table.items():
@@ -214,7 +221,7 @@ def resolve_config(stage: str, preset: str | None, overrides: list[tuple[str, An
                 values[s][k] = check_value(dotted, spec, value, str(path))
             except ValueError as exc:
                 raise UserError(str(exc)) from None
-            sources[dotted] = label
+            sources[dotted] = preset.label
     for dotted, value, source in overrides:
         s, k, spec = _lookup(schema, dotted, source)
         try:
@@ -222,5 +229,5 @@ def resolve_config(stage: str, preset: str | None, overrides: list[tuple[str, An
         except ValueError as exc:
             raise UserError(str(exc)) from None
         sources[dotted] = source
-    return Config(stage=stage, model=header["model"], preset=str(path), schema=schema, values=values,
+    return Config(stage=preset.stage, model=preset.model, preset=str(path), schema=schema, values=values,
                   sources=sources)

@@ -16,6 +16,7 @@ from stagekit.config import Config
 from stagekit.errors import Interrupted, UserError
 from stagekit.train import Engine, FitResult, RunSettings, Task
 from stagekit.train.progress import ProgressReporter
+from stagekit.train.signals import Signals
 from stagekit.train.state import TENSOR_TAG, from_storable
 
 
@@ -156,16 +157,23 @@ class PhaseRun:
         Returns the written path on the main process, None on the other processes of a distributed run.
         """
         self._bundle_for = bundle_for
-        result = self.engine.fit(task, self.resume_bundle.resume if self.resume_bundle else None)
         partial = partial_path(self.output)
-        if not result.is_global_zero:
-            return None
-        if result.status == "complete":
-            write_bundle(self._complete(bundle_for(result), result, "complete"), self.output)
-            partial.unlink(missing_ok=True)
+        # a signal that lands after the engine's last check, or while the bundle is written, waits for the write
+        with Signals() as signals:
+            result = self.engine.fit(task, self.resume_bundle.resume if self.resume_bundle else None)
+            if not result.is_global_zero:
+                return None
+            status = result.status
+            write_bundle(self._complete(bundle_for(result), result, status),
+                         self.output if status == "complete" else partial)
+            if status == "complete":
+                partial.unlink(missing_ok=True)
+        if status == "complete":
+            if signals.received:
+                raise Interrupted(f"{signals.received} arrived as the run ended; the final bundle was written "
+                                  f"and {self.output} is complete")
             return self.output
-        write_bundle(self._complete(bundle_for(result), result, result.status), partial)
         hint = f"continue with `stagekit {self.config.stage} ... --resume {partial}`"
-        if result.status == "interrupted":
+        if status == "interrupted":
             raise Interrupted(f"interrupted ({result.message}); {hint}")
         raise UserError(f"{result.message}; the last good state is in {partial}")

@@ -10,8 +10,6 @@ from __future__ import annotations
 import atexit
 import logging
 import math
-import signal
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields
@@ -31,6 +29,7 @@ from stagekit.train.metrics import gather_rows
 from stagekit.train.optim import FreezePlan, build_optimizer, group_table, lr_lambda, param_groups
 from stagekit.train.phases import Phase, first_epoch, phase_at
 from stagekit.train.progress import ProgressReporter
+from stagekit.train.signals import Signals
 from stagekit.train.state import (
     LoopState,
     capture_rng,
@@ -173,29 +172,6 @@ class _PhaseRun:
     steps_per_epoch: int
 
 
-class _Signals:
-    """SIGINT/SIGTERM set a flag the loop checks after each step; a second SIGINT aborts at once."""
-
-    def __init__(self) -> None:
-        self.received: str | None = None
-        self._old: dict[int, Any] = {}
-
-    def __enter__(self) -> _Signals:
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.received and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.received = signal.Signals(signum).name
-
-    def __exit__(self, *exc: Any) -> None:
-        for sig, handler in self._old.items():
-            signal.signal(sig, handler)
-
-
 class _PlanItems(torch.utils.data.Dataset):
     def __init__(self, task: Task, items: list[Any]) -> None:
         self.task, self.items = task, items
@@ -276,7 +252,7 @@ class Engine:
                              fabric.is_global_zero, final, self._top_k(loop), list(held.loop.get("phase_log", [])))
 
         try:
-            with _Signals() as signals:
+            with Signals() as signals:
                 while loop.epoch < total_epochs and not loop.finished:
                     index = phase_at(phases, loop.epoch)
                     if run is None or run.index != index:
@@ -317,7 +293,7 @@ class Engine:
         return result("complete", "", last_good)
 
     def _train_epoch(self, task: Task, hooks: list[Hook], run: _PhaseRun, loop: LoopState,
-                     signals: _Signals) -> bool:
+                     signals: Signals) -> bool:
         """One epoch of optimizer steps from `loop.step_in_epoch`; False when a signal interrupted it. Every
         decision to leave the epoch is agreed by all processes at the same step."""
         fabric, world = self.fabric, self.fabric.world_size
@@ -377,7 +353,7 @@ class Engine:
         return values
 
     def _end_epoch(self, task: Task, hooks: list[Hook], run: _PhaseRun, loop: LoopState,
-                   signals: _Signals) -> bool:
+                   signals: Signals) -> bool:
         """Training means, whole-set validation, lr per group and timing into the history; reset the sums.
         Returns whether a signal (on any process) asks to stop."""
         epoch, model = loop.epoch, run.model
@@ -568,7 +544,7 @@ class Engine:
                 finish = finish or str(exc)
         return None, finish
 
-    def _settle(self, stop: str | None, finish: str | None, loop: LoopState, signals: _Signals) -> bool:
+    def _settle(self, stop: str | None, finish: str | None, loop: LoopState, signals: Signals) -> bool:
         """Apply, on every process alike, a stop or finish raised on any of them; returns whether a signal
         reached any of them."""
         stopped, finished, interrupted = self._agree(stop is not None, finish is not None, bool(signals.received))

@@ -111,3 +111,27 @@ def test_two_process_ddp_on_cpu_matches_one_process(tmp_path, small_h5ad):
     assert "x2" in b.device and "DDP" in b.device
     assert b.history["val_loss"][-1] < 0.9 * b.history["val_loss"][0]
     assert b.history["val_loss"][-1] == pytest.approx(a.history["val_loss"][-1], rel=0.02)
+
+
+def test_sigint_after_the_last_epoch_keeps_the_run(tmp_path, small_h5ad):
+    """The signal lands while the final bundle is built and written: the write is finished (or the partial kept),
+    and stderr says which; the run is never lost."""
+    out = tmp_path / "run.stk"
+    proc = subprocess.Popen([sys.executable, "-m", "stagekit", "pretrain", "-p", "vae", str(small_h5ad), "--set",
+                             "training.epochs=6", "--keep-resume", "-o", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    for line in proc.stderr:
+        if line.startswith("epoch 6/6 ") or time.monotonic() > deadline:
+            break
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    partial = tmp_path / "run.stk.partial"
+    if proc.returncode == 0:
+        assert stdout.strip() == str(out)
+    else:
+        assert proc.returncode == 130, stderr
+        assert ("is complete" in stderr and out.is_file()) or ("--resume" in stderr and partial.is_file()), stderr
+    assert out.is_file() or partial.is_file()
+    if out.is_file():
+        assert read_bundle(out).status == "complete" and not partial.exists()

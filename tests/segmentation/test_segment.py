@@ -253,7 +253,7 @@ def test_a_model_trained_on_a_region_predicts_the_whole_sample(sample_dir, tmp_p
 
 def test_a_bundle_of_an_earlier_model_version_is_refused_by_name(trained):
     from stagekit.errors import UserError
-    from stagekit.stages.segmentation.stage import load_model
+    from stagekit.stages.segmentation.segment import load_model
 
     bundle = read_bundle(trained)
     del bundle.weights["profile.weight"]  # as written before the expression profiles

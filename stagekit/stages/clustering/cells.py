@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import tomllib
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -17,6 +16,7 @@ from stagekit.errors import UserError
 from stagekit.losses.clustering import student_t_assignment
 from stagekit.stages.clustering.vae_common import embed, load_bundle_data, load_vae, vae_config
 from stagekit.stages.phase import bundle_data_path
+from stagekit.stages.spec import CellsRequest
 
 
 @dataclass
@@ -41,11 +41,12 @@ def cell_outputs(bundle: Bundle, counts: CountMatrix, batch_codes: np.ndarray | 
     return CellOutputs(latent, soft.argmax(1), soft)
 
 
-def vae_cells(bundle: Bundle, data: list[Path], species: list[str], log=print):
+def vae_cells(request: CellsRequest):
     """The user's whole AnnData (read once) plus obsm['X_stagekit'], obs['stagekit_cluster'] and
     obsm['stagekit_soft_assignment'] where the bundle has clusters."""
-    if len(data) > 1 or species:
-        raise UserError(f"{bundle.path} is a '{bundle.model}' bundle: give at most one data file, no --species")
+    bundle, data = request.bundle, request.data
+    if len(data) > 1:
+        raise UserError(f"{bundle.path} is a '{bundle.model}' bundle: give at most one data file")
     data_path = data[0] if data else None
     adata = read_anndata(bundle_data_path(bundle, data_path))
     counts, batch_codes = load_bundle_data(bundle, data_path, adata=adata)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import tomllib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from stagekit.metrics.neighbour_graph import (
 from stagekit.metrics.plots import plot_k_scores
 from stagekit.stages.clustering.vae_common import embed, load_bundle_data, load_vae, vae_config
 from stagekit.stages.phase import check_output, lineage_of, stamp
-from stagekit.stages.registry import PhaseRequest
+from stagekit.stages.spec import PhaseRequest, Table
 
 HIGHER_IS_BETTER = {"silhouette": True, "calinski_harabasz": True, "davies_bouldin": False, "gap": True,
                     "eigengap": True}
@@ -174,3 +175,20 @@ def run(request: PhaseRequest) -> Path:
     if len(ks) > 1:
         plot_k_scores(table, chosen, output.with_name(output.stem + ".scores.png"))
     return output
+
+
+def score_table(path: Path) -> Table:
+    """The stored score per k, the chosen k marked."""
+    bundle = read_bundle(path, weights=False)
+    scores, chosen = bundle.results, int(bundle.final_metrics["k"])
+    cluster_cfg = tomllib.loads(bundle.config_toml)["cluster"]
+    selection = cluster_cfg["selection"]
+    leiden = f"; Leiden communities: {int(scores['leiden'])}" if "leiden" in scores else ""
+    columns = {c: scores[c] for c in ("silhouette", "calinski_harabasz", "davies_bouldin", "gap", "eigengap")
+               if c in scores}
+    if selection == "mean_rank" and len(scores["k"]) > 1:
+        criteria = tuple(cluster_cfg["rank_criteria"])
+        columns[f"mean rank ({' + '.join(criteria)})"] = mean_ranks(scores, criteria)
+    rows = [[f"{kk}{' *' if kk == chosen else ''}", *(f"{v[i]:.4g}" for v in columns.values())]
+            for i, kk in enumerate(scores["k"])]
+    return Table(f"cluster-search (selection: {selection}{leiden})", ["k", *columns], rows, ["* the chosen k"])

@@ -25,7 +25,7 @@ from stagekit.stages.clustering.vae_common import (
     vae_config,
 )
 from stagekit.stages.phase import PhaseRun, kept_metrics, lineage_of
-from stagekit.stages.registry import PhaseRequest
+from stagekit.stages.spec import PhaseRequest
 from stagekit.train import FitResult, Guard, Hook, StepContext, Task
 from stagekit.train.state import weights_to_numpy
 

@@ -18,7 +18,7 @@ from stagekit.models.blocks import device_of
 from stagekit.models.vae import COUNT_LIKELIHOODS, VAE
 from stagekit.stages.clustering.vae_common import build_vae, check_pair_config, model_config_toml, positive_partners
 from stagekit.stages.phase import PhaseRun, kept_metrics
-from stagekit.stages.registry import PhaseRequest
+from stagekit.stages.spec import PhaseRequest
 from stagekit.train import FitResult, StepContext, Task
 from stagekit.train.state import weights_to_numpy
 

@@ -19,7 +19,7 @@ from stagekit.models.saturn import SaturnMetric
 from stagekit.stages.cross_species.pretrain_saturn import load_model
 from stagekit.stages.cross_species.saturn_cells import SpeciesCells, cell_gene_products, cell_outputs, load_cells
 from stagekit.stages.phase import PhaseRun, kept_metrics, lineage_of
-from stagekit.stages.registry import PhaseRequest
+from stagekit.stages.spec import PhaseRequest
 from stagekit.train import FitResult, StepContext, Task
 from stagekit.train.optim import FreezePlan
 from stagekit.train.state import weights_to_numpy

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from stagekit.config import resolve_config
 from stagekit.data.demo import DEMO_ORTHOLOGS, write_demo_inputs
 from stagekit.stages import evaluate, extract
-from stagekit.stages.registry import PhaseRequest, run_phase
+from stagekit.stages.registry import read_config, run_phase
+from stagekit.stages.spec import PhaseRequest
 
 
 def run(out_dir: Path, quiet: bool = False, log=print) -> tuple[dict, dict]:
@@ -17,16 +17,16 @@ def run(out_dir: Path, quiet: bool = False, log=print) -> tuple[dict, dict]:
     log(f"demo inputs in {out_dir}: human.h5ad and mouse.h5ad (own gene vocabularies through Ensembl 105 "
         "orthologs); the gene embeddings are ortholog-derived STAND-INS for ESM protein embeddings")
     demo = "stagekit demo"
-    pretrain_config = resolve_config("pretrain", "saturn-small", [("data.label_key", "Group", demo)])
+    pretrain_config = read_config("pretrain", "saturn-small", [("data.label_key", "Group", demo)])
     embeddings = [f"human={inputs['human_embeddings']}", f"mouse={inputs['mouse_embeddings']}"]
     pretrain = run_phase(PhaseRequest(pretrain_config, out_dir / "pretrain.stk", [inputs["human"], inputs["mouse"]],
                                       quiet=quiet, options={"species": ["human", "mouse"], "protein_emb": embeddings},
                                       log=log))
-    align_config = resolve_config("align", "align", [("training.epochs", 20, demo),
+    align_config = read_config("align", "align", [("training.epochs", 20, demo),
                                                      ("training.batch_size", 256, demo)])
     aligned = run_phase(PhaseRequest(align_config, out_dir / "align.stk", parent=pretrain, quiet=quiet, log=log))
     reports = []
     for name, bundle in (("pretrain", pretrain), ("align", aligned)):
         cells = extract.run(bundle, [], out_dir / f"{name}_cells.h5ad", log=log)
-        reports.append(evaluate.run(cells, out_dir / f"report_{name}", umap=name == "align"))
+        reports.append(evaluate.run(cells, out_dir / f"report_{name}", umap=name == "align").metrics)
     return reports[0], reports[1]

@@ -26,7 +26,7 @@ from stagekit.errors import UserError
 from stagekit.models.macrogenes import log_weights_from_centroids, macrogene_centroids
 from stagekit.models.saturn import SaturnMetric, SaturnModel
 from stagekit.stages.phase import PhaseRun, kept_metrics
-from stagekit.stages.registry import PhaseRequest
+from stagekit.stages.spec import PhaseRequest
 from stagekit.train import FitResult, StepContext, Task
 from stagekit.train.state import weights_to_numpy
 

@@ -17,6 +17,7 @@ from stagekit.data.anndata_io import CountMatrix, load_counts, split_by_column
 from stagekit.data.batching import eval_plan
 from stagekit.errors import UserError
 from stagekit.models.blocks import device_of
+from stagekit.stages.spec import CellsRequest
 
 
 @dataclass
@@ -114,7 +115,7 @@ def cell_gene_products(model: torch.nn.Module, cells: SpeciesCells, batch_size: 
                       for rows in eval_plan(np.arange(cells.matrix.shape[0]), batch_size)])
 
 
-def saturn_anndata(bundle: Bundle, data: list[Path], species: list[str], log=print):
+def saturn_anndata(request: CellsRequest):
     """All species in one AnnData: X and obsm["X_macrogenes"] the macrogene values, obsm["X_pretrain"] (or
     "X_align") the embedding; the gene -> macrogene weight table in uns (genes differ between species, so it
     cannot be varm). Cells are named `species:cell` (barcodes repeat across species); obs["stagekit_cell"] keeps
@@ -123,6 +124,7 @@ def saturn_anndata(bundle: Bundle, data: list[Path], species: list[str], log=pri
 
     from stagekit.stages.cross_species.pretrain_saturn import load_model
 
+    bundle, data, species, log = request.bundle, request.data, request.options.get("species") or [], request.log
     model = load_model(bundle)
     label_key = tomllib.loads(bundle.model_config)["data"]["label_key"]
     parts = []

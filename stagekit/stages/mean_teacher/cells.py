@@ -4,25 +4,25 @@ probability and the last hidden layer (the teacher is the model Mean Teacher eva
 from __future__ import annotations
 
 import tomllib
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
-from stagekit.bundle import Bundle
 from stagekit.data.anndata_io import load_counts, read_anndata
 from stagekit.data.batching import eval_plan
 from stagekit.errors import UserError
 from stagekit.losses.classification import probabilities
 from stagekit.models.classifier import log_normalise
-from stagekit.stages.mean_teacher.stage import cells_sha256, load_model
+from stagekit.stages.mean_teacher.train import cells_sha256, load_model
 from stagekit.stages.phase import bundle_data_path, check_same_genes
+from stagekit.stages.spec import CellsRequest
 
 
-def mean_teacher_cells(bundle: Bundle, data: list[Path], species: list[str], log=print):
-    if len(data) > 1 or species:
-        raise UserError(f"{bundle.path} is a mean-teacher bundle: give at most one data file, no --species")
+def mean_teacher_cells(request: CellsRequest):
+    bundle, data = request.bundle, request.data
+    if len(data) > 1:
+        raise UserError(f"{bundle.path} is a '{bundle.model}' bundle: give at most one data file")
     path = bundle_data_path(bundle, data[0] if data else None)
     config = tomllib.loads(bundle.model_config)
     adata = read_anndata(path)

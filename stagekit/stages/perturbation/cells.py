@@ -22,7 +22,7 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
-from stagekit.bundle import Bundle, file_sha256
+from stagekit.bundle import Bundle, file_sha256, read_bundle
 from stagekit.data.anndata_io import CountMatrix, concat_counts, load_counts, read_anndata
 from stagekit.data.cell_sets import CellSet, group_cells, group_sets
 from stagekit.data.protein_embeddings import load_gene_embeddings
@@ -31,6 +31,7 @@ from stagekit.stages.perturbation.baselines import baseline_shifts, training_shi
 from stagekit.stages.perturbation.bundle import TransitionBundle, load_transition, vocabulary_of
 from stagekit.stages.perturbation.screen import TEST, TRAIN
 from stagekit.stages.perturbation.space import in_space
+from stagekit.stages.spec import CellsRequest
 
 if TYPE_CHECKING:
     import anndata
@@ -246,13 +247,16 @@ def on_task_of(model: Bundle, task: Bundle) -> TransitionBundle:
     return replace(tx, model=tuned.model, pert_inputs=np.eye(len(vocabulary), dtype=np.float32)[rows])
 
 
-def transition_cells(bundle: Bundle, data: list[Path], species: list[str], log: Callable[[str], None] = print,
-                     pert: str | None = None, held_out_of: Bundle | None = None) -> tuple[anndata.AnnData, dict]:
-    """extract/evaluate: held-out groups of the training file (or of `held_out_of`'s, with this bundle's
-    model), or `pert` for the control cells of `data`."""
-    if species:
-        raise UserError(f"{bundle.path} is a transition bundle: drop --species")
+def transition_cells(request: CellsRequest) -> tuple[anndata.AnnData, dict]:
+    """extract/evaluate: held-out groups of the training file (or of the `held_out_of` bundle's, with this bundle's
+    model), or `pert` for the control cells of the data."""
+    bundle, data, log = request.bundle, request.data, request.log
+    pert, held_out_of = request.options.get("pert"), request.options.get("held_out_of")
     if held_out_of is not None:
+        held_out_of = read_bundle(held_out_of, command="--held-out-of")
+        if held_out_of.model != bundle.model:
+            raise UserError(f"--held-out-of {held_out_of.path} holds a '{held_out_of.model}' model; give a bundle "
+                            f"of a '{bundle.model}' model")
         if pert is not None:
             raise UserError("--pert and --held-out-of: choose one")
         return held_out_cells(on_task_of(bundle, held_out_of), trained_files(held_out_of, data), held_out_of, log)

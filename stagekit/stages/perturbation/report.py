@@ -17,6 +17,8 @@ all the context's controls.
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,6 +26,7 @@ import numpy as np
 
 from stagekit.errors import UserError
 from stagekit.metrics.perturbation import LOWER_IS_BETTER, effect_is_measurable, median_distance, set_scores
+from stagekit.stages.spec import CellsRequest, Report, ReportRequest, Table
 
 if TYPE_CHECKING:
     import anndata
@@ -173,3 +176,48 @@ def plot_report(groups: list[dict], report: dict, output_dir: Path, umap: bool, 
             colourings["group"] = label[keep]
         written.append(str(plots.plot_embedding(coords, colourings, output_dir / "umap.png")))
     return written
+
+
+def tables(scores: dict) -> list[Table]:
+    """The mean over held-out groups (and over those with a measurable effect, where they differ)."""
+    n, measurable = len(scores["groups"]), sum(r["measurable"] for r in scores["groups"])
+    out = []
+    for key, title in (("mean", f"held-out groups: mean over {n}"),
+                       ("mean_measurable", f"groups with a measurable effect: mean over {measurable}")):
+        if not scores[key] or (key == "mean_measurable" and measurable == n):  # the same table twice
+            continue
+        methods = list(scores[key])
+        columns = ["metric", *(f"{m.replace('_', ' ')} ({scores[key][m]['groups']})" for m in methods)]
+        rows = [[metric.replace("_", " "), *(f"{scores[key][m][metric]:.3f}" for m in methods)] for metric in HEADLINE]
+        out.append(Table(f"{title} (energy, mmd: lower is better; pearson, sign: higher; spread ratio: 1)", columns,
+                         rows))
+    return out
+
+
+def report(request: ReportRequest, cells: Callable) -> Report:
+    """A transition model's predictions against the observed held-out cells and the baselines: from the bundle
+    (its held-out groups, or those of the --held-out-of bundle) or from the cells `extract` wrote."""
+    held_out_of = request.options.get("held_out_of")
+    if request.bundle is None:
+        if held_out_of is not None:
+            raise UserError(f"--held-out-of needs the model: give its bundle, not the extracted {request.source}")
+        adata, history = request.cells, None
+    else:
+        def warnings(message: str) -> None:
+            if message.startswith("warning"):
+                print(message, file=sys.stderr)
+
+        data = [request.data] if request.data else []
+        adata, extra = cells(CellsRequest(request.bundle, data, {"held_out_of": held_out_of}, warnings))
+        adata.uns["stagekit"] = extra
+        history = request.bundle.history
+    stage = request.bundle.stage if request.bundle is not None else ""
+    scores, groups = perturbation_report(adata, request.seed)
+    metrics = {"source": str(request.source), "perturbation": scores,
+               "plots": plot_report(groups, scores, request.output_dir, request.umap, request.seed)}
+    if history and history.get("train_loss"):
+        from stagekit.metrics import plots
+
+        metrics["plots"].append(str(plots.plot_history([(stage, history)],
+                                                       request.output_dir / "loss_curves.png")))
+    return Report(metrics, tables(scores))

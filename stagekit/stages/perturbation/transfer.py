@@ -27,9 +27,7 @@ from stagekit.errors import UserError
 from stagekit.models.transition import TransitionModel
 from stagekit.stages.perturbation.bundle import build_model, stored_screen, vocabulary_of
 from stagekit.stages.perturbation.cells import trained_files
-from stagekit.stages.perturbation.screen import TEST, Screen, SplitRequest, assign_split, read_screen
-from stagekit.stages.perturbation.space import ExpressionSpace, in_space
-from stagekit.stages.perturbation.stage import (
+from stagekit.stages.perturbation.pretrain import (
     DESIGN,
     design_line,
     file_of_cell,
@@ -39,9 +37,11 @@ from stagekit.stages.perturbation.stage import (
     screen_counts,
     training_sets,
 )
+from stagekit.stages.perturbation.screen import TEST, Screen, SplitRequest, assign_split, read_screen
+from stagekit.stages.perturbation.space import ExpressionSpace, in_space
 from stagekit.stages.perturbation.task import TransitionTask
 from stagekit.stages.phase import PhaseRun, kept_metrics, lineage_of
-from stagekit.stages.registry import PhaseRequest
+from stagekit.stages.spec import PhaseRequest
 from stagekit.train import FitResult
 from stagekit.train.optim import FreezePlan, group_table, layer_decay_scales, matches_prefix, param_groups
 from stagekit.train.phases import Phase

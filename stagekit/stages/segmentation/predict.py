@@ -25,6 +25,7 @@ from stagekit.data.spatial import Sample
 from stagekit.errors import UserError
 from stagekit.stages.segmentation.graph import SampleGraph, tile_data
 from stagekit.stages.segmentation.refine import farther_than_nearest, profile_evidence
+from stagekit.stages.spec import CellsRequest
 
 NEW_CELL_PREFIX = "stagekit-"
 
@@ -109,7 +110,7 @@ def assign(graph: SampleGraph, probability: np.ndarray, nucleus_ids: list[str], 
 
 def predict_settings(stored: dict) -> dict:
     """The bundle's predict section; keys added after the bundle was written take their defaults."""
-    from stagekit.config.schemas import SEGMENT_PREDICT
+    from stagekit.stages.segmentation.schema import SEGMENT_PREDICT
 
     return {key: stored.get("predict", {}).get(key, spec.default) for key, spec in SEGMENT_PREDICT.items()}
 
@@ -207,7 +208,7 @@ def summary(result: Assignment) -> dict:
 
 
 def predict_sample(bundle: Bundle, folder: Path, log) -> tuple[Sample, SampleGraph, Assignment]:
-    from stagekit.stages.segmentation.stage import load_model, read_for, sample_graph, vocabulary
+    from stagekit.stages.segmentation.segment import load_model, read_for, sample_graph, vocabulary
 
     stored = tomllib.loads(bundle.model_config)
     model = load_model(bundle)  # first: a bundle this version cannot read fails before the sample is read
@@ -242,8 +243,9 @@ def check_output_folder(output: Path, sample: Path, bundle: Path) -> Path:
     return output
 
 
-def write(bundle: Bundle, data: list[Path], output: Path, log) -> Path:
-    """extract for segger bundles: the output is a folder, replaced only once every file in it is written."""
+def write(request: CellsRequest, output: Path) -> Path:
+    """extract for segment bundles: the output is a folder, replaced only once every file in it is written."""
+    bundle, data, log = request.bundle, request.data, request.log
     if len(data) > 1:
         raise UserError(f"extract of a segment bundle reads one sample folder; got {len(data)}")
     folder = Path(data[0]) if data else Path(bundle.data.get("path", ""))
@@ -258,6 +260,7 @@ def write(bundle: Bundle, data: list[Path], output: Path, log) -> Path:
         transcripts_table(sample, result).to_parquet(tmp / "transcripts.parquet", index=False)
         adata = cells_anndata(sample, result.cell, sample.nuclei.ids)
         provenance = {"bundle": str(Path(bundle.path).resolve()), "bundle_sha256": file_sha256(bundle.path),
+                      "stage": bundle.stage, "model": bundle.model,
                       "sample": str(folder.resolve()), "config": bundle.config_toml,
                       "lineage": json.dumps(bundle.lineage)}
         adata.uns["stagekit"] = provenance

@@ -15,12 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
-from stagekit.bundle import Bundle, atomic_output
+from stagekit.bundle import Bundle
 from stagekit.data.polygons import centroids
 from stagekit.data.spatial import Sample
 from stagekit.errors import UserError
 from stagekit.metrics.plots import plot_segmentation_region
 from stagekit.stages.segmentation.graph import SampleGraph, candidate_links
+from stagekit.stages.spec import Report, ReportRequest, Table
 
 
 def expansion(sample: Sample, distance: float) -> np.ndarray:
@@ -130,7 +131,7 @@ def held_out_links(bundle: Bundle, graph: SampleGraph, model) -> dict:
     """AUROC / F1 of the held-out links as training validated them (the validation transcripts' candidate pairs,
     the other inside transcripts carrying messages, the same fixed hidden nuclei and swapped geometry)."""
     from stagekit.stages.segmentation.predict import scored_links
-    from stagekit.stages.segmentation.stage import SegmentationTask
+    from stagekit.stages.segmentation.segment import SegmentationTask
     from stagekit.train.metrics import binary_scores
 
     config = tomllib.loads(bundle.config_toml)
@@ -159,15 +160,33 @@ def _report(sample: Sample, cell: np.ndarray, inside: np.ndarray, output: Path, 
         path = plot_segmentation_region(sample.xy, assigned, sample.nuclei.vertices, output / f"region_{name}.png",
                                         method)
         report["plots"].append(str(path))
-    with atomic_output(output / "metrics.json") as tmp:
-        tmp.write_text(json.dumps(report, indent=2))
     return report
+
+
+def table(report: dict) -> Table:
+    """Each metric for stagekit and the baseline side by side, and the held-out links' scores."""
+    methods = report["segmentation"]
+    metrics = next(iter(methods.values()))
+    rows = [[metric.replace("_", " "), *(m[metric] for m in methods.values())] for metric in metrics]
+    rows += [[f"held-out links: {name}", value, *[""] * (len(methods) - 1)] for name, value in report["links"].items()]
+    return Table(f"segmentation of {report['transcripts']:,} transcripts (correct, assigned: higher is better; MECR: "
+                 "lower)", ["metric", *(name.replace("_", " ") for name in methods)], rows)
+
+
+def report(request: ReportRequest) -> Report:
+    """A segment bundle (segmenting its sample again) or a folder `extract` wrote."""
+    expansion_distance, markers = request.options["expansion_um"], request.options.get("markers")
+    if request.folder is not None:
+        found = from_folder(request.folder, request.output_dir, expansion_distance, markers)
+    else:
+        found = from_bundle(request.bundle, request.data, request.output_dir, expansion_distance, markers)
+    return Report(found, [table(found)])
 
 
 def from_bundle(bundle: Bundle, data: Path | None, output: Path, expansion_distance: float = 5.0,
                 markers: Path | None = None) -> dict:
     from stagekit.stages.segmentation.predict import predict_sample
-    from stagekit.stages.segmentation.stage import load_model
+    from stagekit.stages.segmentation.segment import load_model
 
     folder = Path(data) if data else Path(bundle.data.get("path", ""))
     if not folder.is_dir():
@@ -185,7 +204,7 @@ def from_folder(folder: Path, output: Path, expansion_distance: float = 5.0, mar
     """An extract folder: its transcripts.parquet and segmentation.json (which names the sample)."""
     import pandas as pd
 
-    from stagekit.stages.segmentation.stage import read_for
+    from stagekit.stages.segmentation.segment import read_for
 
     info_path = folder / "segmentation.json"
     if not info_path.is_file() or not (folder / "transcripts.parquet").is_file():

@@ -18,7 +18,7 @@ from stagekit.errors import UserError
 from stagekit.models.classifier import CellClassifier, MeanTeacher
 from stagekit.stages.mean_teacher.task import Labels, MeanTeacherTask, labelled_cells, read_labels, validation_cells
 from stagekit.stages.phase import PhaseRun, bundle_data_path, check_same_genes, kept_metrics, lineage_of
-from stagekit.stages.registry import PhaseRequest
+from stagekit.stages.spec import PhaseRequest
 from stagekit.train import FitResult
 from stagekit.train.state import load_weights, weights_to_numpy
 from stagekit.train.transfer import load_by_name

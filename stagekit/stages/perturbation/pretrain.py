@@ -20,7 +20,7 @@ from stagekit.stages.perturbation.screen import TEST, TRAIN, VAL, Screen, SplitR
 from stagekit.stages.perturbation.space import ExpressionSpace, fit_space, in_space
 from stagekit.stages.perturbation.task import TransitionTask
 from stagekit.stages.phase import PhaseRun, kept_metrics
-from stagekit.stages.registry import PhaseRequest
+from stagekit.stages.spec import PhaseRequest
 from stagekit.train import FitResult
 from stagekit.train.state import weights_to_numpy
 

@@ -17,8 +17,8 @@ from stagekit.data.spatial import Sample, read_sample
 from stagekit.errors import UserError
 from stagekit.models.segger import SeggerGNN
 from stagekit.stages.phase import PhaseRun, kept_metrics, lineage_of
-from stagekit.stages.registry import PhaseRequest
 from stagekit.stages.segmentation.graph import PAIR_FEATURES, SampleGraph, TileRoles, build_graph, tile_data
+from stagekit.stages.spec import PhaseRequest
 from stagekit.train import FitResult, Task
 from stagekit.train.hooks import StepContext
 from stagekit.train.metrics import binary_scores
