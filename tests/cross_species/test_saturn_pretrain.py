@@ -223,7 +223,7 @@ def test_macrogene_centroids_are_reused_only_for_the_same_inputs(capsys, demo, t
     assert code == 0 and "running k-means" in err, err
     code, _, err = run_cli(capsys, "pretrain", "-p", "vae", demo["human"], "--macrogenes-from", first,
                            "-o", tmp_path / "d.stk")
-    assert code == 2 and "--macrogenes-from does not apply" in err and "--preset saturn" in err
+    assert code == 2 and "--macrogenes-from does not apply" in err and "model 'saturn'" in err
 
 
 def test_backed_pretrain_align_extract(capsys, demo, tmp_path):
