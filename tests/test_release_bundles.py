@@ -74,3 +74,10 @@ def test_a_parent_bundle_of_the_release_is_fine_tuned(tmp_path, capsys):
                            "--set", "training.epochs=1", "-o", tmp_path / "dec.stk", "-q")
     assert code == 0, err
     assert Path(tmp_path / "dec.stk").is_file()
+
+
+def test_the_cells_file_of_a_segmentation_folder_is_refused_by_name(tmp_path, capsys):
+    code, _, err = run_cli(capsys, "extract", BUNDLES / "segger.stk", DATA / "xenium", "-o", tmp_path / "seg", "-q")
+    assert code == 0, err
+    code, _, err = run_cli(capsys, "evaluate", tmp_path / "seg" / "cells.h5ad", "-o", tmp_path / "r")
+    assert code == 2 and "evaluate the folder" in err and "Traceback" not in err, err

@@ -176,6 +176,9 @@ def table(report: dict) -> Table:
 def report(request: ReportRequest) -> Report:
     """A segment bundle (segmenting its sample again) or a folder `extract` wrote."""
     expansion_distance, markers = request.options["expansion_um"], request.options.get("markers")
+    if request.cells is not None:
+        raise UserError(f"{request.source}: evaluate the folder `stagekit extract` wrote (it holds the transcripts' "
+                        "assignments), or the segment bundle")
     if request.folder is not None:
         found = from_folder(request.folder, request.output_dir, expansion_distance, markers)
     else:
