@@ -159,7 +159,7 @@ def run_one_phase(args: argparse.Namespace) -> None:
 
     imports_gb = rss_gb()
     from stagekit.bundle import read_bundle
-    from stagekit.stages.cross_species import pretrain_saturn
+    from stagekit.stages.cross_species import pretrain
     from stagekit.stages.registry import read_config, run_phase
     from stagekit.stages.spec import PhaseRequest
     from stagekit.train import engine
@@ -169,7 +169,7 @@ def run_one_phase(args: argparse.Namespace) -> None:
     shape, folder = SHAPES[args.shape], Path(args.folder)
     torch.set_num_threads(args.threads)
     kmeans_s = []
-    original = pretrain_saturn.macrogene_centroids
+    original = pretrain.macrogene_centroids
 
     def timed_centroids(*a, **k):  # the k-means of the run itself, timed
         t0 = time.perf_counter()
@@ -177,7 +177,7 @@ def run_one_phase(args: argparse.Namespace) -> None:
         kmeans_s.append(time.perf_counter() - t0)
         return out
 
-    pretrain_saturn.macrogene_centroids = timed_centroids
+    pretrain.macrogene_centroids = timed_centroids
     common = [("training.epochs", args.epochs or shape.epochs, "bench"),
               ("training.batch_size", shape.batch, "bench"), ("runtime.threads", args.threads, "bench")]
     if args.precision:

@@ -46,6 +46,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from stagekit import toml_text
 from stagekit.bundle.tree import read_tree, write_tree
 from stagekit.errors import UserError
 
@@ -89,6 +90,10 @@ class Bundle:
     path: str = ""
     records: dict[str, Any] = field(default_factory=dict)
     sizes: dict[str, int] = field(default_factory=dict)  # bytes stored per top-level part, as read
+
+    def config(self) -> dict[str, Any]:
+        """The configuration the phase ran with, as sections of keys (empty before the phase stamps it)."""
+        return toml_text.parse(self.config_toml, self.path or "bundle config") if self.config_toml else {}
 
 
 def arrays_sha256(arrays: dict[str, np.ndarray]) -> str:

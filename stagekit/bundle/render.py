@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import tomllib
 from typing import Any
 
 from rich.console import Console, Group
@@ -32,7 +31,7 @@ def sparkline(values: list[float], width: int = 48) -> str:
 
 
 def summary(bundle: Bundle) -> dict[str, Any]:
-    config = tomllib.loads(bundle.config_toml) if bundle.config_toml else {}
+    config = bundle.config()
     return {"path": bundle.path, "stage": bundle.stage, "model": bundle.model, "status": bundle.status,
             "epochs_done": bundle.epochs_done, "seed": bundle.seed, "created": bundle.created,
             "wall_time_s": bundle.wall_time_s, "device": bundle.device, "argv": bundle.argv,
@@ -72,7 +71,7 @@ def render(bundle: Bundle, console: Console) -> None:
                            f" sha256 {str(d.get('sha256'))[:12]}{escape(described)}\n{cats}", title="data",
                            expand=False))
 
-    config = tomllib.loads(bundle.config_toml) if bundle.config_toml else {}
+    config = bundle.config()
     key_config = Table.grid(padding=(0, 2))
     for section, values in config.items():
         if section not in ("preset", "runtime", "data"):

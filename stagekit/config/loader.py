@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import difflib
-import json
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from stagekit import toml_text
 from stagekit.config.schema import Key, Schema, check_value
 from stagekit.errors import UserError
 
@@ -27,7 +26,7 @@ def presets_dir() -> Path:
 def list_presets() -> list[dict[str, str]]:
     rows = []
     for path in sorted(presets_dir().glob("*.toml")):
-        header = _read_toml(path).get(HEADER, {})
+        header = toml_text.read(path).get(HEADER, {})
         rows.append({"name": path.stem, "stage": header.get("stage", "?"), "model": header.get("model", "?"),
                      "description": header.get("description", ""), "path": str(path)})
     return rows
@@ -50,23 +49,14 @@ def preset_path(name_or_path: str, stage: str = "") -> Path:
     raise UserError(f"no preset named '{name_or_path}'; {suggestion}see `stagekit presets list`")
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
-    try:
-        return tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise UserError(f"{path}: not valid TOML ({exc})") from None
-    except OSError as exc:
-        raise UserError(f"{path}: cannot read ({exc.strerror})") from None
-
-
 def parse_override(text: str) -> tuple[str, Any]:
     """`section.key=value` with a TOML-typed value; a bare word is taken as a string."""
     if "=" not in text:
         raise UserError(f"--set {text!r}: expected KEY=VALUE, e.g. --set training.lr=1e-3")
     dotted, raw = (part.strip() for part in text.split("=", 1))
     try:
-        value = tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
+        value = toml_text.parse(f"v = {raw}", "--set")["v"]
+    except UserError:
         value = raw
     return dotted, value
 
@@ -132,22 +122,12 @@ class Config:
         for section, keys in self.values.items():
             lines.append(f"[{section}]")
             for key, value in dict.items(keys):
-                line = f"{key} = {toml_value(value)}"
+                line = f"{key} = {toml_text.value(value)}"
                 if with_sources:
                     line = f"{line:<44} # {self.sources[f'{section}.{key}']}"
                 lines.append(line)
             lines.append("")
         return "\n".join(lines)
-
-
-def toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return json.dumps(value)
-    if isinstance(value, list):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    return repr(value)
 
 
 def _all_keys(schema: Schema) -> list[str]:
@@ -187,11 +167,11 @@ def read_preset(stage: str, preset: str | None, stored: tuple[str, str] | None =
     """The preset named (a shipped name or a file), or `stored` = (TOML text, label), e.g. the config stored in a
     bundle to resume; checked to be for `stagekit STAGE`."""
     if stored is not None:
-        path, raw = Path(stored[1]), tomllib.loads(stored[0])
+        path, raw = Path(stored[1]), toml_text.parse(stored[0], stored[1])
         label = stored[1]
     else:
         path = preset_path(preset, stage)
-        raw = _read_toml(path)
+        raw = toml_text.read(path)
         label = f"preset {path.name}" if path.parent == presets_dir() else f"preset {path}"
     header = raw.pop(HEADER, None)
     if not isinstance(header, dict) or "stage" not in header or "model" not in header:

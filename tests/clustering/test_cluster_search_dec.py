@@ -234,23 +234,23 @@ def test_dec_interrupt_and_resume_matches_uninterrupted(capsys, chain, tmp_path,
     import os
     import signal
 
-    from stagekit.stages.clustering import finetune_dec
+    from stagekit.stages.clustering import finetune
 
     args = ["finetune", "-p", "dec", chain["clusters"], "--set", "training.epochs=4", "--set",
             "training.batch_size=64", "--set", "dec.update_interval=4", "-q"]
     assert run_cli(capsys, *args, "-o", tmp_path / "straight.stk")[0] == 0
 
-    original = finetune_dec.DECTask.after_optimizer_step
+    original = finetune.DECTask.after_optimizer_step
 
     def interrupt_at_step_13(self, model, ctx, values):
         original(self, model, ctx, values)
         if self.steps == 13:  # mid-epoch, after a target update at step 12
             os.kill(os.getpid(), signal.SIGINT)
 
-    monkeypatch.setattr(finetune_dec.DECTask, "after_optimizer_step", interrupt_at_step_13)
+    monkeypatch.setattr(finetune.DECTask, "after_optimizer_step", interrupt_at_step_13)
     code, _, err = run_cli(capsys, *args, "-o", tmp_path / "run.stk")
     assert code == 130 and "--resume" in err
-    monkeypatch.setattr(finetune_dec.DECTask, "after_optimizer_step", original)
+    monkeypatch.setattr(finetune.DECTask, "after_optimizer_step", original)
     partial = tmp_path / "run.stk.partial"
     code, _, err = run_cli(capsys, "finetune", chain["clusters"], "--resume", partial, "-o", tmp_path / "run.stk", "-q")
     assert code == 0, err

@@ -104,7 +104,7 @@ def test_embedding_similarity_loss_matches_cosine_similarity_in_value_and_gradie
 def test_micro_batches_hold_one_species_and_add_up_when_a_species_has_few_cells():
     from types import SimpleNamespace
 
-    from stagekit.stages.cross_species.pretrain_saturn import SaturnTask
+    from stagekit.stages.cross_species.pretrain import SaturnTask
 
     data = two_species()
     model, protein = _model(data)

@@ -10,7 +10,7 @@ import torch
 
 from stagekit.bundle import read_bundle
 from stagekit.data.demo import DEMO_ORTHOLOGS, write_demo_inputs
-from stagekit.stages.cross_species.pretrain_saturn import load_model
+from stagekit.stages.cross_species.pretrain import load_model
 from tests.conftest import run_cli
 
 FAST = ["--set", "data.hv_genes=1500", "--set", "model.n_macrogenes=150", "--set", "model.n_hidden=128",

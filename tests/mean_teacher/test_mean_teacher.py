@@ -118,8 +118,9 @@ def test_init_from_a_vae_encoder_reports_what_it_loaded(capsys, chain, tmp_path)
                            "--labelled-fraction", "0.1", "--init-from", vae, "--set", "model.norm=\"layer\"",
                            "--set", "model.n_hidden=[128]", "--set", "training.epochs=1", "-o", out)
     assert code == 0, err
-    report = json.loads(bytes(read_bundle(out).results["load_report"]).decode())
+    report = read_bundle(out).records["load_report"]  # where every pipeline keeps it; `info` shows it
     assert "body.0.weight" in report["loaded"] and report["new"] == ["head.weight", "head.bias"]
+    assert "head.weight" in run_cli(capsys, "info", out)[1]
     assert read_bundle(out).lineage[0]["model"] == "vae"
     code, _, err = run_cli(capsys, "pretrain", "-p", "mean-teacher", chain["data"], "--label-key", "cluster_id",
                            "--labelled-fraction", "0.1", "--init-from", vae, "-o", tmp_path / "y.stk")

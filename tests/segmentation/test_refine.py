@@ -4,6 +4,7 @@ refinement shown to fix assignments a geometry-only score gets wrong."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 
 import numpy as np
@@ -12,7 +13,8 @@ from sklearn.metrics import adjusted_rand_score
 
 from stagekit.data.spatial import read_sample
 from stagekit.stages.segmentation.graph import build_graph
-from stagekit.stages.segmentation.predict import assign, predict_settings, refined_probabilities
+from stagekit.stages.segmentation.model_config import PredictSettings
+from stagekit.stages.segmentation.predict import assign, refined_probabilities
 from stagekit.stages.segmentation.refine import expression_groups, farther_than_nearest, profile_evidence
 from stagekit.stages.segmentation.report import is_in
 from tests.conftest import synthetic_xenium
@@ -110,13 +112,13 @@ def test_refinement_fixes_what_geometry_alone_gets_wrong(sample_and_graph):
     ids = list(sample.nuclei.ids)
     truth_nucleus = is_in(sample.truth, ids)
 
-    def correct(settings: dict) -> float:
+    def correct(settings: PredictSettings) -> float:
         refined = refined_probabilities(graph, probability, settings)
-        cell = assign(graph, refined, ids, settings["score_cut"], settings["min_transcripts"]).cell
+        cell = assign(graph, refined, ids, settings.score_cut, settings.min_transcripts).cell
         return float(np.where(truth_nucleus, cell == sample.truth, ~is_in(cell, ids)).mean())
 
-    off = predict_settings({}) | {"profile_rounds": 0, "farther_penalty": 0.0, "max_distance": graph.dist_bd}
+    off = PredictSettings(profile_rounds=0, farther_penalty=0.0, max_distance=graph.dist_bd)
     unrefined = refined_probabilities(graph, probability, off)
     np.testing.assert_allclose(unrefined, probability, atol=1e-5)  # all off: the network's scores
-    assert correct(off | {"profile_rounds": 2}) > correct(off) + 0.015
-    assert correct(predict_settings({})) > correct(off) + 0.015
+    assert correct(dataclasses.replace(off, profile_rounds=2)) > correct(off) + 0.015
+    assert correct(PredictSettings()) > correct(off) + 0.015

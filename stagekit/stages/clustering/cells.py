@@ -3,7 +3,6 @@ clusters and soft assignments."""
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,7 +13,8 @@ from stagekit.bundle import Bundle
 from stagekit.data.anndata_io import CountMatrix, read_anndata
 from stagekit.errors import UserError
 from stagekit.losses.clustering import student_t_assignment
-from stagekit.stages.clustering.vae_common import embed, load_bundle_data, load_vae, vae_config
+from stagekit.stages.clustering.model_config import VAEConfig
+from stagekit.stages.clustering.trained import embed, load_bundle_data, load_vae
 from stagekit.stages.phase import bundle_data_path
 from stagekit.stages.spec import CellsRequest
 
@@ -36,7 +36,7 @@ def cell_outputs(bundle: Bundle, counts: CountMatrix, batch_codes: np.ndarray | 
         distance = ((latent[:, None, :] - centres[None]) ** 2).sum(-1)
         return CellOutputs(latent, distance.argmin(1))
     centres = torch.from_numpy(bundle.weights["centres"])
-    alpha = float(tomllib.loads(bundle.config_toml)["dec"]["alpha"])
+    alpha = float(bundle.config()["dec"]["alpha"])
     soft = student_t_assignment(torch.from_numpy(latent), centres, alpha).numpy()
     return CellOutputs(latent, soft.argmax(1), soft)
 
@@ -56,4 +56,4 @@ def vae_cells(request: CellsRequest):
         adata.obs["stagekit_cluster"] = pd.Categorical(outputs.clusters.astype(str))
     if outputs.soft is not None:
         adata.obsm["stagekit_soft_assignment"] = outputs.soft
-    return adata, {"label_key": vae_config(bundle)["data"]["label_key"]}
+    return adata, {"label_key": VAEConfig.of(bundle).data.label_key}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-import tomllib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,7 +21,8 @@ from stagekit.metrics.neighbour_graph import (
     symmetric_graph,
 )
 from stagekit.metrics.plots import plot_k_scores
-from stagekit.stages.clustering.vae_common import embed, load_bundle_data, load_vae, vae_config
+from stagekit.stages.clustering.model_config import VAEConfig
+from stagekit.stages.clustering.trained import embed, load_bundle_data, load_vae
 from stagekit.stages.phase import check_output, lineage_of, stamp
 from stagekit.stages.spec import PhaseRequest, Table
 
@@ -134,7 +134,7 @@ def run(request: PhaseRequest) -> Path:
     parent = read_bundle(pretrain_path, ("pretrain",), command="cluster-search")
     if parent.model != "vae":
         raise UserError(f"{pretrain_path} holds a '{parent.model}' model; cluster-search needs a vae pretrain")
-    label_key = vae_config(parent)["data"]["label_key"]
+    label_key = VAEConfig.of(parent).data.label_key
     counts, batch_codes = load_bundle_data(parent, data_path, (label_key,))
     latent = embed(load_vae(parent), counts, batch_codes)
     if k is not None:
@@ -181,7 +181,7 @@ def score_table(path: Path) -> Table:
     """The stored score per k, the chosen k marked."""
     bundle = read_bundle(path, weights=False)
     scores, chosen = bundle.results, int(bundle.final_metrics["k"])
-    cluster_cfg = tomllib.loads(bundle.config_toml)["cluster"]
+    cluster_cfg = bundle.config()["cluster"]
     selection = cluster_cfg["selection"]
     leiden = f"; Leiden communities: {int(scores['leiden'])}" if "leiden" in scores else ""
     columns = {c: scores[c] for c in ("silhouette", "calinski_harabasz", "davies_bouldin", "gap", "eigengap")

@@ -11,7 +11,7 @@ PIPELINE = "phenotype clustering"
 
 
 def _pretrain(request: PhaseRequest) -> Path | None:
-    from stagekit.stages.clustering.pretrain_vae import run
+    from stagekit.stages.clustering.pretrain import run
 
     return run(request)
 
@@ -23,7 +23,7 @@ def _cluster_search(request: PhaseRequest) -> Path | None:
 
 
 def _finetune(request: PhaseRequest) -> Path | None:
-    from stagekit.stages.clustering.finetune_dec import run
+    from stagekit.stages.clustering.finetune import run
 
     return run(request)
 

@@ -11,19 +11,19 @@ PIPELINE = "cross-species integration"
 
 
 def _pretrain(request: PhaseRequest) -> Path | None:
-    from stagekit.stages.cross_species.pretrain_saturn import run
+    from stagekit.stages.cross_species.pretrain import run
 
     return run(request)
 
 
 def _align(request: PhaseRequest) -> Path | None:
-    from stagekit.stages.cross_species.align_saturn import run
+    from stagekit.stages.cross_species.align import run
 
     return run(request)
 
 
 def _cells(request: CellsRequest):
-    from stagekit.stages.cross_species.saturn_cells import saturn_anndata
+    from stagekit.stages.cross_species.cells import saturn_anndata
 
     return saturn_anndata(request)
 

@@ -3,8 +3,6 @@ probability and the last hidden layer (the teacher is the model Mean Teacher eva
 
 from __future__ import annotations
 
-import tomllib
-
 import numpy as np
 import pandas as pd
 import torch
@@ -14,6 +12,7 @@ from stagekit.data.batching import eval_plan
 from stagekit.errors import UserError
 from stagekit.losses.classification import probabilities
 from stagekit.models.classifier import log_normalise
+from stagekit.stages.mean_teacher.model_config import MeanTeacherConfig
 from stagekit.stages.mean_teacher.train import cells_sha256, load_model
 from stagekit.stages.phase import bundle_data_path, check_same_genes
 from stagekit.stages.spec import CellsRequest
@@ -24,9 +23,9 @@ def mean_teacher_cells(request: CellsRequest):
     if len(data) > 1:
         raise UserError(f"{bundle.path} is a '{bundle.model}' bundle: give at most one data file")
     path = bundle_data_path(bundle, data[0] if data else None)
-    config = tomllib.loads(bundle.model_config)
     adata = read_anndata(path)
-    counts = load_counts(path, config["data"]["layer"], adata=adata)
+    task = MeanTeacherConfig.of(bundle).data
+    counts = load_counts(path, task.layer, adata=adata)
     check_same_genes(counts.var_names, bundle, path)
     teacher = load_model(bundle).teacher
     probs, hidden = [], []
@@ -47,5 +46,5 @@ def mean_teacher_cells(request: CellsRequest):
         split[bundle.results["labelled"]] = "labelled"
         split[bundle.results["validation"]] = "validation"
         adata.obs["stagekit_split"] = pd.Categorical(split)
-    return adata, {"label_key": config["data"]["label_key"], "positive_class": config["data"]["positive_class"],
+    return adata, {"label_key": task.label_key, "positive_class": task.positive_class,
                    "classes": np.array(classes, dtype=str)}

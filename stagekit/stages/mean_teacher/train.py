@@ -4,18 +4,17 @@
 from __future__ import annotations
 
 import hashlib
-import json
-import tomllib
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from stagekit.bundle import Bundle, read_bundle
-from stagekit.config.loader import toml_value
 from stagekit.data.anndata_io import CountMatrix, load_counts
 from stagekit.errors import UserError
-from stagekit.models.classifier import CellClassifier, MeanTeacher
+from stagekit.models.classifier import MeanTeacher
+from stagekit.stages.clustering.model_config import VAEConfig
+from stagekit.stages.mean_teacher.model_config import Classes, ClassifierArchitecture, LabelTask, MeanTeacherConfig
 from stagekit.stages.mean_teacher.task import Labels, MeanTeacherTask, labelled_cells, read_labels, validation_cells
 from stagekit.stages.phase import PhaseRun, bundle_data_path, check_same_genes, kept_metrics, lineage_of
 from stagekit.stages.spec import PhaseRequest
@@ -28,41 +27,26 @@ def cells_sha256(counts: CountMatrix) -> str:
     return hashlib.sha256("\n".join(map(str, counts.obs.index)).encode()).hexdigest()
 
 
-def model_config_toml(model_cfg: dict, data_cfg: dict, classes: list[str]) -> str:
-    """What rebuilding the classifier and reading its data needs (copied by stage 2)."""
-    lines = ["[model]", *(f"{k} = {toml_value(v)}" for k, v in model_cfg.items()),
-             "[data]", *(f"{k} = {toml_value(data_cfg[k])}" for k in ("layer", "label_key", "positive_class")),
-             "[classes]", f"names = {toml_value(classes)}"]
-    return "\n".join(lines) + "\n"
-
-
-def build_model(model_config: str, n_genes: int) -> MeanTeacher:
-    config = tomllib.loads(model_config)
-    model = config["model"]
-    outputs = 1 if config["data"]["positive_class"] else len(config["classes"]["names"])
-    student = CellClassifier(n_genes, outputs, model["n_hidden"], model["dropout"], model["norm"])
-    return MeanTeacher(student)
-
-
 def load_model(bundle: Bundle) -> MeanTeacher:
-    model = build_model(bundle.model_config, len(bundle.var_names))
+    model = MeanTeacherConfig.of(bundle).build(len(bundle.var_names))
     load_weights(model, bundle.weights, bundle.path)
     return model.eval()
 
 
-def _init_from_vae(model: MeanTeacher, path: Path, counts: CountMatrix, model_cfg: dict, log) -> tuple[dict, Bundle]:
+def _init_from_vae(model: MeanTeacher, path: Path, counts: CountMatrix, model_cfg: ClassifierArchitecture, log
+                   ) -> tuple[dict, Bundle]:
     """Student and teacher start from a `pretrain --preset vae` encoder (its hidden layers; the head is new)."""
     vae = read_bundle(path, ("pretrain",), command="pretrain --preset mean-teacher --init-from")
     if vae.model != "vae":
         raise UserError(f"{path} holds a '{vae.model}' model; --init-from takes a `pretrain --preset vae` bundle")
     check_same_genes(counts.var_names, vae, counts.path)
-    vae_cfg = tomllib.loads(vae.model_config)
-    if vae_cfg["data"]["batch_key"] or vae_cfg["model"]["likelihood"] == "gaussian":
+    vae_cfg = VAEConfig.of(vae)
+    if vae_cfg.data.batch_key or vae_cfg.model.likelihood == "gaussian":
         raise UserError(f"{path}: --init-from needs a VAE on counts without a batch covariate (its encoder then "
                         "reads exactly the classifier's input)")
-    if model_cfg["norm"] != "layer" or model_cfg["n_hidden"] != vae_cfg["model"]["n_hidden"]:
+    if model_cfg.norm != "layer" or model_cfg.n_hidden != vae_cfg.model.n_hidden:
         raise UserError(f"--init-from {path}: set model.norm = \"layer\" and model.n_hidden = "
-                        f"{vae_cfg['model']['n_hidden']} (the VAE encoder's layers)")
+                        f"{vae_cfg.model.n_hidden} (the VAE encoder's layers)")
     encoder = {"body." + k.removeprefix("encoder."): v for k, v in vae.weights.items() if k.startswith("encoder.")}
     report = load_by_name(model.student, encoder, new=("head",))
     if report.partial:
@@ -92,7 +76,7 @@ def warn_unused(config, binary: bool, log) -> None:
 
 def _fit(request: PhaseRequest, phase: PhaseRun, counts: CountMatrix, labels: Labels, model: MeanTeacher,
          validation: np.ndarray, labelled: np.ndarray, model_config: str, seed: int, ema_updates: int = 0,
-         parent: Bundle | None = None, extra_results: dict | None = None) -> Path | None:
+         parent: Bundle | None = None, records: dict | None = None) -> Path | None:
     config = request.config
     warn_unused(config, labels.binary, request.log)
     train_rows = np.setdiff1d(np.arange(counts.n_obs), validation)
@@ -115,7 +99,7 @@ def _fit(request: PhaseRequest, phase: PhaseRun, counts: CountMatrix, labels: La
                       lineage=lineage_of(parent) if parent else [], data=fingerprint, var_names=counts.var_names,
                       categories={"classes": labels.classes}, final_metrics=final,
                       results={"labelled": labelled, "validation": validation,
-                               "ema_updates": np.array(task.ema.updates)} | (extra_results or {}))
+                               "ema_updates": np.array(task.ema.updates)}, records=records or {})
 
     return phase.fit(task, bundle_for)
 
@@ -134,16 +118,17 @@ def pretrain(request: PhaseRequest) -> Path | None:
     phase.check_resume_data(counts.fingerprint())
     phase.engine.launch()
     torch.manual_seed(seed)
-    outputs = 1 if labels.binary else len(labels.classes)
-    model = MeanTeacher(CellClassifier(counts.n_vars, outputs, model_cfg["n_hidden"], model_cfg["dropout"],
-                                       model_cfg["norm"]))
-    parent, extra = None, {}
+    described = MeanTeacherConfig(ClassifierArchitecture(**dict(model_cfg.items())),
+                                  LabelTask(**{k: data_cfg[k] for k in ("layer", "label_key", "positive_class")}),
+                                  Classes(labels.classes))
+    model = described.build(counts.n_vars)
+    parent, records = None, {}
     init_from = request.options.get("init_from")
     if init_from and not request.resume:
-        report, parent = _init_from_vae(model, Path(init_from), counts, model_cfg, request.log)
-        extra = {"load_report": np.array(json.dumps(report).encode())}
-    return _fit(request, phase, counts, labels, model, validation, labelled,
-                model_config_toml(model_cfg, data_cfg, labels.classes), seed, parent=parent, extra_results=extra)
+        report, parent = _init_from_vae(model, Path(init_from), counts, described.model, request.log)
+        records = {"load_report": report}
+    return _fit(request, phase, counts, labels, model, validation, labelled, described.to_toml(), seed,
+                parent=parent, records=records)
 
 
 def finetune(request: PhaseRequest) -> Path | None:
@@ -155,20 +140,20 @@ def finetune(request: PhaseRequest) -> Path | None:
                         "a `pretrain --preset mean-teacher` bundle (stage 1)")
     if len(request.data) > 1:
         raise UserError(f"finetune --preset mean-teacher reads at most one .h5ad; got {len(request.data)}")
-    stage1 = tomllib.loads(parent.config_toml)
+    stage1 = parent.config()
     fraction, before = config["data"]["labelled_fraction"], stage1["data"]["labelled_fraction"]
     if fraction < before:
         raise UserError(f"data.labelled_fraction {fraction} is smaller than stage 1's ({before}); stage 2 adds "
                         "labels to those stage 1 used")
     phase = PhaseRun(config, request.output, request.resume, request.quiet)
-    data_cfg = tomllib.loads(parent.model_config)["data"]
+    data_cfg = MeanTeacherConfig.of(parent).data
     path = bundle_data_path(parent, request.data[0] if request.data else None)
-    counts = load_counts(path, data_cfg["layer"])
+    counts = load_counts(path, data_cfg.layer)
     check_same_genes(counts.var_names, parent, path)
     if cells_sha256(counts) != parent.data.get("cells_sha256"):
         raise UserError(f"{path}: not the cells {request.parent} was trained on (stage 2 continues on the same "
                         "cells: its labelled and validation cells are positions in them)")
-    labels = read_labels(counts, data_cfg["label_key"], data_cfg["positive_class"])
+    labels = read_labels(counts, data_cfg.label_key, data_cfg.positive_class)
     if labels.classes != parent.categories["classes"]:
         raise UserError(f"{path}: labels differ from stage 1's ({', '.join(parent.categories['classes'])})")
     validation = np.asarray(parent.results["validation"], dtype=np.int64)

@@ -28,9 +28,9 @@ from stagekit.data.cell_sets import CellSet, group_cells, group_sets
 from stagekit.data.protein_embeddings import load_gene_embeddings
 from stagekit.errors import UserError
 from stagekit.stages.perturbation.baselines import baseline_shifts, training_shifts
-from stagekit.stages.perturbation.bundle import TransitionBundle, load_transition, vocabulary_of
 from stagekit.stages.perturbation.screen import TEST, TRAIN
 from stagekit.stages.perturbation.space import in_space
+from stagekit.stages.perturbation.trained import TransitionBundle, load_transition, vocabulary_of
 from stagekit.stages.spec import CellsRequest
 
 if TYPE_CHECKING:
@@ -84,7 +84,7 @@ class Part:
 def _expression(tx: TransitionBundle, paths: list[Path], log: Callable[[str], None]
                 ) -> tuple[CountMatrix, sp.csr_matrix, np.ndarray]:
     """The files' cells in the model's gene space and embedding."""
-    counts = concat_counts([load_counts(path, tx.data["layer"], adata=read_anndata(path)) for path in paths])
+    counts = concat_counts([load_counts(path, tx.data.layer, adata=read_anndata(path)) for path in paths])
     if counts.var_names != tx.var_names:  # library sizes are summed over the file's genes
         log(f"warning: {counts.where} holds {counts.n_vars} genes where training had {len(tx.var_names)}; cells "
             "are normalised by their totals over this file's genes, so predictions are comparable only if the "
@@ -206,7 +206,7 @@ def new_cells(tx: TransitionBundle, paths: list[Path], pert: str, log: Callable[
     counts, genes, embedding = _expression(tx, paths, log)
     obs, keys = counts.obs, tx.keys
     context = obs[keys["context"]].astype(str).to_numpy() if keys["context"] in obs else np.full(len(obs), "")
-    batch_key = tx.data["batch_key"]
+    batch_key = tx.data.batch_key
     batch = obs[batch_key].astype(str).to_numpy() if batch_key and batch_key in obs else np.full(len(obs), "")
     rng, sets = np.random.default_rng([seed, 43]), []
     for c, b in sorted(set(zip(context, batch, strict=True))):

@@ -10,12 +10,11 @@ import numpy as np
 import torch
 
 from stagekit.bundle import Bundle, file_sha256
-from stagekit.config.loader import toml_value
 from stagekit.data.anndata_io import CountMatrix, concat_counts, load_counts
 from stagekit.data.cell_sets import CellGroups, group_cells
 from stagekit.data.protein_embeddings import load_gene_embeddings
 from stagekit.errors import UserError
-from stagekit.models.transition import TransitionModel
+from stagekit.stages.perturbation.model_config import TransitionArchitecture, TransitionConfig, TransitionData
 from stagekit.stages.perturbation.screen import TEST, TRAIN, VAL, Screen, SplitRequest, assign_split, read_screen
 from stagekit.stages.perturbation.space import ExpressionSpace, fit_space, in_space
 from stagekit.stages.perturbation.task import TransitionTask
@@ -56,15 +55,6 @@ def file_of_cell(counts: CountMatrix) -> np.ndarray | None:
 
 
 DESIGN = ("layer", "pert_key", "control", "context_key", "batch_key")
-
-
-def model_config_toml(model_cfg: dict, data_cfg: dict, n_embedding: int, n_pert_inputs: int, n_genes: int,
-                      data_keys: tuple[str, ...] = DESIGN) -> str:
-    """What rebuilding the model and reading new data needs (bundle.build_model reads it)."""
-    lines = ["[model]", *(f"{k} = {toml_value(v)}" for k, v in model_cfg.items()),
-             f"n_embedding = {n_embedding}", f"n_pert_inputs = {n_pert_inputs}", f"n_genes = {n_genes}",
-             "[data]", *(f"{k} = {toml_value(data_cfg[k])}" for k in data_keys)]
-    return "\n".join(lines) + "\n"
 
 
 def _warn_about_groups(screen: Screen, groups: CellGroups, set_len: int, log: Callable[[str], None]) -> None:
@@ -178,19 +168,19 @@ def run(request: PhaseRequest) -> Path | None:
                 "genes")
     phase.engine.launch()
     torch.manual_seed(seed)
-    model = TransitionModel(space.n_embedding, inputs.shape[1], model_cfg["hidden"], model_cfg["n_layers"],
-                            model_cfg["n_heads"], model_cfg["dropout"], len(space.genes) if decoder else 0,
-                            model_cfg["predict_residual"], model_cfg["block_dropout"])
+    described = TransitionConfig(
+        TransitionArchitecture(**dict(model_cfg.items()), n_embedding=space.n_embedding, n_pert_inputs=inputs.shape[1],
+                               n_genes=len(space.genes) if decoder else 0),
+        TransitionData(**{k: data_cfg[k] for k in DESIGN}))
+    model = described.build()
     task = TransitionTask(model, embedding, genes if decoder else None, inputs, sets.groups, sets.val_groups,
                           set_len, training["batch_size"], loss_cfg, seed)
-    model_config = model_config_toml(model_cfg, data_cfg, space.n_embedding, inputs.shape[1],
-                                     len(space.genes) if decoder else 0)
     results, categories = screen_arrays(screen, inputs, space)
     data = counts.fingerprint() | provenance | {"design": design_line(data_cfg), "split": sets.line}
 
     def bundle_for(result: FitResult) -> Bundle:
         return Bundle(stage=config.stage, model="transition", config_toml="", seed=seed,
-                      weights=weights_to_numpy(model), model_config=model_config, data=data,
+                      weights=weights_to_numpy(model), model_config=described.to_toml(), data=data,
                       var_names=counts.var_names, categories=categories,
                       final_metrics=kept_metrics(result, ("train_", "val_")), results=results)
 

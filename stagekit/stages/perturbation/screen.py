@@ -7,13 +7,13 @@ Held-out cells never reach training: whole groups go to test when their context 
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from stagekit import toml_text
 from stagekit.errors import UserError
 
 EXCLUDED, TRAIN, VAL, TEST = -1, 0, 1, 2
@@ -121,12 +121,7 @@ def split_toml_roles(path: Path, screen: Screen, files: list[Path], file_of_cell
     """A cell-load data TOML ([datasets], [training], [zeroshot] "dataset.context" = "test"|"val",
     [fewshot."dataset.context"] val/test = [perturbations]) as the role (TEST, VAL or -1) it gives each cell.
     A dataset is one of the input files (see `_dataset_files`); with one file, any dataset name stands for it."""
-    try:
-        spec = tomllib.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise UserError(f"split file {path} does not exist") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: not valid TOML ({str(exc).splitlines()[0]})") from None
+    spec = toml_text.read(path)
     unknown = sorted(set(spec) - {"datasets", "training", "zeroshot", "fewshot"})
     if unknown:
         raise UserError(f"{path}: unknown section [{unknown[0]}] (a cell-load TOML has [datasets], [training], "

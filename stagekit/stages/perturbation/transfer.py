@@ -12,7 +12,7 @@ with a load report; anything neither loaded nor declared new stops the phase unl
 
 from __future__ import annotations
 
-import tomllib
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,13 +25,12 @@ from stagekit.config import Config
 from stagekit.data.anndata_io import CountMatrix
 from stagekit.errors import UserError
 from stagekit.models.transition import TransitionModel
-from stagekit.stages.perturbation.bundle import build_model, stored_screen, vocabulary_of
 from stagekit.stages.perturbation.cells import trained_files
+from stagekit.stages.perturbation.model_config import TransitionArchitecture, TransitionConfig, TransitionData
 from stagekit.stages.perturbation.pretrain import (
     DESIGN,
     design_line,
     file_of_cell,
-    model_config_toml,
     pert_inputs,
     screen_arrays,
     screen_counts,
@@ -40,6 +39,7 @@ from stagekit.stages.perturbation.pretrain import (
 from stagekit.stages.perturbation.screen import TEST, Screen, SplitRequest, assign_split, read_screen
 from stagekit.stages.perturbation.space import ExpressionSpace, in_space
 from stagekit.stages.perturbation.task import TransitionTask
+from stagekit.stages.perturbation.trained import stored_screen, vocabulary_of
 from stagekit.stages.phase import PhaseRun, kept_metrics, lineage_of
 from stagekit.stages.spec import PhaseRequest
 from stagekit.train import FitResult
@@ -51,7 +51,6 @@ from stagekit.train.transfer import LoadReport, Regrow, load_by_name
 PARENT_STAGES = ("pretrain", "finetune", "unfreeze")
 HEAD = ("basal_encoder", "pert_encoder", "gene_decoder")  # the encoders and the decoder: never frozen here
 TOP = ("norm", "project_out")  # the backbone's output layers, unfrozen with the top blocks
-ARCHITECTURE = ("hidden", "n_layers", "n_heads", "dropout", "block_dropout", "predict_residual")
 
 
 @dataclass
@@ -101,10 +100,10 @@ def _design(config: Config, parent: Bundle, continuing: bool) -> dict:
     """The target's design: the command's keys over the parent's (empty keys take the parent's); a phase that
     continues a fine-tuned bundle keeps its design and split, and refuses keys that would change them."""
     data_cfg = config["data"]
-    design = dict(tomllib.loads(parent.model_config)["data"])
+    design = dataclasses.asdict(TransitionConfig.of(parent).data)
     if continuing:
-        stored = tomllib.loads(parent.config_toml)  # the task's exclude and test_fraction: the model_config
-        design |= {k: design.get(k, stored["data"][k]) for k in ("exclude", "test_fraction")}  # of its first phase
+        stored = parent.config()  # the task's exclude and test_fraction: the model description of its first phase
+        design |= {k: stored["data"][k] for k in ("exclude", "test_fraction") if design[k] is None}  # lacks them
         kept = {f"data.{k}": design[k] for k in (*DESIGN, "exclude", "test_fraction")}
         kept["training.val_fraction"] = stored["training"]["val_fraction"]
         for dotted, value in kept.items():
@@ -167,25 +166,26 @@ def _stored_target(request: PhaseRequest, holder: Bundle, design: dict) -> Targe
 
 
 def _carried_model(parent: Bundle, target: Target, n_genes: int, allow_partial: bool, log) -> tuple[
-        TransitionModel, dict, LoadReport]:
+        TransitionModel, TransitionArchitecture, LoadReport]:
     """The model of the target's shape with the parent's weights loaded by name (new perturbation inputs and a
     decoder the parent lacked are declared new)."""
-    m = tomllib.loads(parent.model_config)["model"]
-    model = TransitionModel(m["n_embedding"], target.inputs.shape[1], m["hidden"], m["n_layers"], m["n_heads"],
-                            m["dropout"], n_genes, m["predict_residual"], m["block_dropout"])
+    described = TransitionConfig.of(parent)
+    stored = described.model
+    architecture = dataclasses.replace(stored, n_pert_inputs=target.inputs.shape[1], n_genes=n_genes)
+    model = dataclasses.replace(described, model=architecture).build()
     regrow = {}
     if target.vocabulary is not None:
         known = len(vocabulary_of(parent)[0])
         source = np.array([i if i < known else -1 for i in range(len(target.vocabulary))])
         regrow["pert_encoder.0.weight"] = Regrow(1, source, target.vocabulary)
-    new = ("gene_decoder",) if n_genes and not m["n_genes"] else ()
+    new = ("gene_decoder",) if n_genes and not stored.n_genes else ()
     report = load_by_name(model, parent.weights, new, regrow)
     log(f"weights from {parent.path}: {report.summary()}")
     if report.partial and not allow_partial:
         raise UserError(f"{parent.path}: not every weight carries over ({len(report.mismatched)} mismatched, "
                         f"{len(report.missing)} missing, {len(report.unexpected)} unexpected: "
                         f"{', '.join(report.partial[:3])}); pass --allow-partial to train anyway")
-    return model, {k: m[k] for k in ARCHITECTURE}, report
+    return model, architecture, report
 
 
 def _frozen_phase(config: Config, model: TransitionModel) -> list[Phase]:
@@ -285,15 +285,14 @@ def run(request: PhaseRequest) -> Path | None:
     phase.engine.launch()
     seed = config["training"]["seed"]
     torch.manual_seed(seed)  # the new perturbation inputs' initial weights
-    n_genes = tomllib.loads(parent.model_config)["model"]["n_genes"] or (len(space.genes) if decoder else 0)
+    n_genes = TransitionConfig.of(parent).model.n_genes or (len(space.genes) if decoder else 0)
     model, architecture, report = _carried_model(parent, target, n_genes, bool(request.options.get("allow_partial")),
                                                  request.log)
     phases = (_frozen_phase(config, model) if config.stage == "finetune"
               else unfreeze_phases(config, len(model.blocks)))
     task = TransitionTask(model, embedding, genes if decoder else None, target.inputs, sets.groups,
                           sets.val_groups, set_len, config["training"]["batch_size"], loss_cfg, seed, phases)
-    model_config = model_config_toml(architecture, design, space.n_embedding, target.inputs.shape[1], n_genes,
-                                     (*DESIGN, "exclude", "test_fraction"))
+    model_config = TransitionConfig(architecture, TransitionData(**design)).to_toml()
     results, categories = screen_arrays(screen, target.inputs, space)
     if target.vocabulary is not None:
         categories["pert_vocabulary"] = target.vocabulary
@@ -315,7 +314,7 @@ def print_plan(request: PhaseRequest) -> None:
     perturbations of the target data would add encoder inputs to the `base`/`pert_encoder` group)."""
     config = request.config
     parent = read_parent(request)
-    model = build_model(parent.model_config)
+    model = TransitionConfig.of(parent).build()
     phases = (_frozen_phase(config, model) if config.stage == "finetune"
               else unfreeze_phases(config, len(model.blocks)))
     training = config["training"]

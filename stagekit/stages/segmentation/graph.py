@@ -20,6 +20,8 @@ from stagekit.data.spatial import Sample
 from stagekit.errors import UserError
 
 NOISE_HOPS = 3  # context noise draws genes from a few kNN steps away: mostly the cell itself, some its neighbours
+TRANSCRIPT_FEATURES = ("density",)  # of each transcript besides its gene: neighbours within dist_tx
+NUCLEUS_FEATURES = ("log_area", "log_perimeter", "log_elongation", "circularity")  # of each nucleus outline
 PAIR_FEATURES = ("extra_distance",)  # geometry of a candidate pair: how much farther than the nearest candidate
 
 
@@ -27,9 +29,9 @@ PAIR_FEATURES = ("extra_distance",)  # geometry of a candidate pair: how much fa
 class SampleGraph:
     xy: np.ndarray  # (n, 2)
     genes: np.ndarray  # (n,) int64 codes into the model's gene vocabulary
-    density: np.ndarray  # (n, 1) float32
+    density: np.ndarray  # (n, len(TRANSCRIPT_FEATURES)) float32
     knn: np.ndarray  # (n, k) neighbour index, -1 where none within dist_tx
-    nucleus_features: np.ndarray  # (m, 4) float32
+    nucleus_features: np.ndarray  # (m, len(NUCLEUS_FEATURES)) float32
     nucleus_xy: np.ndarray  # (m, 2) centroids
     cand_tx: np.ndarray  # (p,) transcript of each candidate pair, sorted
     cand_bd: np.ndarray  # (p,) nucleus

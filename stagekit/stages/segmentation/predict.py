@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from stagekit.bundle import Bundle, ensure_writable_folder, file_sha256
 from stagekit.data.spatial import Sample
 from stagekit.errors import UserError
 from stagekit.stages.segmentation.graph import SampleGraph, tile_data
+from stagekit.stages.segmentation.model_config import PredictSettings, SeggerConfig
 from stagekit.stages.segmentation.refine import farther_than_nearest, profile_evidence
 from stagekit.stages.spec import CellsRequest
 
@@ -108,32 +108,25 @@ def assign(graph: SampleGraph, probability: np.ndarray, nucleus_ids: list[str], 
     return Assignment(cell.astype(str), score, status.astype(str), probability)
 
 
-def predict_settings(stored: dict) -> dict:
-    """The bundle's predict section; keys added after the bundle was written take their defaults."""
-    from stagekit.stages.segmentation.schema import SEGMENT_PREDICT
-
-    return {key: stored.get("predict", {}).get(key, spec.default) for key, spec in SEGMENT_PREDICT.items()}
-
-
-def refined_probabilities(graph: SampleGraph, probability: np.ndarray, settings: dict) -> np.ndarray:
+def refined_probabilities(graph: SampleGraph, probability: np.ndarray, settings: PredictSettings) -> np.ndarray:
     """The network's link probabilities re-scored with what the whole sample shows (see refine.py): logits lose
     `farther_penalty` per micron a candidate is farther than the nearest, nuclei beyond `max_distance` are out of
     reach, and for `profile_rounds` rounds each link gains how well the transcript's gene (`profile_weight`) and
     its neighbours' genes (`profile_context_weight`) fit the expression group of the cell its nucleus has become."""
     p = probability.astype(np.float64)
     logit = np.log(np.clip(p, 1e-6, 1.0)) - np.log(np.clip(1.0 - p, 1e-6, 1.0))
-    logit -= settings["farther_penalty"] * farther_than_nearest(graph)
-    reachable = graph.cand_distance <= settings["max_distance"]
+    logit -= settings.farther_penalty * farther_than_nearest(graph)
+    reachable = graph.cand_distance <= settings.max_distance
 
     def with_evidence(evidence: np.ndarray | float) -> np.ndarray:
         return np.where(reachable, 1.0 / (1.0 + np.exp(-(logit + evidence))), 0.0).astype(np.float32)
 
     refined = with_evidence(0.0)
-    weighted = settings["profile_weight"] > 0 or settings["profile_context_weight"] > 0
-    for _ in range(settings["profile_rounds"] if weighted else 0):
-        nucleus_of = chosen_nucleus(graph, refined, settings["score_cut"])
-        refined = with_evidence(profile_evidence(graph, nucleus_of, len(graph.nucleus_xy), settings["profile_groups"],
-                                                 settings["profile_weight"], settings["profile_context_weight"]))
+    weighted = settings.profile_weight > 0 or settings.profile_context_weight > 0
+    for _ in range(settings.profile_rounds if weighted else 0):
+        nucleus_of = chosen_nucleus(graph, refined, settings.score_cut)
+        refined = with_evidence(profile_evidence(graph, nucleus_of, len(graph.nucleus_xy), settings.profile_groups,
+                                                 settings.profile_weight, settings.profile_context_weight))
     return refined
 
 
@@ -210,18 +203,18 @@ def summary(result: Assignment) -> dict:
 def predict_sample(bundle: Bundle, folder: Path, log) -> tuple[Sample, SampleGraph, Assignment]:
     from stagekit.stages.segmentation.segment import load_model, read_for, sample_graph, vocabulary
 
-    stored = tomllib.loads(bundle.model_config)
+    stored = SeggerConfig.of(bundle)
     model = load_model(bundle)  # first: a bundle this version cannot read fails before the sample is read
-    sample = read_for(stored, folder, log)
+    sample = read_for(stored.data, folder, log)
     _, codes, new = vocabulary(sample, bundle.var_names)
     if new:
         log(f"warning: {len(new)} gene(s) the model never saw ({', '.join(new[:5])}"
             f"{' ...' if len(new) > 5 else ''}) are read as its unknown-gene token")
         codes = np.where(codes >= len(bundle.var_names), 0, codes)
-    graph = sample_graph(sample, codes, stored["graph"], log)
-    settings = predict_settings(stored)
+    graph = sample_graph(sample, codes, stored.graph, log)
+    settings = stored.predict
     probability = refined_probabilities(graph, link_probabilities(model, graph), settings)
-    result = assign(graph, probability, sample.nuclei.ids, settings["score_cut"], settings["min_transcripts"])
+    result = assign(graph, probability, sample.nuclei.ids, settings.score_cut, settings.min_transcripts)
     return sample, graph, result
 
 

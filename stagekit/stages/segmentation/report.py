@@ -10,17 +10,18 @@ expressing both among cells expressing either, averaged over the pairs; lower is
 from __future__ import annotations
 
 import json
-import tomllib
 from pathlib import Path
 
 import numpy as np
 
+from stagekit import toml_text
 from stagekit.bundle import Bundle
 from stagekit.data.polygons import centroids
 from stagekit.data.spatial import Sample
 from stagekit.errors import UserError
 from stagekit.metrics.plots import plot_segmentation_region
 from stagekit.stages.segmentation.graph import SampleGraph, candidate_links
+from stagekit.stages.segmentation.model_config import SampleReading, SeggerConfig
 from stagekit.stages.spec import Report, ReportRequest, Table
 
 
@@ -134,7 +135,7 @@ def held_out_links(bundle: Bundle, graph: SampleGraph, model) -> dict:
     from stagekit.stages.segmentation.segment import SegmentationTask
     from stagekit.train.metrics import binary_scores
 
-    config = tomllib.loads(bundle.config_toml)
+    config = bundle.config()
     task = SegmentationTask(model, graph, np.asarray(bundle.results["validation"], dtype=np.int64),
                             config["labels"], 1, bundle.seed)
     _, probability, target = scored_links(model, graph, [tiles for _, _, tiles in task.val_plan(0, 1)],
@@ -196,8 +197,7 @@ def from_bundle(bundle: Bundle, data: Path | None, output: Path, expansion_dista
         raise UserError(f"{bundle.path} was trained on {folder}, which is gone; give the sample folder")
     sample, graph, result = predict_sample(bundle, folder, lambda m: None)
     # the held-out links are positions in the transcripts the model was trained on: the same files, no crop
-    trained_on = tomllib.loads(bundle.model_config)["data"]
-    same_sample = (bundle.data.get("sha256") == sample.files_sha256() and not trained_on.get("region")
+    same_sample = (bundle.data.get("sha256") == sample.files_sha256() and not SeggerConfig.of(bundle).data.region
                    and "validation" in bundle.results)
     links = held_out_links(bundle, graph, load_model(bundle)) if same_sample else {}
     return _report(sample, result.cell, graph.inside, output, expansion_distance, links, str(bundle.path), markers)
@@ -214,8 +214,8 @@ def from_folder(folder: Path, output: Path, expansion_distance: float = 5.0, mar
         raise UserError(f"{folder} is not a `stagekit extract` output of a segment bundle (no segmentation.json "
                         "or transcripts.parquet)")
     info = json.loads(info_path.read_text())
-    config = tomllib.loads(info["config"])
-    sample = read_for(config, Path(info["sample"]), lambda m: None)
+    stored = toml_text.parse(info["config"], info_path)["data"]
+    sample = read_for(SampleReading(**stored), Path(info["sample"]), lambda m: None)
     try:
         table = pd.read_parquet(folder / "transcripts.parquet", columns=["stagekit_cell_id"])
     except Exception:  # a parquet without the column, or not a parquet

@@ -4,7 +4,7 @@ model trained on another sample)."""
 
 from __future__ import annotations
 
-import tomllib
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -12,12 +12,12 @@ import torch
 import torch.nn.functional as F
 
 from stagekit.bundle import Bundle, read_bundle
-from stagekit.config.loader import toml_value
 from stagekit.data.spatial import Sample, read_sample
 from stagekit.errors import UserError
 from stagekit.models.segger import SeggerGNN
 from stagekit.stages.phase import PhaseRun, kept_metrics, lineage_of
-from stagekit.stages.segmentation.graph import PAIR_FEATURES, SampleGraph, TileRoles, build_graph, tile_data
+from stagekit.stages.segmentation.graph import SampleGraph, TileRoles, build_graph, tile_data
+from stagekit.stages.segmentation.model_config import GraphSettings, SampleReading, SeggerConfig
 from stagekit.stages.spec import PhaseRequest
 from stagekit.train import FitResult, Task
 from stagekit.train.hooks import StepContext
@@ -127,14 +127,14 @@ def vocabulary(sample: Sample, known: list[str] | None) -> tuple[list[str], np.n
     return vocab, lookup[sample.gene_codes], new
 
 
-def sample_graph(sample: Sample, codes: np.ndarray, graph_cfg: dict, log) -> SampleGraph:
-    graph = build_graph(sample, codes, graph_cfg["k_tx"], graph_cfg["dist_tx"], graph_cfg["dist_bd"],
-                        graph_cfg["max_tile_transcripts"], graph_cfg["tile_margin"])
+def sample_graph(sample: Sample, codes: np.ndarray, settings: GraphSettings, log) -> SampleGraph:
+    graph = build_graph(sample, codes, settings.k_tx, settings.dist_tx, settings.dist_bd,
+                        settings.max_tile_transcripts, settings.tile_margin)
     no_nucleus = sum(1 for core, members in graph.tiles
                      if np.diff(graph.cand_start)[members].sum() == 0)
     log(f"graph: {len(graph.xy):,} transcripts, {len(graph.nucleus_xy):,} nuclei, {len(graph.cand_tx):,} candidate "
-        f"links within {graph_cfg['dist_bd']:g} um, {int((graph.inside >= 0).sum()):,} transcripts inside a nucleus; "
-        f"{len(graph.tiles)} tiles of <= {graph_cfg['max_tile_transcripts']:,} transcripts"
+        f"links within {settings.dist_bd:g} um, {int((graph.inside >= 0).sum()):,} transcripts inside a nucleus; "
+        f"{len(graph.tiles)} tiles of <= {settings.max_tile_transcripts:,} transcripts"
         + (f" ({no_nucleus} without any nucleus: their transcripts can only join new cells)" if no_nucleus else ""))
     return graph
 
@@ -152,41 +152,25 @@ def vendor_targets(sample: Sample, log) -> np.ndarray:
     return target
 
 
-def build_model(model_config: str) -> SeggerGNN:
-    config = tomllib.loads(model_config)
-    m = config["model"]
-    return SeggerGNN(config["genes"]["n"], 1, 4, len(PAIR_FEATURES), m["hidden"], m["layers"], m["heads"],
-                     m["dropout"])
-
-
-def model_config_toml(config, n_genes: int) -> str:
-    """What rebuilding the model and its graph needs (copied by a fine-tuned model)."""
-    lines = []
-    for section in ("model", "data", "graph", "predict"):
-        lines += [f"[{section}]", *(f"{k} = {toml_value(v)}" for k, v in config[section].items())]
-    return "\n".join([*lines, "[genes]", f"n = {n_genes}"]) + "\n"
-
-
 def load_model(bundle: Bundle) -> SeggerGNN:
-    model = build_model(bundle.model_config)
+    model = SeggerConfig.of(bundle).build()
     load_weights(model, bundle.weights, bundle.path)
     return model.eval()
 
 
-def read_for(config_or_stored: dict, folder: Path, log, crop: bool = False) -> Sample:
-    """The sample as the data section says; only training reads its crop (`data.region`): a model trained on a
-    crop predicts and is scored on the whole sample."""
-    data = config_or_stored["data"]
-    return read_sample(folder, data["format"], data["min_qv"], control_prefixes=tuple(data["control_prefixes"]),
-                       region=(data["region"] or None) if crop else None, log=log)
+def read_for(data: SampleReading, folder: Path, log, crop: bool = False) -> Sample:
+    """The sample as `data` says; only training reads its crop (`data.region`): a model trained on a crop
+    predicts and is scored on the whole sample."""
+    return read_sample(folder, data.format, data.min_qv, control_prefixes=tuple(data.control_prefixes),
+                       region=(data.region or None) if crop else None, log=log)
 
 
 def _parent(request: PhaseRequest) -> Bundle:
     parent = read_bundle(request.parent, ("segment",), command="segment --from")
     if parent.model != "segger":
         raise UserError(f"--from {request.parent} holds a '{parent.model}' model; give a `segment` bundle")
-    stored = tomllib.loads(parent.model_config)
-    changed = [f"model.{k}" for k, v in stored["model"].items() if request.config["model"][k] != v]
+    stored = dataclasses.asdict(SeggerConfig.of(parent).model)
+    changed = [f"model.{k}" for k, v in stored.items() if request.config["model"][k] != v]
     if changed:
         raise UserError(f"--from {request.parent}: {', '.join(changed)} differ(s) from the stored model's; "
                         "drop those --set values to fine-tune it")
@@ -199,7 +183,7 @@ def run(request: PhaseRequest) -> Path | None:
         raise UserError(f"segment reads one sample folder; got {len(request.data)}")
     parent = _parent(request) if request.parent else None
     phase = PhaseRun(config, request.output, request.resume, request.quiet)
-    sample = read_for(config, request.data[0], request.log, crop=True)
+    sample = read_for(SampleReading(**dict(config["data"].items())), request.data[0], request.log, crop=True)
     known = phase.resume_bundle.var_names if phase.resume_bundle else (parent.var_names if parent else None)
     vocab, codes, new = vocabulary(sample, known)
     if parent is not None and new and not request.options.get("allow_new_genes"):
@@ -208,7 +192,8 @@ def run(request: PhaseRequest) -> Path | None:
                         "--allow-new-genes to give them new, untrained embeddings (the rest is carried over)")
     fingerprint = sample.fingerprint()
     phase.check_resume_data(fingerprint)
-    graph = sample_graph(sample, codes, config["graph"], request.log)
+    described = SeggerConfig.from_config(config.values | {"genes": {"n": len(vocab)}})
+    graph = sample_graph(sample, codes, described.graph, request.log)
     seed, training = config["training"]["seed"], config["training"]
     inside = np.flatnonzero(graph.inside >= 0)
     if len(inside) == 0:
@@ -220,8 +205,7 @@ def run(request: PhaseRequest) -> Path | None:
                 "held out for validation (their links neither train nor carry messages)")
     phase.engine.launch()
     torch.manual_seed(seed)
-    model_config = model_config_toml(config, len(vocab))
-    model = build_model(model_config)
+    model = described.build()
     extra: dict = {}
     if parent is not None and not request.resume:
         known_at = {g: i for i, g in enumerate(parent.var_names)}
@@ -237,7 +221,7 @@ def run(request: PhaseRequest) -> Path | None:
 
     def bundle_for(result: FitResult) -> Bundle:
         bundle = Bundle(stage=config.stage, model="segger", config_toml="", seed=seed,
-                        weights=weights_to_numpy(model), model_config=model_config,
+                        weights=weights_to_numpy(model), model_config=described.to_toml(),
                         lineage=lineage_of(parent) if parent else [], data=fingerprint, var_names=vocab,
                         final_metrics=kept_metrics(result, ("train_", "val_")),
                         results={"validation": validation})

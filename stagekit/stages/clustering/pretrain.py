@@ -16,7 +16,8 @@ from stagekit.losses.clustering import nt_xent
 from stagekit.losses.counts import count_nll
 from stagekit.models.blocks import device_of
 from stagekit.models.vae import COUNT_LIKELIHOODS, VAE
-from stagekit.stages.clustering.vae_common import build_vae, check_pair_config, model_config_toml, positive_partners
+from stagekit.stages.clustering.model_config import VAEConfig
+from stagekit.stages.clustering.trained import check_pair_config, positive_partners
 from stagekit.stages.phase import PhaseRun, kept_metrics
 from stagekit.stages.spec import PhaseRequest
 from stagekit.train import FitResult, StepContext, Task
@@ -147,6 +148,7 @@ def input_space(model: VAE, counts: CountMatrix, n_components: int = 50, block: 
 def run(request: PhaseRequest) -> Path | None:
     config = request.config
     data_cfg, model_cfg, train_cfg = config["data"], config["model"], config["training"]
+    described = VAEConfig.from_config(config.values)
     contrastive = config["contrastive"]
     if len(request.data) != 1:
         raise UserError(f"the {config.model} preset trains on one .h5ad file; got {len(request.data)}")
@@ -169,7 +171,7 @@ def run(request: PhaseRequest) -> Path | None:
     seed = train_cfg["seed"]
     train_idx, val_idx = split_train_val(counts.n_obs, train_cfg["val_fraction"], seed, str(data_path))
     torch.manual_seed(seed)
-    model = build_vae(model_cfg, counts.n_vars, len(categories.get("batch", [])))
+    model = described.build(counts.n_vars, len(categories.get("batch", [])))
     if not model.counts and model_cfg["standardize"]:
         model.feature_mean, model.feature_std = feature_moments(counts, train_idx)
     partners = (positive_partners(contrastive, counts, lambda: input_space(model, counts))
@@ -183,7 +185,7 @@ def run(request: PhaseRequest) -> Path | None:
             final |= reconstruction_report(model, counts, batch_codes, train_idx,
                                            val_idx if len(val_idx) else train_idx)
         return Bundle(stage="pretrain", model="vae", config_toml="", seed=seed, weights=weights_to_numpy(model),
-                      model_config=model_config_toml(config.values),
+                      model_config=described.to_toml(),
                       data=fingerprint, var_names=counts.var_names, categories=categories, final_metrics=final,
                       results={"val_index": val_idx})
 

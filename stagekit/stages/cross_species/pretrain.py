@@ -17,7 +17,6 @@ import torch
 
 from stagekit.bundle import Bundle, read_bundle
 from stagekit.config import Config
-from stagekit.config.loader import toml_value
 from stagekit.data.anndata_io import CountMatrix, load_counts, split_by_column
 from stagekit.data.batching import epoch_plan, eval_plan, split_train_val
 from stagekit.data.hvg import highly_variable_genes
@@ -25,6 +24,7 @@ from stagekit.data.protein_embeddings import load_gene_embeddings, match_genes
 from stagekit.errors import UserError
 from stagekit.models.macrogenes import log_weights_from_centroids, macrogene_centroids
 from stagekit.models.saturn import SaturnMetric, SaturnModel
+from stagekit.stages.cross_species.model_config import SaturnConfig
 from stagekit.stages.phase import PhaseRun, kept_metrics
 from stagekit.stages.spec import PhaseRequest
 from stagekit.train import FitResult, StepContext, Task
@@ -205,24 +205,11 @@ def cached_centroids(source: Path | None, key: str, log=print) -> np.ndarray | N
     return np.asarray(bundle.results["macrogene_centroids"], dtype=np.float32)
 
 
-def model_config_toml(config: Config, species: list[SpeciesData]) -> str:
-    lines = ["[model]", *(f"{k} = {toml_value(v)}" for k, v in config["model"].items()),
-             "[data]", *(f"{k} = {toml_value(v)}" for k, v in config["data"].items()),
-             "[species]", f"names = {toml_value([s.name for s in species])}",
-             f"genes = {toml_value([s.counts.n_vars for s in species])}"]
-    return "\n".join(lines) + "\n"
-
-
 def load_model(bundle: Bundle) -> SaturnModel | SaturnMetric:
     """The trained model of a saturn pretrain (or align) bundle, in eval mode (no macrogene dropout)."""
-    import tomllib
-
     from stagekit.train.state import load_weights
 
-    config = tomllib.loads(bundle.model_config)
-    genes, model_cfg = config["species"]["genes"], config["model"]
-    model = SaturnModel(genes, torch.zeros(sum(genes), model_cfg["n_macrogenes"]), model_cfg["n_hidden"],
-                        model_cfg["n_embed"], model_cfg["dropout"], model_cfg["condition_on_species"])
+    model = SaturnConfig.of(bundle).build()
     if bundle.stage == "align":  # align keeps the encoder half only
         model = SaturnMetric(model)
     load_weights(model, bundle.weights, bundle.path)
@@ -261,10 +248,10 @@ def run(request: PhaseRequest) -> Path | None:
         phase.engine.reporter.log(f"macrogenes: k-means done in {time.perf_counter() - started:.0f} s")
     torch.manual_seed(seed)
     # the model keeps its own copy of the initial weights: the array is not held through training (genes x M)
-    model = SaturnModel([s.counts.n_vars for s in species],
-                        torch.from_numpy(log_weights_from_centroids(protein, centroids, model_cfg["scoring"])),
-                        model_cfg["n_hidden"], model_cfg["n_embed"], model_cfg["dropout"],
-                        model_cfg["condition_on_species"], protein=torch.from_numpy(protein))
+    described = SaturnConfig.from_config(config.values | {"species": {
+        "names": [s.name for s in species], "genes": [s.counts.n_vars for s in species]}})
+    model = described.build(torch.from_numpy(log_weights_from_centroids(protein, centroids, model_cfg["scoring"])),
+                            protein=torch.from_numpy(protein))
     splits = [split_train_val(s.counts.n_obs, train_cfg["val_fraction"], seed + i, f"{s.counts.path} ({s.name})")
               for i, s in enumerate(species)]
     task = SaturnTask(model, species, splits, train_cfg["batch_size"], seed, model_cfg)
@@ -276,7 +263,7 @@ def run(request: PhaseRequest) -> Path | None:
         final = kept_metrics(result, ("train_", "val_"))
         gene_species = np.concatenate([np.full(s.counts.n_vars, i) for i, s in enumerate(species)])
         return Bundle(stage="pretrain", model="saturn", config_toml="", seed=seed, weights=weights_to_numpy(model),
-                      model_config=model_config_toml(config, species), data=fingerprint | {
+                      model_config=described.to_toml(), data=fingerprint | {
                           "files": json.dumps({s.name: s.counts.fingerprint() for s in species})},
                       var_names=[g for s in species for g in s.counts.var_names], categories=categories,
                       final_metrics=final,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from stagekit.data.anndata_io import CountMatrix, load_counts, split_by_column
 from stagekit.data.batching import eval_plan
 from stagekit.errors import UserError
 from stagekit.models.blocks import device_of
+from stagekit.stages.cross_species.model_config import SaturnConfig
 from stagekit.stages.spec import CellsRequest
 
 
@@ -54,21 +54,21 @@ def _align_genes(counts: CountMatrix, wanted: list[str], where: str, log) -> sp.
 
 def load_cells(bundle: Bundle, data: list[Path], species_names: list[str], log=print) -> list[SpeciesCells]:
     """The bundle's training files by default; new files need their species (`--species` or the species column)."""
-    config = tomllib.loads(bundle.model_config)
-    data_cfg, known = config["data"], config["species"]["names"]
+    described = SaturnConfig.of(bundle)
+    data_cfg, known = described.data, described.species.names
     if not data:
         files = json.loads(bundle.data.get("files", "{}"))
-        if data_cfg["species_key"]:
+        if data_cfg.species_key:
             data = sorted({Path(f["path"]) for f in files.values()})
         else:
             species_names, data = known, [Path(files[name]["path"]) for name in known]
         for path in data:
             if not path.is_file():
                 raise UserError(f"{bundle.path} was trained on {path}, which is gone; give the data files")
-    key = data_cfg["species_key"]
+    key = data_cfg.species_key
     if key and not species_names:  # each file read once, split by its species column
         parts = [(name, path, counts) for path in data
-                 for name, counts in split_by_column(load_counts(path, data_cfg["layer"], (key,)), key).items()]
+                 for name, counts in split_by_column(load_counts(path, data_cfg.layer, (key,)), key).items()]
     else:
         if len(species_names) != len(data):
             raise UserError(f"name the species of each data file with --species ({len(data)} files); "
@@ -81,7 +81,7 @@ def load_cells(bundle: Bundle, data: list[Path], species_names: list[str], log=p
                             "a model maps only the species it was trained on")
         if counts is None:
             # labels are optional for new cells
-            counts = load_counts(path, data_cfg["layer"], backed=data_cfg.get("backed", False))
+            counts = load_counts(path, data_cfg.layer, backed=data_cfg.backed)
         index = known.index(name)
         aligned = _align_genes(counts, species_genes(bundle, index), f"{path} ({name})", log)
         cells.append(SpeciesCells(index, name, counts.obs.copy(), aligned))
@@ -122,11 +122,11 @@ def saturn_anndata(request: CellsRequest):
     each file's own name."""
     import anndata
 
-    from stagekit.stages.cross_species.pretrain_saturn import load_model
+    from stagekit.stages.cross_species.pretrain import load_model
 
     bundle, data, species, log = request.bundle, request.data, request.options.get("species") or [], request.log
     model = load_model(bundle)
-    label_key = tomllib.loads(bundle.model_config)["data"]["label_key"]
+    label_key = SaturnConfig.of(bundle).data.label_key
     parts = []
     for cells in load_cells(bundle, data, species, log):
         macro, embedding = cell_outputs(model, cells)

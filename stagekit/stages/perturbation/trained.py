@@ -3,23 +3,16 @@ perturbation inputs (what extract and evaluate need)."""
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass
 
 import numpy as np
 
 from stagekit.bundle import Bundle
 from stagekit.models.transition import TransitionModel
+from stagekit.stages.perturbation.model_config import TransitionConfig, TransitionData
 from stagekit.stages.perturbation.screen import Screen
 from stagekit.stages.perturbation.space import ExpressionSpace
 from stagekit.train.state import load_weights
-
-
-def build_model(model_config: str) -> TransitionModel:
-    """An untrained model of the shape a bundle's model_config records."""
-    m = tomllib.loads(model_config)["model"]
-    return TransitionModel(m["n_embedding"], m["n_pert_inputs"], m["hidden"], m["n_layers"], m["n_heads"],
-                           m["dropout"], m["n_genes"], m["predict_residual"], m["block_dropout"])
 
 
 @dataclass
@@ -30,7 +23,7 @@ class TransitionBundle:
     space: ExpressionSpace
     screen: Screen
     pert_inputs: np.ndarray
-    data: dict  # the [data] section: layer, pert_key, control, context_key, batch_key
+    data: TransitionData
     set_len: int
     var_names: list[str]  # the training file's genes (library sizes were summed over them)
     features: dict  # path and sha256 of --pert-features; empty for one-hot perturbations
@@ -38,7 +31,7 @@ class TransitionBundle:
     @property
     def keys(self) -> dict[str, str]:
         """obs columns of the perturbation and the context in written files."""
-        return {"pert": self.data["pert_key"], "context": self.data["context_key"] or "context"}
+        return {"pert": self.data.pert_key, "context": self.data.context_key or "context"}
 
 
 def stored_screen(bundle: Bundle) -> Screen:
@@ -50,15 +43,14 @@ def stored_screen(bundle: Bundle) -> Screen:
 
 def load_transition(bundle: Bundle) -> TransitionBundle:
     """The model (in eval mode) and everything it was trained with, from a bundle read with its results."""
-    model = build_model(bundle.model_config)
+    described = TransitionConfig.of(bundle)
+    model = described.build()
     load_weights(model, bundle.weights, bundle.path)
     r, c = bundle.results, bundle.categories
-    screen = stored_screen(bundle)
-    config = tomllib.loads(bundle.config_toml)
     features = {k.removeprefix("features_"): v for k, v in bundle.data.items() if k.startswith("features_")}
-    return TransitionBundle(model.eval(), ExpressionSpace.from_arrays(c["space_genes"], r), screen,
-                            np.asarray(r["pert_inputs"]), tomllib.loads(bundle.model_config)["data"],
-                            config["sets"]["cell_set_len"], bundle.var_names, features)
+    return TransitionBundle(model.eval(), ExpressionSpace.from_arrays(c["space_genes"], r), stored_screen(bundle),
+                            np.asarray(r["pert_inputs"]), described.data, bundle.config()["sets"]["cell_set_len"],
+                            bundle.var_names, features)
 
 
 def vocabulary_of(bundle: Bundle) -> tuple[list[str], int]:

@@ -16,13 +16,13 @@ from stagekit.errors import TrainingFinished, UserError
 from stagekit.losses.clustering import assignment_consistency, dec_kl, nt_xent, target_distribution
 from stagekit.metrics.clustering import label_agreement
 from stagekit.models.dec import DEC
-from stagekit.stages.clustering.vae_common import (
+from stagekit.stages.clustering.model_config import VAEConfig
+from stagekit.stages.clustering.trained import (
     check_pair_config,
     embed,
     load_bundle_data,
     load_vae,
     positive_partners,
-    vae_config,
 )
 from stagekit.stages.phase import PhaseRun, kept_metrics, lineage_of
 from stagekit.stages.spec import PhaseRequest
@@ -169,7 +169,7 @@ def run(request: PhaseRequest) -> Path | None:
     cfg, train_cfg = config["dec"], config["training"]
     phase = PhaseRun(config, request.output, request.resume, request.quiet)
     parent = read_bundle(clusters_path, ("cluster-search",), command="finetune --preset dec")
-    label_key = vae_config(parent)["data"]["label_key"]
+    label_key = VAEConfig.of(parent).data.label_key
     check_pair_config("dec", cfg, ("contrastive_weight", "consistency_weight"))
     counts, batch_codes = load_bundle_data(parent, data_path, (cfg["positive_key"],))
     if label_key not in counts.obs:  # labels are for reporting only; new data may lack them
@@ -185,7 +185,7 @@ def run(request: PhaseRequest) -> Path | None:
     partners = positive_partners(cfg, counts, lambda: embed(vae, counts, batch_codes))
     model = DEC(vae, torch.from_numpy(parent.results["centres"]), cfg["alpha"])
     model.train()
-    beta = vae_config(parent)["model"]["beta"] if vae_config(parent)["model"]["variational"] else 0.0
+    beta = (vae_model.beta if (vae_model := VAEConfig.of(parent).model).variational else 0.0)
     task = DECTask(model, counts, batch_codes, partners, cfg, train_cfg["batch_size"], seed, beta)
     start = task.collapse()
     if start["largest_cluster"] > cfg["collapse_fraction"] or start["empty_clusters"]:

@@ -3,7 +3,6 @@ trained on, and embedding cells."""
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,37 +16,13 @@ from stagekit.data.pairs import GroupPartners, NeighbourPartners, Partners
 from stagekit.errors import UserError
 from stagekit.models.blocks import device_of
 from stagekit.models.vae import COUNT_LIKELIHOODS, VAE
+from stagekit.stages.clustering.model_config import VAEConfig
 from stagekit.stages.phase import bundle_data_path, check_same_genes
 from stagekit.train.state import load_weights
 
 
-def build_vae(model_cfg: dict, n_genes: int, n_batches: int) -> VAE:
-    return VAE(n_genes, model_cfg["n_latent"], model_cfg["n_hidden"], model_cfg["dropout"], n_batches=n_batches,
-               likelihood=model_cfg["likelihood"], variational=model_cfg["variational"],
-               input_dropout=model_cfg.get("input_dropout", 0.0))
-
-
-def model_config_toml(config: dict) -> str:
-    """The part of a pretrain config that rebuilding the VAE and reading its data needs."""
-    from stagekit.config.loader import toml_value
-
-    lines = []
-    for section in ("model", "data"):
-        lines.append(f"[{section}]")
-        lines += [f"{k} = {toml_value(v)}" for k, v in config[section].items()]
-    return "\n".join(lines) + "\n"
-
-
-def vae_config(bundle: Bundle) -> dict:
-    """Architecture and data keys of the VAE a bundle holds or descends from."""
-    if not bundle.model_config:
-        raise UserError(f"{bundle.path} holds no VAE model description; was it written by `pretrain --preset vae`?")
-    return tomllib.loads(bundle.model_config)
-
-
 def load_vae(bundle: Bundle) -> VAE:
-    config = vae_config(bundle)
-    model = build_vae(config["model"], len(bundle.var_names), len(bundle.categories.get("batch", [])))
+    model = VAEConfig.of(bundle).build(len(bundle.var_names), len(bundle.categories.get("batch", [])))
     load_weights(model, {k.removeprefix("vae."): v for k, v in bundle.weights.items() if k != "centres"}, bundle.path)
     model.eval()
     return model
@@ -57,20 +32,20 @@ def load_bundle_data(bundle: Bundle, data_path: Path | None, obs_keys: tuple[str
                      ) -> tuple[CountMatrix, np.ndarray | None]:
     """Cells for a model from `bundle`: its training file unless `data_path` is given; genes must match.
     Read backed (from disk) when the pretraining was, unless the caller passes the file's AnnData (`adata`)."""
-    data_cfg = vae_config(bundle)["data"]
+    described = VAEConfig.of(bundle)
+    data_cfg = described.data
     path = bundle_data_path(bundle, data_path)
-    keys = tuple(k for k in (data_cfg["batch_key"], *obs_keys) if k)
-    likelihood = vae_config(bundle)["model"]["likelihood"]
-    counts = load_counts(path, data_cfg["layer"], keys, backed=data_cfg["backed"],
-                         require_counts=likelihood in COUNT_LIKELIHOODS, adata=adata)
+    keys = tuple(k for k in (data_cfg.batch_key, *obs_keys) if k)
+    counts = load_counts(path, data_cfg.layer, keys, backed=data_cfg.backed,
+                         require_counts=described.model.likelihood in COUNT_LIKELIHOODS, adata=adata)
     check_same_genes(counts.var_names, bundle, path)
     batch_codes = None
-    if data_cfg["batch_key"]:
-        codes, names = category_codes(counts.obs, data_cfg["batch_key"])
+    if data_cfg.batch_key:
+        codes, names = category_codes(counts.obs, data_cfg.batch_key)
         known = bundle.categories["batch"]
         unknown = sorted(set(names) - set(known))
         if unknown:
-            raise UserError(f"{path}: obs column '{data_cfg['batch_key']}' has batches the model never saw "
+            raise UserError(f"{path}: obs column '{data_cfg.batch_key}' has batches the model never saw "
                             f"({', '.join(unknown[:3])})")
         batch_codes = np.array([known.index(n) for n in names], dtype=np.int64)[codes]
     return counts, batch_codes

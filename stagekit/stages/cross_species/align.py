@@ -3,7 +3,6 @@ is trained with a cosine triplet margin loss on cross-species triplets (see stag
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +15,9 @@ from stagekit.losses.triplet import cosine_triplet_loss, label_groups, mine_trip
 from stagekit.metrics.integration import cross_species_knn_agreement, species_mixing
 from stagekit.metrics.neighbour_graph import knn_adjacency, leiden_partition
 from stagekit.models.saturn import SaturnMetric
-from stagekit.stages.cross_species.pretrain_saturn import load_model
-from stagekit.stages.cross_species.saturn_cells import SpeciesCells, cell_gene_products, cell_outputs, load_cells
+from stagekit.stages.cross_species.cells import SpeciesCells, cell_gene_products, cell_outputs, load_cells
+from stagekit.stages.cross_species.model_config import SaturnConfig
+from stagekit.stages.cross_species.pretrain import load_model
 from stagekit.stages.phase import PhaseRun, kept_metrics, lineage_of
 from stagekit.stages.spec import PhaseRequest
 from stagekit.train import FitResult, StepContext, Task
@@ -124,7 +124,7 @@ def run(request: PhaseRequest) -> Path | None:
     phase.engine.launch()
     seed = train_cfg["seed"]
     pretrained = load_model(parent)
-    label_key = tomllib.loads(parent.model_config)["data"]["label_key"]
+    label_key = SaturnConfig.of(parent).data.label_key
     labels, resolution = [], cfg["leiden_resolution"]
     for c in cells:
         if label_key and label_key in c.obs:

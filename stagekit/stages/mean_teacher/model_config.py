@@ -1,0 +1,40 @@
+"""The Mean Teacher classifier's description in a bundle: its layers, the label task and the classes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from stagekit.bundle.model_config import ModelConfig
+from stagekit.models.classifier import CellClassifier, MeanTeacher
+
+
+@dataclass(frozen=True)
+class ClassifierArchitecture:
+    n_hidden: list[int]
+    dropout: float
+    norm: str
+
+
+@dataclass(frozen=True)
+class LabelTask:
+    layer: str
+    label_key: str
+    positive_class: str  # binary task: this label against the others; empty: one class per label
+
+
+@dataclass(frozen=True)
+class Classes:
+    names: list[str]
+
+
+@dataclass(frozen=True)
+class MeanTeacherConfig(ModelConfig):
+    model: ClassifierArchitecture
+    data: LabelTask
+    classes: Classes
+
+    def build(self, n_genes: int) -> MeanTeacher:
+        """Student and teacher over `n_genes`: one output for a binary task, else one per class."""
+        outputs = 1 if self.data.positive_class else len(self.classes.names)
+        m = self.model
+        return MeanTeacher(CellClassifier(n_genes, outputs, m.n_hidden, m.dropout, m.norm))
