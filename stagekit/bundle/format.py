@@ -65,11 +65,12 @@ _CHECKED = {"weights": "weights", "results": "results", "data/var_names": "gene 
 
 @dataclass
 class Bundle:
-    stage: str
-    model: str
-    config_toml: str
-    seed: int
-    weights: dict[str, np.ndarray]
+    weights: dict[str, np.ndarray] = field(default_factory=dict)
+    # which command and model wrote it, with what config and seed: filled in by the phase run (stages/phase.stamp)
+    stage: str = ""
+    model: str = ""
+    config_toml: str = ""
+    seed: int = 0
     model_config: str = ""
     status: str = "complete"  # complete | checkpoint | interrupted | stopped
     epochs_done: int = 0

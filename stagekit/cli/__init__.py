@@ -44,7 +44,7 @@ def _register() -> None:
     app.command("evaluate", no_args_is_help=True)(evaluate.evaluate)
     app.command("info", no_args_is_help=True)(info.info)
     app.add_typer(presets.app, name="presets")
-    app.command("demo")(demo.demo)
+    app.command("demo", help=demo.help_text())(demo.demo)
 
 
 _register()

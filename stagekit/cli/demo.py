@@ -1,4 +1,4 @@
-"""`stagekit demo [-o DIR]`: cross-species integration on the embedded two-species pancreas cells."""
+"""`stagekit demo [-o DIR]`: a pipeline's short chain on data shipped with the package."""
 
 from __future__ import annotations
 
@@ -10,29 +10,25 @@ import typer
 from stagekit.cli import options as opt
 
 
+def help_text() -> str:
+    from stagekit.stages.registry import demos
+
+    found = demos()
+    return f"Run {found[0].help}." if found else "Run a pipeline's demo (none is installed)."
+
+
 def demo(
     output: Annotated[Path, typer.Option("--output", "-o", help="folder for inputs, bundles and reports")] = Path(
         "stagekit-demo"),
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress output")] = False,
 ) -> None:
-    """Run pretrain (saturn) -> align -> evaluate on embedded human + mouse pancreas cells (a few minutes)."""
-    from rich.console import Console
-    from rich.table import Table
+    from stagekit.cli.tables import print_tables
+    from stagekit.errors import UserError
+    from stagekit.stages.registry import demos
 
-    from stagekit.stages.cross_species import demo as stage
-
-    before, after = stage.run(output, quiet, log=opt.stderr_log(quiet))
-    table = Table(title="cross-species integration of the pancreas demo (labels: cell type)")
-    for column in ("metric", "after pretrain", "after align"):
-        table.add_column(column, justify="right" if column != "metric" else "left")
-    for pair in after["label_transfer"]:
-        for score in ("accuracy", "balanced_accuracy"):
-            table.add_row(f"label transfer {pair} {score.replace('_', ' ')}",
-                          f"{before['label_transfer'][pair][score]:.3f}", f"{after['label_transfer'][pair][score]:.3f}")
-    for k in ("1", "15"):
-        table.add_row(f"{k}-NN cross-species label agreement", f"{before['integration']['knn_agreement'][k]:.3f}",
-                      f"{after['integration']['knn_agreement'][k]:.3f}")
-    table.add_row("species mixing (1 = mixed)", f"{before['integration']['species_mixing']:.3f}",
-                  f"{after['integration']['species_mixing']:.3f}")
-    Console(stderr=True).print(table)
-    print(output / "report_align" / "metrics.json")
+    found = demos()
+    if not found:
+        raise UserError("no pipeline of this installation ships a demo")
+    result, tables = found[0].run(output, quiet, opt.stderr_log(quiet))
+    print_tables(tables)
+    print(result)

@@ -17,7 +17,7 @@ def _scvi_likelihoods():
 
     scvi.distributions does not export the functions (scvi-tools 1.4), so they come from the module that defines
     them; pyproject.toml pins the scvi-tools versions this was tested with. Any scvi import runs scvi's package
-    __init__ (models, data, ~1.6 s and ~1,700 modules beyond torch and lightning), public path or not, so the
+    __init__ (its models and data modules, over a thousand beyond torch and lightning), public path or not, so the
     import waits for the first likelihood: commands that only embed cells (cluster-search, extract) or use a
     Gaussian likelihood never load scvi-tools."""
     from scvi.distributions._negative_binomial import log_nb_positive, log_zinb_positive

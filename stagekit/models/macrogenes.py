@@ -23,14 +23,13 @@ def macrogene_centroids(gene_embeddings: np.ndarray, n_macrogenes: int, seed: in
     """k-means centroids (macrogenes x dim) of the stacked gene embeddings, seeded.
 
     The k-means++ seeding (scikit-learn's greedy variant, as the reference) takes k sequential rounds, each
-    reading every embedding: at 16,000 x 1,280 and k = 2,000 it took 30 of the 35 s k-means, memory-bound. On
-    the embeddings' first `seeding_dims` principal components (randomized PCA, seeded) it takes 3-5 s; Lloyd's
-    iterations then run on every dimension from those starting genes (benchmark embeddings: final inertia 0.4 %
-    above seeding on all 1,280 dimensions). `seeding_dims` 0, or at least the dimension, seeds on every
-    dimension. The seeding runs on float64 (scikit-learn upcasts float32 block by block in every round); Lloyd's
-    iterations with BLAS single-threaded: scikit-learn already spreads their chunks over OpenMP threads, and BLAS
-    threads within each chunk oversubscribe the cores (4,000 x 1,280, k = 500, 2 cores: 6.0 s wall and 11.8
-    CPU-s with default threads, 5.1 s and 5.2 CPU-s with one)."""
+    reading every embedding: at SATURN's sizes it is most of the k-means, memory-bound. It runs on the
+    embeddings' first `seeding_dims` principal components (randomized PCA, seeded); Lloyd's iterations then run
+    on every dimension from those starting genes, to an inertia close to seeding on every dimension.
+    `seeding_dims` 0, or at least the dimension, seeds on every dimension. The seeding runs on float64
+    (scikit-learn upcasts float32 block by block in every round); Lloyd's iterations with BLAS single-threaded:
+    scikit-learn already spreads their chunks over OpenMP threads, and BLAS threads within each chunk
+    oversubscribe the cores."""
     from sklearn.cluster import KMeans, kmeans_plusplus
     from threadpoolctl import threadpool_limits
 

@@ -3,12 +3,13 @@
 Words, used in this sense everywhere:
 - *pipeline*: one folder under `stagekit/stages/` (or a plugin module) that declares its phases in `spec.py`.
 - *command*: what the user runs (`stagekit pretrain`, `finetune`, `extract`, ...).
-- *phase*: one command's run for one model: `PhaseSpec` declares it, `PhaseRun` (stages/run.py) runs it.
+- *phase*: one command's run for one model: `PhaseSpec` declares it, `PhaseRun` (stages/phase.py) runs it.
 - *stage*: a bundle's record of the command that wrote it (`bundle.stage`), kept for the file format.
 - *engine phase* (`train.phases.Phase`): a segment of one training run with its own freeze plan and learning
   rates; the steps C/D/E of `unfreeze` are engine phases of one run.
 
-A pipeline is found by its `spec` module exporting `PHASES` (a list of `PhaseSpec`): every sub-package of
+A pipeline is found by its `spec` module exporting `PHASES` (a list of `PhaseSpec`) and, optionally, `DEMO` (a
+`Demo` that `stagekit demo` runs): every sub-package of
 `stagekit.stages` that has one, every module of the entry-point group `stagekit.pipelines`, and the modules named
 in the environment variable STAGEKIT_PIPELINES (comma-separated), e.g. a pipeline under development.
 """
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from stagekit.errors import UserError
-from stagekit.stages.spec import PhaseRequest, PhaseSpec
+from stagekit.stages.spec import Demo, PhaseRequest, PhaseSpec
 from stagekit.stages.spec import given as spec_given
 
 ENTRY_POINT_GROUP = "stagekit.pipelines"
@@ -42,13 +43,21 @@ def _spec_modules() -> list[str]:
 
 
 @functools.cache
-def phases() -> tuple[PhaseSpec, ...]:
-    found: dict[tuple[str, str], PhaseSpec] = {}
+def _modules() -> tuple[Any, ...]:
+    modules = []
     for name in _spec_modules():
         try:
-            module = importlib.import_module(name)
+            modules.append(importlib.import_module(name))
         except ImportError as exc:
             raise UserError(f"pipeline module {name} cannot be imported ({exc}); fix or remove it") from None
+    return tuple(modules)
+
+
+@functools.cache
+def phases() -> tuple[PhaseSpec, ...]:
+    found: dict[tuple[str, str], PhaseSpec] = {}
+    for module in _modules():
+        name = module.__name__
         for spec in module.PHASES:
             if (spec.command, spec.model) in found:
                 raise UserError(f"{name}: `{spec.command}` for model '{spec.model}' is declared twice")
@@ -56,8 +65,13 @@ def phases() -> tuple[PhaseSpec, ...]:
     return tuple(found.values())
 
 
+def demos() -> list[Demo]:
+    return [module.DEMO for module in _modules() if getattr(module, "DEMO", None) is not None]
+
+
 def reload() -> None:
     """Collect the pipelines again (after STAGEKIT_PIPELINES changed)."""
+    _modules.cache_clear()
     phases.cache_clear()
 
 

@@ -102,6 +102,20 @@ class Summary(Protocol):
     def __call__(self, bundle_path: Path) -> list[Table]: ...  # tables shown after the phase's bundle is written
 
 
+class RunDemo(Protocol):
+    def __call__(self, output: Path, quiet: bool, log: Callable[[str], None]) -> tuple[Path, list[Table]]: ...
+
+
+@dataclass(frozen=True)
+class Demo:
+    """A pipeline's `stagekit demo`: a short chain on data shipped with the package. `run` writes everything
+    under `output` and returns the file to print (the result) and tables comparing what each phase gave."""
+
+    pipeline: str
+    help: str
+    run: RunDemo
+
+
 @dataclass(frozen=True)
 class Option:
     """A command-line option a phase adds to a command. With `key` it sets that config key (after `--set`);

@@ -2,11 +2,10 @@
 
 glibc serves every block above its mmap threshold (32 MiB at most) with fresh pages from mmap and unmaps it
 on free, so each large intermediate of every step faults its pages in again and has them zeroed by the kernel.
-At SATURN's real shapes (one batch of 4,096 cells x 8,000 genes per species) each likelihood term is a 131 MB
-block: measured on this project's 2-core machine, a 4,096 x 8,000 float add took 48 ms into fresh pages and 13 ms
-into reused ones, and a whole pretrain step 33.6 s against 16.3 s. PyTorch's CPU tuning guide gets the same
-from jemalloc or tcmalloc; glibc's own switches need no extra library. The price: memory a run has freed is not
-returned to the system before the process ends (the peak is what it was).
+At SATURN's real shapes (one batch of 4,096 cells x 8,000 genes per species) each likelihood term is such a
+block, and writing into fresh pages, not the arithmetic, dominates the step (docs/benchmarks.md has the figures).
+PyTorch's CPU tuning guide gets the same from jemalloc or tcmalloc; glibc's own switches need no extra library.
+The price: memory a run has freed is not returned to the system before the process ends (the peak is what it was).
 """
 
 from __future__ import annotations

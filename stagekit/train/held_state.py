@@ -1,13 +1,11 @@
 """The last good training state: what a stopped run returns to and what a finished run's resume state is.
 
-It is a full copy of model and optimizer state (with Adam, three times the weights). Held in memory it doubled a
-large model's footprint (0.78 GB at SATURN's real shape: 2 x 8,000 genes, 2,000 macrogenes), so above
-`spill_bytes` it is written, tensor by tensor from the live objects, to an unlinked temporary file in the
-output's folder (never /tmp, which may be memory-backed) and read back only when it is needed. The file holds
-each array's raw bytes, written from the live tensors' memory (the nesting stays in memory): torch.save builds
-buffers as it goes, which at 2 x 20,000 cells raised the peak RSS by 0.7 GB at the first spill. Writing costs
-little except the first time in a process, when the file's page cache is fresh memory (6 s for 0.78 GB on the
-benchmark VM, whose first touch of freed memory is slow; later holds reuse those pages: 0.3 s).
+It is a full copy of model and optimizer state (with Adam, three times the weights). Held in memory it doubles a
+large model's footprint, so above `spill_bytes` it is written, tensor by tensor from the live objects, to an
+unlinked temporary file in the output's folder (never /tmp, which may be memory-backed) and read back only when it
+is needed. The file holds each array's raw bytes, written from the live tensors' memory (the nesting stays in
+memory): torch.save builds buffers as it goes, which would raise the peak at the first spill. Writing costs
+little except the first time in a process, when the file's page cache is fresh memory.
 """
 
 from __future__ import annotations

@@ -56,8 +56,7 @@ def train(request: PhaseRequest) -> Path | None:
     task = ToyTask(model, x, config["training"]["batch_size"], config["training"]["seed"])
 
     def bundle_for(result: FitResult) -> Bundle:
-        return Bundle(stage=config.stage, model=config.model, config_toml="", seed=config["training"]["seed"],
-                      weights=weights_to_numpy(model), model_config=f"n_latent = {config['toy']['n_latent']}\n",
+        return Bundle(weights=weights_to_numpy(model), model_config=f"n_latent = {config['toy']['n_latent']}\n",
                       data=fingerprint, var_names=genes, final_metrics=kept_metrics(result, "train_"))
 
     return phase.fit(task, bundle_for)

@@ -166,7 +166,7 @@ def run(request: PhaseRequest) -> Path:
     if label_key:
         final |= {f"label_{m}": v for m, v in label_agreement(counts.obs[label_key].astype(str).to_numpy(),
                                                               best.labels_).items()}
-    bundle = Bundle(stage="", model="", config_toml="", seed=cfg["seed"], weights=parent.weights,
+    bundle = Bundle(weights=parent.weights,
                     model_config=parent.model_config, lineage=lineage_of(parent), data=counts.fingerprint(),
                     var_names=parent.var_names, categories=parent.categories, final_metrics=final,
                     results=table | {"centres": best.cluster_centers_.astype(np.float32),

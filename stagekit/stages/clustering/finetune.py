@@ -203,7 +203,7 @@ def run(request: PhaseRequest) -> Path | None:
         if label_key:
             final |= {f"label_{m}": v for m, v in
                       label_agreement(counts.obs[label_key].astype(str).to_numpy(), hard).items()}
-        return Bundle(stage="finetune", model="dec", config_toml="", seed=seed, weights=weights_to_numpy(model),
+        return Bundle(weights=weights_to_numpy(model),
                       model_config=parent.model_config, lineage=lineage_of(parent), data=fingerprint,
                       var_names=parent.var_names, categories=parent.categories, final_metrics=final,
                       results={"assignments": hard.astype(np.int64), "soft_assignments": q.astype(np.float32)})

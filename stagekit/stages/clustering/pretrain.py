@@ -184,7 +184,7 @@ def run(request: PhaseRequest) -> Path | None:
         if result.status == "complete":
             final |= reconstruction_report(model, counts, batch_codes, train_idx,
                                            val_idx if len(val_idx) else train_idx)
-        return Bundle(stage="pretrain", model="vae", config_toml="", seed=seed, weights=weights_to_numpy(model),
+        return Bundle(weights=weights_to_numpy(model),
                       model_config=described.to_toml(),
                       data=fingerprint, var_names=counts.var_names, categories=categories, final_metrics=final,
                       results={"val_index": val_idx})

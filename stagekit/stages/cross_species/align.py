@@ -149,7 +149,7 @@ def run(request: PhaseRequest) -> Path | None:
         final |= {"knn1_agreement": cross_species_knn_agreement(embedding, species, all_labels, 1),
                   "species_mixing": species_mixing(embedding, species)}
         model.train()
-        return Bundle(stage="align", model="saturn", config_toml="", seed=seed, weights=weights_to_numpy(model),
+        return Bundle(weights=weights_to_numpy(model),
                       model_config=parent.model_config, lineage=lineage_of(parent), data=parent.data,
                       var_names=parent.var_names, final_metrics=final,
                       categories=parent.categories | {"align_labels": task.label_names},

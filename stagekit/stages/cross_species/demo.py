@@ -7,11 +7,11 @@ from pathlib import Path
 from stagekit.data.demo import DEMO_ORTHOLOGS, write_demo_inputs
 from stagekit.stages import evaluate, extract
 from stagekit.stages.registry import read_config, run_phase
-from stagekit.stages.spec import PhaseRequest
+from stagekit.stages.spec import PhaseRequest, Table
 
 
-def run(out_dir: Path, quiet: bool = False, log=print) -> tuple[dict, dict]:
-    """Returns the evaluation reports after pretrain and after align."""
+def run(out_dir: Path, quiet: bool = False, log=print) -> tuple[Path, list[Table]]:
+    """The metrics file after align, and a table of the metrics after pretrain and after align."""
     out_dir.mkdir(parents=True, exist_ok=True)
     inputs = write_demo_inputs(DEMO_ORTHOLOGS, out_dir)
     log(f"demo inputs in {out_dir}: human.h5ad and mouse.h5ad (own gene vocabularies through Ensembl 105 "
@@ -29,4 +29,20 @@ def run(out_dir: Path, quiet: bool = False, log=print) -> tuple[dict, dict]:
     for name, bundle in (("pretrain", pretrain), ("align", aligned)):
         cells = extract.run(bundle, [], out_dir / f"{name}_cells.h5ad", log=log)
         reports.append(evaluate.run(cells, out_dir / f"report_{name}", umap=name == "align").metrics)
-    return reports[0], reports[1]
+    return out_dir / "report_align" / "metrics.json", [comparison(*reports)]
+
+
+def comparison(before: dict, after: dict) -> Table:
+    table = Table("cross-species integration of the pancreas demo (labels: cell type)",
+                  ["metric", "after pretrain", "after align"])
+    for pair in after["label_transfer"]:
+        for score in ("accuracy", "balanced_accuracy"):
+            table.rows.append([f"label transfer {pair} {score.replace('_', ' ')}",
+                               f"{before['label_transfer'][pair][score]:.3f}",
+                               f"{after['label_transfer'][pair][score]:.3f}"])
+    for k in ("1", "15"):
+        table.rows.append([f"{k}-NN cross-species label agreement", f"{before['integration']['knn_agreement'][k]:.3f}",
+                           f"{after['integration']['knn_agreement'][k]:.3f}"])
+    table.rows.append(["species mixing (1 = mixed)", f"{before['integration']['species_mixing']:.3f}",
+                       f"{after['integration']['species_mixing']:.3f}"])
+    return table

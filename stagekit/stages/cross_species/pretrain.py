@@ -262,7 +262,7 @@ def run(request: PhaseRequest) -> Path | None:
     def bundle_for(result: FitResult) -> Bundle:
         final = kept_metrics(result, ("train_", "val_"))
         gene_species = np.concatenate([np.full(s.counts.n_vars, i) for i, s in enumerate(species)])
-        return Bundle(stage="pretrain", model="saturn", config_toml="", seed=seed, weights=weights_to_numpy(model),
+        return Bundle(weights=weights_to_numpy(model),
                       model_config=described.to_toml(), data=fingerprint | {
                           "files": json.dumps({s.name: s.counts.fingerprint() for s in species})},
                       var_names=[g for s in species for g in s.counts.var_names], categories=categories,

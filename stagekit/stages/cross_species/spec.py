@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from stagekit.stages.cross_species import schema
-from stagekit.stages.spec import CellsRequest, Option, PhaseRequest, PhaseSpec, Report, ReportRequest
+from stagekit.stages.spec import CellsRequest, Demo, Option, PhaseRequest, PhaseSpec, Report, ReportRequest, Table
 
 PIPELINE = "cross-species integration"
 
@@ -26,6 +26,12 @@ def _cells(request: CellsRequest):
     from stagekit.stages.cross_species.cells import saturn_anndata
 
     return saturn_anndata(request)
+
+
+def _demo(output: Path, quiet: bool, log) -> tuple[Path, list[Table]]:
+    from stagekit.stages.cross_species.demo import run
+
+    return run(output, quiet, log)
 
 
 def _report(request: ReportRequest) -> Report:
@@ -55,3 +61,6 @@ PHASES = [
               options=(Option("unfreeze_macrogenes", "also train the gene -> macrogene weights", bool,
                               key="align.unfreeze_macrogenes"),), **COMMON),
 ]
+
+DEMO = Demo(PIPELINE, "pretrain (saturn) -> align -> extract -> evaluate on embedded human + mouse pancreas cells "
+            "(a few minutes)", _demo)

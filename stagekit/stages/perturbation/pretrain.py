@@ -179,8 +179,7 @@ def run(request: PhaseRequest) -> Path | None:
     data = counts.fingerprint() | provenance | {"design": design_line(data_cfg), "split": sets.line}
 
     def bundle_for(result: FitResult) -> Bundle:
-        return Bundle(stage=config.stage, model="transition", config_toml="", seed=seed,
-                      weights=weights_to_numpy(model), model_config=described.to_toml(), data=data,
+        return Bundle(weights=weights_to_numpy(model), model_config=described.to_toml(), data=data,
                       var_names=counts.var_names, categories=categories,
                       final_metrics=kept_metrics(result, ("train_", "val_")), results=results)
 

@@ -30,8 +30,8 @@ TRANSITION_MODEL = {
     "n_layers": Key("int", 4, "transformer blocks over each cell set", minimum=1),
     "n_heads": Key("int", 4, "attention heads (must divide hidden)", minimum=1),
     "dropout": Key("float", 0.1, "dropout in the basal, perturbation and output MLPs", minimum=0, maximum=0.9),
-    "block_dropout": Key("float", 0.0, "dropout inside the transformer blocks (0 as STATE's backbone; on CPU "
-                         "dropout costs about a third of a step)", minimum=0, maximum=0.9),
+    "block_dropout": Key("float", 0.0, "dropout inside the transformer blocks (0 as STATE's backbone; it adds "
+                         "noticeably to the time of a CPU step)", minimum=0, maximum=0.9),
     "predict_residual": Key("bool", True, "predict the change from each control cell (add the basal input)"),
 }
 

@@ -300,8 +300,7 @@ def run(request: PhaseRequest) -> Path | None:
     data = counts.fingerprint() | target.provenance | {"design": design_line(design), "split": sets.line}
 
     def bundle_for(result: FitResult) -> Bundle:
-        return Bundle(stage=config.stage, model="transition", config_toml="", seed=seed,
-                      weights=weights_to_numpy(model), model_config=model_config, lineage=lineage,
+        return Bundle(weights=weights_to_numpy(model), model_config=model_config, lineage=lineage,
                       data=data, var_names=counts.var_names, categories=categories,
                       final_metrics=kept_metrics(result, ("train_", "val_")), results=results,
                       records={"load_report": report.as_dict()})

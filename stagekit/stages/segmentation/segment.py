@@ -220,8 +220,7 @@ def run(request: PhaseRequest) -> Path | None:
                             vendor_targets(sample, request.log) if config["labels"]["vendor_weight"] > 0 else None)
 
     def bundle_for(result: FitResult) -> Bundle:
-        bundle = Bundle(stage=config.stage, model="segger", config_toml="", seed=seed,
-                        weights=weights_to_numpy(model), model_config=described.to_toml(),
+        bundle = Bundle(weights=weights_to_numpy(model), model_config=described.to_toml(),
                         lineage=lineage_of(parent) if parent else [], data=fingerprint, var_names=vocab,
                         final_metrics=kept_metrics(result, ("train_", "val_")),
                         results={"validation": validation})
