@@ -57,11 +57,16 @@ def test_a_stored_bundle_is_shown_verified_extracted_and_evaluated(name, tmp_pat
 
 
 def test_a_stored_bundle_seeds_transfer_and_resume(tmp_path, capsys):
+    # the stored model's settings stand where the run did not choose others (the preset has hidden = 64)
     code, _, err = run_cli(capsys, "segment", DATA / "xenium", "--from", BUNDLES / "segger.stk", "-o",
-                           tmp_path / "seg.stk", "--set", "model.hidden=16", "--set", "training.epochs=1",
-                           "--set", "training.batch_size=2", "-q")
+                           tmp_path / "seg.stk", "--set", "training.epochs=1", "--set", "training.batch_size=2")
     assert code == 0, err
-    assert read_bundle(tmp_path / "seg.stk").lineage[0]["stage"] == "segment"
+    assert "model.hidden = 16 as the --from model has it" in err
+    tuned = read_bundle(tmp_path / "seg.stk")
+    assert tuned.lineage[0]["stage"] == "segment" and "hidden = 16" in tuned.model_config
+    code, _, err = run_cli(capsys, "segment", DATA / "xenium", "--from", BUNDLES / "segger.stk", "-o",
+                           tmp_path / "other.stk", "--set", "model.hidden=32", "-q")
+    assert code == 2 and "model.hidden" in err and not (tmp_path / "other.stk").exists()
     code, _, err = run_cli(capsys, "pretrain", DATA / "counts.h5ad", "--resume", BUNDLES / "vae.stk", "--set",
                            "training.epochs=4", "-o", tmp_path / "more.stk", "-q")
     assert code == 0, err

@@ -169,8 +169,16 @@ def _parent(request: PhaseRequest) -> Bundle:
     parent = read_bundle(request.parent, ("segment",), command="segment --from")
     if parent.model != "segger":
         raise UserError(f"--from {request.parent} holds a '{parent.model}' model; give a `segment` bundle")
-    stored = dataclasses.asdict(SeggerConfig.of(parent).model)
-    changed = [f"model.{k}" for k, v in stored.items() if request.config["model"][k] != v]
+    model_cfg, changed = request.config["model"], []
+    for key, value in dataclasses.asdict(SeggerConfig.of(parent).model).items():
+        if model_cfg[key] == value:
+            continue
+        source = request.config.sources.get(f"model.{key}", "default")
+        if source == "default" or source.startswith("preset "):  # not chosen for this run: the model's own
+            request.log(f"model.{key} = {value!r} as the --from model has it ({source}: {model_cfg[key]!r})")
+            model_cfg[key] = value
+        else:
+            changed.append(f"model.{key}")
     if changed:
         raise UserError(f"--from {request.parent}: {', '.join(changed)} differ(s) from the stored model's; "
                         "drop those --set values to fine-tune it")
