@@ -38,7 +38,7 @@ def train_and_evaluate(data: Path, out: Path, overrides: list[tuple[str, object]
 
     config = read_config("pretrain", "transition", [(k, v, "bench") for k, v in overrides])
     bundle = run_phase(PhaseRequest(config, out / "tx.stk", [data], quiet=True, log=lambda m: None))
-    return evaluate.run(bundle, out / "report", umap=False)["perturbation"]
+    return evaluate.run(bundle, out / "report", umap=False).metrics["perturbation"]
 
 
 def kang_data(folder: Path) -> Path:

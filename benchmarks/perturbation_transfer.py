@@ -54,7 +54,7 @@ def scores(bundle: Path, out: Path, held_out_of: Path | None = None) -> dict:
     baselines): {method: {"all": {metric: value}, "measurable": {...}}}."""
     from stagekit.stages import evaluate
 
-    report = evaluate.run(bundle, out, umap=False, held_out_of=held_out_of)["perturbation"]
+    report = evaluate.run(bundle, out, umap=False, options={"held_out_of": held_out_of}).metrics["perturbation"]
     found = {}
     for method, values in report["mean"].items():
         found[method] = {"all": {k: values[k] for k in METRICS}, "measurable": {

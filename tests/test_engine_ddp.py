@@ -1,6 +1,6 @@
 """The engine under 2-process CPU DDP: validation metrics come from the whole validation set gathered from both
-processes (not per-process or per-batch averages); each process's RNG stream is stored and restored on resume; a
-signal or a stop on one process is applied by all at the same step."""
+processes (not per-process or per-batch averages), and rank 0 writes them to the live logs; each process's RNG
+stream is stored and restored on resume; a signal or a stop on one process is applied by all at the same step."""
 
 import json
 import os
@@ -14,9 +14,10 @@ SCRIPT = Path(__file__).parent / "scripts" / "ddp_engine.py"
 
 
 @pytest.mark.slow
-def test_whole_set_metrics_and_per_rank_rng_under_ddp():
+def test_whole_set_metrics_and_per_rank_rng_under_ddp(tmp_path):
     done = subprocess.run([sys.executable, str(SCRIPT)], capture_output=True, text=True, timeout=300,
-                          env=os.environ | {"PYTHONWARNINGS": "ignore"}, cwd=SCRIPT.parents[2])
+                          env=os.environ | {"PYTHONWARNINGS": "ignore", "LIVE_LOG_DIR": str(tmp_path / "logs")},
+                          cwd=SCRIPT.parents[2])
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report["val_n"] == [report["n_val"]] * 4  # every validation cell, from both processes, once
@@ -28,3 +29,5 @@ def test_whole_set_metrics_and_per_rank_rng_under_ddp():
     assert report["stopped"] == "stopped" and report["stop_message"] == "rank 1 saw a collapse"
     assert report["stopped_epochs"] == 1
     assert report["two_phase_ranks_equal"]  # both processes trained the unfrozen layer identically in phase 2
+    # live logs: one run folder, written by rank 0, with the gathered validation figures
+    assert report["log_folders"] == ["version_0"] and report["logged_val_n"] == [report["n_val"]] * 4

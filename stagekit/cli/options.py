@@ -34,6 +34,10 @@ class PhaseOptions:
     devices: Annotated[int | None, typer.Option(help="number of devices/processes (runtime.devices)")]
     strategy: Annotated[str | None, typer.Option(help="auto or ddp (runtime.strategy)")]
     precision: Annotated[str | None, typer.Option(help="32-true, bf16-mixed, 16-mixed (runtime.precision)")]
+    logger: Annotated[str | None, typer.Option(help="live logs while training: csv, tensorboard or "
+                                                    "csv,tensorboard (runtime.logger)")]
+    log_dir: Annotated[str | None, typer.Option(help="folder of the live logs (runtime.log_dir); default "
+                                                     "OUTPUT_NAME.logs beside the output")]
     resume: Annotated[Path | None, typer.Option(help="continue an interrupted run from its .partial bundle")]
     keep_resume: Annotated[bool, typer.Option(
         "--keep-resume", help="keep the resume state in the final bundle (training.keep_resume), so --resume can "
@@ -48,8 +52,10 @@ class PhaseOptions:
 
 
 RUNTIME_FLAGS = {"accelerator": "runtime.accelerator", "devices": "runtime.devices",
-                 "strategy": "runtime.strategy", "precision": "runtime.precision"}
-_NO_TRAINING_LOOP = ("accelerator", "devices", "strategy", "precision", "resume", "keep_resume")
+                 "strategy": "runtime.strategy", "precision": "runtime.precision", "logger": "runtime.logger",
+                 "log_dir": "runtime.log_dir"}
+_NO_TRAINING_LOOP = ("accelerator", "devices", "strategy", "precision", "logger", "log_dir", "resume",
+                     "keep_resume")
 
 
 def _declared(specs: list, field: str) -> dict[str, list]:

@@ -93,4 +93,9 @@ RUNTIME = {
     "threads": Key("int", 0, "torch CPU threads per process; 0 keeps torch's default", minimum=0),
     "num_workers": Key("int", 0, "DataLoader worker processes that load batches ahead of the training step; 0 loads "
                        "in the training process", minimum=0),
+    "logger": Key("str", "", "write every step's and epoch's scalars while training: csv, tensorboard, or both "
+                  "(\"csv,tensorboard\"); empty for none",
+                  choices=("", "csv", "tensorboard", "csv,tensorboard", "tensorboard,csv")),
+    "log_dir": Key("str", "", "folder of the live logs (each run adds version_N); empty: beside the output, "
+                   "OUTPUT_NAME.logs"),
 }

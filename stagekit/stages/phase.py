@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -116,6 +117,13 @@ def weights_resolved(state: dict, weights: dict[str, np.ndarray]) -> dict:
     return _map_states(state, weights, _resolved)
 
 
+def hyperparameters(config: Config) -> dict[str, Any]:
+    """The effective config as the live logs record it: section.key -> value (lists as text)."""
+    return {"command": config.stage, "model": config.model} | {
+        f"{section}.{key}": str(value) if isinstance(value, list) else value
+        for section, keys in config.values.items() for key, value in dict.items(keys)}
+
+
 class PhaseRun:
     """One run of a training phase: builds the engine from the config and owns the output file."""
 
@@ -127,8 +135,10 @@ class PhaseRun:
         if self.resume_bundle is not None:
             self.resume_bundle.resume = weights_resolved(self.resume_bundle.resume, self.resume_bundle.weights)
         self.settings = RunSettings.from_config(config["training"], config["runtime"])
+        if self.settings.logger and not self.settings.log_dir:
+            self.settings.log_dir = str(output.with_name(output.stem + ".logs"))
         self.engine = Engine(self.settings, ProgressReporter(quiet=quiet), on_checkpoint=self._checkpoint,
-                             spill_dir=output.resolve().parent)
+                             spill_dir=output.resolve().parent, hyperparameters=hyperparameters(config))
         self._bundle_for: Callable[[FitResult], Bundle] | None = None
 
     def check_resume_data(self, fingerprint: dict) -> None:

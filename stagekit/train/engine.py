@@ -25,6 +25,7 @@ from stagekit.errors import TrainingFinished, TrainingStopped, UserError
 from stagekit.train.allocator import keep_freed_memory
 from stagekit.train.held_state import HeldState
 from stagekit.train.hooks import Hook, StepContext
+from stagekit.train.live_logs import LiveLogs, fabric_loggers
 from stagekit.train.metrics import gather_rows
 from stagekit.train.optim import FreezePlan, build_optimizer, group_table, lr_lambda, param_groups
 from stagekit.train.phases import Phase, first_epoch, phase_at
@@ -65,6 +66,8 @@ class RunSettings:
     threads: int = 0
     num_workers: int = 0
     micro_batch_size: int = 0  # > 0: each step's batch runs as parts (Task.micro_batches), gradients accumulated
+    logger: str = ""  # live logs while training: csv, tensorboard or both (train/live_logs.py); "" for none
+    log_dir: str = ""  # where the live logs go (required with a logger)
 
     @classmethod
     def from_config(cls, training: dict[str, Any], runtime: dict[str, Any],
@@ -197,8 +200,10 @@ def close_process_group() -> None:
 
 class Engine:
     def __init__(self, settings: RunSettings, reporter: ProgressReporter | None = None,
-                 on_checkpoint: Callable[[FitResult], None] | None = None, spill_dir: Path | None = None) -> None:
-        """`spill_dir`: where a large last good state waits (HeldState); None keeps it in memory."""
+                 on_checkpoint: Callable[[FitResult], None] | None = None, spill_dir: Path | None = None,
+                 hyperparameters: dict[str, Any] | None = None) -> None:
+        """`spill_dir`: where a large last good state waits (HeldState); None keeps it in memory.
+        `hyperparameters`: what the live logs record about the run (its config)."""
         from lightning.fabric import Fabric
         from lightning_utilities.core import rank_zero
 
@@ -210,9 +215,13 @@ class Engine:
             torch.set_num_threads(settings.threads)
         # Fabric announces mixed precision on stderr even under --quiet; the run's device line names it
         rank_zero.log.setLevel(logging.WARNING)  # the logger Lightning's rank_zero_info writes to
+        if settings.logger and not settings.log_dir:
+            raise ValueError("a logger needs RunSettings.log_dir")
         self.fabric = Fabric(accelerator=settings.accelerator, devices=settings.devices,
                              num_nodes=settings.num_nodes, strategy=settings.strategy,
-                             precision=settings.precision)
+                             precision=settings.precision, loggers=fabric_loggers(settings.logger, settings.log_dir))
+        self.live = LiveLogs(self.fabric)
+        self.hyperparameters = hyperparameters or {}
 
     def launch(self) -> None:
         """Start the other processes of a distributed run (each re-runs the command) and join them. The process
@@ -251,6 +260,7 @@ class Engine:
             return FitResult(status, message, int(held.loop["epoch"]), history, held.get, self._device_name(),
                              fabric.is_global_zero, final, self._top_k(loop), list(held.loop.get("phase_log", [])))
 
+        status = "failed"
         try:
             with Signals() as signals:
                 while loop.epoch < total_epochs and not loop.finished:
@@ -262,16 +272,21 @@ class Engine:
                             for hook in hooks:
                                 hook.on_fit_start(raw)
                             self.reporter.start(total_epochs, run.steps_per_epoch, loop.epoch, unit=task.batch_unit)
+                            if self.live.loggers:
+                                self.live.start(self.hyperparameters)
+                                self.reporter.log(f"live logs: {self.live.where}")
                             last_good.hold(self._state(task, hooks, run, loop))
                     loop.phase = index
                     try:
                         if not self._train_epoch(task, hooks, run, loop, signals):  # the state mid-epoch
                             last_good.hold(self._state(task, hooks, run, loop))
+                            status = "interrupted"
                             return result("interrupted", f"{signals.received} at epoch {loop.epoch + 1}, step "
                                           f"{loop.step_in_epoch}", last_good)
                         interrupted = self._end_epoch(task, hooks, run, loop, signals)
                     except TrainingStopped as exc:
                         self._restore(last_good.get(), raw, hooks)
+                        status = "stopped"
                         return result("stopped", str(exc), last_good)
                     if self._update_monitor(task, loop, raw):
                         self._stop_early(phases, index, loop)
@@ -280,14 +295,17 @@ class Engine:
                         self._close_phase(raw, loop, index)  # its end state, before any kept state is restored
                     last_good.hold(self._state(task, hooks, run, loop))  # the previous one is released first
                     if interrupted:  # a signal arrived during validation or between epochs
+                        status = "interrupted"
                         return result("interrupted", f"{signals.received} after epoch {loop.epoch}", last_good)
                     if loop.finished:
                         self.reporter.log(f"finished early: {loop.finished}")
                     every = self.settings.checkpoint_every
                     if every and loop.epoch % every == 0 and loop.epoch < total_epochs and self.on_checkpoint:
                         self.on_checkpoint(result("checkpoint", "", last_good))
+            status = "complete"
         finally:
             self.reporter.close()
+            self.live.close(status)
         if loop.top_k:  # the kept state is the best by the monitored metric
             raw.load_state_dict(from_storable(loop.top_k[0]["weights"]))
         return result("complete", "", last_good)
@@ -323,9 +341,10 @@ class Engine:
             loop.global_step += 1
             stop, finish = self._run_hooks(hooks, "after_optimizer_step", task.model, ctx, values)
             interrupted = self._settle(stop, finish, loop, signals)
-            lrs = [g["lr"] for g in run.optimizer.param_groups]
-            self.reporter.step(epoch, loop.global_step, values["loss"], (min(lrs), max(lrs)),
+            lrs = {g["name"]: g["lr"] for g in run.optimizer.param_groups}
+            self.reporter.step(epoch, loop.global_step, values["loss"], (min(lrs.values()), max(lrs.values())),
                                loop.count * world / max(time.monotonic() - t0, 1e-9))
+            self.live.step(values, lrs, run.index, loop.global_step)
             del batch  # before the next one is loaded: two steps' batches are never held at once
             if loop.finished:  # complete and validate this epoch first (a signal is answered after it)
                 break
@@ -379,6 +398,7 @@ class Engine:
             finish = finish or also
         loop.record(row)
         self.reporter.epoch_end(epoch, row)
+        self.live.epoch(row, loop.global_step)
         loop.epoch, loop.step_in_epoch, loop.sums, loop.count = epoch + 1, 0, {}, 0
         return self._settle(stop, finish, loop, signals)
 

@@ -37,7 +37,8 @@ class Counting(Classifier):
 
 
 def main() -> None:
-    engine = Engine(RunSettings(epochs=4, lr=5e-2, devices=2, strategy="ddp"))
+    log_dir = os.environ["LIVE_LOG_DIR"]  # the same folder in both processes; rank 0 writes
+    engine = Engine(RunSettings(epochs=4, lr=5e-2, devices=2, strategy="ddp", logger="csv", log_dir=log_dir))
     engine.launch()
     rank = engine.fabric.global_rank
     straight = Counting(rank)
@@ -59,13 +60,18 @@ def main() -> None:
             score = straight.model(torch.from_numpy(straight.X[straight.val_idx])).squeeze(-1).numpy()
         rng = from_storable(result.resume_state["rng"])["torch"].numpy()
         same = all(torch.equal(v, resumed.model.state_dict()[k]) for k, v in straight.model.state_dict().items())
+        import pandas as pd
+
+        logged = pd.read_csv(Path(log_dir) / "version_0" / "metrics.csv")
         print(json.dumps({"val_n": result.history["val_n"], "val_auroc": result.history["val_auroc"][-1],
                           "recomputed_auroc": float(roc_auc_score(straight.y[straight.val_idx], score)),
                           "n_val": int(len(straight.val_idx)), "rng_rows": int(rng.shape[0]),
                           "rng_rows_differ": bool(not np.array_equal(rng[0], rng[1])),
                           "interrupted": interrupted.status, "resumed_equal": same,
                           "stopped": stopped.status, "stop_message": stopped.message,
-                          "stopped_epochs": stopped.epochs_done, "two_phase_ranks_equal": phases_in_step}))
+                          "stopped_epochs": stopped.epochs_done, "two_phase_ranks_equal": phases_in_step,
+                          "log_folders": sorted(p.name for p in Path(log_dir).iterdir()),
+                          "logged_val_n": logged["epoch/val_n"].dropna().tolist()[:4]}))
 
 
 if __name__ == "__main__":
