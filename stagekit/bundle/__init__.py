@@ -3,6 +3,7 @@
 from stagekit.bundle.format import (
     FORMAT_VERSION,
     Bundle,
+    atomic_folder,
     atomic_output,
     ensure_writable_folder,
     file_sha256,
@@ -11,5 +12,5 @@ from stagekit.bundle.format import (
     write_bundle,
 )
 
-__all__ = ["FORMAT_VERSION", "Bundle", "atomic_output", "ensure_writable_folder", "file_sha256", "read_bundle",
-           "verify_bundle", "write_bundle"]
+__all__ = ["FORMAT_VERSION", "Bundle", "atomic_folder", "atomic_output", "ensure_writable_folder", "file_sha256",
+           "read_bundle", "verify_bundle", "write_bundle"]

@@ -34,4 +34,7 @@ def run(bundle_path: Path, data: list[Path], output: Path, options: dict[str, An
                              "config": bundle.config_toml} | extra
     with atomic_output(output) as tmp:
         write_h5ad(adata, tmp)
+        if spec.companions is not None:  # before the .h5ad takes its place: a failure leaves the old one
+            for path in spec.companions(request, adata, output):
+                log(f"wrote {path}")
     return output

@@ -94,6 +94,10 @@ class WriteOutputs(Protocol):
     def __call__(self, request: CellsRequest, output: Path) -> Path: ...  # extract's own outputs (e.g. a folder)
 
 
+class Companions(Protocol):
+    def __call__(self, request: CellsRequest, adata: anndata.AnnData, output: Path) -> list[Path]: ...  # written
+
+
 class Score(Protocol):
     def __call__(self, request: ReportRequest) -> Report: ...
 
@@ -153,6 +157,7 @@ class PhaseSpec:
     plan: Plan | None = None
     cells: Cells | None = None
     write_outputs: WriteOutputs | None = None
+    companions: Companions | None = None  # files `extract` writes beside the .h5ad, from the same cells
     extract_options: tuple[Option, ...] = ()
     report: Score | None = None
     evaluate_options: tuple[Option, ...] = ()

@@ -65,6 +65,7 @@ def predict(tx: TransitionBundle, embedding: np.ndarray, genes: sp.csr_matrix, s
                     g = basal_genes + tx.space.to_genes(e) - tx.space.to_genes(basal)
                 else:
                     g = tx.space.to_genes(e)
+                np.maximum(g, 0, out=g)  # log-normalised expression: a change may not take a gene below zero
                 out_embedding.append(e.reshape(-1, e.shape[-1]))
                 out_genes.append(g.reshape(-1, g.shape[-1]))
     return np.concatenate(out_embedding), np.concatenate(out_genes)

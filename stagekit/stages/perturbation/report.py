@@ -71,7 +71,9 @@ def _held_out_sets(adata: anndata.AnnData, pert_key: str, context_key: str) -> l
 
 
 def _shifted(controls: dict[str, np.ndarray], genes: np.ndarray, embedding: np.ndarray) -> dict[str, np.ndarray]:
-    return {"genes": controls["genes"] + genes, "embedding": controls["embedding"] + embedding}
+    """Controls moved by a mean shift; in gene space no lower than 0 (log-normalised expression), as the model's
+    predictions."""
+    return {"genes": np.maximum(controls["genes"] + genes, 0), "embedding": controls["embedding"] + embedding}
 
 
 def _means(rows: list[dict], method: str) -> dict[str, float]:
@@ -129,6 +131,7 @@ def perturbation_report(adata: anndata.AnnData, seed: int = 0) -> tuple[dict, li
                                                    shifts["own_shift_embedding"][j])
         if "reference" in g:
             candidates["reference"] = g["reference"]
+        g["candidates"] = candidates
         measurable, distance, null = effect_is_measurable(g["observed"]["embedding"], g["controls"]["embedding"],
                                                           seed=seed + i)
         rows.append({"perturbation": g["perturbation"], "context": g["context"],
@@ -194,6 +197,59 @@ def tables(scores: dict) -> list[Table]:
     return out
 
 
+def write_cell_eval_pairs(adata: anndata.AnnData, folder: Path) -> list[Path]:
+    """extract: the model's held-out predictions and the observed cells as cell-eval's predicted / real files,
+    FOLDER/<context>/predicted.h5ad and real.h5ad (none for predictions without observed cells, `--pert`)."""
+    from stagekit.bundle import atomic_folder
+    from stagekit.stages.perturbation import cell_eval
+
+    provenance = adata.uns["stagekit"]
+    groups = _held_out_sets(adata, provenance["pert_key"], provenance["context_key"])
+    if not groups:
+        return []
+    for g in groups:
+        g["candidates"] = {"model": g["predicted"]}
+    with atomic_folder(folder) as tmp:
+        cell_eval.write_pairs(groups, list(adata.var_names), provenance["pert_key"], _control_label(adata),
+                              provenance["context_key"], tmp)
+    return [folder]
+
+
+def _control_label(adata: anndata.AnnData) -> str:
+    source = adata.obs["stagekit_source"].astype(str).to_numpy()
+    return str(adata.obs[adata.uns["stagekit"]["pert_key"]][source == "control"].iloc[0])
+
+
+def _cell_eval(adata: anndata.AnnData, groups: list[dict], methods: list[str], output_dir: Path
+               ) -> tuple[dict, list[Table]]:
+    """cell-eval's metrics of the model and the baselines on the same held-out cells, when it is installed."""
+    from stagekit.stages.perturbation import cell_eval
+
+    if not cell_eval.available():
+        note = "cell-eval is not installed (pip install 'stagekit[evaluators]'); its metrics were skipped"
+        return {"skipped": note}, [Table("cell-eval", ["metric"], [], [note])]
+    pert_key = adata.uns["stagekit"]["pert_key"]
+    rows = cell_eval.scores(groups, methods, list(adata.var_names), pert_key, _control_label(adata), output_dir)
+    mean = cell_eval.means(rows, methods)
+    result = {"groups": rows, "mean": mean, "normalisation": cell_eval.NORMALISATION,
+              "left_out_with_one_perturbation": list(cell_eval.NEEDS_SEVERAL),
+              "tables": str(output_dir / "cell_eval")}
+    shown = [m for m in methods if m in mean]
+    out = [Table(f"cell-eval: mean over {mean['model']['groups']} held-out group(s) (mae: lower is better; the "
+                 "others higher)", ["metric", *(f"{m.replace('_', ' ')} ({mean[m]['groups']})" for m in shown)],
+                 [[k.replace("_", " "), *(f"{mean[m].get(k, float('nan')):.3f}" for m in shown)]
+                  for k in cell_eval.HEADLINE],
+                 [f"cell-eval's own tables: {output_dir / 'cell_eval'}"])]
+    if 1 < len(rows) <= 12:  # one table per group; a larger screen's groups are in metrics.json
+        for row in rows:
+            mine = [m for m in shown if m in row["methods"]]
+            out.append(Table(f"cell-eval: {row['perturbation']} / {row['context']}",
+                             ["metric", *(m.replace("_", " ") for m in mine)],
+                             [[k.replace("_", " "), *(f"{row['methods'][m].get(k, float('nan')):.3f}" for m in mine)]
+                              for k in cell_eval.HEADLINE]))
+    return result, out
+
+
 def report(request: ReportRequest, cells: Callable) -> Report:
     """A transition model's predictions against the observed held-out cells and the baselines: from the bundle
     (its held-out groups, or those of the --held-out-of bundle) or from the cells `extract` wrote."""
@@ -215,9 +271,10 @@ def report(request: ReportRequest, cells: Callable) -> Report:
     scores, groups = perturbation_report(adata, request.seed)
     metrics = {"source": str(request.source), "perturbation": scores,
                "plots": plot_report(groups, scores, request.output_dir, request.umap, request.seed)}
+    metrics["cell_eval"], cell_eval_tables = _cell_eval(adata, groups, scores["methods"], request.output_dir)
     if history and history.get("train_loss"):
         from stagekit.metrics import plots
 
         metrics["plots"].append(str(plots.plot_history([(stage, history)],
                                                        request.output_dir / "loss_curves.png")))
-    return Report(metrics, tables(scores))
+    return Report(metrics, tables(scores) + cell_eval_tables)

@@ -36,6 +36,12 @@ def _cells(request: CellsRequest):
     return transition_cells(request)
 
 
+def _companions(request: CellsRequest, adata, output: Path) -> list[Path]:
+    from stagekit.stages.perturbation.report import write_cell_eval_pairs
+
+    return write_cell_eval_pairs(adata, output.with_suffix(".cell-eval"))
+
+
 def _report(request: ReportRequest) -> Report:
     from stagekit.stages.perturbation.report import report
 
@@ -82,7 +88,7 @@ TARGET_OPTIONS = (
            key="data.test_fraction"),
     Option("allow_partial", "train even when weights of the parent are mismatched, missing or unexpected", bool),
 )
-COMMON = {"pipeline": PIPELINE, "cells": _cells, "report": _report,
+COMMON = {"pipeline": PIPELINE, "cells": _cells, "companions": _companions, "report": _report,
           "extract_options": (
               Option("pert", "predict this perturbation for every cell of DATA (control cells)"),
               Option("held_out_of", "predict the held-out cells of this ancestor bundle instead (e.g. the "

@@ -9,8 +9,6 @@ cells.h5ad (cells x genes counts, centroid in obsm['spatial'], convex-hull area,
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +17,7 @@ import torch
 from scipy.sparse import coo_matrix, csr_matrix
 from scipy.sparse.csgraph import connected_components
 
-from stagekit.bundle import Bundle, ensure_writable_folder, file_sha256
+from stagekit.bundle import Bundle, atomic_folder, ensure_writable_folder, file_sha256
 from stagekit.data.spatial import Sample
 from stagekit.errors import UserError
 from stagekit.stages.segmentation.graph import SampleGraph, tile_data
@@ -246,10 +244,7 @@ def write(request: CellsRequest, output: Path) -> Path:
         raise UserError(f"{bundle.path} was trained on {folder}, which is gone; give the sample folder")
     output = check_output_folder(output, folder, Path(bundle.path))
     sample, graph, result = predict_sample(bundle, folder, log)
-    tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with atomic_folder(output) as tmp:
         transcripts_table(sample, result).to_parquet(tmp / "transcripts.parquet", index=False)
         adata = cells_anndata(sample, result.cell, sample.nuclei.ids)
         provenance = {"bundle": str(Path(bundle.path).resolve()), "bundle_sha256": file_sha256(bundle.path),
@@ -265,15 +260,6 @@ def write(request: CellsRequest, output: Path) -> Path:
         from stagekit.metrics.plots import plot_segmentation_region
 
         plot_segmentation_region(sample.xy, result.cell, sample.nuclei.vertices, tmp / "region.png")
-        if output.exists():
-            old = output.with_name(f".{output.name}.{os.getpid()}.old")
-            os.replace(output, old)
-            os.replace(tmp, output)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, output)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     s = summary(result)
     log(f"{s['transcripts']:,} transcripts: {s['assigned_to_nucleus']:.1%} to a nucleus, {s['in_new_cells']:.1%} in "
         f"{s['new_cells']:,} new cells, {s['unassigned']:.1%} unassigned; {s['cells']:,} cells")
