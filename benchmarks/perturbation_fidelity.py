@@ -31,14 +31,30 @@ METRICS = ("energy_embedding", "energy_genes", "pearson_delta_top50", "sign_top5
 METHODS = ("model", "control_mean", "training_shift", "other_contexts", "own_shift", "reference")
 
 
-def train_and_evaluate(data: Path, out: Path, overrides: list[tuple[str, object]]) -> dict:
+def train_and_evaluate(data: Path, out: Path, overrides: list[tuple[str, object]]) -> tuple[Path, dict]:
+    """The bundle and evaluate's metrics.json (stagekit's scores under "perturbation", cell-eval's under
+    "cell_eval")."""
     from stagekit.stages import evaluate
     from stagekit.stages.registry import read_config, run_phase
     from stagekit.stages.spec import PhaseRequest
 
     config = read_config("pretrain", "transition", [(k, v, "bench") for k, v in overrides])
     bundle = run_phase(PhaseRequest(config, out / "tx.stk", [data], quiet=True, log=lambda m: None))
-    return evaluate.run(bundle, out / "report", umap=False).metrics["perturbation"]
+    return bundle, evaluate.run(bundle, out / "report", umap=False).metrics
+
+
+def unclipped_scores(bundle: Path, out: Path) -> dict:
+    """stagekit's scores of the same bundle with predicted expression allowed below zero (what clipping at zero
+    changes); cell-eval refuses negative values, so it is left out here."""
+    from stagekit.stages import evaluate
+    from stagekit.stages.perturbation import cell_eval, space
+
+    floor, available = space.EXPRESSION_FLOOR, cell_eval.available
+    space.EXPRESSION_FLOOR, cell_eval.available = -np.inf, lambda: False
+    try:
+        return evaluate.run(bundle, out / "report_unclipped", umap=False).metrics["perturbation"]
+    finally:
+        space.EXPRESSION_FLOOR, cell_eval.available = floor, available
 
 
 def kang_data(folder: Path) -> Path:
@@ -63,18 +79,31 @@ def kang(seeds: list[int], epochs: int) -> dict:
             for context in contexts:
                 out = Path(tmp) / f"{seed}-{context.replace(' ', '_')}"
                 out.mkdir()
-                report = train_and_evaluate(data, out, [
+                bundle, metrics = train_and_evaluate(data, out, [
                     ("data.pert_key", "group_id"), ("data.control", "ctrl"), ("data.context_key", "cluster_id"),
                     ("data.batch_key", "donor"), ("data.holdout_contexts", [context]), ("training.seed", seed),
                     ("training.epochs", epochs)])
-                (group,) = [g for g in report["groups"] if g["context"] == context]
+                (group,) = [g for g in metrics["perturbation"]["groups"] if g["context"] == context]
+                (unclipped,) = [g for g in unclipped_scores(bundle, out)["groups"] if g["context"] == context]
+                cell_eval = [g for g in metrics["cell_eval"].get("groups", []) if g["context"] == context]
                 rows.append({"seed": seed, "context": context, "measurable": group["measurable"],
-                             "methods": group["methods"]})
+                             "methods": group["methods"], "unclipped": unclipped["methods"],
+                             "cell_eval": cell_eval[0]["methods"] if cell_eval else {}})
                 print(f"seed {seed} {context:18s} " + "  ".join(
                     f"{m} E={s['energy_embedding']:.3f} r50={s['pearson_delta_top50']:.3f}"
                     for m, s in group["methods"].items() if m in ("model", "control_mean", "other_contexts")),
                     flush=True)
-    return {"rows": rows, "mean": _means([r["methods"] for r in rows])}
+    return {"rows": rows, "mean": _means([r["methods"] for r in rows]),
+            "mean_unclipped": _means([r["unclipped"] for r in rows]),
+            "cell_eval_mean": _cell_eval_means([r["cell_eval"] for r in rows if r["cell_eval"]])}
+
+
+CELL_EVAL = ("overlap_at_50", "precision_at_50", "de_direction_match", "pearson_delta", "mae")
+
+
+def _cell_eval_means(rows: list[dict]) -> dict:
+    return {m: {k: float(np.nanmean([r[m].get(k, np.nan) for r in rows if m in r])) for k in CELL_EVAL}
+            | {"n": sum(m in r for r in rows)} for m in METHODS if any(m in r for r in rows)}
 
 
 def papalexi(seeds: list[int], epochs: int) -> dict:
@@ -83,10 +112,10 @@ def papalexi(seeds: list[int], epochs: int) -> dict:
         for seed in seeds:
             out = Path(tmp) / str(seed)
             out.mkdir()
-            report = train_and_evaluate(PAPALEXI, out, [
+            _, metrics = train_and_evaluate(PAPALEXI, out, [
                 ("data.pert_key", "perturbation"), ("data.control", "control"), ("data.exclude", ["unassigned"]),
                 ("training.seed", seed), ("training.epochs", epochs)])
-            groups = report["groups"]
+            groups = metrics["perturbation"]["groups"]
             measurable = [g for g in groups if g["measurable"]]
             per_seed.append({"seed": seed, "measurable": [g["perturbation"] for g in measurable],
                              "all": _means([g["methods"] for g in groups]),
@@ -104,11 +133,11 @@ def _means(rows: list[dict]) -> dict:
             | {"n": sum(m in r for r in rows)} for m in METHODS if any(m in r for r in rows)}
 
 
-def _table(title: str, means: dict) -> None:
+def _table(title: str, means: dict, metrics: tuple[str, ...] = METRICS) -> None:
     print(f"\n{title}")
-    print(f"{'method':16s}{'groups':>9s}" + "".join(f"{k:>22s}" for k in METRICS))
+    print(f"{'method':16s}{'groups':>9s}" + "".join(f"{k:>22s}" for k in metrics))
     for method, values in means.items():
-        print(f"{method:16s}{values['n']!s:>9s}" + "".join(f"{values[k]:22.3f}" for k in METRICS))
+        print(f"{method:16s}{values['n']!s:>9s}" + "".join(f"{values[k]:22.3f}" for k in metrics))
 
 
 def main() -> None:
@@ -120,8 +149,14 @@ def main() -> None:
     args = parser.parse_args()
     if args.dataset == "kang":
         result = kang(args.seeds, args.epochs or 100)
-        _table(f"Kang IFN-beta, held-out cell type (zero-shot), mean over 5 folds x {len(args.seeds)} seeds",
-               result["mean"])
+        folds = f"mean over 5 folds x {len(args.seeds)} seeds"
+        _table(f"Kang IFN-beta, held-out cell type (zero-shot), {folds}", result["mean"])
+        _table(f"the same, predicted expression not clipped at zero, {folds}", result["mean_unclipped"])
+        _table(f"cell-eval on the same cells, {folds}", result["cell_eval_mean"], CELL_EVAL)
+        for row in result["rows"]:
+            print(f"seed {row['seed']} {row['context']:18s} cell-eval " + "  ".join(
+                f"{m}: " + " ".join(f"{k}={row['cell_eval'][m][k]:.3f}" for k in CELL_EVAL if k in row['cell_eval'][m])
+                for m in ("model", "other_contexts", "control_mean") if m in row["cell_eval"]))
     else:
         result = papalexi(args.seeds, args.epochs or 40)
         for key, title in (("all", "all held-out targets"), ("measurable_mean", "targets with a measurable effect")):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ class EvalInput:
     obs: Any  # the cells' obs (pandas DataFrame)
     provenance: dict
     embedding: str = "X_stagekit"
+    obsm: dict = field(default_factory=dict)  # every embedding the file holds
 
     def column(self, name: str) -> np.ndarray | None:
         return self.obs[name].astype(str).to_numpy() if name in self.obs else None
@@ -50,7 +51,8 @@ def _read_cells(adata, where: str, label_key: str | None) -> EvalInput:
     lineage = [{"path": provenance["bundle"], "stage": provenance["stage"]}] if "bundle" in provenance else []
     lineage += json.loads(provenance.get("lineage", "[]"))
     labels = adata.obs[label_key].astype(str).to_numpy()
-    return EvalInput(np.asarray(adata.obsm[embedding]), labels, label_key, lineage, adata.obs, provenance, embedding)
+    return EvalInput(np.asarray(adata.obsm[embedding]), labels, label_key, lineage, adata.obs, provenance, embedding,
+                     {k: np.asarray(v) for k, v in adata.obsm.items()})
 
 
 def cells_of(request: ReportRequest, cells: Callable) -> EvalInput:

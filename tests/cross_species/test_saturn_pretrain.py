@@ -116,9 +116,12 @@ def test_extract_macrogenes_and_embedding_per_species(capsys, demo, tmp_path):
     assert adata.n_obs == 350 and adata.obsm["X_macrogenes"].shape == (350, 150)
     assert adata.obsm["X_pretrain"].shape == (350, 64)
     assert sorted(adata.obs["species"].unique()) == ["human", "mouse"] and "Group" in adata.obs
-    mouse_names = anndata.read_h5ad(demo["mouse"]).obs_names  # renamed species:cell, the file's name kept
+    mouse_names = anndata.read_h5ad(demo["mouse"]).obs_names  # species:cell only where both species have the name
+    human_names = set(anndata.read_h5ad(demo["human"]).obs_names)
     kept = adata.obs.loc[adata.obs["species"] == "mouse", "stagekit_cell"]
-    assert list(kept) == list(mouse_names) and list(kept.index) == [f"mouse:{n}" for n in mouse_names]
+    assert list(kept) == list(mouse_names)
+    assert list(kept.index) == [f"mouse:{n}" if n in human_names else n for n in mouse_names]
+    assert adata.obs_names.is_unique and "X_pca_shared_genes" in adata.obsm  # the unintegrated reference
     assert adata.uns["stagekit"]["macrogene_weights"].shape == (len(read_bundle(bundle).var_names), 150)
     # deterministic (no dropout in eval), and new mouse cells map through the same model (query mapping)
     code, _, err = run_cli(capsys, "extract", bundle, demo["mouse"], "--species", "mouse", "-o", tmp_path / "q.h5ad")
@@ -130,7 +133,7 @@ def test_extract_macrogenes_and_embedding_per_species(capsys, demo, tmp_path):
                            "-o", tmp_path / "z.h5ad")
     assert code == 2 and "species 'zebrafish' is not in" in err
     # evaluate scores the integration of the extracted embedding
-    code, _, err = run_cli(capsys, "evaluate", cells, "-o", tmp_path / "report", "--no-umap")
+    code, _, err = run_cli(capsys, "evaluate", cells, "-o", tmp_path / "report", "--no-umap", "--no-scib")
     assert code == 0, err
     report = json.loads((tmp_path / "report" / "metrics.json").read_text())
     assert set(report["label_transfer"]) == {"human->mouse", "mouse->human"}
@@ -159,11 +162,15 @@ def test_align_improves_transfer_and_mixing(capsys, demo, tmp_path):
     reports = {}
     for name in ("pre", "align"):
         code, _, err = run_cli(capsys, "evaluate", tmp_path / f"{name}.h5ad", "-o", tmp_path / f"r_{name}",
-                               "--no-umap")
+                               "--no-umap", "--no-scib")
         assert code == 0, err
         reports[name] = json.loads((tmp_path / f"r_{name}" / "metrics.json").read_text())
     pre_r, align_r = reports["pre"], reports["align"]
     assert align_r["integration"]["embedding"] == "X_align"
+    both = anndata.read_h5ad(tmp_path / "align.h5ad")  # the lineage's embeddings in one file
+    assert {"X_align", "X_pretrain", "X_macrogenes", "X_pca_shared_genes"} <= set(both.obsm)
+    np.testing.assert_allclose(both.obsm["X_pretrain"], anndata.read_h5ad(tmp_path / "pre.h5ad").obsm["X_pretrain"],
+                               atol=1e-5)
     for pair in ("human->mouse", "mouse->human"):
         assert align_r["label_transfer"][pair]["balanced_accuracy"] >= 0.9
         assert align_r["label_transfer"][pair]["balanced_accuracy"] > pre_r["label_transfer"][pair][
@@ -190,6 +197,12 @@ def test_demo_meets_the_integration_targets(capsys, tmp_path):
     for pair in ("human->mouse", "mouse->human"):
         assert after["label_transfer"][pair]["balanced_accuracy"] >= 0.9
     assert after["integration"]["species_mixing"] > before["integration"]["species_mixing"]
+    # scib-metrics on the align cells: the reference, the pretrain and the align embeddings side by side
+    scib = after["scib"]["scores"]
+    assert list(scib) == ["X_pca_shared_genes", "X_pretrain", "X_align"] and "scib" not in before
+    assert scib["X_align"]["Total"] > scib["X_pca_shared_genes"]["Total"]
+    assert scib["X_align"]["Bio conservation"] > scib["X_pretrain"]["Bio conservation"]
+    assert "scib-metrics on the same cells" in err
     assert (tmp_path / "demo" / "report_align" / "umap.png").stat().st_size > 1000
 
 

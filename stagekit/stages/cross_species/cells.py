@@ -115,33 +115,83 @@ def cell_gene_products(model: torch.nn.Module, cells: SpeciesCells, batch_size: 
                       for rows in eval_plan(np.arange(cells.matrix.shape[0]), batch_size)])
 
 
+def shared_gene_pca(bundle: Bundle, cells: list[SpeciesCells], n_components: int = 50, seed: int = 0
+                    ) -> tuple[np.ndarray | None, int]:
+    """The unintegrated reference: PCA of log-normalised counts (per 10,000 over the model's genes of each species)
+    on the genes whose symbols match across species ignoring case (one-to-one orthologs mostly share a symbol).
+    None when fewer than 20 genes match."""
+    from sklearn.decomposition import PCA
+
+    genes = [species_genes(bundle, c.species) for c in cells]
+    shared = sorted(set.intersection(*({g.upper() for g in names} for names in genes)))
+    if len(shared) < 20:
+        return None, len(shared)
+    blocks = []
+    for c, names in zip(cells, genes, strict=True):
+        column = {g.upper(): i for i, g in enumerate(names)}
+        totals = np.asarray(c.matrix.sum(1)).ravel()
+        scaled = sp.diags(1e4 / np.maximum(totals, 1)) @ c.matrix[:, [column[g] for g in shared]]
+        blocks.append(np.log1p(scaled.toarray()).astype(np.float32))
+    values = np.concatenate(blocks)
+    n = min(n_components, values.shape[1] - 1, values.shape[0] - 1)
+    return PCA(n, svd_solver="randomized", random_state=seed).fit_transform(values).astype(np.float32), len(shared)
+
+
+def _pretrain_model(bundle: Bundle, log):
+    """The pretrained model an align bundle started from, while its file is unchanged (None otherwise)."""
+    from stagekit.bundle import file_sha256, read_bundle
+    from stagekit.stages.cross_species.pretrain import load_model
+
+    entry = next((e for e in bundle.lineage if e.get("stage") == "pretrain"), None)
+    if entry is None or not Path(entry["path"]).is_file() or file_sha256(entry["path"]) != entry["sha256"]:
+        log(f"warning: the pretrain bundle {bundle.path} started from is gone or changed: no X_pretrain written")
+        return None
+    return load_model(read_bundle(entry["path"]))
+
+
 def saturn_anndata(request: CellsRequest):
-    """All species in one AnnData: X and obsm["X_macrogenes"] the macrogene values, obsm["X_pretrain"] (or
-    "X_align") the embedding; the gene -> macrogene weight table in uns (genes differ between species, so it
-    cannot be varm). Cells are named `species:cell` (barcodes repeat across species); obs["stagekit_cell"] keeps
-    each file's own name."""
+    """All species in one AnnData: X and obsm["X_macrogenes"] the macrogene values, obsm["X_pretrain"] and (of an
+    align bundle) obsm["X_align"] the embeddings, obsm["X_pca_shared_genes"] the unintegrated reference
+    (`shared_gene_pca`); the gene -> macrogene weight table in uns (genes differ between species, so it cannot be
+    varm). Cells keep their file's names, prefixed `species:` only where two species share a name;
+    obs["stagekit_cell"] keeps each file's own name."""
     import anndata
 
     from stagekit.stages.cross_species.pretrain import load_model
 
     bundle, data, species, log = request.bundle, request.data, request.options.get("species") or [], request.log
     model = load_model(bundle)
+    pretrained = _pretrain_model(bundle, log) if bundle.stage == "align" else None
     label_key = SaturnConfig.of(bundle).data.label_key
+    loaded = load_cells(bundle, data, species, log)
+    names = [c.obs.index.astype(str) for c in loaded]
+    repeated = set.intersection(*(set(n) for n in names)) if len(names) > 1 else set()
     parts = []
-    for cells in load_cells(bundle, data, species, log):
+    for cells, own in zip(loaded, names, strict=True):
         macro, embedding = cell_outputs(model, cells)
         obs = cells.obs.copy()
         obs["species"] = cells.name
-        obs["stagekit_cell"] = obs.index.astype(str)  # the file's own cell name, to join back on
-        key = "X_align" if bundle.stage == "align" else "X_pretrain"
-        part = anndata.AnnData(X=macro, obs=obs, obsm={"X_macrogenes": macro, key: embedding})
-        part.obs_names = [f"{cells.name}:{n}" for n in obs.index]  # barcodes may repeat across species
+        obs["stagekit_cell"] = own  # the file's own cell name, to join back on
+        obsm = {"X_macrogenes": macro}
+        if bundle.stage == "align":
+            obsm["X_align"] = embedding
+            if pretrained is not None:
+                obsm["X_pretrain"] = cell_outputs(pretrained, cells)[1]
+        else:
+            obsm["X_pretrain"] = embedding
+        part = anndata.AnnData(X=macro, obs=obs, obsm=obsm)
+        part.obs_names = [f"{cells.name}:{n}" if n in repeated else n for n in own]
         parts.append(part)
     adata = anndata.concat(parts, merge="same")
     adata.var_names = [f"macrogene_{i}" for i in range(adata.n_vars)]
     adata.obs["species"] = pd.Categorical(adata.obs["species"].astype(str))
+    reference, n_shared = shared_gene_pca(bundle, loaded)
+    if reference is not None:
+        adata.obsm["X_pca_shared_genes"] = reference
+    else:
+        log(f"warning: only {n_shared} gene symbols match across species: no unintegrated reference written")
     weights = np.exp(bundle.weights["log_weights"])
-    extra = {"label_key": label_key, "macrogene_weights": weights.astype(np.float32),
+    extra = {"label_key": label_key, "shared_genes": n_shared, "macrogene_weights": weights.astype(np.float32),
              "macrogene_weight_genes": np.array(bundle.var_names, dtype=str),
              "macrogene_weight_species": np.array(bundle.categories["species"], dtype=str)[
                  bundle.results["gene_species"]]}

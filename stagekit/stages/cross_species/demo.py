@@ -28,8 +28,23 @@ def run(out_dir: Path, quiet: bool = False, log=print) -> tuple[Path, list[Table
     reports = []
     for name, bundle in (("pretrain", pretrain), ("align", aligned)):
         cells = extract.run(bundle, [], out_dir / f"{name}_cells.h5ad", log=log)
-        reports.append(evaluate.run(cells, out_dir / f"report_{name}", umap=name == "align").metrics)
-    return out_dir / "report_align" / "metrics.json", [comparison(*reports)]
+        # the align cells carry the pretrain embedding and the reference too: scib scores all three there
+        reports.append(evaluate.run(cells, out_dir / f"report_{name}", umap=name == "align",
+                                    options={"no_scib": name == "pretrain"}).metrics)
+    tables = [comparison(*reports)]
+    if "scores" in reports[1].get("scib", {}):
+        tables.append(scib_totals(reports[1]["scib"]["scores"]))
+    return out_dir / "report_align" / "metrics.json", tables
+
+
+def scib_totals(scores: dict) -> Table:
+    names = {"X_pca_shared_genes": "shared-gene PCA (unintegrated)", "X_pretrain": "after pretrain",
+             "X_align": "after align"}
+    table = Table("scib-metrics on the same cells (species as batch; unscaled)",
+                  ["aggregate", *(names[k] for k in scores)])
+    for metric in ("Bio conservation", "Batch correction", "Total"):
+        table.rows.append([metric, *(f"{s[metric]:.3f}" for s in scores.values())])
+    return table
 
 
 def comparison(before: dict, after: dict) -> Table:

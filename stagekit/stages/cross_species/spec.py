@@ -36,8 +36,9 @@ def _demo(output: Path, quiet: bool, log) -> tuple[Path, list[Table]]:
 
 def _report(request: ReportRequest) -> Report:
     from stagekit.stages.cell_report import cell_report, integration_part
+    from stagekit.stages.cross_species.report import scib_part
 
-    return cell_report(request, _cells, [integration_part])
+    return cell_report(request, _cells, [integration_part, scib_part(bool(request.options.get("no_scib")))])
 
 
 SPECIES = Option("species", "the species name of each data file, in order (default: the file names)", list[str])
@@ -53,7 +54,9 @@ PRETRAIN_OPTIONS = (
            "from the same genes, embeddings, M, seed and seeding (else k-means runs)", Path),
 )
 COMMON = {"pipeline": PIPELINE, "cells": _cells, "report": _report, "extract_options": (SPECIES,),
-          "evaluate_options": (Option("label_key", "obs column of the true labels"),)}
+          "evaluate_options": (Option("label_key", "obs column of the true labels"),
+                               Option("no_scib", "skip scib-metrics' scores (its JAX metrics take a minute or more "
+                                      "to compile)", bool))}
 
 PHASES = [
     PhaseSpec("pretrain", "saturn", schema=schema.PRETRAIN, train=_pretrain, options=PRETRAIN_OPTIONS, **COMMON),

@@ -9,8 +9,9 @@ control cells. Values are the model's gene space, log1p of counts per 10,000 (re
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
-import os
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -100,9 +101,8 @@ def scores(groups: list[dict], methods: list[str], genes: list[str], pert_key: s
 
     logging.getLogger("cell_eval").setLevel(logging.ERROR)
     found: dict[tuple[str, str], dict[str, dict[str, float]]] = {}
-    previous = os.environ.get("TQDM_DISABLE")
-    os.environ["TQDM_DISABLE"] = "1"  # cell-eval's progress bars would interleave with the report
-    try:
+    # cell-eval's and pdex's progress bars (tqdm, on stderr) would bury the report; its errors still raise
+    with contextlib.redirect_stderr(io.StringIO()):
         for method in methods:
             for context, (predicted, real) in pairs(groups, method, genes, pert_key, control).items():
                 outdir = output_dir / "cell_eval" / folder_name(context) / method
@@ -113,11 +113,6 @@ def scores(groups: list[dict], methods: list[str], genes: list[str], pert_key: s
                 for row in results.to_dicts():
                     values = {k: float(v) for k, v in row.items() if k != "perturbation" and v is not None}
                     found.setdefault((str(row["perturbation"]), context), {})[method] = values
-    finally:
-        if previous is None:
-            os.environ.pop("TQDM_DISABLE", None)
-        else:
-            os.environ["TQDM_DISABLE"] = previous
     return [{"perturbation": p, "context": c, "methods": m} for (p, c), m in found.items()]
 
 

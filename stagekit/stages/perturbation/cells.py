@@ -27,6 +27,7 @@ from stagekit.data.anndata_io import CountMatrix, concat_counts, load_counts, re
 from stagekit.data.cell_sets import CellSet, group_cells, group_sets
 from stagekit.data.protein_embeddings import load_gene_embeddings
 from stagekit.errors import UserError
+from stagekit.stages.perturbation import space as expression_space
 from stagekit.stages.perturbation.baselines import baseline_shifts, training_shifts
 from stagekit.stages.perturbation.screen import TEST, TRAIN
 from stagekit.stages.perturbation.space import in_space
@@ -65,7 +66,7 @@ def predict(tx: TransitionBundle, embedding: np.ndarray, genes: sp.csr_matrix, s
                     g = basal_genes + tx.space.to_genes(e) - tx.space.to_genes(basal)
                 else:
                     g = tx.space.to_genes(e)
-                np.maximum(g, 0, out=g)  # log-normalised expression: a change may not take a gene below zero
+                np.maximum(g, expression_space.EXPRESSION_FLOOR, out=g)
                 out_embedding.append(e.reshape(-1, e.shape[-1]))
                 out_genes.append(g.reshape(-1, g.shape[-1]))
     return np.concatenate(out_embedding), np.concatenate(out_genes)

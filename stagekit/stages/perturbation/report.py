@@ -26,6 +26,7 @@ import numpy as np
 
 from stagekit.errors import UserError
 from stagekit.metrics.perturbation import LOWER_IS_BETTER, effect_is_measurable, median_distance, set_scores
+from stagekit.stages.perturbation import space as expression_space
 from stagekit.stages.spec import CellsRequest, Report, ReportRequest, Table
 
 if TYPE_CHECKING:
@@ -73,7 +74,8 @@ def _held_out_sets(adata: anndata.AnnData, pert_key: str, context_key: str) -> l
 def _shifted(controls: dict[str, np.ndarray], genes: np.ndarray, embedding: np.ndarray) -> dict[str, np.ndarray]:
     """Controls moved by a mean shift; in gene space no lower than 0 (log-normalised expression), as the model's
     predictions."""
-    return {"genes": np.maximum(controls["genes"] + genes, 0), "embedding": controls["embedding"] + embedding}
+    return {"genes": np.maximum(controls["genes"] + genes, expression_space.EXPRESSION_FLOOR),
+            "embedding": controls["embedding"] + embedding}
 
 
 def _means(rows: list[dict], method: str) -> dict[str, float]:

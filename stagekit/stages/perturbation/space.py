@@ -13,6 +13,7 @@ from stagekit.data.hvg import highly_variable_genes
 from stagekit.errors import UserError
 
 TARGET_SUM = 1e4
+EXPRESSION_FLOOR = 0.0  # predicted log-normalised expression is clipped here: a change cannot go below none
 _EMBED_BLOCK = 8192  # cells embedded at a time (a dense block of genes)
 
 
