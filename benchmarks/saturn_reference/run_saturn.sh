@@ -10,7 +10,7 @@
 #      SATURN_MIRROR (/work/.mirror/snap-stanford+SATURN/repo, used only if SATURN_SRC is missing),
 #      SATURN_THREADS (default 1; the stagekit benchmarks use 2), NICE (default 0), KMEANS_N_INIT (unset = sklearn default 'auto'; 10 = the paper-era sklearn default),
 #      CENTROIDS_CACHE=path.pkl to reuse SATURN's --centroids_init_path across runs (default: fresh, KMeans timed),
-#      SATURN_SETUP=1 to create the venv / source tree if missing.
+#      SATURN_SETUP=1 to create the venv / source tree if missing; SATURN_SEED (default 0).
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 DATA_DIR="$(cd "${1:?usage: run_saturn.sh DATA_DIR [M] [HV] [PRETRAIN_BS] [METRIC_BS] [PRETRAIN_EPOCHS] [METRIC_EPOCHS]}" && pwd)"
@@ -44,7 +44,7 @@ CMD=(nice -n "$NICE" "$PY" "$HERE/saturn_launch.py" "$SRC" "$RUN/timings.json" "
      --in_data "$RUN/in/run.csv" --in_label_col cell_type --ref_label_col cell_type
      --num_macrogenes "$M" --hv_genes "$HV" --pretrain_batch_size "$PBS" --batch_size "$BS"
      --pretrain_epochs "$PEP" --epochs "$EP" --centroids_init_path "${CENTROIDS_CACHE:-$RUN/centroids.pkl}"
-     --work_dir "$RUN/out/" --device cpu --seed 0)
+     --work_dir "$RUN/out/" --device cpu --seed "${SATURN_SEED:-0}")
 echo "+ ${CMD[*]}" | tee "$RUN/command.txt"
 if [[ -x /usr/bin/time ]]; then
   /usr/bin/time -v -o "$RUN/time_v.txt" "${CMD[@]}" > "$RUN/saturn.log" 2>&1 || { tail -40 "$RUN/saturn.log"; exit 1; }

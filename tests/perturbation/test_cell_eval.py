@@ -58,3 +58,19 @@ def test_evaluate_scores_model_and_baselines_with_cell_eval(extracted, tmp_path,
     assert np.isfinite(report["mean"]["model"]["pearson_delta"])
     assert "cell-eval: mean over 5 held-out group(s)" in err and "Iterating over" not in err  # no progress bars
     assert (tmp_path / "report" / "cell_eval" / "CD14+_Monocytes" / "model" / "results.csv").is_file()
+
+
+def test_one_held_out_group_is_extracted_and_scored_alone(tmp_path, capsys):
+    bundle, data = BUNDLES / "transition.stk", DATA / "stim.h5ad"
+    code, _, err = run_cli(capsys, "extract", bundle, data, "--group", "stim/CD14+ Monocytes", "-o",
+                           tmp_path / "one.h5ad", "-q")
+    assert code == 0, err
+    assert [p.name for p in (tmp_path / "one.cell-eval").iterdir()] == ["CD14+_Monocytes"]
+    observed = anndata.read_h5ad(tmp_path / "one.h5ad").obs.query("stagekit_source == 'observed'")
+    assert set(observed["cluster_id"]) == {"CD14+ Monocytes"}
+    code, _, err = run_cli(capsys, "evaluate", bundle, data, "--group", "stim/CD14+ Monocytes", "--no-umap",
+                           "-o", tmp_path / "report")
+    assert code == 0, err
+    assert len(json.loads((tmp_path / "report" / "metrics.json").read_text())["perturbation"]["groups"]) == 1
+    code, _, err = run_cli(capsys, "extract", bundle, data, "--group", "stim/Nope", "-o", tmp_path / "no.h5ad")
+    assert code == 2 and "stim/CD14+ Monocytes" in err and not (tmp_path / "no.h5ad").exists()

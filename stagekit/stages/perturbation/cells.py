@@ -131,9 +131,22 @@ def _part(source: str, tx: TransitionBundle, names: pd.Index, rows: np.ndarray, 
     return Part(source, obs, rows, genes, embedding)
 
 
+def _selected(held: list[tuple[int, int]], screen, group: str | None, where: str) -> list[tuple[int, int]]:
+    """The held-out groups, or the one named PERTURBATION/CONTEXT."""
+    if group is None:
+        return held
+    chosen = [(p, c) for p, c in held if f"{screen.perts[p]}/{screen.contexts[c]}" == group]
+    if not chosen:
+        names = [f"{screen.perts[p]}/{screen.contexts[c]}" for p, c in held]
+        shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        raise UserError(f"--group '{group}' is not a held-out group of {where} (PERTURBATION/CONTEXT: {shown})")
+    return chosen
+
+
 def held_out_cells(tx: TransitionBundle, paths: list[Path], bundle: Bundle, log: Callable[[str], None] = print,
-                   seed: int = 0) -> tuple[anndata.AnnData, dict]:
-    """Every held-out group's predicted, observed, control and (where it has training cells) reference cells."""
+                   seed: int = 0, group: str | None = None) -> tuple[anndata.AnnData, dict]:
+    """Every held-out group's (or the one `group`'s) predicted, observed, control and (where it has training cells)
+    reference cells."""
     screen = tx.screen
     counts, genes, embedding = _expression(tx, paths, log)
     if counts.n_obs != len(screen.pert) or counts.fingerprint()["sha256"] != bundle.data.get("sha256"):
@@ -143,6 +156,7 @@ def held_out_cells(tx: TransitionBundle, paths: list[Path], bundle: Bundle, log:
     if not held:
         raise UserError(f"{bundle.path} holds out no perturbed cells (test_fraction 0, nothing held out); "
                         "predict new control cells with --pert NAME")
+    held = _selected(held, screen, group, str(bundle.path))
     test = screen.rows(TEST)
     # the predictions start from every control cell of the context (controls are the input, never a target)
     all_controls = np.flatnonzero(screen.pert == screen.control)
@@ -254,6 +268,9 @@ def transition_cells(request: CellsRequest) -> tuple[anndata.AnnData, dict]:
     model), or `pert` for the control cells of the data."""
     bundle, data, log = request.bundle, request.data, request.log
     pert, held_out_of = request.options.get("pert"), request.options.get("held_out_of")
+    group = request.options.get("group")
+    if group is not None and pert is not None:
+        raise UserError("--group selects held-out cells and --pert predicts new ones: choose one")
     if held_out_of is not None:
         held_out_of = read_bundle(held_out_of, command="--held-out-of")
         if held_out_of.model != bundle.model:
@@ -261,10 +278,11 @@ def transition_cells(request: CellsRequest) -> tuple[anndata.AnnData, dict]:
                             f"of a '{bundle.model}' model")
         if pert is not None:
             raise UserError("--pert and --held-out-of: choose one")
-        return held_out_cells(on_task_of(bundle, held_out_of), trained_files(held_out_of, data), held_out_of, log)
+        return held_out_cells(on_task_of(bundle, held_out_of), trained_files(held_out_of, data), held_out_of, log,
+                              group=group)
     tx = load_transition(bundle)
     if pert is not None:
         if not data:
             raise UserError("--pert predicts for new control cells: give the .h5ad of those cells")
         return new_cells(tx, [Path(p) for p in data], pert, log)
-    return held_out_cells(tx, trained_files(bundle, data), bundle, log)
+    return held_out_cells(tx, trained_files(bundle, data), bundle, log, group=group)

@@ -257,8 +257,9 @@ def report(request: ReportRequest, cells: Callable) -> Report:
     (its held-out groups, or those of the --held-out-of bundle) or from the cells `extract` wrote."""
     held_out_of = request.options.get("held_out_of")
     if request.bundle is None:
-        if held_out_of is not None:
-            raise UserError(f"--held-out-of needs the model: give its bundle, not the extracted {request.source}")
+        if held_out_of is not None or request.options.get("group") is not None:
+            raise UserError(f"--held-out-of and --group need the model: give its bundle, not the extracted "
+                            f"{request.source}")
         adata, history = request.cells, None
     else:
         def warnings(message: str) -> None:
@@ -266,7 +267,8 @@ def report(request: ReportRequest, cells: Callable) -> Report:
                 print(message, file=sys.stderr)
 
         data = [request.data] if request.data else []
-        adata, extra = cells(CellsRequest(request.bundle, data, {"held_out_of": held_out_of}, warnings))
+        adata, extra = cells(CellsRequest(request.bundle, data, {"held_out_of": held_out_of,
+                                                                 "group": request.options.get("group")}, warnings))
         adata.uns["stagekit"] = extra
         history = request.bundle.history
     stage = request.bundle.stage if request.bundle is not None else ""

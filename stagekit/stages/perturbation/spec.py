@@ -88,14 +88,15 @@ TARGET_OPTIONS = (
            key="data.test_fraction"),
     Option("allow_partial", "train even when weights of the parent are mismatched, missing or unexpected", bool),
 )
+GROUP = Option("group", "only this held-out group, PERTURBATION/CONTEXT (e.g. \"stim/CD14+ Monocytes\")")
 COMMON = {"pipeline": PIPELINE, "cells": _cells, "companions": _companions, "report": _report,
           "extract_options": (
               Option("pert", "predict this perturbation for every cell of DATA (control cells)"),
               Option("held_out_of", "predict the held-out cells of this ancestor bundle instead (e.g. the "
-                     "pretraining task after fine-tuning: forgetting)", Path)),
+                     "pretraining task after fine-tuning: forgetting)", Path), GROUP),
           "evaluate_options": (
               Option("held_out_of", "score the model on the held-out cells of this ancestor bundle (e.g. the "
-                     "pretraining task after fine-tuning: forgetting)", Path),)}
+                     "pretraining task after fine-tuning: forgetting)", Path), GROUP)}
 
 PHASES = [
     PhaseSpec("pretrain", "transition", schema=schema.PRETRAIN, train=_pretrain, options=PRETRAIN_OPTIONS, **COMMON),
