@@ -8,7 +8,8 @@ seed, and its final embedding joins the same cells by species and name. scib-met
 four embeddings at once (species as the batch, the reference as the pre-integration embedding), exactly as
 `stagekit evaluate` does.
 
-    SATURN_SETUP=1 python benchmarks/saturn_demo_scib.py [--seeds 0 1 2] [--workdir DIR]
+    SATURN_SETUP=1 python benchmarks/saturn_demo_scib.py [--seeds 0 1 2] [--workdir DIR] [--no-saturn]
+        [--pretrain-set KEY=VALUE ...] [--align-set KEY=VALUE ...]
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ def main() -> None:
     import anndata
 
     from stagekit.data.demo import DEMO_ORTHOLOGS, write_demo_inputs
+    from stagekit.metrics.integration import label_transfer
     from stagekit.stages.cell_report import _read_cells
     from stagekit.stages.cross_species.report import scib_scores
 
@@ -63,7 +65,13 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--pretrain-set", nargs="*", default=[], help="KEY=VALUE overrides of stagekit's pretrain")
+    parser.add_argument("--align-set", nargs="*", default=["training.epochs=20"],
+                        help="KEY=VALUE overrides of stagekit's align (default: the demo's 20 epochs)")
+    parser.add_argument("--no-saturn", action="store_true", help="score stagekit's embeddings only")
     args = parser.parse_args()
+    pretrain_set = [a for kv in args.pretrain_set for a in ("--set", kv)]
+    align_set = [a for kv in args.align_set for a in ("--set", kv)]
     work = args.workdir or Path(tempfile.mkdtemp(prefix="stagekit-saturn-scib-"))
     work.mkdir(parents=True, exist_ok=True)
     inputs = write_demo_inputs(DEMO_ORTHOLOGS, work)
@@ -73,29 +81,35 @@ def main() -> None:
         run.mkdir(exist_ok=True)
         stagekit("pretrain", "-p", "saturn-small", inputs["human"], inputs["mouse"], "--protein-emb",
                  f"human={inputs['human_embeddings']}", "--protein-emb", f"mouse={inputs['mouse_embeddings']}",
-                 "--label-key", "Group", "--seed", seed, "-q", "-o", run / "pretrain.stk")
-        stagekit("align", run / "pretrain.stk", "--set", "training.epochs=20", "--set", "training.batch_size=256",
-                 "--seed", seed, "-q", "-o", run / "align.stk")
+                 "--label-key", "Group", "--seed", seed, *pretrain_set, "-q", "-o", run / "pretrain.stk")
+        stagekit("align", run / "pretrain.stk", "--set", "training.batch_size=256", *align_set, "--seed", seed, "-q",
+                 "-o", run / "align.stk")
         with contextlib.redirect_stderr(io.StringIO()):
             stagekit("extract", run / "align.stk", "-o", run / "align.h5ad")
         cells = anndata.read_h5ad(run / "align.h5ad")
-        saturn = saturn_embedding(inputs, run, seed)
-        keys = list(zip(cells.obs["species"].astype(str), cells.obs["stagekit_cell"].astype(str), strict=True))
-        missing = [k for k in keys if k not in saturn]
-        if missing:
-            raise SystemExit(f"SATURN's output lacks {len(missing)} cells, e.g. {missing[0]}")
-        cells.obsm["X_saturn"] = np.stack([saturn[k] for k in keys]).astype(np.float32)
+        if not args.no_saturn:
+            saturn = saturn_embedding(inputs, run, seed)
+            keys = list(zip(cells.obs["species"].astype(str), cells.obs["stagekit_cell"].astype(str), strict=True))
+            missing = [k for k in keys if k not in saturn]
+            if missing:
+                raise SystemExit(f"SATURN's output lacks {len(missing)} cells, e.g. {missing[0]}")
+            cells.obsm["X_saturn"] = np.stack([saturn[k] for k in keys]).astype(np.float32)
         found = _read_cells(cells, str(run / "align.h5ad"), "Group")
         from stagekit.stages.cross_species import report
 
         report.EMBEDDINGS["X_saturn"] = NAMES["X_saturn"]  # scored beside the others
         results[seed] = scib_scores(found, seed)
+        species, labels = found.column("species"), found.labels
+        for key in results[seed]:  # label transfer both ways, as `evaluate` reports it
+            transfer = label_transfer(found.obsm[key], species, labels)
+            results[seed][key] |= {f"transfer {pair}": v["balanced_accuracy"] for pair, v in transfer.items()}
         print(f"seed {seed}: " + "  ".join(f"{NAMES[k]} {v['Total']:.3f}" for k, v in results[seed].items()),
               flush=True)
-    print(f"\nscib-metrics (unscaled), mean over seeds {args.seeds} (min-max)")
-    print(f"{'embedding':26s}" + "".join(f"{m:>24s}" for m in SUMMARY))
+    shown = (*SUMMARY, "transfer human->mouse", "transfer mouse->human")
+    print(f"\nscib-metrics (unscaled) and label transfer (balanced accuracy), mean over seeds {args.seeds} (min-max)")
+    print(f"{'embedding':26s}" + "".join(f"{m:>24s}" for m in shown))
     for key in results[args.seeds[0]]:
-        values = {m: [results[s][key][m] for s in args.seeds] for m in SUMMARY}
+        values = {m: [results[s][key][m] for s in args.seeds] for m in shown}
         print(f"{NAMES[key]:26s}" + "".join(f"{np.mean(v):>10.3f} ({min(v):.3f}-{max(v):.3f})"
                                             for v in values.values()))
     if args.json:
