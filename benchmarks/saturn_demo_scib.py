@@ -95,10 +95,7 @@ def main() -> None:
                 raise SystemExit(f"SATURN's output lacks {len(missing)} cells, e.g. {missing[0]}")
             cells.obsm["X_saturn"] = np.stack([saturn[k] for k in keys]).astype(np.float32)
         found = _read_cells(cells, str(run / "align.h5ad"), "Group")
-        from stagekit.stages.cross_species import report
-
-        report.EMBEDDINGS["X_saturn"] = NAMES["X_saturn"]  # scored beside the others
-        results[seed] = scib_scores(found, seed)
+        results[seed] = scib_scores(found, tuple(NAMES))
         species, labels = found.column("species"), found.labels
         for key in results[seed]:  # label transfer both ways, as `evaluate` reports it
             transfer = label_transfer(found.obsm[key], species, labels)

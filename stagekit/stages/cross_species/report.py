@@ -27,14 +27,15 @@ def scib_available() -> bool:
     return True
 
 
-def scib_scores(found: EvalInput, seed: int) -> dict[str, dict[str, float]]:
-    """scib-metrics' Benchmarker (its default metrics) on each embedding, species as the batch; the reference
-    PCA is the pre-integration embedding of its PCR comparison. Unscaled scores: embedding -> metric -> value."""
+def scib_scores(found: EvalInput, embeddings: tuple[str, ...] = tuple(EMBEDDINGS)) -> dict[str, dict[str, float]]:
+    """scib-metrics' Benchmarker (its default metrics) on each of `embeddings` the cells carry, species as the
+    batch; the reference PCA is the pre-integration embedding of its PCR comparison. Unscaled scores: embedding ->
+    metric -> value."""
     import anndata
     import pandas as pd
     from scib_metrics.benchmark import Benchmarker
 
-    keys = [k for k in EMBEDDINGS if k in found.obsm]
+    keys = [k for k in embeddings if k in found.obsm]
     obs = pd.DataFrame({"species": found.column("species"), "label": found.labels})
     adata = anndata.AnnData(np.zeros((len(obs), 1), np.float32), obs=obs.set_index(pd.RangeIndex(len(obs)).astype(str)),
                             obsm={k: found.obsm[k] for k in keys})
@@ -59,7 +60,7 @@ def scib_part(skip: bool) -> Part:
             report.metrics["scib"] = {"skipped": note}
             report.tables.append(Table("scib-metrics", ["metric"], [], [note]))
             return
-        scores = scib_scores(found, seed)
+        scores = scib_scores(found)
         report.metrics["scib"] = {"scores": scores, "batch": "species", "label_key": found.label_key,
                                   "reference": f"obsm['{REFERENCE}']: PCA of log-normalised counts of the genes "
                                                "whose symbols match across species (ignoring case)"}
