@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 NORMALISATION = f"log1p(counts / total counts * {TARGET_SUM:g}), totals over every gene of the input file"
 # cell-eval metrics shown in the tables; every metric it computes is in metrics.json
-HEADLINE = ("overlap_at_50", "precision_at_50", "de_direction_match", "de_spearman_sig", "pearson_delta", "mae")
+HEADLINE = ("overlap_at_50", "precision_at_50", "de_direction_match", "de_spearman_lfc_sig", "pearson_delta", "mae")
 # undefined with one perturbation in a context (cell-eval raises inside them), and the discrimination score is
 # 1 by construction there: left out of such contexts
 NEEDS_SEVERAL = ("pearson_edistance", "clustering_agreement", "discrimination_score_l1", "discrimination_score_l2",
