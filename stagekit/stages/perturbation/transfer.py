@@ -102,8 +102,9 @@ def _design(config: Config, parent: Bundle, continuing: bool) -> dict:
     data_cfg = config["data"]
     design = dataclasses.asdict(TransitionConfig.of(parent).data)
     if continuing:
-        stored = parent.config()  # the task's exclude and test_fraction: the model description of its first phase
-        design |= {k: stored["data"][k] for k in ("exclude", "test_fraction") if design[k] is None}  # lacks them
+        stored = parent.config()
+        # exclude and test_fraction of the target task, from its config where the model description lacks them
+        design |= {k: stored["data"][k] for k in ("exclude", "test_fraction") if design[k] is None}
         kept = {f"data.{k}": design[k] for k in (*DESIGN, "exclude", "test_fraction")}
         kept["training.val_fraction"] = stored["training"]["val_fraction"]
         for dotted, value in kept.items():
