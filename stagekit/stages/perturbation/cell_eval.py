@@ -102,13 +102,17 @@ def scores(groups: list[dict], methods: list[str], genes: list[str], pert_key: s
     logging.getLogger("cell_eval").setLevel(logging.ERROR)
     found: dict[tuple[str, str], dict[str, dict[str, float]]] = {}
     # cell-eval's and pdex's progress bars (tqdm, on stderr) would bury the report; its errors still raise
+    real_de: dict[tuple[str, frozenset], str] = {}  # the observed cells' DE, computed once per context and groups
     with contextlib.redirect_stderr(io.StringIO()):
         for method in methods:
             for context, (predicted, real) in pairs(groups, method, genes, pert_key, control).items():
                 outdir = output_dir / "cell_eval" / folder_name(context) / method
-                several = predicted.obs[pert_key].nunique() > 2  # besides the control
-                evaluator = MetricsEvaluator(predicted, real, control_pert=control, pert_col=pert_key,
-                                             outdir=str(outdir), num_threads=1)
+                perts = frozenset(real.obs[pert_key].astype(str))
+                several = len(perts) > 2  # besides the control
+                evaluator = MetricsEvaluator(predicted, real, de_real=real_de.get((context, perts)),
+                                             control_pert=control, pert_col=pert_key, outdir=str(outdir),
+                                             num_threads=1)
+                real_de.setdefault((context, perts), str(outdir / "real_de.csv"))
                 results, _ = evaluator.compute(profile="full", skip_metrics=None if several else list(NEEDS_SEVERAL))
                 for row in results.to_dicts():
                     values = {k: float(v) for k, v in row.items() if k != "perturbation" and v is not None}
