@@ -71,62 +71,75 @@ def label_groups(space: torch.Tensor, species: torch.Tensor, labels: torch.Tenso
 
 def mine_triplets(z: torch.Tensor, species: torch.Tensor, labels: torch.Tensor, margin: float = 0.2,
                   mnn: bool = True, generator: torch.Generator | None = None,
-                  neighbour_space: torch.Tensor | None = None, balance_species: bool = False, mnn_k: int = 5
-                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                  neighbour_space: torch.Tensor | None = None, balance_species: bool = False, mnn_k: int = 5,
+                  draws: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Indices (anchors, positives, negatives) of semi-hard triplets; anchors without one are left out.
-    Cells come grouped by species. `balance_species` keeps the same number of triplets for every anchor species
-    (a random subset of each)."""
-    n = len(z)
+    Cells come grouped by species. `draws` independent (positive, negative) draws per anchor, concatenated (an
+    anchor may appear up to `draws` times). `balance_species` keeps the same number of triplets for every anchor
+    species (a random subset of each)."""
     with torch.no_grad():
         unit = F.normalize(z.detach().float(), dim=-1)
         groups = label_groups(z if neighbour_space is None else neighbour_space, species, labels, mnn,
                               mnn_k).float()
         blocks = species_blocks(species)
-        # one key matrix draws both picks, a uniform choice within each (disjoint) set, whole rows at once: row i's
-        # keys are frac(c_j + r_i), i.i.d. uniform along the row, at the price of 2 x B random numbers, not B x B
-        column_keys, row_shifts = torch.rand(2, n, generator=generator, device=z.device)
-        positives, negatives = torch.zeros_like(labels), torch.zeros_like(labels)
-        found = torch.zeros(n, dtype=torch.bool, device=z.device)
-        for start, stop in blocks:  # one species' anchors against every cell: (n_s, B), never (B, B) at once
-            rows = slice(start, stop)
-            not_shared = (groups[rows] @ groups.T) == 0
-            keys = (column_keys[None, :] + row_shifts[rows, None]).frac_()
-            positive_key = torch.full((stop - start,), -1.0, device=z.device)  # -1: no positive
-            for other_start, other_stop in blocks:  # every positive is from another species
-                if other_start != start:
-                    columns = slice(other_start, other_stop)
-                    key, pick = keys[:, columns].masked_fill(not_shared[:, columns], -1.0).max(1)
-                    better = key > positive_key
-                    positive_key = torch.where(better, key, positive_key)
-                    positives[rows] = torch.where(better, pick + other_start, positives[rows])
-            similarity = unit[rows] @ unit.T
-            ap = similarity.gather(1, positives[rows, None])
-            candidate = not_shared
-            if len(blocks) > 2:  # with two species every cell is of the anchor's or the positive's species
-                candidate &= ((species[None, :] == species[start])
-                              | (species[None, :] == species[positives[rows], None]))
-            candidate &= (similarity < ap) & (similarity >= ap - margin)  # semi-hard: 0 < a.p - a.n <= margin
-            negative_key, negatives[rows] = keys.masked_fill_(~candidate, -1.0).max(1)
-            found[rows] = (positive_key >= 0) & (negative_key >= 0)
-        anchors = found.nonzero().squeeze(1)
+        drawn = [_draw(unit, species, labels, groups, blocks, margin, generator) for _ in range(draws)]
+        anchors, positives, negatives = (torch.cat(parts) for parts in zip(*drawn, strict=True))
         if balance_species and len(anchors):
-            anchors = _balanced(anchors, species[anchors],
-                                torch.rand(len(anchors), generator=generator, device=z.device))
+            keep = _balanced(species[anchors], torch.rand(len(anchors), generator=generator, device=z.device))
+            anchors, positives, negatives = anchors[keep], positives[keep], negatives[keep]
+    return anchors, positives, negatives
+
+
+def _draw(unit: torch.Tensor, species: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor,
+          blocks: list[tuple[int, int]], margin: float, generator: torch.Generator | None
+          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One positive per anchor and one semi-hard negative per (anchor, positive), for the anchors that have
+    both."""
+    n, device = len(unit), unit.device
+    # one key matrix draws both picks, a uniform choice within each (disjoint) set, whole rows at once: row i's
+    # keys are frac(c_j + r_i), i.i.d. uniform along the row, at the price of 2 x B random numbers, not B x B
+    column_keys, row_shifts = torch.rand(2, n, generator=generator, device=device)
+    positives, negatives = (torch.zeros(n, dtype=torch.long, device=device) for _ in range(2))
+    found = torch.zeros(n, dtype=torch.bool, device=device)
+    for start, stop in blocks:  # one species' anchors against every cell: (n_s, B), never (B, B) at once
+        rows = slice(start, stop)
+        not_shared = (groups[rows] @ groups.T) == 0
+        keys = (column_keys[None, :] + row_shifts[rows, None]).frac_()
+        positive_key = torch.full((stop - start,), -1.0, device=device)  # -1: no positive
+        for other_start, other_stop in blocks:  # every positive is from another species
+            if other_start != start:
+                columns = slice(other_start, other_stop)
+                key, pick = keys[:, columns].masked_fill(not_shared[:, columns], -1.0).max(1)
+                better = key > positive_key
+                positive_key = torch.where(better, key, positive_key)
+                positives[rows] = torch.where(better, pick + other_start, positives[rows])
+        similarity = unit[rows] @ unit.T
+        ap = similarity.gather(1, positives[rows, None])
+        # never a cell of the positive's own label: it is the positive's type, whatever the links say
+        candidate = not_shared & (labels[None, :] != labels[positives[rows], None])
+        if len(blocks) > 2:  # with two species every cell is of the anchor's or the positive's species
+            candidate &= ((species[None, :] == species[start])
+                          | (species[None, :] == species[positives[rows], None]))
+        candidate &= (similarity < ap) & (similarity >= ap - margin)  # semi-hard: 0 < a.p - a.n <= margin
+        negative_key, negatives[rows] = keys.masked_fill_(~candidate, -1.0).max(1)
+        found[rows] = (positive_key >= 0) & (negative_key >= 0)
+    anchors = found.nonzero().squeeze(1)
     return anchors, positives[anchors], negatives[anchors]
 
 
-def _balanced(anchors: torch.Tensor, species: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-    """A random subset of the anchors with as many of each species present as the rarest one has."""
+def _balanced(species: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """Mask of a random subset of the triplets with as many of each anchor species present as the rarest one
+    has."""
     names, counts = species.unique(return_counts=True)
-    keep = int(counts.min()) if len(names) > 1 else len(anchors)
+    keep = int(counts.min()) if len(names) > 1 else len(species)
     # rank each anchor within its species by random noise; keep the first `keep` of every species
     order = torch.argsort(noise)
     ranked_species = species[order]
     rank = torch.zeros_like(order)
     for name in names:  # a handful of species, not cells
         members = ranked_species == name
-        rank[order[members]] = torch.arange(int(members.sum()), device=anchors.device)
-    return anchors[rank < keep]
+        rank[order[members]] = torch.arange(int(members.sum()), device=species.device)
+    return rank < keep
 
 
 def cosine_triplet_loss(z: torch.Tensor, anchors: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor,

@@ -34,6 +34,7 @@ class EvalInput:
     provenance: dict
     embedding: str = "X_stagekit"
     obsm: dict = field(default_factory=dict)  # every embedding the file holds
+    adata: Any = None  # the AnnData the cells come from (X, layers)
 
     def column(self, name: str) -> np.ndarray | None:
         return self.obs[name].astype(str).to_numpy() if name in self.obs else None
@@ -52,7 +53,7 @@ def _read_cells(adata, where: str, label_key: str | None) -> EvalInput:
     lineage += json.loads(provenance.get("lineage", "[]"))
     labels = adata.obs[label_key].astype(str).to_numpy()
     return EvalInput(np.asarray(adata.obsm[embedding]), labels, label_key, lineage, adata.obs, provenance, embedding,
-                     {k: np.asarray(v) for k, v in adata.obsm.items()})
+                     {k: np.asarray(v) for k, v in adata.obsm.items()}, adata)
 
 
 def cells_of(request: ReportRequest, cells: Callable) -> EvalInput:
@@ -62,7 +63,7 @@ def cells_of(request: ReportRequest, cells: Callable) -> EvalInput:
         return _read_cells(request.cells, str(request.source), label_key)
     bundle = request.bundle
     adata, extra = cells(CellsRequest(bundle, [request.data] if request.data else [], log=lambda m: None))
-    adata.uns["stagekit"] = {k: extra[k] for k in ("label_key", "positive_class") if k in extra}
+    adata.uns["stagekit"] = {k: extra[k] for k in ("label_key", "positive_class", "layer") if k in extra}
     found = _read_cells(adata, str(request.source), label_key)
     found.lineage = [{"path": str(request.source), "stage": bundle.stage, "history": bundle.history},
                      *bundle.lineage]

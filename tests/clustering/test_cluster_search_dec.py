@@ -10,7 +10,7 @@ import torch
 from stagekit.bundle import read_bundle
 from stagekit.losses.clustering import dec_kl, nt_xent, student_t_assignment, target_distribution
 from stagekit.metrics.clustering import cluster_accuracy
-from stagekit.stages.clustering.cluster_search import choose_k
+from stagekit.stages.clustering.cluster_search import choose_k, score_table
 from tests.conftest import run_cli
 
 
@@ -136,6 +136,36 @@ def test_cluster_search_graph_rules_from_the_command_line(capsys, chain, tmp_pat
     assert code == 2 and "cluster.rank_criteria: silhoutte" in err and not (tmp_path / "bad.stk").exists()
 
 
+def test_cluster_search_shows_the_pca_baselines(capsys, chain, tmp_path):
+    """k-means on PCA-50 of the log-normalised counts at every k and scanpy's default Leiden, beside the latent's
+    clusters: their agreement is stored and shown, and with labels each baseline's own ARI."""
+    from stagekit.metrics.clustering import label_agreement
+    from stagekit.stages.clustering.baselines import expression_pca, kmeans_labels
+
+    b = read_bundle(chain["clusters"], weights=False)
+    agreement = b.results["pca_kmeans_ari"]
+    assert len(agreement) == 7 and (agreement <= 1).all() and int(b.results["pca_leiden"]) >= 2
+    k = int(b.final_metrics["k"])
+    cells = anndata.read_h5ad(chain["cells"])
+    labels = cells.obs["cluster_id"].astype(str).to_numpy()
+    pca = expression_pca(cells.X, 0)
+    assert pca.shape == (600, 50)
+    expected = label_agreement(labels, kmeans_labels(pca, k, 0))["ari"]
+    assert b.final_metrics["label_ari_pca_kmeans"] == pytest.approx(expected, abs=1e-6)
+    assert b.final_metrics["label_ari_pca_kmeans"] > 0.5 and b.final_metrics["label_ari_pca_leiden"] > 0.3
+    shown = score_table(chain["clusters"])  # what cluster-search prints after its run
+    assert "ARI with PCA-50 k-means" in shown.columns
+    assert any("PCA-50 Leiden" in note and "obs['cluster_id']" in note for note in shown.notes)
+    # a k at the edge of the searched range is named with the key that widens it
+    code, _, err = run_cli(capsys, "cluster-search", chain["vae"], "--set", "cluster.k_max=3", "--set",
+                           "cluster.baselines=false", "-o", tmp_path / "narrow.stk")
+    narrow = read_bundle(tmp_path / "narrow.stk", weights=False)
+    assert code == 0 and "pca_kmeans_ari" not in narrow.results
+    assert "at the edge of the searched range 2..3" in err
+    assert ("cluster.k_max" if narrow.final_metrics["k"] == 3 else "cluster.k_min") in err
+    assert err.count("at the edge") == 2  # logged, and noted under the table printed after the run
+
+
 def test_dec_learns_and_keeps_lineage(chain):
     b = read_bundle(chain["dec"])
     h = b.history
@@ -161,6 +191,13 @@ def test_extract_and_evaluate_outputs(chain):
                                                         abs=1e-6)
     for name in ("contingency.png", "umap.png", "loss_curves.png"):
         assert (chain["report"] / name).stat().st_size > 1000
+    # the simple baselines on the same cells, k-means at the model's k: the figures cluster-search stored
+    baselines = report["clustering_baselines"]
+    searched = read_bundle(chain["clusters"], weights=False).final_metrics
+    assert baselines["k-means on PCA-50"]["k"] == report["clustering"]["k"]
+    assert baselines["k-means on PCA-50"]["ari"] == pytest.approx(searched["label_ari_pca_kmeans"], abs=1e-6)
+    assert baselines["Leiden on the PCA-50 graph"]["ari"] == pytest.approx(searched["label_ari_pca_leiden"],
+                                                                           abs=1e-6)
 
 
 def test_dec_is_reproducible(capsys, chain, tmp_path):

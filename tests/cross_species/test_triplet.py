@@ -51,6 +51,31 @@ def test_mined_triplets_obey_the_rules():
     gap = (unit[a] * unit[p]).sum(-1) - (unit[a] * unit[n]).sum(-1)
     assert ((gap > 0) & (gap <= 0.2 + 1e-6)).all()
     assert (species[p] != species[a]).all()  # every positive is from another species
+    assert (labels[n] != labels[p]).all()  # never the positive's own cell type
+
+
+def test_a_negative_never_has_the_positives_label_even_when_unlinked():
+    # angles (radians): species 0: cell 0 at 0.0 and cell 1 at 0.1 (label 0), cell 2 at 1.5 (label 1); species 1:
+    # cells 3 at 0.08 and 4 at 0.6 (label 2), cell 5 at 1.45 (label 3). Cell 3 (nearest to cell 0) joins label 0's
+    # group; cell 4 is of the same label as cell 3 but shares no group with cell 0: it must not be 0's negative.
+    angles = torch.tensor([0.0, 0.1, 1.5, 0.08, 0.6, 1.45])
+    z = torch.stack([angles.cos(), angles.sin()], 1)
+    species, labels = torch.tensor([0, 0, 0, 1, 1, 1]), torch.tensor([0, 0, 1, 2, 2, 3])
+    groups = label_groups(z, species, labels, mnn_k=1)
+    assert groups[3, 0] and not (groups[0] & groups[4]).any()
+    for seed in range(20):
+        a, p, n = mine_triplets(z, species, labels, margin=1.0, generator=torch.Generator().manual_seed(seed),
+                                mnn_k=1)
+        assert not ((a == 0) & (n == 4)).any() and (labels[n] != labels[p]).all()
+
+
+def test_several_draws_per_anchor():
+    z, species, labels, _ = _toy()
+    one = mine_triplets(z, species, labels, margin=0.5, generator=torch.Generator().manual_seed(0))
+    four = mine_triplets(z, species, labels, margin=0.5, generator=torch.Generator().manual_seed(0), draws=4)
+    assert len(one[0]) < len(four[0]) <= 4 * len(z)
+    assert torch.equal(four[0][:len(one[0])], one[0])  # the first draw is the single draw
+    assert torch.bincount(four[0]).max() <= 4 and (species[four[1]] != species[four[0]]).all()
 
 
 def test_cells_without_partners_are_skipped_not_a_crash():

@@ -56,4 +56,5 @@ def vae_cells(request: CellsRequest):
         adata.obs["stagekit_cluster"] = pd.Categorical(outputs.clusters.astype(str))
     if outputs.soft is not None:
         adata.obsm["stagekit_soft_assignment"] = outputs.soft
-    return adata, {"label_key": VAEConfig.of(bundle).data.label_key}
+    data_cfg = VAEConfig.of(bundle).data
+    return adata, {"label_key": data_cfg.label_key, "layer": data_cfg.layer}

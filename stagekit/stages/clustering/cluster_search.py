@@ -7,10 +7,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from scipy import sparse
 from sklearn.cluster import KMeans
 from sklearn.decomposition import PCA
 
 from stagekit.bundle import Bundle, read_bundle, write_bundle
+from stagekit.data.anndata_io import CountMatrix
 from stagekit.errors import UserError
 from stagekit.metrics.clustering import internal_scores, label_agreement
 from stagekit.metrics.neighbour_graph import (
@@ -113,6 +115,33 @@ def choose_k(table: dict[str, np.ndarray], selection: str, tolerance: float = 0.
     return int(ks[np.argmax(values) if HIGHER_IS_BETTER[selection] else np.argmin(values)])
 
 
+def edge_warning(chosen: int, ks: list[int]) -> str:
+    key, other = ("cluster.k_min", "lower") if chosen == ks[0] else ("cluster.k_max", "higher")
+    return (f"the chosen k = {chosen} is at the edge of the searched range {ks[0]}..{ks[-1]}; the best k may lie "
+            f"beyond it: try a {other} {key}")
+
+
+def baseline_clusterings(counts: CountMatrix, fits: dict[int, KMeans], chosen: int, cfg: dict,
+                         log: Callable[[str], None]) -> dict[str, np.ndarray]:
+    """The latent's clusterings against k-means on 50 principal components of the log-normalised counts (at each
+    k) and scanpy's default Leiden on them: `pca_kmeans_ari` per k, `pca_leiden` (communities) and
+    `pca_leiden_ari` (against the chosen k's clustering), and the baselines' own clusterings at the chosen k."""
+    from sklearn.metrics import adjusted_rand_score
+
+    from stagekit.stages.clustering.baselines import expression_pca, kmeans_labels, leiden_labels
+
+    seed = cfg["seed"]
+    pca = expression_pca(sparse.vstack(list(counts.blocks())), seed)
+    kmeans_at = {k: kmeans_labels(pca, k, seed, cfg["n_init"]) for k in fits}
+    leiden = leiden_labels(pca, seed)
+    agreement = adjusted_rand_score(fits[chosen].labels_, leiden)
+    log(f"Leiden on 50 principal components of the counts (scanpy defaults): {len(np.unique(leiden))} "
+        f"communities, ARI {agreement:.3f} with the latent's clusters at k = {chosen}")
+    return {"pca_kmeans_ari": np.array([adjusted_rand_score(fits[k].labels_, kmeans_at[k]) for k in fits]),
+            "pca_leiden": np.array(len(np.unique(leiden))), "pca_leiden_ari": np.array(agreement),
+            "kmeans": kmeans_at[chosen], "leiden": leiden}
+
+
 def run(request: PhaseRequest) -> Path:
     """Writes the bundle; its results hold the score table (k and one array per criterion) and chosen k."""
     config, pretrain_path, output, log = request.config, request.parent, request.output, request.log
@@ -160,12 +189,19 @@ def run(request: PhaseRequest) -> Path:
                                                       gap_references, cfg["seed"])
     chosen = ks[0] if len(ks) == 1 else choose_k(table, cfg["selection"], tolerance, rank_criteria)
     best = fits[chosen]
+    if len(ks) > 1 and chosen in (ks[0], ks[-1]):
+        log(f"warning: {edge_warning(chosen, ks)}")
+    baseline = baseline_clusterings(counts, fits, chosen, cfg, log) if cfg["baselines"] else {}
+    table |= {name: values for name, values in baseline.items() if name.startswith("pca_")}
 
     final = {"k": float(chosen)} | {name: float(values[ks.index(chosen)]) if values.ndim else float(values)
                                     for name, values in table.items() if name != "k"}
     if label_key:
-        final |= {f"label_{m}": v for m, v in label_agreement(counts.obs[label_key].astype(str).to_numpy(),
-                                                              best.labels_).items()}
+        labels = counts.obs[label_key].astype(str).to_numpy()
+        final |= {f"label_{m}": v for m, v in label_agreement(labels, best.labels_).items()}
+        for name, clusters in (("pca_kmeans", baseline.get("kmeans")), ("pca_leiden", baseline.get("leiden"))):
+            if clusters is not None:
+                final |= {f"label_{m}_{name}": v for m, v in label_agreement(labels, clusters).items()}
     bundle = Bundle(weights=parent.weights,
                     model_config=parent.model_config, lineage=lineage_of(parent), data=counts.fingerprint(),
                     var_names=parent.var_names, categories=parent.categories, final_metrics=final,
@@ -189,6 +225,22 @@ def score_table(path: Path) -> Table:
     if selection == "mean_rank" and len(scores["k"]) > 1:
         criteria = tuple(cluster_cfg["rank_criteria"])
         columns[f"mean rank ({' + '.join(criteria)})"] = mean_ranks(scores, criteria)
+    if "pca_kmeans_ari" in scores:
+        columns["ARI with PCA-50 k-means"] = scores["pca_kmeans_ari"]
     rows = [[f"{kk}{' *' if kk == chosen else ''}", *(f"{v[i]:.4g}" for v in columns.values())]
             for i, kk in enumerate(scores["k"])]
-    return Table(f"cluster-search (selection: {selection}{leiden})", ["k", *columns], rows, ["* the chosen k"])
+    ks = [int(kk) for kk in scores["k"]]
+    notes = ["* the chosen k"]
+    if len(ks) > 1 and chosen in (ks[0], ks[-1]):
+        notes.append(edge_warning(chosen, ks))
+    if "pca_leiden" in scores:
+        notes.append(f"Leiden on the PCA-50 graph (scanpy defaults): {int(scores['pca_leiden'])} communities, "
+                     f"ARI {float(scores['pca_leiden_ari']):.3f} with the chosen clusters")
+    final = bundle.final_metrics
+    if "label_ari" in final:
+        against = [f"latent k-means {final['label_ari']:.3f}"]
+        against += [f"{name} {final[key]:.3f}" for name, key in (("PCA-50 k-means", "label_ari_pca_kmeans"),
+                                                                  ("PCA-50 Leiden", "label_ari_pca_leiden"))
+                    if key in final]
+        notes.append(f"ARI with obs['{VAEConfig.of(bundle).data.label_key}'] at the chosen k: " + ", ".join(against))
+    return Table(f"cluster-search (selection: {selection}{leiden})", ["k", *columns], rows, notes)

@@ -60,6 +60,8 @@ CLUSTER_SEARCH = {
                       minimum=2),
     "leiden_resolution": Key("float", 0.8, "resolution of the Leiden rule (scDeepCluster's Louvain estimate of k "
                              "uses 0.8; larger gives more communities)", minimum=0),
+    "baselines": Key("bool", True, "also cluster 50 principal components of the log-normalised counts (k-means at "
+                     "each k, scanpy's default Leiden) and report how far the latent's clustering agrees with them"),
     "gap_references": Key("int", 5, "uniform reference data sets for the gap statistic", minimum=1),
     "seed": Key("int", 0, "seed of k-means, the silhouette subsample and the gap references", minimum=0),
 }

@@ -36,8 +36,9 @@ def _cells(request: CellsRequest):
 
 def _report(request: ReportRequest) -> Report:
     from stagekit.stages.cell_report import cell_report, clustering_part
+    from stagekit.stages.clustering.report import baseline_part
 
-    return cell_report(request, _cells, [clustering_part])
+    return cell_report(request, _cells, [clustering_part, baseline_part])
 
 
 def _score_table(bundle_path: Path) -> list[Table]:

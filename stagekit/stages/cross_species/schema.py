@@ -59,6 +59,8 @@ ALIGN = {
                            "embedding being trained, as the reference does)", choices=("macrogenes", "embedding")),
     "balance_species": Key("bool", False, "keep the same number of triplets per anchor species each step (a "
                            "random subset), so a species that forms more triplets does not dominate the loss"),
+    "triplets_per_anchor": Key("int", 1, "independent (positive, semi-hard negative) draws per anchor cell and "
+                               "step; the loss is their mean", minimum=1),
     "unfreeze_macrogenes": Key("bool", False, "also train the gene -> macrogene weights"),
     "leiden_resolution": Key("float", 1.0, "resolution of the per-species Leiden clustering used when the data "
                              "has no labels", minimum=0),
