@@ -38,7 +38,8 @@ def test_the_same_command_trains_the_same_weights(name, tmp_path):
     assert sorted(again.weights) == sorted(stored.weights)
     for key, value in stored.weights.items():
         assert np.array_equal(again.weights[key], value), f"{name}: {key} differs"
-    assert again.final_metrics == stored.final_metrics
+    # every figure the stored bundle has is reproduced; a newer release may add figures
+    assert {k: again.final_metrics.get(k) for k in stored.final_metrics} == stored.final_metrics
 
 
 @pytest.mark.parametrize("name", list(COMMANDS))

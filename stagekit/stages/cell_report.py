@@ -63,7 +63,7 @@ def cells_of(request: ReportRequest, cells: Callable) -> EvalInput:
         return _read_cells(request.cells, str(request.source), label_key)
     bundle = request.bundle
     adata, extra = cells(CellsRequest(bundle, [request.data] if request.data else [], log=lambda m: None))
-    adata.uns["stagekit"] = {k: extra[k] for k in ("label_key", "positive_class", "layer") if k in extra}
+    adata.uns["stagekit"] = {k: extra[k] for k in ("label_key", "positive_class", "layer", "counts") if k in extra}
     found = _read_cells(adata, str(request.source), label_key)
     found.lineage = [{"path": str(request.source), "stage": bundle.stage, "history": bundle.history},
                      *bundle.lineage]

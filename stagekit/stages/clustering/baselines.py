@@ -21,16 +21,16 @@ def looks_like_counts(matrix) -> bool:
     return bool(len(sample) == 0 or (sample.min() >= 0 and np.all(sample == np.round(sample))))
 
 
-def expression_pca(matrix, seed: int) -> np.ndarray:
+def expression_pca(matrix, seed: int, counts: bool | None = None) -> np.ndarray:
     """Cells x (up to) 50 principal components: of log1p(counts per 10,000) when `matrix` holds counts (scanpy's
-    normalize_total, log1p, pca), else of the values as given."""
+    normalize_total, log1p, pca), else of the values as given. `counts` None: decided by `looks_like_counts`."""
     import anndata
     import scanpy as sc
 
     values = sparse.csr_matrix(matrix, dtype=np.float32) if sparse.issparse(matrix) else \
         np.asarray(matrix, dtype=np.float32)
     adata = anndata.AnnData(values.copy())
-    if looks_like_counts(values):
+    if looks_like_counts(values) if counts is None else counts:
         sc.pp.normalize_total(adata, target_sum=1e4)
         sc.pp.log1p(adata)
     n_components = min(N_COMPONENTS, adata.n_obs - 1, adata.n_vars - 1)

@@ -13,6 +13,7 @@ from stagekit.bundle import Bundle
 from stagekit.data.anndata_io import CountMatrix, read_anndata
 from stagekit.errors import UserError
 from stagekit.losses.clustering import student_t_assignment
+from stagekit.models.vae import COUNT_LIKELIHOODS
 from stagekit.stages.clustering.model_config import VAEConfig
 from stagekit.stages.clustering.trained import embed, load_bundle_data, load_vae
 from stagekit.stages.phase import bundle_data_path
@@ -56,5 +57,6 @@ def vae_cells(request: CellsRequest):
         adata.obs["stagekit_cluster"] = pd.Categorical(outputs.clusters.astype(str))
     if outputs.soft is not None:
         adata.obsm["stagekit_soft_assignment"] = outputs.soft
-    data_cfg = VAEConfig.of(bundle).data
-    return adata, {"label_key": data_cfg.label_key, "layer": data_cfg.layer}
+    described = VAEConfig.of(bundle)
+    return adata, {"label_key": described.data.label_key, "layer": described.data.layer,
+                   "counts": described.model.likelihood in COUNT_LIKELIHOODS}

@@ -23,6 +23,7 @@ from stagekit.metrics.neighbour_graph import (
     symmetric_graph,
 )
 from stagekit.metrics.plots import plot_k_scores
+from stagekit.models.vae import COUNT_LIKELIHOODS
 from stagekit.stages.clustering.model_config import VAEConfig
 from stagekit.stages.clustering.trained import embed, load_bundle_data, load_vae
 from stagekit.stages.phase import check_output, lineage_of, stamp
@@ -125,13 +126,14 @@ def baseline_clusterings(counts: CountMatrix, fits: dict[int, KMeans], chosen: i
                          log: Callable[[str], None]) -> dict[str, np.ndarray]:
     """The latent's clusterings against k-means on 50 principal components of the log-normalised counts (at each
     k) and scanpy's default Leiden on them: `pca_kmeans_ari` per k, `pca_leiden` (communities) and
-    `pca_leiden_ari` (against the chosen k's clustering), and the baselines' own clusterings at the chosen k."""
+    `pca_leiden_ari` (against the chosen k's clustering), and the baselines' own clusterings at the chosen k.
+    `cfg`: seed, n_init, counts (log-normalise first: the model reads counts; else the features as given)."""
     from sklearn.metrics import adjusted_rand_score
 
     from stagekit.stages.clustering.baselines import expression_pca, kmeans_labels, leiden_labels
 
     seed = cfg["seed"]
-    pca = expression_pca(sparse.vstack(list(counts.blocks())), seed)
+    pca = expression_pca(sparse.vstack(list(counts.blocks())), seed, cfg["counts"])
     kmeans_at = {k: kmeans_labels(pca, k, seed, cfg["n_init"]) for k in fits}
     leiden = leiden_labels(pca, seed)
     agreement = adjusted_rand_score(fits[chosen].labels_, leiden)
@@ -191,7 +193,10 @@ def run(request: PhaseRequest) -> Path:
     best = fits[chosen]
     if len(ks) > 1 and chosen in (ks[0], ks[-1]):
         log(f"warning: {edge_warning(chosen, ks)}")
-    baseline = baseline_clusterings(counts, fits, chosen, cfg, log) if cfg["baselines"] else {}
+    likelihood = VAEConfig.of(parent).model.likelihood
+    baseline = (baseline_clusterings(counts, fits, chosen, graph_cfg | {"n_init": cfg["n_init"],
+                                                                         "counts": likelihood in COUNT_LIKELIHOODS},
+                                     log) if cfg["baselines"] else {})
     table |= {name: values for name, values in baseline.items() if name.startswith("pca_")}
 
     final = {"k": float(chosen)} | {name: float(values[ks.index(chosen)]) if values.ndim else float(values)

@@ -20,12 +20,14 @@ def baseline_part(found: EvalInput, report: Report, output_dir: Path, seed: int)
         report.tables.append(Table("baselines", ["note"], [[f"skipped: the cells have no layer '{layer}'"]]))
         return
     matrix = found.adata.layers[layer] if layer else found.adata.X
-    scores = baseline_scores(expression_pca(matrix, seed), found.labels, int(model["k"]), seed)
+    counts = found.provenance.get("counts")  # absent in files written before it was recorded: guessed
+    pca = expression_pca(matrix, seed, None if counts is None else bool(counts))
+    scores = baseline_scores(pca, found.labels, int(model["k"]), seed)
     report.metrics["clustering_baselines"] = scores
     rows = [["this model", model["k"], model["acc"], model["ari"], model["nmi"]]]
     rows += [[name, s["k"], s["acc"], s["ari"], s["nmi"]] for name, s in scores.items()]
     notes = [f"{name} agrees better with the labels than this model (ARI {s['ari']:.3f} vs {model['ari']:.3f})"
              for name, s in scores.items() if s["ari"] > model["ari"]]
     report.tables.append(Table(f"clustering vs obs['{found.label_key}']: this model and simple baselines "
-                               "(50 principal components of the log-normalised counts)",
+                               "(on 50 principal components of the log-normalised counts)",
                                ["method", "k", "ACC", "ARI", "NMI"], rows, notes))
