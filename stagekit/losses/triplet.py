@@ -11,10 +11,12 @@ again (a mutual-neighbour check at the label level, `mnn = true`: the majority l
 nearest cross-species cells, 1 being the reference's single nearest; without it every nearest cell joins). Then
 for an anchor a:
 - positives: cells of another species that share one of a's groups (so every positive is cross-species);
-- negatives: cells sharing no group with a, from a's species or the positive's species;
+- negatives: cells sharing no group with a and not of the positive's label, from a's species or the positive's;
 - semi-hard: 0 < cos(a, p) - cos(a, n) <= margin.
-One positive is drawn per anchor and one semi-hard negative per (anchor, positive), at random. Nearest cells
-are found in `neighbour_space` when given (e.g. macrogene expression), else in the embedding itself.
+One positive is drawn per anchor (`draws` times) and one negative per (anchor, positive), at random: as the
+reference, among all negatives, the triplet kept only when it is semi-hard (`search = False`), or among the
+semi-hard ones (`search = True`). Nearest cells are found in `neighbour_space` when given (e.g. macrogene
+expression), else in the embedding itself.
 """
 
 from __future__ import annotations
@@ -72,7 +74,7 @@ def label_groups(space: torch.Tensor, species: torch.Tensor, labels: torch.Tenso
 def mine_triplets(z: torch.Tensor, species: torch.Tensor, labels: torch.Tensor, margin: float = 0.2,
                   mnn: bool = True, generator: torch.Generator | None = None,
                   neighbour_space: torch.Tensor | None = None, balance_species: bool = False, mnn_k: int = 5,
-                  draws: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                  draws: int = 1, search: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Indices (anchors, positives, negatives) of semi-hard triplets; anchors without one are left out.
     Cells come grouped by species. `draws` independent (positive, negative) draws per anchor, concatenated (an
     anchor may appear up to `draws` times). `balance_species` keeps the same number of triplets for every anchor
@@ -82,7 +84,7 @@ def mine_triplets(z: torch.Tensor, species: torch.Tensor, labels: torch.Tensor, 
         groups = label_groups(z if neighbour_space is None else neighbour_space, species, labels, mnn,
                               mnn_k).float()
         blocks = species_blocks(species)
-        drawn = [_draw(unit, species, labels, groups, blocks, margin, generator) for _ in range(draws)]
+        drawn = [_draw(unit, species, labels, groups, blocks, margin, generator, search) for _ in range(draws)]
         anchors, positives, negatives = (torch.cat(parts) for parts in zip(*drawn, strict=True))
         if balance_species and len(anchors):
             keep = _balanced(species[anchors], torch.rand(len(anchors), generator=generator, device=z.device))
@@ -91,7 +93,7 @@ def mine_triplets(z: torch.Tensor, species: torch.Tensor, labels: torch.Tensor, 
 
 
 def _draw(unit: torch.Tensor, species: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor,
-          blocks: list[tuple[int, int]], margin: float, generator: torch.Generator | None
+          blocks: list[tuple[int, int]], margin: float, generator: torch.Generator | None, search: bool = False
           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One positive per anchor and one semi-hard negative per (anchor, positive), for the anchors that have
     both."""
@@ -120,9 +122,13 @@ def _draw(unit: torch.Tensor, species: torch.Tensor, labels: torch.Tensor, group
         if len(blocks) > 2:  # with two species every cell is of the anchor's or the positive's species
             candidate &= ((species[None, :] == species[start])
                           | (species[None, :] == species[positives[rows], None]))
-        candidate &= (similarity < ap) & (similarity >= ap - margin)  # semi-hard: 0 < a.p - a.n <= margin
+        semi_hard = (similarity < ap) & (similarity >= ap - margin)  # 0 < a.p - a.n <= margin
+        if search:
+            candidate &= semi_hard
         negative_key, negatives[rows] = keys.masked_fill_(~candidate, -1.0).max(1)
         found[rows] = (positive_key >= 0) & (negative_key >= 0)
+        if not search:  # a negative drawn from all candidates counts only when it is semi-hard
+            found[rows] &= semi_hard.gather(1, negatives[rows, None]).squeeze(1)
     anchors = found.nonzero().squeeze(1)
     return anchors, positives[anchors], negatives[anchors]
 

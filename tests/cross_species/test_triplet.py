@@ -78,6 +78,17 @@ def test_several_draws_per_anchor():
     assert torch.bincount(four[0]).max() <= 4 and (species[four[1]] != species[four[0]]).all()
 
 
+def test_a_random_negative_counts_only_when_semi_hard():
+    z, species, labels, _ = _toy()
+    unit = torch.nn.functional.normalize(z, dim=-1)
+    searched = mine_triplets(z, species, labels, margin=0.2, generator=torch.Generator().manual_seed(0), search=True)
+    drawn = mine_triplets(z, species, labels, margin=0.2, generator=torch.Generator().manual_seed(0), search=False)
+    a, p, n = drawn
+    gap = (unit[a] * unit[p]).sum(-1) - (unit[a] * unit[n]).sum(-1)
+    assert 0 < len(a) < len(searched[0]) and ((gap > 0) & (gap <= 0.2 + 1e-6)).all()
+    assert (labels[n] != labels[p]).all() and (labels[n] != labels[a]).all()
+
+
 def test_cells_without_partners_are_skipped_not_a_crash():
     z = torch.randn(6, 4, generator=torch.Generator().manual_seed(0))
     labels = torch.tensor([0, 1, 2, 3, 4, 5])

@@ -45,13 +45,14 @@ def kmeans_labels(pca: np.ndarray, k: int, seed: int, n_init: int = 10) -> np.nd
 
 
 def leiden_labels(pca: np.ndarray, seed: int) -> np.ndarray:
-    """scanpy's neighbours (15, UMAP connectivities) and Leiden (resolution 1; the igraph flavour scanpy
-    recommends: 2 iterations, undirected)."""
+    """scanpy's neighbours (15, UMAP connectivities; exact, as scanpy computes them below 4,096 cells: its
+    approximate search fails on some data with scipy's sparse arrays) and Leiden (resolution 1; the igraph
+    flavour scanpy recommends: 2 iterations, undirected)."""
     import anndata
     import scanpy as sc
 
     adata = anndata.AnnData(np.zeros((len(pca), 0), dtype=np.float32), obsm={"X_pca": pca})
-    sc.pp.neighbors(adata, n_neighbors=15, use_rep="X_pca", random_state=seed)
+    sc.pp.neighbors(adata, n_neighbors=15, use_rep="X_pca", random_state=seed, transformer="sklearn")
     sc.tl.leiden(adata, resolution=1.0, random_state=seed, flavor="igraph", n_iterations=2, directed=False)
     return adata.obs["leiden"].astype(int).to_numpy()
 

@@ -61,6 +61,9 @@ ALIGN = {
                            "random subset), so a species that forms more triplets does not dominate the loss"),
     "triplets_per_anchor": Key("int", 1, "independent (positive, semi-hard negative) draws per anchor cell and "
                                "step; the loss is their mean", minimum=1),
+    "negative_search": Key("bool", False, "look for a semi-hard negative among all candidates of each anchor; "
+                           "false: draw one candidate at random and keep the triplet only if it is semi-hard (the "
+                           "reference's miner: fewer triplets form as the species align)"),
     "unfreeze_macrogenes": Key("bool", False, "also train the gene -> macrogene weights"),
     "leiden_resolution": Key("float", 1.0, "resolution of the per-species Leiden clustering used when the data "
                              "has no labels", minimum=0),
