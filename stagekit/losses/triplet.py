@@ -13,7 +13,7 @@ for an anchor a:
 - positives: cells of another species that share one of a's groups (so every positive is cross-species);
 - negatives: cells sharing no group with a and not of the positive's label, from a's species or the positive's;
 - semi-hard: 0 < cos(a, p) - cos(a, n) <= margin.
-One positive is drawn per anchor (`draws` times) and one negative per (anchor, positive), at random: as the
+One positive is drawn per anchor and one negative per (anchor, positive), at random: as the
 reference, among all negatives, the triplet kept only when it is semi-hard (`search = False`), or among the
 semi-hard ones (`search = True`). Nearest cells are found in `neighbour_space` when given (e.g. macrogene
 expression), else in the embedding itself.
@@ -74,18 +74,16 @@ def label_groups(space: torch.Tensor, species: torch.Tensor, labels: torch.Tenso
 def mine_triplets(z: torch.Tensor, species: torch.Tensor, labels: torch.Tensor, margin: float = 0.2,
                   mnn: bool = True, generator: torch.Generator | None = None,
                   neighbour_space: torch.Tensor | None = None, balance_species: bool = False, mnn_k: int = 5,
-                  draws: int = 1, search: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Indices (anchors, positives, negatives) of semi-hard triplets; anchors without one are left out.
-    Cells come grouped by species. `draws` independent (positive, negative) draws per anchor, concatenated (an
-    anchor may appear up to `draws` times). `balance_species` keeps the same number of triplets for every anchor
-    species (a random subset of each)."""
+                  search: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Indices (anchors, positives, negatives) of semi-hard triplets, at most one per anchor; anchors without one
+    are left out. Cells come grouped by species. `balance_species` keeps the same number of triplets for every
+    anchor species (a random subset of each)."""
     with torch.no_grad():
         unit = F.normalize(z.detach().float(), dim=-1)
         groups = label_groups(z if neighbour_space is None else neighbour_space, species, labels, mnn,
                               mnn_k).float()
         blocks = species_blocks(species)
-        drawn = [_draw(unit, species, labels, groups, blocks, margin, generator, search) for _ in range(draws)]
-        anchors, positives, negatives = (torch.cat(parts) for parts in zip(*drawn, strict=True))
+        anchors, positives, negatives = _draw(unit, species, labels, groups, blocks, margin, generator, search)
         if balance_species and len(anchors):
             keep = _balanced(species[anchors], torch.rand(len(anchors), generator=generator, device=z.device))
             anchors, positives, negatives = anchors[keep], positives[keep], negatives[keep]

@@ -105,7 +105,7 @@ class AlignTask(Task):
         generator = torch.Generator(device=z.device).manual_seed(int(batch["seed"]))
         a, p, n = mine_triplets(z, batch["species"], batch["labels"], self.cfg["margin"], self.cfg["mnn"],
                                 generator, self.neighbour_space(values), self.cfg["balance_species"],
-                                self.cfg["mnn_k"], self.cfg["triplets_per_anchor"], self.cfg["negative_search"])
+                                self.cfg["mnn_k"], self.cfg["negative_search"])
         loss = cosine_triplet_loss(z, a, p, n, self.cfg["margin"])
         return {"loss": loss, "triplets": torch.tensor(float(len(a)))}
 

@@ -59,8 +59,6 @@ ALIGN = {
                            "embedding being trained, as the reference does)", choices=("macrogenes", "embedding")),
     "balance_species": Key("bool", False, "keep the same number of triplets per anchor species each step (a "
                            "random subset), so a species that forms more triplets does not dominate the loss"),
-    "triplets_per_anchor": Key("int", 1, "independent (positive, semi-hard negative) draws per anchor cell and "
-                               "step; the loss is their mean", minimum=1),
     "negative_search": Key("bool", False, "look for a semi-hard negative among all candidates of each anchor; "
                            "false: draw one candidate at random and keep the triplet only if it is semi-hard (the "
                            "reference's miner: fewer triplets form as the species align)"),
