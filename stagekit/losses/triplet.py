@@ -93,8 +93,8 @@ def mine_triplets(z: torch.Tensor, species: torch.Tensor, labels: torch.Tensor, 
 def _draw(unit: torch.Tensor, species: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor,
           blocks: list[tuple[int, int]], margin: float, generator: torch.Generator | None, search: bool = False
           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One positive per anchor and one semi-hard negative per (anchor, positive), for the anchors that have
-    both."""
+    """One positive per anchor and one negative per (anchor, positive) as the module describes, for the anchors
+    whose triplet is semi-hard."""
     n, device = len(unit), unit.device
     # one key matrix draws both picks, a uniform choice within each (disjoint) set, whole rows at once: row i's
     # keys are frac(c_j + r_i), i.i.d. uniform along the row, at the price of 2 x B random numbers, not B x B
