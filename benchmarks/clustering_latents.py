@@ -2,7 +2,7 @@
 latent (and variants of it) and on scvi-tools' SCVI latent, per labelled set, same cells, same seed.
 
 SCVI runs as its users run it (`setup_anndata` on raw counts, NB likelihood, 200 epochs, its other defaults;
-latent 10 and, to match the preset, 32). stagekit variants are `pretrain --preset vae` with `--set` overrides,
+latent 10). stagekit variants are `pretrain --preset vae` with `--set` overrides,
 given as NAME=KEY=VALUE[,KEY=VALUE...]. Sets and their files are benchmarks/clustering_sets.py's.
 
     python benchmarks/clustering_latents.py [--sets worm kidney kang cite ifnb] [--seed 0] [--no-scvi]
@@ -75,7 +75,7 @@ def main() -> None:
             cells, _ = vae_cells(CellsRequest(read_bundle(out), [path], log=lambda m: None))
             row[variant] = kmeans_ari(cells.obsm["X_stagekit"], labels, k, args.seed)
         if not args.no_scvi:
-            for n_latent in (10, 32):
+            for n_latent in (10,):
                 latent, seconds = scvi_latent(path, n_latent, args.seed)
                 row[f"SCVI latent {n_latent}"] = kmeans_ari(latent, labels, k, args.seed)
                 print(f"{name}: SCVI latent {n_latent} trained in {seconds:.0f} s", flush=True)
