@@ -84,13 +84,17 @@ def run_set(name: str, seed: int, work: Path, pretrain_sets: list[str]) -> dict:
     chosen["default"] = int(search.final_metrics["k"])
     stagekit("cluster-search", out / "pretrain.stk", "--k", true_k, *s, "-o", out / "clusters.stk")
     started = time.perf_counter()
-    stagekit("finetune", "-p", "dec", out / "clusters.stk", *dec_sets, *s, "-o", out / "dec.stk")
+    try:  # a run the collapse guard stops counts as the user sees it: no result
+        stagekit("finetune", "-p", "dec", out / "clusters.stk", *dec_sets, *s, "-o", out / "dec.stk")
+    except SystemExit as stopped:
+        print(f"{name} seed {seed}: {stopped}", flush=True)
     times["dec"] = time.perf_counter() - started
     at_true_k = read_bundle(out / "clusters.stk", weights=False)  # its baselines: what cluster-search shows
     ari = {"pca50_kmeans": at_true_k.final_metrics["label_ari_pca_kmeans"],
            "pca50_leiden": at_true_k.final_metrics["label_ari_pca_leiden"],
            "latent_kmeans": ari_nmi_acc(labels, at_true_k.results["assignments"])["ari"],
-           "dec": ari_nmi_acc(labels, read_bundle(out / "dec.stk", weights=False).results["assignments"])["ari"]}
+           "dec": (ari_nmi_acc(labels, read_bundle(out / "dec.stk", weights=False).results["assignments"])["ari"]
+                   if (out / "dec.stk").exists() else float("nan"))}
     return {"set": name, "seed": seed, "true_k": true_k, "k": chosen, "ari": ari, "seconds": times,
             "silhouette": np.round(table["silhouette"], 3).tolist()}
 
@@ -104,9 +108,12 @@ def report(results: list[dict]) -> None:
           f"{'DEC':>16}  DEC - k-means  DEC - Leiden")
     for name, rows in by_set.items():
         cells = {m: np.array([r["ari"][m] for r in rows]) for m in methods}
-        text = "  ".join(f"{v.mean():7.3f} +/- {v.std():.3f}" for v in cells.values())
-        print(f"{name:<8} {rows[0]['true_k']:>6} {text}  {cells['dec'].mean() - cells['pca50_kmeans'].mean():+13.3f}"
-              f"  {cells['dec'].mean() - cells['pca50_leiden'].mean():+12.3f}")
+        text = "  ".join(f"{np.nanmean(v):7.3f} +/- {np.nanstd(v):.3f}" for v in cells.values())
+        dec = np.nanmean(cells["dec"])
+        collapsed = int(np.isnan(cells["dec"]).sum())
+        print(f"{name:<8} {rows[0]['true_k']:>6} {text}  {dec - cells['pca50_kmeans'].mean():+13.3f}"
+              f"  {dec - cells['pca50_leiden'].mean():+12.3f}"
+              + (f"  (DEC stopped by the collapse guard in {collapsed} of {len(rows)} seeds)" if collapsed else ""))
     print("\nk chosen per rule (one per seed) against the true k; sets within +/- 2 (median over seeds)")
     print(f"{'rule':<20} " + " ".join(f"{n + ' (' + str(by_set[n][0]['true_k']) + ')':>14}" for n in sets)
           + "  sets  mean |error|")
