@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import sparse
 
+from stagekit.data.normalise import log_normalised
 from stagekit.metrics.clustering import label_agreement
 
 N_COMPONENTS = 50
@@ -22,17 +23,17 @@ def looks_like_counts(matrix) -> bool:
 
 
 def expression_pca(matrix, seed: int, counts: bool | None = None) -> np.ndarray:
-    """Cells x (up to) 50 principal components: of log1p(counts per 10,000) when `matrix` holds counts (scanpy's
-    normalize_total, log1p, pca), else of the values as given. `counts` None: decided by `looks_like_counts`."""
+    """Cells x (up to) 50 principal components (scanpy's pca): of the log-normalised counts when `matrix` holds
+    counts, else of the values as given. `counts` None: decided by `looks_like_counts`."""
     import anndata
     import scanpy as sc
 
-    values = sparse.csr_matrix(matrix, dtype=np.float32) if sparse.issparse(matrix) else \
-        np.asarray(matrix, dtype=np.float32)
-    adata = anndata.AnnData(values.copy())
-    if looks_like_counts(values) if counts is None else counts:
-        sc.pp.normalize_total(adata, target_sum=1e4)
-        sc.pp.log1p(adata)
+    if looks_like_counts(matrix) if counts is None else counts:
+        values = log_normalised(matrix)
+    else:
+        values = sparse.csr_matrix(matrix, dtype=np.float32) if sparse.issparse(matrix) else \
+            np.asarray(matrix, dtype=np.float32)
+    adata = anndata.AnnData(values)
     n_components = min(N_COMPONENTS, adata.n_obs - 1, adata.n_vars - 1)
     sc.pp.pca(adata, n_comps=n_components, random_state=seed)
     return np.asarray(adata.obsm["X_pca"], dtype=np.float32)

@@ -14,6 +14,7 @@ import torch
 from stagekit.bundle import Bundle
 from stagekit.data.anndata_io import CountMatrix, load_counts, split_by_column
 from stagekit.data.batching import eval_plan
+from stagekit.data.normalise import log_normalised
 from stagekit.errors import UserError
 from stagekit.models.blocks import device_of
 from stagekit.stages.cross_species.model_config import SaturnConfig
@@ -129,9 +130,7 @@ def shared_gene_pca(bundle: Bundle, cells: list[SpeciesCells], n_components: int
     blocks = []
     for c, names in zip(cells, genes, strict=True):
         column = {g.upper(): i for i, g in enumerate(names)}
-        totals = np.asarray(c.matrix.sum(1)).ravel()
-        scaled = sp.diags(1e4 / np.maximum(totals, 1)) @ c.matrix[:, [column[g] for g in shared]]
-        blocks.append(np.log1p(scaled.toarray()).astype(np.float32))
+        blocks.append(log_normalised(c.matrix, np.array([column[g] for g in shared])).toarray())
     values = np.concatenate(blocks)
     n = min(n_components, values.shape[1] - 1, values.shape[0] - 1)
     return PCA(n, svd_solver="randomized", random_state=seed).fit_transform(values).astype(np.float32), len(shared)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from stagekit.stages.perturbation.space import TARGET_SUM
+from stagekit.data.normalise import TARGET_SUM
 
 if TYPE_CHECKING:
     import anndata

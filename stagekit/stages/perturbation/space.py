@@ -10,9 +10,9 @@ import numpy as np
 import scipy.sparse as sp
 
 from stagekit.data.hvg import highly_variable_genes
+from stagekit.data.normalise import log_normalised
 from stagekit.errors import UserError
 
-TARGET_SUM = 1e4
 EXPRESSION_FLOOR = 0.0  # predicted log-normalised expression is clipped here: a change cannot go below none
 _EMBED_BLOCK = 8192  # cells embedded at a time (a dense block of genes)
 
@@ -56,16 +56,6 @@ class ExpressionSpace:
     @classmethod
     def from_arrays(cls, genes: list[str], arrays: dict[str, np.ndarray]) -> ExpressionSpace:
         return cls(genes, np.asarray(arrays["space_mean"]), np.asarray(arrays["space_components"]))
-
-
-def log_normalised(counts: sp.csr_matrix, columns: np.ndarray) -> sp.csr_matrix:
-    """log1p of counts scaled to TARGET_SUM per cell (totals over every gene of the file), on `columns` only."""
-    totals = np.asarray(counts.sum(axis=1)).ravel()
-    scale = TARGET_SUM / np.maximum(totals, 1.0)
-    selected = sp.csr_matrix(counts[:, columns], dtype=np.float32)
-    selected = sp.csr_matrix(sp.diags(scale.astype(np.float32)) @ selected)
-    np.log1p(selected.data, out=selected.data)
-    return selected
 
 
 def fit_space(counts: sp.csr_matrix, var_names: list[str], train_rows: np.ndarray, n_genes: int,
