@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -19,6 +19,9 @@ from stagekit.train import Engine, FitResult, RunSettings, Task
 from stagekit.train.progress import ProgressReporter
 from stagekit.train.signals import Signals
 from stagekit.train.state import TENSOR_TAG, from_storable
+
+if TYPE_CHECKING:
+    from stagekit.data.anndata_io import CountMatrix
 
 
 def package_versions() -> dict[str, str]:
@@ -55,10 +58,27 @@ def bundle_data_path(bundle: Bundle, data_path: Path | None) -> Path:
 def check_same_genes(var_names: list[str], bundle: Bundle, where: str | Path) -> None:
     """The data's genes are the bundle's, in the same order (the model reads them by position)."""
     if var_names != bundle.var_names:
-        missing = [g for g in bundle.var_names if g not in set(var_names)][:3]
-        detail = f"missing e.g. {', '.join(missing)}" if missing else "same genes in another order"
+        present = set(var_names)
+        missing = [g for g in bundle.var_names if g not in present][:3]
+        if missing:
+            detail = f"missing e.g. {', '.join(missing)}"
+        elif len(var_names) > len(bundle.var_names):
+            detail = f"it reads {len(bundle.var_names)} of these {len(var_names)} genes"
+        else:
+            detail = "same genes in another order"
         raise UserError(f"{where}: genes differ from those {bundle.path} was trained on ({detail}); "
                         "subset or reorder var to the bundle's genes")
+
+
+def select_bundle_genes(counts: CountMatrix, bundle: Bundle, where: str | Path) -> CountMatrix:
+    """The bundle's genes taken from `counts` by name, in the bundle's order (a model trained on a gene
+    selection reads the file it was selected from); an error naming missing genes."""
+    if counts.var_names == bundle.var_names:
+        return counts
+    position = {name: i for i, name in reversed(list(enumerate(counts.var_names)))}  # the first of duplicates
+    if any(name not in position for name in bundle.var_names):
+        check_same_genes(counts.var_names, bundle, where)
+    return counts.select_genes(np.array([position[name] for name in bundle.var_names]))
 
 
 def lineage_of(parent: Bundle) -> list[dict]:

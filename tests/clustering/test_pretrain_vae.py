@@ -135,3 +135,28 @@ def test_sigint_after_the_last_epoch_keeps_the_run(tmp_path, small_h5ad):
     assert out.is_file() or partial.is_file()
     if out.is_file():
         assert read_bundle(out).status == "complete" and not partial.exists()
+
+
+def test_gene_selection_is_stored_and_read_back_by_name(capsys, tmp_path, small_h5ad):
+    """`data.n_top_genes` trains on the most variable genes; the later phases take them from the whole file."""
+    import anndata
+
+    from stagekit.data.hvg import highly_variable_genes
+
+    out = tmp_path / "vae.stk"
+    code, _, err = run_cli(capsys, "pretrain", "-p", "vae", small_h5ad, "-o", out, "--set", "data.n_top_genes=100",
+                           "--set", "training.epochs=2")
+    assert code == 0, err
+    assert "100 of 400 genes kept" in err
+    adata = anndata.read_h5ad(small_h5ad)
+    expected = [adata.var_names[i] for i in highly_variable_genes(adata.X.tocsr(), 100)]
+    bundle = read_bundle(out)
+    assert bundle.var_names == expected and bundle.weights["encoder.0.weight"].shape[1] == 100
+    code, _, err = run_cli(capsys, "cluster-search", out, "--k", "3", "-o", tmp_path / "k.stk", "-q")
+    assert code == 0, err
+    code, _, err = run_cli(capsys, "extract", tmp_path / "k.stk", "-o", tmp_path / "cells.h5ad")
+    assert code == 0, err
+    assert anndata.read_h5ad(tmp_path / "cells.h5ad").n_vars == 400  # the user's file, with the embedding added
+    code, _, err = run_cli(capsys, "pretrain", "-p", "autoencoder", small_h5ad, "-o", tmp_path / "ae.stk",
+                           "--set", "data.n_top_genes=100")
+    assert code == 2 and "data.n_top_genes" in err and "Traceback" not in err

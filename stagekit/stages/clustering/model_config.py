@@ -27,6 +27,7 @@ class VAEData:
     batch_key: str
     label_key: str
     backed: bool
+    n_top_genes: int = 0  # 0: every gene of the file; else the bundle's var_names are the selection
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ import torch
 from stagekit.bundle import Bundle
 from stagekit.data.anndata_io import CountMatrix, category_codes, load_counts
 from stagekit.data.batching import epoch_plan, eval_plan, split_train_val
+from stagekit.data.hvg import highly_variable_genes
 from stagekit.data.pairs import Partners, cells_of, with_partners
 from stagekit.errors import UserError
 from stagekit.losses.clustering import nt_xent
@@ -145,6 +147,19 @@ def input_space(model: VAE, counts: CountMatrix, n_components: int = 50, block: 
     return np.concatenate([pca.transform(features(rows)) for rows in blocks()]).astype(np.float32)
 
 
+def select_genes(counts: CountMatrix, n_top: int, likelihood: str, log: Callable[[str], None]) -> CountMatrix:
+    """The `n_top` most variable genes of every cell's raw counts (seurat_v3), or all genes (`n_top` 0 or at
+    least the file's)."""
+    if not n_top or n_top >= counts.n_vars:
+        return counts
+    if likelihood not in COUNT_LIKELIHOODS:
+        raise UserError(f"data.n_top_genes = {n_top} ranks genes by the variance of raw counts; with "
+                        f"model.likelihood = \"{likelihood}\" set data.n_top_genes = 0")
+    kept = counts.select_genes(highly_variable_genes(counts if counts.backed else counts.matrix, n_top))
+    log(f"{kept.n_vars} of {counts.n_vars} genes kept (the most variable, seurat_v3)")
+    return kept
+
+
 def run(request: PhaseRequest) -> Path | None:
     config = request.config
     data_cfg, model_cfg, train_cfg = config["data"], config["model"], config["training"]
@@ -160,6 +175,7 @@ def run(request: PhaseRequest) -> Path | None:
                          require_counts=model_cfg["likelihood"] in COUNT_LIKELIHOODS)
     fingerprint = counts.fingerprint()
     phase.check_resume_data(fingerprint)
+    counts = select_genes(counts, data_cfg["n_top_genes"], model_cfg["likelihood"], request.log)
     phase.engine.launch()
 
     categories: dict[str, list[str]] = {}

@@ -12,6 +12,9 @@ COUNT_DATA = {
     "batch_key": Key("str", "", "obs column of a batch covariate to condition on; empty for none"),
     "label_key": Key("str", "", "obs column of cell labels, kept for evaluation; empty for none"),
     "backed": Key("bool", False, "read cells from disk in contiguous blocks instead of loading X"),
+    "n_top_genes": Key("int", 0, "train on the N most variable genes (seurat_v3 on the raw counts of every cell; "
+                       "count likelihoods only); later phases take these genes from the file by name. 0 keeps all",
+                       minimum=0),
 }
 
 VAE_MODEL = {

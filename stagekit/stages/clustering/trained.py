@@ -17,7 +17,7 @@ from stagekit.errors import UserError
 from stagekit.models.blocks import device_of
 from stagekit.models.vae import COUNT_LIKELIHOODS, VAE
 from stagekit.stages.clustering.model_config import VAEConfig
-from stagekit.stages.phase import bundle_data_path, check_same_genes
+from stagekit.stages.phase import bundle_data_path, select_bundle_genes
 from stagekit.train.state import load_weights
 
 
@@ -30,7 +30,7 @@ def load_vae(bundle: Bundle) -> VAE:
 
 def load_bundle_data(bundle: Bundle, data_path: Path | None, obs_keys: tuple[str, ...] = (), adata=None
                      ) -> tuple[CountMatrix, np.ndarray | None]:
-    """Cells for a model from `bundle`: its training file unless `data_path` is given; genes must match.
+    """Cells for a model from `bundle`: its training file unless `data_path` is given, on the bundle's genes.
     Read backed (from disk) when the pretraining was, unless the caller passes the file's AnnData (`adata`)."""
     described = VAEConfig.of(bundle)
     data_cfg = described.data
@@ -38,7 +38,7 @@ def load_bundle_data(bundle: Bundle, data_path: Path | None, obs_keys: tuple[str
     keys = tuple(k for k in (data_cfg.batch_key, *obs_keys) if k)
     counts = load_counts(path, data_cfg.layer, keys, backed=data_cfg.backed,
                          require_counts=described.model.likelihood in COUNT_LIKELIHOODS, adata=adata)
-    check_same_genes(counts.var_names, bundle, path)
+    counts = select_bundle_genes(counts, bundle, path)
     batch_codes = None
     if data_cfg.batch_key:
         codes, names = category_codes(counts.obs, data_cfg.batch_key)
