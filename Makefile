@@ -11,7 +11,7 @@ $(BIN)/stagekit: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[test,evaluators]'
+	$(BIN)/python -m pip install -q -e '.[test,evaluators,spatial]'
 	touch $@
 
 # The main job: cross-species integration of the embedded human + mouse pancreas cells (pretrain -> align -> evaluate).

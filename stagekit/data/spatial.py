@@ -15,39 +15,52 @@ import pandas as pd
 
 from stagekit.errors import UserError
 
-# file patterns are tried in order; columns: role -> column name ("" = the export has none)
+# file patterns are tried in order; columns: role -> column name ("" = the export has none). "outlines": the prior
+# outlines each vendor exports (the segmentation's boundary nodes), alternatives tried in order
 FORMATS: dict[str, dict] = {
     "xenium": {"transcripts": ("transcripts.parquet", "transcripts.csv.gz", "transcripts.csv"),
-               "nuclei": ("nucleus_boundaries.parquet", "nucleus_boundaries.csv.gz", "nucleus_boundaries.csv"),
+               "outlines": ({"kind": "vertices", "what": "nucleus",
+                             "files": ("nucleus_boundaries.parquet", "nucleus_boundaries.csv.gz",
+                                       "nucleus_boundaries.csv"),
+                             "columns": {"fov": "", "cell": "cell_id", "x": "vertex_x", "y": "vertex_y"}},),
                "columns": {"id": "transcript_id", "x": "x_location", "y": "y_location", "z": "z_location",
-                           "gene": "feature_name", "qv": "qv", "cell": "cell_id", "truth": "true_cell_id"},
-               "nucleus_columns": {"cell": "cell_id", "x": "vertex_x", "y": "vertex_y"},
+                           "gene": "feature_name", "qv": "qv", "cell": "cell_id", "fov": "", "truth": "true_cell_id"},
                "unassigned": ("UNASSIGNED", "-1", ""), "micron_per_unit": 1.0},
-    # MERSCOPE: detected_transcripts.csv; nucleus polygons as a vertex table (cell id, x, y in microns)
-    "merscope": {"transcripts": ("detected_transcripts.parquet", "detected_transcripts.csv"),
-                 "nuclei": ("nucleus_boundaries.parquet", "nucleus_boundaries.csv"),
+    # MERSCOPE: detected_transcripts.csv in micron; the cells of Vizgen's DAPI/PolyT segmentation as WKB
+    # (Multi)Polygons per z-plane in cell_boundaries.parquet
+    "merscope": {"transcripts": ("detected_transcripts.parquet", "detected_transcripts.csv.gz",
+                                 "detected_transcripts.csv"),
+                 "outlines": ({"kind": "wkb", "what": "cell", "files": ("cell_boundaries.parquet",),
+                               "columns": {"cell": "EntityID", "geometry": "Geometry"}},),
                  "columns": {"id": "transcript_id", "x": "global_x", "y": "global_y", "z": "global_z",
-                             "gene": "gene", "qv": "", "cell": "cell_id", "truth": ""},
-                 "nucleus_columns": {"cell": "cell_id", "x": "vertex_x", "y": "vertex_y"},
+                             "gene": "gene", "qv": "", "cell": "cell_id", "fov": "", "truth": ""},
                  "unassigned": ("-1", ""), "micron_per_unit": 1.0},
-    # CosMx: *_tx_file.csv in pixels (0.12028 micron per pixel); its *-polygons.csv outline whole cells, so nucleus
-    # outlines come as a vertex table in the same pixel coordinates
+    # CosMx: *_tx_file.csv in pixels (0.12028 micron per pixel), cell ids numbered within each field of view; the
+    # vendor's cells as a vertex table (*-polygons.csv) or as one label image per field of view (CellLabels_F*.tif,
+    # pixel rows counting down from the top, placed by the fov positions file)
     "cosmx": {"transcripts": ("*_tx_file.csv.gz", "*_tx_file.csv"),
-              "nuclei": ("nucleus_boundaries.parquet", "nucleus_boundaries.csv.gz", "nucleus_boundaries.csv"),
+              "outlines": ({"kind": "vertices", "what": "cell", "files": ("*-polygons.csv.gz", "*-polygons.csv"),
+                            "columns": {"fov": "fov", "cell": "cellID", "x": "x_global_px", "y": "y_global_px"}},
+                           {"kind": "labels", "what": "cell", "files": ("CellLabels_F*.tif",),
+                            "positions": ("*fov_positions_file.csv.gz", "*fov_positions_file.csv"),
+                            "columns": {"fov": "fov", "x": "x_global_px", "y": "y_global_px"}}),
               "columns": {"id": "", "x": "x_global_px", "y": "y_global_px", "z": "z", "gene": "target", "qv": "",
-                          "cell": "cell", "truth": ""},
-              "nucleus_columns": {"cell": "cell", "x": "x_global_px", "y": "y_global_px"},
+                          "cell": "cell_ID", "fov": "fov", "truth": ""},
               "unassigned": ("0", "", "-1"), "micron_per_unit": 0.12028},
 }
 
-CONTROL_PREFIXES = ("NegControlProbe_", "NegControlCodeword", "BLANK_", "antisense_", "Unassigned", "Deprecated")
+CONTROL_PREFIXES = ("NegControlProbe_", "NegControlCodeword", "BLANK_", "antisense_", "Unassigned", "Deprecated",
+                    "Blank-", "NegPrb", "SystemControl")
 
 
 @dataclass
 class Nuclei:
+    """The prior outlines a segmentation links transcripts to: nuclei (Xenium) or the vendor's cells."""
+
     ids: list[str]  # one per polygon, taken from the polygon's own rows
     vertices: np.ndarray  # (n, V, 2) float64, each polygon closed and padded by repeating its last vertex
     n_vertices: np.ndarray  # (n,) distinct vertices before padding
+    what: str = "nucleus"  # or "cell": what the outlines are
 
 
 @dataclass
@@ -63,6 +76,8 @@ class Sample:
     truth: np.ndarray | None  # (kept,) str ground truth (synthetic samples)
     dropped: dict[str, int] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
+    # micron coordinates of the control probes (negative probes, blank codewords) in the region, for their rate
+    control_xy: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
 
     @property
     def n(self) -> int:
@@ -133,37 +148,104 @@ def _numeric(table: pd.DataFrame, column: str, path: Path) -> np.ndarray:
     return values
 
 
-def read_nuclei(path: Path, columns: dict[str, str], scale: float, fmt: str, log=print) -> Nuclei:
-    """Polygons grouped by cell id in file order; each id is attached to its own rows (never by sorted order)."""
-    table = _read_table(path)
-    _require(table, path, columns, ("cell", "x", "y"), fmt)
-    x, y = _numeric(table, columns["x"], path) * scale, _numeric(table, columns["y"], path) * scale
+def _ids(table: pd.DataFrame, columns: dict[str, str]) -> np.ndarray:
+    """Cell ids as text; "FOV_CELL" where the export numbers cells within each field of view (CosMx)."""
     cells = _strings(table[columns["cell"]])
-    ids, first = np.unique(cells, return_index=True)
-    ids = ids[np.argsort(first)]  # file order
-    code = pd.Categorical(cells, categories=ids).codes
-    order = np.argsort(code, kind="stable")
-    starts = np.searchsorted(code[order], np.arange(len(ids) + 1))
-    polygons = []
-    for i in range(len(ids)):
-        rows = order[starts[i]:starts[i + 1]]
-        pts = np.stack([x[rows], y[rows]], 1)
-        if len(pts) > 1 and np.allclose(pts[0], pts[-1]):
-            pts = pts[:-1]
-        polygons.append(pts)
-    good = [i for i, p in enumerate(polygons) if len(np.unique(p, axis=0)) >= 3]
+    if columns.get("fov"):
+        return np.char.add(np.char.add(_strings(table[columns["fov"]]), "_"), cells)
+    return cells
+
+
+def _padded(outlines: dict[str, np.ndarray], what: str, where: Path, log) -> Nuclei:
+    """Polygons of three or more distinct vertices as padded (n, V, 2) arrays."""
+    good = [name for name, pts in outlines.items() if len(np.unique(pts, axis=0)) >= 3]
     if not good:
-        raise UserError(f"{path}: no nucleus polygon with 3 or more vertices; segmentation needs nuclei")
-    if len(good) < len(polygons):
-        log(f"warning: {path}: {len(polygons) - len(good):,} nucleus polygon(s) with fewer than 3 distinct "
-            "vertices left out")
-    width = max(len(polygons[i]) for i in good) + 1
+        raise UserError(f"{where}: no {what} outline with 3 or more vertices; segmentation needs them")
+    if len(good) < len(outlines):
+        log(f"warning: {where}: {len(outlines) - len(good):,} {what} outline(s) with fewer than 3 distinct vertices "
+            "left out")
+    width = max(len(outlines[name]) for name in good) + 1
     vertices = np.zeros((len(good), width, 2))
-    for row, i in enumerate(good):
-        p = polygons[i]
+    for row, name in enumerate(good):
+        p = outlines[name]
         vertices[row, :len(p)] = p
         vertices[row, len(p):] = p[0]  # closing vertex, repeated as padding (zero-length edges)
-    return Nuclei([str(ids[i]) for i in good], vertices, np.array([len(polygons[i]) for i in good]))
+    return Nuclei(good, vertices, np.array([len(outlines[name]) for name in good]), what)
+
+
+def _label_outlines(folder: Path, source: dict, paths: list[Path], fmt: str) -> dict[str, np.ndarray]:
+    """Each field of view's label image placed by its position: x = fov x + column, y = fov y + (rows - row),
+    pixel centres (CosMx's local y counts up from the image's bottom row)."""
+    import tifffile
+
+    from stagekit.data.outlines import from_label_image
+
+    positions_path = _find(folder, source["positions"], "field-of-view positions", fmt)
+    positions = _read_table(positions_path)
+    columns = source["columns"]
+    _require(positions, positions_path, columns, ("fov", "x", "y"), fmt)
+    where = dict(zip(_strings(positions[columns["fov"]]),
+                     zip(_numeric(positions, columns["x"], positions_path),
+                         _numeric(positions, columns["y"], positions_path), strict=True), strict=True))
+    outlines = {}
+    for path in paths:
+        digits = "".join(ch for ch in path.stem.rsplit("_F", 1)[-1] if ch.isdigit())
+        fov = str(int(digits)) if digits else ""
+        if fov not in where:
+            raise UserError(f"{path}: field of view '{fov}' is not in {positions_path}; the label images are named "
+                            "CellLabels_F<fov>.tif")
+        try:
+            labels = tifffile.imread(path)
+        except Exception as exc:  # any unreadable image means the same to a user
+            raise UserError(f"{path} is not a readable TIFF label image ({type(exc).__name__})") from None
+        x0, y0 = where[fov]
+        for label, pts in from_label_image(labels).items():
+            outlines[f"{fov}_{label}"] = np.stack([x0 + pts[:, 0] + 0.5, y0 + labels.shape[0] - pts[:, 1] - 0.5], 1)
+    return outlines
+
+
+def _require_extra(modules: tuple[str, ...], fmt: str) -> None:
+    import importlib.util
+
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        raise UserError(f"data.format = '{fmt}' reads the vendor's cell outlines with {', '.join(missing)}; install "
+                        "them with: pip install 'stagekit[spatial]'")
+
+
+def read_outlines(folder: Path, fmt: str, scale: float, log=print) -> tuple[Nuclei, dict[str, str]]:
+    """The format's prior outlines (the first alternative whose files exist), ids attached to their own rows,
+    scaled to micron; and the files read."""
+    sources = FORMATS[fmt]["outlines"]
+    for source in sources:
+        found = [p for pattern in source["files"] for p in sorted(folder.glob(pattern))]
+        if found:
+            break
+    else:
+        patterns = " or ".join(p for s in sources for p in s["files"])
+        raise UserError(f"{folder}: no {sources[0]['what']} boundaries file ({patterns}) for data.format = '{fmt}'")
+    columns, what = source["columns"], source["what"]
+    if source["kind"] != "vertices":
+        _require_extra(("shapely", "tifffile", "skimage") if source["kind"] == "labels" else ("shapely",), fmt)
+    files = {"nuclei": str(found[0])}  # the key older bundles used, whatever the outlines are
+    if source["kind"] == "labels":
+        outlines = _label_outlines(folder, source, found, fmt)
+        files |= {f"nuclei_{i}": str(p) for i, p in enumerate(found[1:], 1)}
+    else:
+        table = _read_table(found[0])
+        if source["kind"] == "wkb":
+            _require(table, found[0], columns, ("cell", "geometry"), fmt)
+            from stagekit.data.outlines import from_wkb
+
+            outlines = from_wkb(found[0], _ids(table, columns), table[columns["geometry"]].to_numpy())
+        else:
+            _require(table, found[0], columns, ("fov", "cell", "x", "y"), fmt)
+            from stagekit.data.outlines import from_vertex_table
+
+            outlines = from_vertex_table(_ids(table, columns), _numeric(table, columns["x"], found[0]),
+                                         _numeric(table, columns["y"], found[0]))
+    nuclei = _padded({name: pts * scale for name, pts in outlines.items()}, what, found[0], log)
+    return nuclei, files
 
 
 def _in_region(xy: np.ndarray, region: list[float]) -> np.ndarray:
@@ -175,14 +257,13 @@ def read_sample(folder: Path, fmt: str = "xenium", min_qv: float = 20.0, columns
                 control_prefixes: tuple[str, ...] = CONTROL_PREFIXES, region: list[float] | None = None,
                 log=print) -> Sample:
     """Transcripts that pass the quality and control-probe filters (and lie in `region`, [x0, y0, x1, y1] in
-    micron, when given), and the nucleus polygons of a sample folder."""
+    micron, when given), and the prior outlines (nuclei or the vendor's cells) of a sample folder."""
     folder = Path(folder)
     if not folder.is_dir():
         raise UserError(f"{folder} is not a folder; give the sample's output folder (e.g. a Xenium output)")
     spec = FORMATS[fmt]
     cols = spec["columns"] | (columns or {})
     tx_path = _find(folder, spec["transcripts"], "transcripts", fmt)
-    nuc_path = _find(folder, spec["nuclei"], "nucleus boundaries", fmt)
     table = _read_table(tx_path)
     _require(table, tx_path, cols, ("x", "y", "gene"), fmt)
     if len(table) == 0:
@@ -217,15 +298,22 @@ def read_sample(folder: Path, fmt: str = "xenium", min_qv: float = 20.0, columns
     kept = table.loc[keep]
     xy = xy_all[keep] if xy_all is not None else \
         np.stack([_numeric(kept, cols["x"], tx_path), _numeric(kept, cols["y"], tx_path)], 1) * scale
+    controls = table.loc[control]
+    control_xy = np.stack([_numeric(controls, cols["x"], tx_path), _numeric(controls, cols["y"], tx_path)], 1) * scale
+    if region:
+        control_xy = control_xy[_in_region(control_xy, region)]
     genes, codes = np.unique(genes_all[keep], return_inverse=True)
-    nuclei = read_nuclei(nuc_path, spec["nucleus_columns"], scale, fmt, log)
-    if region:  # nuclei reaching into the region stay: transcripts at its edge may belong to them
+    nuclei, outline_files = read_outlines(folder, fmt, scale, log)
+    outline_path = Path(outline_files["nuclei"])
+    if region:  # outlines reaching into the region stay: transcripts at its edge may belong to them
         reach = np.array([_in_region(v, region).any() for v in nuclei.vertices])
         nuclei = Nuclei([i for i, r in zip(nuclei.ids, reach, strict=True) if r], nuclei.vertices[reach],
-                        nuclei.n_vertices[reach])
+                        nuclei.n_vertices[reach], nuclei.what)
         if not nuclei.ids:
-            raise UserError(f"data.region {region} holds no nucleus of {nuc_path}")
-    log(f"{nuc_path.name}: {len(nuclei.ids):,} nuclei")
+            raise UserError(f"data.region {region} holds no {nuclei.what} of {outline_path}")
+    plural = "nuclei" if nuclei.what == "nucleus" else "cells"
+    log(f"{outline_path.name}{' and more' if len(outline_files) > 1 else ''}: {len(nuclei.ids):,} {plural} "
+        + ("(the vendor's cell outlines are the boundary nodes)" if nuclei.what == "cell" else ""))
 
     def strings(role: str) -> np.ndarray | None:
         if not cols[role] or cols[role] not in kept.columns:
@@ -234,6 +322,9 @@ def read_sample(folder: Path, fmt: str = "xenium", min_qv: float = 20.0, columns
 
     vendor = strings("cell")
     if vendor is not None:
-        vendor = np.where(pd.Series(vendor).isin(set(spec["unassigned"])).to_numpy(), "", vendor)
+        unassigned = pd.Series(vendor).isin(set(spec["unassigned"])).to_numpy()
+        if cols["fov"] and cols["fov"] in kept.columns:
+            vendor = _ids(kept, cols)
+        vendor = np.where(unassigned, "", vendor)
     return Sample(folder, table, keep, xy, codes.astype(np.int64), [str(g) for g in genes], nuclei, vendor,
-                  strings("truth"), dropped, {"transcripts": str(tx_path), "nuclei": str(nuc_path)})
+                  strings("truth"), dropped, {"transcripts": str(tx_path)} | outline_files, control_xy)

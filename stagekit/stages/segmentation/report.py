@@ -107,6 +107,18 @@ def is_in(values: np.ndarray, names: list[str]) -> np.ndarray:
     return pd.Series(values).isin(set(names)).to_numpy()
 
 
+def control_probe_rate(sample: Sample, cell: np.ndarray) -> float:
+    """Control probes (negative probes, blank codewords) per 1,000 transcripts in cells: each probe goes where its
+    nearest transcript went. Background swallowed into cells raises it; lower is better."""
+    from scipy.spatial import cKDTree
+
+    in_cells = int((cell != "").sum())
+    if not len(sample.control_xy) or not in_cells:
+        return float("nan")
+    nearest = cKDTree(sample.xy).query(sample.control_xy)[1]
+    return float(1000 * (cell[nearest] != "").sum() / in_cells)
+
+
 def scores(sample: Sample, cell: np.ndarray, pairs: list[tuple[str, str]]) -> dict:
     ids = sample.nuclei.ids
     nucleus_cell = is_in(cell, ids)
@@ -115,6 +127,8 @@ def scores(sample: Sample, cell: np.ndarray, pairs: list[tuple[str, str]]) -> di
            "cells": int(len(names)), "transcripts_per_cell_median": float(np.median(counts)) if len(counts) else 0.0,
            "transcripts_per_cell_mean": float(counts.mean()) if len(counts) else 0.0,
            "mecr": mecr(sample, cell, pairs)}
+    if len(sample.control_xy):
+        out["control_probes_per_1k"] = control_probe_rate(sample, cell)
     if sample.vendor_cell is not None and (sample.vendor_cell != "").any():
         vendor = sample.vendor_cell != ""
         out["same_cell_as_vendor"] = float((cell[vendor] == sample.vendor_cell[vendor]).mean())
@@ -151,9 +165,14 @@ def _report(sample: Sample, cell: np.ndarray, inside: np.ndarray, output: Path, 
     pairs = markers_from_file(markers, sample) if markers else marker_pairs(sample, inside)
     output.mkdir(parents=True, exist_ok=True)
     expanded = expansion(sample, expansion_distance)
+    methods = {"stagekit": scores(sample, cell, pairs),
+               f"expansion_{expansion_distance:g}um": scores(sample, expanded, pairs)}
+    if sample.vendor_cell is not None and (sample.vendor_cell != "").any():  # the vendor's own cells, as exported
+        methods["vendor"] = scores(sample, sample.vendor_cell, pairs)
+    elif sample.nuclei.what == "cell":  # no ids in the transcripts: the vendor's cells are what lies inside them
+        methods["vendor"] = scores(sample, expansion(sample, 1e-6), pairs)
     report = {"source": source, "sample": str(sample.folder), "transcripts": int(sample.n), "dropped": sample.dropped,
-              "segmentation": {"stagekit": scores(sample, cell, pairs),
-                               f"expansion_{expansion_distance:g}um": scores(sample, expanded, pairs)},
+              "segmentation": methods,
               "links": links, "marker_pairs": len(pairs),
               "markers_from": str(markers) if markers else "k-means groups of the nuclei's transcripts", "plots": []}
     for name, assigned, method in (("stagekit", cell, "stagekit"),
@@ -170,8 +189,8 @@ def table(report: dict) -> Table:
     metrics = next(iter(methods.values()))
     rows = [[metric.replace("_", " "), *(m[metric] for m in methods.values())] for metric in metrics]
     rows += [[f"held-out links: {name}", value, *[""] * (len(methods) - 1)] for name, value in report["links"].items()]
-    return Table(f"segmentation of {report['transcripts']:,} transcripts (correct, assigned: higher is better; MECR: "
-                 "lower)", ["metric", *(name.replace("_", " ") for name in methods)], rows)
+    return Table(f"segmentation of {report['transcripts']:,} transcripts (correct, assigned: higher is better; MECR, "
+                 "control probes per 1k: lower)", ["metric", *(name.replace("_", " ") for name in methods)], rows)
 
 
 def report(request: ReportRequest) -> Report:

@@ -9,12 +9,13 @@ from stagekit.config.schema import RUNTIME, TRAINING, Key, Schema
 
 # segment: tiles are the mini-batches; val_fraction holds out transcripts inside nuclei (all their links)
 SEGMENT_DATA = {
-    "format": Key("str", "xenium", "export layout: which files and columns hold transcripts and nucleus polygons",
+    "format": Key("str", "xenium", "export layout: which files and columns hold transcripts and the prior outlines "
+                  "(nuclei for xenium; the vendor's cells for merscope and cosmx)",
                   choices=("xenium", "merscope", "cosmx")),
     "min_qv": Key("float", 20.0, "drop transcripts of lower quality value (Xenium's Phred-scaled qv; formats "
                   "without one keep every transcript); 0 keeps all", minimum=0),
     "control_prefixes": Key("list[str]", ["NegControlProbe_", "NegControlCodeword", "BLANK_", "antisense_",
-                                          "Unassigned", "Deprecated"],
+                                          "Unassigned", "Deprecated", "Blank-", "NegPrb", "SystemControl"],
                             "feature names starting with one of these are control probes and are dropped"),
     "region": Key("list[float]", [], "[x0, y0, x1, y1] in micron: only the transcripts in this box (e.g. a crop to "
                   "train on); empty for the whole sample"),

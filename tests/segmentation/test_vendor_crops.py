@@ -1,0 +1,73 @@
+"""`segment` -> `extract` -> `evaluate` on the real MERSCOPE and CosMx crops in ../shared/data/spatial_minis/, read
+in their vendors' export layouts, with the vendor's own cells as the prior outlines."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import anndata
+import numpy as np
+import pandas as pd
+import pytest
+
+from stagekit.bundle import read_bundle
+from stagekit.data.polygons import point_distances
+from stagekit.data.spatial import read_sample
+from tests.conftest import run_cli
+from tests.segmentation import vendor_layouts
+
+pytest.importorskip("shapely")
+pytest.importorskip("tifffile")
+pytest.importorskip("skimage")
+if not vendor_layouts.MINIS.is_dir():
+    pytest.skip(f"{vendor_layouts.MINIS} not found", allow_module_level=True)
+
+FAST = ["--set", "training.batch_size=2", "--set", "training.early_stopping_patience=0",
+        "-q"]
+CROPS = {"merscope": vendor_layouts.merscope, "cosmx": vendor_layouts.cosmx}
+
+
+@pytest.fixture(scope="module", params=sorted(CROPS))
+def crop(request, tmp_path_factory) -> tuple[str, Path]:
+    fmt = request.param
+    return fmt, CROPS[fmt](tmp_path_factory.mktemp(fmt) / "sample")
+
+
+def test_the_vendor_cells_are_read_as_exported(crop):
+    fmt, folder = crop
+    sample = read_sample(folder, fmt, log=lambda m: None)
+    assert sample.nuclei.what == "cell" and len(sample.nuclei.ids) > 100
+    assert len(sample.control_xy) > 0  # MERSCOPE's Blank- codewords, CosMx's NegPrb probes
+    if fmt == "cosmx":  # ids of the label images and of the transcripts meet: FOV_CELL
+        assigned = sample.vendor_cell != ""
+        assert 0.7 < assigned.mean() < 0.8 and set(sample.vendor_cell[assigned]) <= set(sample.nuclei.ids)
+        index = {name: i for i, name in enumerate(sample.nuclei.ids)}
+        own = sample.nuclei.vertices[[index[c] for c in sample.vendor_cell[assigned]]]
+        _, inside = point_distances(sample.xy[assigned], own)
+        assert inside.mean() > 0.97  # each transcript lies in the outline of the cell the vendor gave it
+
+
+def test_segment_extract_evaluate_on_a_real_crop(crop, tmp_path, capsys):
+    fmt, folder = crop
+    out = tmp_path / "seg.stk"
+    code, _, err = run_cli(capsys, "segment", folder, "--format", fmt, "-o", out, "--set", "training.epochs=6", *FAST)
+    assert code == 0, err
+    history = read_bundle(out).history
+    assert history["train_loss"][-1] < history["train_loss"][0] and max(history["val_auroc"]) > 0.7  # chance: 0.5
+    code, _, err = run_cli(capsys, "extract", out, folder, "-o", tmp_path / "seg")
+    assert code == 0, err
+    table = pd.read_parquet(tmp_path / "seg" / "transcripts.parquet")
+    assert len(table) == len(read_sample(folder, fmt, log=lambda m: None).table)
+    cells = anndata.read_h5ad(tmp_path / "seg" / "cells.h5ad")
+    assert cells.n_obs > 100
+    code, _, err = run_cli(capsys, "evaluate", tmp_path / "seg", "-o", tmp_path / "report", "-q")
+    assert code == 0, err
+    methods = json.loads((tmp_path / "report" / "metrics.json").read_text())["segmentation"]
+    assert set(methods) == {"stagekit", "expansion_5um", "vendor"}  # the vendor's own cells side by side
+    for scores in methods.values():
+        assert 0 < scores["assigned"] <= 1 and scores["transcripts_per_cell_median"] > 0
+        assert np.isfinite(scores["control_probes_per_1k"]) and np.isfinite(scores["mecr"])
+    # the model keeps most of what lies inside the vendor's cells and takes in part of what lies outside them
+    assert methods["stagekit"]["assigned_to_nucleus"] > 0.8 * methods["vendor"]["assigned"]
+    assert methods["stagekit"]["assigned"] > methods["vendor"]["assigned"]
