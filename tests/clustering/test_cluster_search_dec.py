@@ -156,6 +156,8 @@ def test_cluster_search_shows_the_pca_baselines(capsys, chain, tmp_path):
     shown = score_table(chain["clusters"])  # what cluster-search prints after its run
     assert "ARI with PCA-50 k-means" in shown.columns
     assert any("PCA-50 Leiden" in note and "obs['cluster_id']" in note for note in shown.notes)
+    best_jumps = [int(k) for k in b.results["k"][np.argsort(-b.results["eigengap"])[:3]]]
+    assert f"largest eigengaps: k = {best_jumps[0]} (" in " ".join(shown.notes) and best_jumps[0] == k
     # a k at the edge of the searched range is named with the key that widens it
     code, _, err = run_cli(capsys, "cluster-search", chain["vae"], "--set", "cluster.k_max=3", "--set",
                            "cluster.baselines=false", "-o", tmp_path / "narrow.stk")

@@ -238,6 +238,9 @@ def score_table(path: Path) -> Table:
     notes = ["* the chosen k"]
     if len(ks) > 1 and chosen in (ks[0], ks[-1]):
         notes.append(edge_warning(chosen, ks))
+    if "eigengap" in scores and len(ks) > 2:  # near-equal jumps are common: show the runners-up to try with --k
+        jumps = np.argsort(-scores["eigengap"], kind="stable")[:3]
+        notes.append("largest eigengaps: " + ", ".join(f"k = {ks[j]} ({scores['eigengap'][j]:.3g})" for j in jumps))
     if "pca_leiden" in scores:
         notes.append(f"Leiden on the PCA-50 graph (scanpy defaults): {int(scores['pca_leiden'])} communities, "
                      f"ARI {float(scores['pca_leiden_ari']):.3f} with the chosen clusters")
