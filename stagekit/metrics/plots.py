@@ -109,9 +109,11 @@ def umap_layout(latent: np.ndarray, seed: int) -> np.ndarray:
 
 
 def plot_segmentation_region(xy: np.ndarray, cell: np.ndarray, nuclei: np.ndarray, path: Path,
-                             method: str = "stagekit", size: float = 100.0) -> Path:
+                             method: str = "stagekit", size: float = 100.0,
+                             boundaries: dict[str, np.ndarray] | None = None) -> Path:
     """Transcripts of a `size` x `size` micron window at the sample's centre coloured by assigned cell (light
-    grey: unassigned; the cells' palette holds no greys) over the nucleus outlines, titled by `method`."""
+    grey: unassigned; the cells' palette holds no greys) over the nucleus outlines, titled by `method`; with
+    `boundaries` (cell id -> polygon vertices), each cell's boundary in its colour."""
     plt = _pyplot()
     centre = np.median(xy, 0)
     lo, hi = centre - size / 2, centre + size / 2
@@ -126,9 +128,13 @@ def plot_segmentation_region(xy: np.ndarray, cell: np.ndarray, nuclei: np.ndarra
     for poly in nuclei:
         if np.any(np.all((poly >= lo) & (poly <= hi), 1)):
             ax.plot(*poly.T, color="black", lw=0.8)
+    colour_of = dict(zip(names, colours, strict=True))
+    for name, poly in (boundaries or {}).items():
+        if name in colour_of and np.any(np.all((poly >= lo) & (poly <= hi), 1)):
+            ax.plot(*poly.T, color=colour_of[name], lw=1.0)
     ax.set(xlim=(lo[0], hi[0]), ylim=(lo[1], hi[1]), aspect="equal", xlabel="x (micron)", ylabel="y (micron)",
            title=f"{method}: transcripts by assigned cell\n({int(inside.sum()):,} in view; light grey: unassigned; "
-                 "black: nuclei)")
+                 "black: prior outlines" + ("; lines: boundaries" if boundaries else "") + ")")
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

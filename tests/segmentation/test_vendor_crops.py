@@ -17,7 +17,8 @@ from stagekit.data.spatial import read_sample
 from tests.conftest import run_cli
 from tests.segmentation import vendor_layouts
 
-pytest.importorskip("shapely")
+shapely = pytest.importorskip("shapely")
+geopandas = pytest.importorskip("geopandas")
 pytest.importorskip("tifffile")
 pytest.importorskip("skimage")
 if not vendor_layouts.MINIS.is_dir():
@@ -59,8 +60,21 @@ def test_segment_extract_evaluate_on_a_real_crop(crop, tmp_path, capsys):
     assert code == 0, err
     table = pd.read_parquet(tmp_path / "seg" / "transcripts.parquet")
     assert len(table) == len(read_sample(folder, fmt, log=lambda m: None).table)
+    assert (tmp_path / "seg" / "region.png").stat().st_size > 1000
     cells = anndata.read_h5ad(tmp_path / "seg" / "cells.h5ad")
     assert cells.n_obs > 100
+    # one valid boundary polygon per cell, holding the cell's prior outline
+    boundaries = geopandas.read_parquet(tmp_path / "seg" / "cell_boundaries.parquet")
+    assert list(boundaries.cell_id) == list(cells.obs_names) and boundaries.is_valid.all()
+    assert (boundaries.geom_type == "Polygon").all() and (boundaries.area > 0).all()
+    sample = read_sample(folder, fmt, log=lambda m: None)
+    index = {name: i for i, name in enumerate(sample.nuclei.ids)}
+    with_outline = boundaries[boundaries.has_nucleus]
+    assert len(with_outline) > 50
+    for name, polygon in zip(with_outline.cell_id, with_outline.geometry, strict=True):
+        j = index[name]
+        outline = shapely.make_valid(shapely.Polygon(sample.nuclei.vertices[j, :sample.nuclei.n_vertices[j]]))
+        assert polygon.buffer(1e-6).covers(outline), name
     code, _, err = run_cli(capsys, "evaluate", tmp_path / "seg", "-o", tmp_path / "report", "-q")
     assert code == 0, err
     methods = json.loads((tmp_path / "report" / "metrics.json").read_text())["segmentation"]

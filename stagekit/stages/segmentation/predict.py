@@ -234,6 +234,21 @@ def check_output_folder(output: Path, sample: Path, bundle: Path) -> Path:
     return output
 
 
+def cell_boundaries(sample: Sample, cell: np.ndarray, path: Path, log) -> dict[str, np.ndarray] | None:
+    """Writes every assigned cell's boundary polygon as GeoParquet (needs the `spatial` extra; skipped with a
+    note without it) and returns the exteriors by cell id for the region plot."""
+    import importlib.util
+
+    if any(importlib.util.find_spec(m) is None for m in ("shapely", "geopandas")):
+        log("note: cell boundary polygons need shapely and geopandas (pip install 'stagekit[spatial]'); skipped")
+        return None
+    from stagekit.stages.segmentation.boundaries import cell_polygons, write_geoparquet
+
+    names, polygons = cell_polygons(sample.xy, cell, sample.nuclei)
+    write_geoparquet(names, polygons, np.isin(names, sample.nuclei.ids), path)
+    return {name: np.asarray(p.exterior.coords) for name, p in zip(names, polygons, strict=True)}
+
+
 def write(request: CellsRequest, output: Path) -> Path:
     """extract for segment bundles: the output is a folder, replaced only once every file in it is written."""
     bundle, data, log = request.bundle, request.data, request.log
@@ -259,7 +274,9 @@ def write(request: CellsRequest, output: Path) -> Path:
         (tmp / "segmentation.json").write_text(json.dumps(info, indent=1))
         from stagekit.metrics.plots import plot_segmentation_region
 
-        plot_segmentation_region(sample.xy, result.cell, sample.nuclei.vertices, tmp / "region.png")
+        shapes = cell_boundaries(sample, result.cell, tmp / "cell_boundaries.parquet", log)
+        plot_segmentation_region(sample.xy, result.cell, sample.nuclei.vertices, tmp / "region.png",
+                                 boundaries=shapes)
     s = summary(result)
     log(f"{s['transcripts']:,} transcripts: {s['assigned_to_nucleus']:.1%} to a nucleus, {s['in_new_cells']:.1%} in "
         f"{s['new_cells']:,} new cells, {s['unassigned']:.1%} unassigned; {s['cells']:,} cells")
