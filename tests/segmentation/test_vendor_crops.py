@@ -19,6 +19,7 @@ from tests.segmentation import vendor_layouts
 
 shapely = pytest.importorskip("shapely")
 geopandas = pytest.importorskip("geopandas")
+spatialdata = pytest.importorskip("spatialdata")
 pytest.importorskip("tifffile")
 pytest.importorskip("skimage")
 if not vendor_layouts.MINIS.is_dir():
@@ -68,6 +69,13 @@ def test_segment_extract_evaluate_on_a_real_crop(crop, tmp_path, capsys):
     assert list(boundaries.cell_id) == list(cells.obs_names) and boundaries.is_valid.all()
     assert (boundaries.geom_type == "Polygon").all() and (boundaries.area > 0).all()
     sample = read_sample(folder, fmt, log=lambda m: None)
+    # the SpatialData store: transcripts as points, both kinds of outline as shapes, the table on the cell shapes
+    store = spatialdata.read_zarr(tmp_path / "seg" / "spatialdata.zarr")
+    linked = store.tables["table"]
+    assert linked.uns["spatialdata_attrs"]["region"] == "cell_boundaries"
+    assert list(linked.obs["cell_id"]) == list(store.shapes["cell_boundaries"].index) == list(cells.obs_names)
+    assert len(store.points["transcripts"]) == sample.n
+    assert len(store.shapes["vendor_cell_boundaries"]) == len(sample.nuclei.ids)
     index = {name: i for i, name in enumerate(sample.nuclei.ids)}
     with_outline = boundaries[boundaries.has_nucleus]
     assert len(with_outline) > 50

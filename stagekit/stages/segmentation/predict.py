@@ -234,18 +234,23 @@ def check_output_folder(output: Path, sample: Path, bundle: Path) -> Path:
     return output
 
 
-def cell_boundaries(sample: Sample, cell: np.ndarray, path: Path, log) -> dict[str, np.ndarray] | None:
-    """Writes every assigned cell's boundary polygon as GeoParquet (needs the `spatial` extra; skipped with a
-    note without it) and returns the exteriors by cell id for the region plot."""
+def spatial_outputs(sample: Sample, cell: np.ndarray, cells_table, folder: Path, log) -> dict[str, np.ndarray] | None:
+    """Every assigned cell's boundary polygon as GeoParquet (`cell_boundaries.parquet`) and the whole segmentation
+    as a SpatialData store (`spatialdata.zarr`), with the `spatial` extra (skipped with a note without it); returns
+    the boundaries' exteriors by cell id for the region plot."""
     import importlib.util
 
-    if any(importlib.util.find_spec(m) is None for m in ("shapely", "geopandas")):
-        log("note: cell boundary polygons need shapely and geopandas (pip install 'stagekit[spatial]'); skipped")
+    missing = [m for m in ("shapely", "geopandas", "spatialdata") if importlib.util.find_spec(m) is None]
+    if missing:
+        log(f"note: cell boundary polygons and the SpatialData store need {', '.join(missing)} "
+            "(pip install 'stagekit[spatial]'); skipped")
         return None
     from stagekit.stages.segmentation.boundaries import cell_polygons, write_geoparquet
+    from stagekit.stages.segmentation.spatialdata_export import write_spatialdata
 
     names, polygons = cell_polygons(sample.xy, cell, sample.nuclei)
-    write_geoparquet(names, polygons, np.isin(names, sample.nuclei.ids), path)
+    write_geoparquet(names, polygons, np.isin(names, sample.nuclei.ids), folder / "cell_boundaries.parquet")
+    write_spatialdata(sample, cell, cells_table, names, polygons, folder / "spatialdata.zarr")
     return {name: np.asarray(p.exterior.coords) for name, p in zip(names, polygons, strict=True)}
 
 
@@ -274,7 +279,7 @@ def write(request: CellsRequest, output: Path) -> Path:
         (tmp / "segmentation.json").write_text(json.dumps(info, indent=1))
         from stagekit.metrics.plots import plot_segmentation_region
 
-        shapes = cell_boundaries(sample, result.cell, tmp / "cell_boundaries.parquet", log)
+        shapes = spatial_outputs(sample, result.cell, adata, tmp, log)
         plot_segmentation_region(sample.xy, result.cell, sample.nuclei.vertices, tmp / "region.png",
                                  boundaries=shapes)
     s = summary(result)
