@@ -36,6 +36,7 @@ def merscope(folder: Path) -> Path:
         vertices = pd.read_csv(source / f"z{z}_polygons.gz")
         for entity, polygon in vertices.groupby("poly_ID", sort=False):
             shape = shapely.MultiPolygon([shapely.Polygon(np.stack([polygon.x, -polygon.y], 1))])
+            # Giotto's 38-digit poly_ID does not fit Vizgen's int64 EntityID: reduced modulo 2^62 (still unique here)
             rows.append({"EntityID": int(entity) % (1 << 62), "ZIndex": z, "Geometry": shapely.to_wkb(shape)})
     pd.DataFrame(rows).to_parquet(folder / "cell_boundaries.parquet")
     return folder
