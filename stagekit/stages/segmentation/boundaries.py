@@ -16,8 +16,17 @@ CONCAVE_RATIO = 0.3  # shapely's concave_hull ratio: 0 follows the points closel
 SMALL_CELL_BUFFER = 0.5  # micron around the convex hull of a cell with fewer than four distinct positions
 
 
-def cell_polygons(xy: np.ndarray, cell: np.ndarray, outlines: Nuclei) -> tuple[np.ndarray, list]:
-    """Cell ids (sorted, as in cells.h5ad) and one shapely Polygon per cell (micron)."""
+def outline_polygons(outlines: Nuclei) -> list:
+    """The prior outlines as valid shapely shapes, in `outlines.ids` order."""
+    import shapely
+
+    return [shapely.make_valid(shapely.Polygon(v[:n])) for v, n in zip(outlines.vertices, outlines.n_vertices,
+                                                                        strict=True)]
+
+
+def cell_polygons(xy: np.ndarray, cell: np.ndarray, outlines: Nuclei, prior_shapes: list) -> tuple[np.ndarray, list]:
+    """Cell ids (sorted, as in cells.h5ad) and one shapely Polygon per cell (micron); `prior_shapes`: the
+    outlines' `outline_polygons`."""
     import shapely
 
     assigned = cell != ""
@@ -33,9 +42,7 @@ def cell_polygons(xy: np.ndarray, cell: np.ndarray, outlines: Nuclei) -> tuple[n
         hull = (shapely.concave_hull(cloud, ratio=CONCAVE_RATIO) if len(pts) >= 4
                 else cloud.convex_hull.buffer(SMALL_CELL_BUFFER))
         if name in prior:
-            j = prior[name]
-            outline = shapely.make_valid(shapely.Polygon(outlines.vertices[j, :outlines.n_vertices[j]]))
-            hull = shapely.union_all([shapely.make_valid(hull), outline])
+            hull = shapely.union_all([shapely.make_valid(hull), prior_shapes[prior[name]]])
         if hull.geom_type != "Polygon" or not hull.is_valid or hull.area <= 0:
             hull = hull.convex_hull
             if hull.geom_type != "Polygon":  # collinear points and no outline

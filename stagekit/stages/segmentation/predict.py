@@ -245,12 +245,13 @@ def spatial_outputs(sample: Sample, cell: np.ndarray, cells_table, folder: Path,
         log(f"note: cell boundary polygons and the SpatialData store need {', '.join(missing)} "
             "(pip install 'stagekit[spatial]'); skipped")
         return None
-    from stagekit.stages.segmentation.boundaries import cell_polygons, write_geoparquet
+    from stagekit.stages.segmentation.boundaries import cell_polygons, outline_polygons, write_geoparquet
     from stagekit.stages.segmentation.spatialdata_export import write_spatialdata
 
-    names, polygons = cell_polygons(sample.xy, cell, sample.nuclei)
+    outlines = outline_polygons(sample.nuclei)
+    names, polygons = cell_polygons(sample.xy, cell, sample.nuclei, outlines)
     write_geoparquet(names, polygons, np.isin(names, sample.nuclei.ids), folder / "cell_boundaries.parquet")
-    write_spatialdata(sample, cell, cells_table, names, polygons, folder / "spatialdata.zarr")
+    write_spatialdata(sample, cell, cells_table, names, polygons, outlines, folder / "spatialdata.zarr")
     return {name: np.asarray(p.exterior.coords) for name, p in zip(names, polygons, strict=True)}
 
 

@@ -170,7 +170,8 @@ def _report(sample: Sample, cell: np.ndarray, inside: np.ndarray, output: Path, 
     if sample.vendor_cell is not None and (sample.vendor_cell != "").any():  # the vendor's own cells, as exported
         methods["vendor"] = scores(sample, sample.vendor_cell, pairs)
     elif sample.nuclei.what == "cell":  # no ids in the transcripts: the vendor's cells are what lies inside them
-        methods["vendor"] = scores(sample, expansion(sample, 1e-6), pairs)
+        inside_cell = np.where(inside >= 0, np.asarray(sample.nuclei.ids, dtype=object)[inside], "").astype(str)
+        methods["vendor"] = scores(sample, inside_cell, pairs)
     report = {"source": source, "sample": str(sample.folder), "transcripts": int(sample.n), "dropped": sample.dropped,
               "segmentation": methods,
               "links": links, "marker_pairs": len(pairs),

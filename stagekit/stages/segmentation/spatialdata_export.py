@@ -15,19 +15,17 @@ CELLS, TRANSCRIPTS = "cell_boundaries", "transcripts"
 
 
 def write_spatialdata(sample: Sample, cell: np.ndarray, cells_table, names: np.ndarray, polygons: list,
-                      path: Path) -> None:
-    """`cells_table`: the cells x genes AnnData of extract (rows in `names` order, as `polygons`)."""
+                      outlines: list, path: Path) -> None:
+    """`cells_table`: the cells x genes AnnData of extract (rows in `names` order, as `polygons`); `outlines`: the
+    prior outlines' shapes in `sample.nuclei.ids` order."""
     import geopandas
     import pandas as pd
-    import shapely
     import spatialdata
     from spatialdata.models import PointsModel, ShapesModel, TableModel
 
     genes = np.asarray(sample.genes)[sample.gene_codes]
     points = PointsModel.parse(pd.DataFrame({"x": sample.xy[:, 0], "y": sample.xy[:, 1], "gene": pd.Categorical(genes),
                                              "cell_id": cell}), coordinates={"x": "x", "y": "y"}, feature_key="gene")
-    outlines = [shapely.make_valid(shapely.Polygon(v[:n])) for v, n in zip(sample.nuclei.vertices,
-                                                                           sample.nuclei.n_vertices, strict=True)]
     prior_name = "nucleus_boundaries" if sample.nuclei.what == "nucleus" else "vendor_cell_boundaries"
     shapes = {name: ShapesModel.parse(geopandas.GeoDataFrame(geometry=shapes, index=pd.Index(ids, name="cell_id")))
               for name, shapes, ids in ((CELLS, polygons, names), (prior_name, outlines, sample.nuclei.ids))}
