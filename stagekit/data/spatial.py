@@ -47,6 +47,16 @@ FORMATS: dict[str, dict] = {
               "columns": {"id": "", "x": "x_global_px", "y": "y_global_px", "z": "z", "gene": "target", "qv": "",
                           "cell": "cell_ID", "fov": "fov", "truth": ""},
               "unassigned": ("0", "", "-1"), "micron_per_unit": 0.12028},
+    # in situ sequencing as pciSeq takes it: spots.csv (Gene, x, y in pixels: x the column, y the row) and one label
+    # image of the DAPI-segmented nuclei (scipy sparse .npz as pciSeq keeps it, .npy or TIFF); the pixel size is the
+    # microscope's, so data.micron_per_unit must be given
+    "iss": {"transcripts": ("spots.csv.gz", "spots.csv"),
+            "outlines": ({"kind": "label_image", "what": "nucleus",
+                          "files": ("label_image*.npz", "label_image*.npy", "label_image*.tif",
+                                    "label_image*.tiff")},),
+            "columns": {"id": "", "x": "x", "y": "y", "z": "", "gene": "Gene", "qv": "", "cell": "", "fov": "",
+                        "truth": ""},
+            "unassigned": (), "micron_per_unit": None},
 }
 
 CONTROL_PREFIXES = ("NegControlProbe_", "NegControlCodeword", "BLANK_", "antisense_", "Unassigned", "Deprecated",
@@ -204,6 +214,28 @@ def _label_outlines(folder: Path, source: dict, paths: list[Path], fmt: str) -> 
     return outlines
 
 
+def _read_label_image(path: Path) -> np.ndarray:
+    """One label image: a scipy sparse matrix saved with save_npz (pciSeq's coo_matrix), a .npy array or a TIFF."""
+    try:
+        if path.suffix == ".npz":
+            import scipy.sparse
+
+            labels = scipy.sparse.load_npz(path).toarray()
+        elif path.suffix == ".npy":
+            labels = np.load(path, allow_pickle=False)
+        else:
+            import tifffile
+
+            labels = tifffile.imread(path)
+    except Exception as exc:  # any unreadable image means the same to a user
+        raise UserError(f"{path} is not a readable label image ({type(exc).__name__}: {str(exc)[:100]}); give a "
+                        "scipy sparse .npz, a .npy array or a TIFF") from None
+    if labels.ndim != 2 or not np.issubdtype(labels.dtype, np.integer):
+        raise UserError(f"{path}: a label image is a 2-D array of integer labels (0 = background); this one is "
+                        f"{labels.ndim}-D of {labels.dtype}")
+    return labels
+
+
 def _require_extra(modules: tuple[str, ...], fmt: str) -> None:
     import importlib.util
 
@@ -224,13 +256,18 @@ def read_outlines(folder: Path, fmt: str, scale: float, log=print) -> tuple[Nucl
     else:
         patterns = " or ".join(p for s in sources for p in s["files"])
         raise UserError(f"{folder}: no {sources[0]['what']} boundaries file ({patterns}) for data.format = '{fmt}'")
-    columns, what = source["columns"], source["what"]
+    columns, what = source.get("columns", {}), source["what"]
     if source["kind"] != "vertices":
-        _require_extra(("shapely", "tifffile", "skimage") if source["kind"] == "labels" else ("shapely",), fmt)
+        images = source["kind"] in ("labels", "label_image")
+        _require_extra(("shapely", "tifffile", "skimage") if images else ("shapely",), fmt)
     files = {"nuclei": str(found[0])}  # the key older bundles used, whatever the outlines are
     if source["kind"] == "labels":
         outlines = _label_outlines(folder, source, found, fmt)
         files |= {f"nuclei_{i}": str(p) for i, p in enumerate(found[1:], 1)}
+    elif source["kind"] == "label_image":  # x = column, y = row: the spots' own pixel coordinates
+        from stagekit.data.outlines import from_label_image
+
+        outlines = {str(label): pts for label, pts in from_label_image(_read_label_image(found[0])).items()}
     else:
         table = _read_table(found[0])
         if source["kind"] == "wkb":
@@ -255,9 +292,10 @@ def _in_region(xy: np.ndarray, region: list[float]) -> np.ndarray:
 
 def read_sample(folder: Path, fmt: str = "xenium", min_qv: float = 20.0, columns: dict[str, str] | None = None,
                 control_prefixes: tuple[str, ...] = CONTROL_PREFIXES, region: list[float] | None = None,
-                log=print) -> Sample:
+                micron_per_unit: float = 0.0, log=print) -> Sample:
     """Transcripts that pass the quality and control-probe filters (and lie in `region`, [x0, y0, x1, y1] in
-    micron, when given), and the prior outlines (nuclei or the vendor's cells) of a sample folder."""
+    micron, when given), and the prior outlines (nuclei or the vendor's cells) of a sample folder. Coordinates are
+    scaled to micron by `micron_per_unit` (0: the format's own unit)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise UserError(f"{folder} is not a folder; give the sample's output folder (e.g. a Xenium output)")
@@ -268,7 +306,10 @@ def read_sample(folder: Path, fmt: str = "xenium", min_qv: float = 20.0, columns
     _require(table, tx_path, cols, ("x", "y", "gene"), fmt)
     if len(table) == 0:
         raise UserError(f"{tx_path}: no transcripts")
-    scale = spec["micron_per_unit"]
+    scale = micron_per_unit or spec["micron_per_unit"]
+    if not scale:
+        raise UserError(f"data.format = '{fmt}' has its coordinates in the microscope's pixels; give their size "
+                        "with --set data.micron_per_unit=<micron per pixel>")
     genes_all = _strings(table[cols["gene"]])
     control = np.zeros(len(table), bool)
     for prefix in control_prefixes:

@@ -133,8 +133,8 @@ def plot_segmentation_region(xy: np.ndarray, cell: np.ndarray, nuclei: np.ndarra
         if name in colour_of and np.any(np.all((poly >= lo) & (poly <= hi), 1)):
             ax.plot(*poly.T, color=colour_of[name], lw=1.0)
     ax.set(xlim=(lo[0], hi[0]), ylim=(lo[1], hi[1]), aspect="equal", xlabel="x (micron)", ylabel="y (micron)",
-           title=f"{method}: transcripts by assigned cell\n({int(inside.sum()):,} in view; light grey: unassigned; "
-                 "black: prior outlines" + ("; lines: boundaries" if boundaries else "") + ")")
+           title=f"{method}: transcripts by assigned cell\n({int(inside.sum()):,} in view; light grey: unassigned)\n"
+                 "black: prior outlines" + ("; coloured lines: cell boundaries" if boundaries else ""))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

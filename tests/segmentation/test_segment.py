@@ -259,3 +259,42 @@ def test_a_bundle_of_an_earlier_model_version_is_refused_by_name(trained):
     del bundle.weights["profile.weight"]  # as written before the expression profiles
     with pytest.raises(UserError, match="profile.weight.*another version"):
         load_model(bundle)
+
+
+def test_extract_writes_the_files_xenium_ranger_imports(trained, sample_dir, tmp_path, capsys):
+    geopandas = pytest.importorskip("geopandas")
+    shapely = pytest.importorskip("shapely")
+    pytest.importorskip("spatialdata")
+    out = tmp_path / "seg"
+    code, _, err = run_cli(capsys, "extract", trained, sample_dir, "-o", out, "-q")
+    assert code == 0, err
+    ranger = out / "xeniumranger"
+    assignment = pd.read_csv(ranger / "transcript_assignment.csv", keep_default_na=False,
+                             dtype={"cell": str, "is_noise": str})
+    assert list(assignment.columns) == ["transcript_id", "cell", "is_noise", "x", "y", "z"]
+    # keyed by the run's own transcript ids: the rows extract segmented (quality and control filters passed)
+    table = pd.read_parquet(out / "transcripts.parquet")
+    kept = table[table.stagekit_status != "filtered"]
+    assert assignment.transcript_id.tolist() == kept.transcript_id.astype(np.int64).tolist()
+    assert assignment.transcript_id.min() >= 2**48  # the generator's ids, not row numbers
+    assert set(assignment.is_noise.astype(str)) <= {"true", "false"}  # Baysor's spelling
+    noise = assignment.is_noise.astype(str) == "true"
+    assert ((assignment.cell == "") == noise).all() and assignment.cell[~noise].str.match(r"^cell-\d+$").all()
+    # the same cells as extract's own: one name per stagekit cell id, transcript for transcript
+    names = pd.read_csv(ranger / "cell_id_map.csv")
+    own = dict(zip(names.cell, names.stagekit_cell_id, strict=True))
+    assert (assignment.cell[~noise].map(own).to_numpy() == kept.stagekit_cell_id[~noise.to_numpy()].to_numpy()).all()
+    # every named cell has exactly one closed, valid polygon and every polygon a transcript, in both GeoJSON forms
+    legacy = json.loads((ranger / "cell_polygons.geojson").read_text())
+    assert legacy["type"] == "GeometryCollection"
+    numbers = [g["cell"] for g in legacy["geometries"]]
+    assert all(isinstance(n, int) for n in numbers)
+    assert sorted(f"cell-{n}" for n in numbers) == sorted(set(assignment.cell[~noise]))
+    features = json.loads((ranger / "cell_polygons_features.geojson").read_text())
+    assert [f["properties"]["cell"] for f in features["features"]] == [f"cell-{n}" for n in numbers]
+    boundaries = geopandas.read_parquet(out / "cell_boundaries.parquet").set_index("cell_id")
+    for geometry, n in zip(legacy["geometries"], numbers, strict=True):
+        ring = geometry["coordinates"][0]
+        assert geometry["type"] == "Polygon" and ring[0] == ring[-1] and len(ring) >= 4
+        polygon = shapely.Polygon(ring)
+        assert polygon.is_valid and polygon.equals_exact(boundaries.geometry[own[f"cell-{n}"]], 1e-3)

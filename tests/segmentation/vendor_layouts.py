@@ -8,6 +8,7 @@
   to 648 x 672 pixels from the vendor's 3,648 x 5,472 per field of view: the top rows of the right edge of fov 2
   and of the left edge of fov 3 (found by reading the vendor's cell_ID of each transcript off the image: 98.9 %
   and 98.8 % agree at these offsets). They are put back at those offsets into full-size images.
+- ISS: pciSeq's own inputs (spots.csv and the nucleus label image as a scipy sparse .npz), read where they are.
 """
 
 from __future__ import annotations
@@ -55,3 +56,7 @@ def cosmx(folder: Path) -> Path:
         full[:crop.shape[0], column:column + crop.shape[1]] = crop
         tifffile.imwrite(folder / f"CellLabels_F{fov:03d}.tif", full, compression="zlib")
     return folder
+
+
+def iss(folder: Path) -> Path:  # noqa: ARG001 - the read-only shared folder itself: reading writes nothing there
+    return MINIS / "iss_ca1_pciseq"

@@ -27,6 +27,7 @@ class SampleReading:
     min_qv: float
     control_prefixes: list[str]
     region: list[float]  # [x0, y0, x1, y1] the model was trained on; empty: the whole sample
+    micron_per_unit: float = 0.0  # 0: the format's own unit (bundles written before the key)
 
 
 @dataclass(frozen=True)

@@ -18,10 +18,10 @@ from scipy.sparse import coo_matrix, csr_matrix
 from scipy.sparse.csgraph import connected_components
 
 from stagekit.bundle import Bundle, atomic_folder, ensure_writable_folder, file_sha256
-from stagekit.data.spatial import Sample
+from stagekit.data.spatial import FORMATS, Sample
 from stagekit.errors import UserError
 from stagekit.stages.segmentation.graph import SampleGraph, tile_data
-from stagekit.stages.segmentation.model_config import PredictSettings, SeggerConfig
+from stagekit.stages.segmentation.model_config import PredictSettings, SampleReading, SeggerConfig
 from stagekit.stages.segmentation.refine import farther_than_nearest, profile_evidence
 from stagekit.stages.spec import CellsRequest
 
@@ -234,10 +234,23 @@ def check_output_folder(output: Path, sample: Path, bundle: Path) -> Path:
     return output
 
 
-def spatial_outputs(sample: Sample, cell: np.ndarray, cells_table, folder: Path, log) -> dict[str, np.ndarray] | None:
-    """Every assigned cell's boundary polygon as GeoParquet (`cell_boundaries.parquet`) and the whole segmentation
-    as a SpatialData store (`spatialdata.zarr`), with the `spatial` extra (skipped with a note without it); returns
-    the boundaries' exteriors by cell id for the region plot."""
+def xenium_columns(sample: Sample, reading: SampleReading) -> tuple[np.ndarray, np.ndarray | None] | None:
+    """The kept transcripts' own ids and z (micron) of a Xenium run read in micron, which Xenium Ranger can import a
+    segmentation of; None for other inputs."""
+    columns = FORMATS["xenium"]["columns"]
+    if reading.format != "xenium" or reading.micron_per_unit not in (0, 1) or columns["id"] not in sample.table:
+        return None
+    kept = sample.table.loc[sample.keep]
+    z = kept[columns["z"]].to_numpy(np.float64) if columns["z"] in kept else None
+    return kept[columns["id"]].to_numpy(), z
+
+
+def spatial_outputs(sample: Sample, cell: np.ndarray, cells_table, folder: Path, log,
+                    xenium: tuple[np.ndarray, np.ndarray | None] | None = None) -> dict[str, np.ndarray] | None:
+    """Every assigned cell's boundary polygon as GeoParquet (`cell_boundaries.parquet`), the whole segmentation as
+    a SpatialData store (`spatialdata.zarr`) and, for a Xenium run (`xenium`: its transcript ids and z), the files
+    of Xenium Ranger's import-segmentation, with the `spatial` extra (skipped with a note without it); returns the
+    boundaries' exteriors by cell id for the region plot."""
     import importlib.util
 
     missing = [m for m in ("shapely", "geopandas", "spatialdata") if importlib.util.find_spec(m) is None]
@@ -252,6 +265,10 @@ def spatial_outputs(sample: Sample, cell: np.ndarray, cells_table, folder: Path,
     names, polygons = cell_polygons(sample.xy, cell, sample.nuclei, outlines)
     write_geoparquet(names, polygons, np.isin(names, sample.nuclei.ids), folder / "cell_boundaries.parquet")
     write_spatialdata(sample, cell, cells_table, names, polygons, outlines, folder / "spatialdata.zarr")
+    if xenium is not None:
+        from stagekit.stages.segmentation.xenium_ranger_export import write_xenium_ranger
+
+        write_xenium_ranger(xenium[0], sample.xy, xenium[1], cell, names, polygons, folder)
     return {name: np.asarray(p.exterior.coords) for name, p in zip(names, polygons, strict=True)}
 
 
@@ -280,7 +297,8 @@ def write(request: CellsRequest, output: Path) -> Path:
         (tmp / "segmentation.json").write_text(json.dumps(info, indent=1))
         from stagekit.metrics.plots import plot_segmentation_region
 
-        shapes = spatial_outputs(sample, result.cell, adata, tmp, log)
+        xenium = xenium_columns(sample, SeggerConfig.of(bundle).data)
+        shapes = spatial_outputs(sample, result.cell, adata, tmp, log, xenium)
         plot_segmentation_region(sample.xy, result.cell, sample.nuclei.vertices, tmp / "region.png",
                                  boundaries=shapes)
     s = summary(result)

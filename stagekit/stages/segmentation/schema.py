@@ -10,8 +10,11 @@ from stagekit.config.schema import RUNTIME, TRAINING, Key, Schema
 # segment: tiles are the mini-batches; val_fraction holds out transcripts inside nuclei (all their links)
 SEGMENT_DATA = {
     "format": Key("str", "xenium", "export layout: which files and columns hold transcripts and the prior outlines "
-                  "(nuclei for xenium; the vendor's cells for merscope and cosmx)",
-                  choices=("xenium", "merscope", "cosmx")),
+                  "(nuclei for xenium; the vendor's cells for merscope and cosmx; for iss, pciSeq's spots.csv and "
+                  "nucleus label image)", choices=("xenium", "merscope", "cosmx", "iss")),
+    "micron_per_unit": Key("float", 0.0, "size of one coordinate unit in micron; 0 takes the format's own (micron for "
+                           "xenium and merscope, 0.12028 for cosmx pixels); iss coordinates are the microscope's "
+                           "pixels, so give it there", minimum=0),
     "min_qv": Key("float", 20.0, "drop transcripts of lower quality value (Xenium's Phred-scaled qv; formats "
                   "without one keep every transcript); 0 keeps all", minimum=0),
     "control_prefixes": Key("list[str]", ["NegControlProbe_", "NegControlCodeword", "BLANK_", "antisense_",

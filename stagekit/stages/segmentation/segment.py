@@ -162,7 +162,8 @@ def read_for(data: SampleReading, folder: Path, log, crop: bool = False) -> Samp
     """The sample as `data` says; only training reads its crop (`data.region`): a model trained on a crop
     predicts and is scored on the whole sample."""
     return read_sample(folder, data.format, data.min_qv, control_prefixes=tuple(data.control_prefixes),
-                       region=(data.region or None) if crop else None, log=log)
+                       region=(data.region or None) if crop else None, micron_per_unit=data.micron_per_unit,
+                       log=log)
 
 
 def _parent(request: PhaseRequest) -> Bundle:

@@ -41,7 +41,9 @@ def _region(text: str) -> list[float]:
 
 OPTIONS = (
     Option("allow_new_genes", "with --from: genes the model never saw get new, untrained embeddings", bool),
-    Option("format", "xenium, merscope or cosmx: which files and columns to read", key="data.format"),
+    Option("format", "xenium, merscope, cosmx or iss: which files and columns to read", key="data.format"),
+    Option("micron_per_unit", "size of one coordinate unit in micron (iss: the microscope's pixel size)", float,
+           key="data.micron_per_unit"),
     Option("min_qv", "drop transcripts below this quality value", float, key="data.min_qv"),
     Option("region", "x0,y0,x1,y1 in micron: segment only this box of the sample", key="data.region",
            convert=_region),
