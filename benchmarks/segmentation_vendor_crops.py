@@ -47,6 +47,7 @@ def main() -> None:
         runs = []
         for seed in args.seeds:
             run = work / crop / f"seed{seed}"
+            run.mkdir(parents=True, exist_ok=True)
             started = time.perf_counter()
             stagekit("segment", "--preset", "segger", folder, "--format", crop, *scale, "--seed", seed,
                      "-o", run / "seg.stk", "-q")

@@ -88,3 +88,15 @@ def test_the_cells_file_of_a_segmentation_folder_is_refused_by_name(tmp_path, ca
     assert code == 0, err
     code, _, err = run_cli(capsys, "evaluate", tmp_path / "seg" / "cells.h5ad", "-o", tmp_path / "r")
     assert code == 2 and "evaluate the folder" in err and "Traceback" not in err, err
+
+
+def test_a_mean_teacher_bundle_on_genes_from_an_earlier_release_still_extracts(tmp_path, capsys):
+    """Written before the classifier read principal components: its layers read the genes, and still do."""
+    bundle = BUNDLES / "mean-teacher-genes-input.stk"
+    assert "input" not in read_bundle(bundle).model_config
+    code, _, err = run_cli(capsys, "extract", bundle, DATA / "counts.h5ad", "-o", tmp_path / "cells.h5ad", "-q")
+    assert code == 0, err
+    code, _, err = run_cli(capsys, "evaluate", tmp_path / "cells.h5ad", "--label-key", "cluster_id", "--no-umap",
+                           "-o", tmp_path / "report", "-q")
+    assert code == 0, err
+    assert json.loads((tmp_path / "report" / "metrics.json").read_text())["classification"]["macro_f1"] > 0

@@ -44,13 +44,20 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0)
     return 1 - dice.mean()
 
 
-def consistency_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, kind: str = "mse") -> torch.Tensor:
+def consistency_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, kind: str = "mse",
+                     threshold: float = 0.9) -> torch.Tensor:
     """Mean Teacher's consistency between student and (detached) teacher predictions: squared difference of
-    the class probabilities (Tarvainen & Valpola), or KL(teacher || student)."""
+    the class probabilities (Tarvainen & Valpola), KL(teacher || student), or pseudo_label: cross-entropy of the
+    student on the teacher's class where the teacher gives it at least `threshold` (FixMatch's confidence mask;
+    averaged over every cell, so the term grows as the teacher grows sure)."""
     teacher = probabilities(teacher_logits.detach())
     if kind == "mse":
         return ((probabilities(student_logits) - teacher) ** 2).sum(-1).mean()
     log_student = torch.log(probabilities(student_logits).clamp_min(1e-8))
+    if kind == "pseudo_label":
+        confidence, target = teacher.max(-1)
+        picked = log_student.gather(-1, target[:, None]).squeeze(-1)
+        return -(picked * (confidence >= threshold)).mean()
     return (teacher * (torch.log(teacher.clamp_min(1e-8)) - log_student)).sum(-1).mean()
 
 

@@ -17,12 +17,22 @@ def log_normalise(x: torch.Tensor) -> torch.Tensor:
 
 class CellClassifier(nn.Module):
     """Hidden layers (Linear -> norm -> ReLU -> dropout) and a linear head with `n_outputs` logits (1: a binary
-    task with a sigmoid). `norm = "layer"` gives exactly the VAE encoder's layers (`body` loads from `encoder`)."""
+    task with a sigmoid). `norm = "layer"` gives exactly the VAE encoder's layers (`body` loads from `encoder`).
+
+    With `n_pcs` > 0 the layers read `n_pcs` principal components of the log-normalised genes instead of the genes:
+    a fixed projection (buffers `pca_mean`, `pca_components`, `pca_scale`, set once from the data with
+    `set_projection` and never trained), divided by the first component's standard deviation so that input noise
+    has one scale whatever the data."""
 
     def __init__(self, n_genes: int, n_outputs: int, n_hidden: list[int], dropout: float = 0.2,
-                 norm: str = "batch") -> None:
+                 norm: str = "batch", n_pcs: int = 0) -> None:
         super().__init__()
-        sizes = [n_genes, *n_hidden]
+        self.n_pcs = n_pcs
+        if n_pcs:
+            self.register_buffer("pca_mean", torch.zeros(n_genes))
+            self.register_buffer("pca_components", torch.zeros(n_pcs, n_genes))
+            self.register_buffer("pca_scale", torch.ones(()))
+        sizes = [n_pcs or n_genes, *n_hidden]
         if norm == "layer":
             self.body = mlp(sizes, dropout)
         else:
@@ -32,12 +42,28 @@ class CellClassifier(nn.Module):
             self.body = nn.Sequential(*layers)
         self.head = nn.Linear(sizes[-1], n_outputs)
 
+    @torch.no_grad()
+    def set_projection(self, mean: torch.Tensor, components: torch.Tensor, scale: float) -> None:
+        self.pca_mean.copy_(mean)
+        self.pca_components.copy_(components)
+        self.pca_scale.fill_(scale)
+
+    def project(self, h: torch.Tensor) -> torch.Tensor:
+        """What the layers read of log-normalised genes: the scaled principal components, or the genes."""
+        if not self.n_pcs:
+            return h
+        return (h - self.pca_mean) @ self.pca_components.T / self.pca_scale
+
+    def classify(self, z: torch.Tensor) -> torch.Tensor:
+        """Logits from projected input (`project`)."""
+        return self.head(self.body(z))
+
     def embed(self, h: torch.Tensor) -> torch.Tensor:
         """The last hidden layer from log-normalised input."""
-        return self.body(h)
+        return self.body(self.project(h))
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return self.head(self.body(h))
+        return self.classify(self.project(h))
 
 
 class MeanTeacher(nn.Module):
@@ -51,7 +77,8 @@ class MeanTeacher(nn.Module):
 
     def forward(self, student_input: torch.Tensor, teacher_input: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        student = self.student(student_input)
+        """Logits of projected inputs (the student's `project`: the augmentations act on what the layers read)."""
+        student = self.student.classify(student_input)
         if teacher_input is None:
             return student, None
         self.teacher.train(self.training)  # same mode as the student (dropout noise on both, as in the paper)
@@ -59,7 +86,7 @@ class MeanTeacher(nn.Module):
         # through its own forward pass in training mode
         buffers = [b.clone() for b in self.teacher.buffers()]
         with torch.no_grad():
-            teacher = self.teacher(teacher_input)
+            teacher = self.teacher.classify(teacher_input)
             for kept, b in zip(buffers, self.teacher.buffers(), strict=True):
                 b.copy_(kept)
         return student, teacher

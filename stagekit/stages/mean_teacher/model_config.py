@@ -13,6 +13,13 @@ class ClassifierArchitecture:
     n_hidden: list[int]
     dropout: float
     norm: str
+    input: str = "genes"  # bundles written before principal-component input read the genes
+    n_pcs: int = 50
+
+    @property
+    def projected(self) -> int:
+        """Principal components the layers read (0: the genes)."""
+        return self.n_pcs if self.input == "pca" else 0
 
 
 @dataclass(frozen=True)
@@ -37,4 +44,4 @@ class MeanTeacherConfig(ModelConfig):
         """Student and teacher over `n_genes`: one output for a binary task, else one per class."""
         outputs = 1 if self.data.positive_class else len(self.classes.names)
         m = self.model
-        return MeanTeacher(CellClassifier(n_genes, outputs, m.n_hidden, m.dropout, m.norm))
+        return MeanTeacher(CellClassifier(n_genes, outputs, m.n_hidden, m.dropout, m.norm, m.projected))

@@ -19,28 +19,37 @@ MEAN_TEACHER_DATA = {
 }
 
 CLASSIFIER_MODEL = {
-    "n_hidden": Key("list[int]", [256, 64], "width of each hidden layer"),
+    "input": Key("str", "pca", "what the layers read: pca (the principal components of the log-normalised genes, "
+                 "fitted on every cell of the file, labelled or not) or genes (the log-normalised genes; needed "
+                 "with --init-from)", choices=("pca", "genes")),
+    "n_pcs": Key("int", 50, "principal components the layers read with input = pca", minimum=1),
+    "n_hidden": Key("list[int]", [128], "width of each hidden layer"),
     "dropout": Key("float", 0.2, "dropout after each hidden layer", minimum=0),
-    "norm": Key("str", "batch", "batch (BatchNorm) or layer (LayerNorm, as the VAE encoder: needed with "
+    "norm": Key("str", "layer", "batch (BatchNorm) or layer (LayerNorm, as the VAE encoder: needed with "
                 "--init-from)", choices=("batch", "layer")),
 }
 
 MEAN_TEACHER = {
-    "input_noise": Key("float", 0.5, "std of Gaussian noise added to the log-normalised input of student and "
-                       "teacher (each its own draw): the augmentation that makes consistency informative", minimum=0),
-    "input_dropout": Key("float", 0.5, "fraction of input genes zeroed at random for student and teacher "
-                         "(each its own mask)", minimum=0),
+    "input_noise": Key("float", 0.2, "std of Gaussian noise added to what the layers read (the scaled principal "
+                       "components, or the log-normalised genes) for student and teacher (each its own draw): the "
+                       "augmentation that makes consistency informative", minimum=0),
+    "input_dropout": Key("float", 0.0, "fraction of input features (components or genes) zeroed at random for "
+                         "student and teacher (each its own mask)", minimum=0),
     "ema_decay": Key("float", 0.999, "teacher = EMA of the student with this decay after the ramp-up", minimum=0),
     "ema_decay_rampup": Key("float", 0.99, "EMA decay during the consistency ramp-up", minimum=0),
     "ema_buffers": Key("str", "copy", "BatchNorm running statistics of the teacher: copied from the student, or "
                        "averaged like the weights", choices=("copy", "average")),
-    "consistency": Key("str", "mse", "mse of class probabilities, or kl (teacher || student)", choices=("mse", "kl")),
-    "consistency_weight": Key("float", 10.0, "w_max: consistency weight after the ramp-up", minimum=0),
+    "consistency": Key("str", "pseudo_label", "pseudo_label (the student's cross-entropy on the teacher's class "
+                       "where the teacher is sure: pseudo_label_threshold), mse of class probabilities, or kl "
+                       "(teacher || student)", choices=("pseudo_label", "mse", "kl")),
+    "pseudo_label_threshold": Key("float", 0.9, "pseudo_label: the teacher's probability of its class from which a "
+                                  "cell counts", minimum=0, maximum=1),
+    "consistency_weight": Key("float", 1.0, "w_max: consistency weight after the ramp-up", minimum=0),
     "rampup_epochs": Key("int", 10, "epochs of the sigmoid ramp-up w(t) = w_max exp(-5 (1 - t/T)^2)", minimum=0),
-    "supervised": Key("str", "focal_dice", "supervised loss on labelled cells: focal_dice or cross_entropy",
-                      choices=("focal_dice", "cross_entropy")),
+    "supervised": Key("str", "cross_entropy", "supervised loss on labelled cells: cross_entropy (classes weighted "
+                      "as focal_alpha says) or focal_dice", choices=("cross_entropy", "focal_dice")),
     "focal_gamma": Key("float", 2.0, "focal loss gamma", minimum=0),
-    "focal_alpha": Key("float", 0.0, "binary: weight of the positive class in the focal loss (negatives get "
+    "focal_alpha": Key("float", 0.0, "binary: weight of the positive class in the supervised loss (negatives get "
                        "1 - alpha); 0 weighs classes by inverse frequency among the labelled cells, as multi-class "
                        "tasks always do", minimum=0, maximum=1),
     "focal_weight": Key("float", 0.7, "weight of the focal loss in focal_dice", minimum=0),

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch.nn import functional as F
 
 from stagekit.data.anndata_io import CountMatrix
 from stagekit.data.batching import epoch_plan, eval_plan
@@ -80,7 +79,8 @@ def validation_cells(labels: Labels, val_fraction: float, seed: int) -> np.ndarr
 
 def labelled_cells(labels: Labels, validation: np.ndarray, fraction: float, seed: int, where: str,
                    base: np.ndarray | None = None) -> np.ndarray:
-    """`fraction` of each class's labelled cells (validation excluded, at least one), in a seeded order per class.
+    """`fraction` of each class's labelled cells (validation excluded; at least one per class, so a class rarer
+    than 1 / fraction still has a label), in a seeded order per class.
     `base` (stage 1's cells) is kept and topped up from the others, so stage 2's set contains stage 1's even when
     cells were labelled in between."""
     if not 0 < fraction <= 1:
@@ -93,25 +93,14 @@ def labelled_cells(labels: Labels, validation: np.ndarray, fraction: float, seed
     picked = []
     for c, name in enumerate(labels.classes):
         pool = np.flatnonzero((labels.codes == c) & ~held_out)
-        n = int(np.floor(fraction * len(pool) + 0.5))
-        if n == 0:
-            if not len(pool):
-                raise UserError(f"{where}: class '{name}' has no labelled cell outside the validation cells; label "
-                                "more cells or lower training.val_fraction")
-            needed = _round_up(0.5 / len(pool))
-            raise UserError(f"{where}: class '{name}' gets no labelled cell at data.labelled_fraction {fraction} "
-                            f"({len(pool)} labelled cells outside validation; each class needs at least one): "
-                            f"raise it to {needed} or more")
+        if not len(pool):
+            raise UserError(f"{where}: class '{name}' has no labelled cell outside the validation cells; label "
+                            "more cells or lower training.val_fraction")
+        n = max(int(np.floor(fraction * len(pool) + 0.5)), 1)  # a rare class keeps at least one label
         order = np.random.default_rng([seed, 13, c]).permutation(pool)
         old = order[kept[order]]
         picked.append(np.concatenate([old, order[~kept[order]][: max(n - len(old), 0)]]))
     return np.sort(np.concatenate(picked)).astype(np.int64)
-
-
-def _round_up(value: float) -> float:
-    """Up to two significant digits, rounding up (a suggested fraction must be enough)."""
-    digits = 1 - int(np.floor(np.log10(value)))
-    return float(np.ceil(value * 10**digits) / 10**digits)
 
 
 class MeanTeacherTask(Task):
@@ -126,6 +115,7 @@ class MeanTeacherTask(Task):
         self.labelled_batch = cfg["labelled_batch_size"]
         self.noise, self.input_dropout = cfg["input_noise"], cfg["input_dropout"]
         self.consistency, self.w_max = cfg["consistency"], cfg["consistency_weight"]
+        self.threshold = cfg["pseudo_label_threshold"]
         self.supervised, self.gamma = cfg["supervised"], cfg["focal_gamma"]
         self.focal_weight, self.dice_weight = cfg["focal_weight"], cfg["dice_weight"]
         self.rampup_steps = cfg["rampup_epochs"] * len(self.train_plan(0, 0, 1))
@@ -194,11 +184,9 @@ class MeanTeacherTask(Task):
         return h
 
     def supervised_loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if self.supervised == "cross_entropy":
-            if logits.shape[-1] == 1:
-                return F.binary_cross_entropy_with_logits(logits.squeeze(-1), y.to(logits.dtype))
-            return F.cross_entropy(logits, y)
         alpha = self.alpha.to(logits.device)
+        if self.supervised == "cross_entropy":
+            return focal_loss(logits, y, 0.0, alpha)  # gamma 0: cross-entropy weighted by class
         return (self.focal_weight * focal_loss(logits, y, self.gamma, alpha)
                 + self.dice_weight * soft_dice_loss(logits, y))
 
@@ -206,7 +194,8 @@ class MeanTeacherTask(Task):
         return self.w_max * (sigmoid_rampup(step / self.rampup_steps) if self.rampup_steps else 1.0)
 
     def step(self, model: torch.nn.Module, batch: dict, ctx: StepContext) -> dict[str, torch.Tensor]:
-        h, y = log_normalise(batch["x"]), batch["y"]
+        h = self.model.student.project(log_normalise(batch["x"]))  # a fixed projection, shared by both
+        y = batch["y"]
         n = len(y)
         if not ctx.train:  # validation: the teacher's (and the student's) predictions of held-out labelled cells
             student, teacher = model(h, h)
@@ -214,7 +203,7 @@ class MeanTeacherTask(Task):
                     "student_probability": probabilities(student), "target": y}
         student, teacher = model(self.augment(h), self.augment(h))
         supervised = self.supervised_loss(student[:n], y)
-        consistency = consistency_loss(student, teacher, self.consistency)
+        consistency = consistency_loss(student, teacher, self.consistency, self.threshold)
         w = self.consistency_weight(ctx.global_step)
         return {"loss": supervised + w * consistency, "supervised": supervised, "consistency": consistency,
                 "consistency_weight": torch.tensor(w)}

@@ -33,6 +33,27 @@ def load_model(bundle: Bundle) -> MeanTeacher:
     return model.eval()
 
 
+def fit_projection(model: MeanTeacher, counts: CountMatrix, seed: int, log) -> None:
+    """The principal components of every cell's log-normalised genes (labels unused, so every cell may shape
+    them), set into student and teacher. scikit-learn's ARPACK PCA centres the sparse matrix implicitly: no dense
+    copy of it is made."""
+    from sklearn.decomposition import PCA
+
+    from stagekit.data.normalise import log_normalised
+
+    n_pcs = model.student.n_pcs
+    if n_pcs >= min(counts.n_obs, counts.n_vars):
+        raise UserError(f"{counts.path}: model.n_pcs = {n_pcs} needs more cells and genes than that (it has "
+                        f"{counts.n_obs} x {counts.n_vars}); lower model.n_pcs")
+    pca = PCA(n_pcs, svd_solver="arpack", random_state=seed).fit(log_normalised(counts.matrix))
+    scale = float(np.sqrt(pca.explained_variance_[0]))
+    for net in (model.student, model.teacher):
+        net.set_projection(torch.tensor(pca.mean_, dtype=torch.float32),
+                           torch.tensor(np.ascontiguousarray(pca.components_), dtype=torch.float32), scale)
+    log(f"input: {n_pcs} principal components of the log-normalised genes of all {counts.n_obs:,} cells "
+        f"({pca.explained_variance_ratio_.sum():.1%} of their variance)")
+
+
 def _init_from_vae(model: MeanTeacher, path: Path, counts: CountMatrix, model_cfg: ClassifierArchitecture, log
                    ) -> tuple[dict, Bundle]:
     """Student and teacher start from a `pretrain --preset vae` encoder (its hidden layers; the head is new)."""
@@ -44,9 +65,9 @@ def _init_from_vae(model: MeanTeacher, path: Path, counts: CountMatrix, model_cf
     if vae_cfg.data.batch_key or vae_cfg.model.likelihood == "gaussian":
         raise UserError(f"{path}: --init-from needs a VAE on counts without a batch covariate (its encoder then "
                         "reads exactly the classifier's input)")
-    if model_cfg.norm != "layer" or model_cfg.n_hidden != vae_cfg.model.n_hidden:
-        raise UserError(f"--init-from {path}: set model.norm = \"layer\" and model.n_hidden = "
-                        f"{vae_cfg.model.n_hidden} (the VAE encoder's layers)")
+    if model_cfg.input != "genes" or model_cfg.norm != "layer" or model_cfg.n_hidden != vae_cfg.model.n_hidden:
+        raise UserError(f"--init-from {path}: set model.input = \"genes\", model.norm = \"layer\" and "
+                        f"model.n_hidden = {vae_cfg.model.n_hidden} (the VAE encoder reads genes with these layers)")
     encoder = {"body." + k.removeprefix("encoder."): v for k, v in vae.weights.items() if k.startswith("encoder.")}
     report = load_by_name(model.student, encoder, new=("head",))
     if report.partial:
@@ -58,8 +79,7 @@ def _init_from_vae(model: MeanTeacher, path: Path, counts: CountMatrix, model_cf
 
 # keys that do nothing for some tasks: set by hand there, they earn a warning rather than silence
 _NOT_FOR_MULTI_CLASS = ("mean_teacher.focal_alpha", "collapse.min_fraction", "collapse.max_drift")
-_NOT_FOR_CROSS_ENTROPY = ("mean_teacher.focal_gamma", "mean_teacher.focal_alpha", "mean_teacher.focal_weight",
-                          "mean_teacher.dice_weight")
+_NOT_FOR_CROSS_ENTROPY = ("mean_teacher.focal_gamma", "mean_teacher.focal_weight", "mean_teacher.dice_weight")
 
 
 def warn_unused(config, binary: bool, log) -> None:
@@ -126,6 +146,8 @@ def pretrain(request: PhaseRequest) -> Path | None:
     if init_from and not request.resume:
         report, parent = _init_from_vae(model, Path(init_from), counts, described.model, request.log)
         records = {"load_report": report}
+    if described.model.projected and not request.resume:  # a resumed run reads its projection with its weights
+        fit_projection(model, counts, seed, request.log)
     return _fit(request, phase, counts, labels, model, validation, labelled, described.to_toml(), seed,
                 parent=parent, records=records)
 
