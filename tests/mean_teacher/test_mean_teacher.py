@@ -247,3 +247,18 @@ def test_principal_component_input_is_fixed_and_travels_with_the_weights():
     again = CellClassifier(6, 3, [4], n_pcs=2, norm="layer")
     again.load_state_dict(net.state_dict())
     assert torch.allclose(again.eval()(h), net.eval()(h))
+
+
+def test_keys_set_by_hand_that_do_nothing_are_named():
+    from stagekit.stages.mean_teacher.train import warn_unused
+    from stagekit.stages.registry import read_config
+
+    config = read_config("pretrain", "mean-teacher", [("mean_teacher.consistency", "mse", "test"),
+                                                      ("mean_teacher.pseudo_label_threshold", 0.5, "test"),
+                                                      ("model.input", "genes", "test"), ("model.n_pcs", 20, "test")])
+    said = []
+    warn_unused(config, False, said.append)
+    assert len(said) == 1 and "pseudo_label_threshold" in said[0] and "model.n_pcs" in said[0]
+    said.clear()
+    warn_unused(read_config("pretrain", "mean-teacher", []), False, said.append)
+    assert said == []  # the preset's own values are never reported

@@ -88,10 +88,16 @@ def warn_unused(config, binary: bool, log) -> None:
         unused += _NOT_FOR_CROSS_ENTROPY
     if config["mean_teacher"]["rampup_epochs"] == 0:
         unused.append("mean_teacher.ema_decay_rampup")
+    if config["mean_teacher"]["consistency"] != "pseudo_label":
+        unused.append("mean_teacher.pseudo_label_threshold")
+    if "model" in config.values and config["model"]["input"] != "pca":
+        unused.append("model.n_pcs")
     given = [k for k in dict.fromkeys(unused) if not config.sources[k].startswith(("default", "preset"))]
     if given:
+        cfg = config["mean_teacher"]
         log(f"warning: {', '.join(given)} do(es) nothing in this run ({'binary' if binary else 'multi-class'} task, "
-            f"{config['mean_teacher']['supervised']} loss, rampup_epochs {config['mean_teacher']['rampup_epochs']})")
+            f"{cfg['supervised']} loss, {cfg['consistency']} consistency, rampup_epochs {cfg['rampup_epochs']}"
+            + (f", model.input {config['model']['input']}" if "model" in config.values else "") + ")")
 
 
 def _fit(request: PhaseRequest, phase: PhaseRun, counts: CountMatrix, labels: Labels, model: MeanTeacher,
