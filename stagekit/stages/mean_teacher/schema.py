@@ -63,8 +63,8 @@ COLLAPSE = {
                         "the positive share of the labelled cells", minimum=0),
     "max_drift": Key("float", 0.25, "binary: stop when the mean predicted probability moves more than this in one "
                      "epoch", minimum=0),
-    "max_share": Key("float", 0.95, "multi-class: stop when one class takes more than this share of predictions",
-                     minimum=0),
+    "max_share": Key("float", 0.95, "stop when one class (binary: the positive class) takes more than this share "
+                     "of predictions", minimum=0),
     "every_steps": Key("int", 0, "also check every N optimizer steps; 0: at epoch ends only", minimum=0),
     "sample_size": Key("int", 10000, "validation and unlabelled cells the checks predict (a seeded sample)",
                        minimum=1),

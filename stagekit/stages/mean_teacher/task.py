@@ -151,10 +151,12 @@ class MeanTeacherTask(Task):
         points = ("epoch", "step") if self.every_steps else ("epoch",)
         hint = ("the classifier is collapsing onto one class; lower training.lr, train in two stages (pretrain at "
                 "fewer labels, then finetune with a lower lr and warm-up), or loosen collapse.*")
-        guards = [Guard("largest_class_share", maximum=self.max_share, at=points, hint=hint)]
-        if self.labels.binary:
-            guards += [Guard("pred_positive_fraction", minimum=self.min_fraction * self.prior, at=points, hint=hint),
-                       Guard("mean_probability_drift", maximum=self.max_drift, at=points, hint=hint)]
+        if self.labels.binary:  # the negatives of a rare class are most cells: only the positive share can run away
+            guards = [Guard("pred_positive_fraction", minimum=self.min_fraction * self.prior, maximum=self.max_share,
+                            at=points, hint=hint),
+                      Guard("mean_probability_drift", maximum=self.max_drift, at=points, hint=hint)]
+        else:
+            guards = [Guard("largest_class_share", maximum=self.max_share, at=points, hint=hint)]
         return [self.ema, *guards]
 
     def train_plan(self, epoch: int, rank: int, world: int) -> list[tuple[np.ndarray, np.ndarray]]:
