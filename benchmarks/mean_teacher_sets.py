@@ -58,6 +58,7 @@ def network_predictions(bundle: Path, path: Path, cells: np.ndarray, student: bo
     import torch
 
     from stagekit.bundle import read_bundle
+    from stagekit.losses.classification import probabilities
     from stagekit.models.classifier import log_normalise
     from stagekit.stages.mean_teacher.train import load_model
 
@@ -68,7 +69,7 @@ def network_predictions(bundle: Path, path: Path, cells: np.ndarray, student: bo
     with torch.no_grad():
         logits = net(log_normalise(torch.from_numpy(np.asarray(x.todense() if hasattr(x, "todense") else x,
                                                                dtype=np.float32))))
-    return np.asarray(b.categories["classes"])[logits.argmax(1).numpy()]
+    return np.asarray(b.categories["classes"])[probabilities(logits).argmax(1).numpy()]
 
 
 def baselines(z: np.ndarray, labels: np.ndarray, labelled: np.ndarray, test: np.ndarray, seed: int
