@@ -63,7 +63,8 @@ def cells_of(request: ReportRequest, cells: Callable) -> EvalInput:
         return _read_cells(request.cells, str(request.source), label_key)
     bundle = request.bundle
     adata, extra = cells(CellsRequest(bundle, [request.data] if request.data else [], log=lambda m: None))
-    adata.uns["stagekit"] = {k: extra[k] for k in ("label_key", "positive_class", "layer", "counts") if k in extra}
+    adata.uns["stagekit"] = {k: extra[k] for k in ("label_key", "positive_class", "layer", "counts", "classes")
+                             if k in extra}
     found = _read_cells(adata, str(request.source), label_key)
     found.lineage = [{"path": str(request.source), "stage": bundle.stage, "history": bundle.history},
                      *bundle.lineage]
@@ -141,7 +142,7 @@ def classification_scores(found: EvalInput, keep: np.ndarray, scored_on: str) ->
 
     positive = str(found.provenance.get("positive_class", ""))
     truth, predicted = found.labels[keep], found.column("stagekit_prediction")[keep]
-    report = {"cells": int(keep.sum()), "scored_on": scored_on}
+    report = {"cells": int(keep.sum()), "scored_on": scored_on} | calibration_scores(found, keep)
     if positive:
         y, hit = truth == positive, predicted == positive
         report |= {"f1": float(f1_score(y, hit)), "precision": float(precision_score(y, hit, zero_division=0)),
@@ -155,6 +156,31 @@ def classification_scores(found: EvalInput, keep: np.ndarray, scored_on: str) ->
     return report | {"accuracy": float(accuracy_score(truth, predicted)),
                      "macro_f1": float(f1_score(truth, predicted, average="macro", zero_division=0)),
                      "f1_per_class": {name: float(v) for name, v in zip(classes, per_class, strict=True)}}
+
+
+def calibration_scores(found: EvalInput, keep: np.ndarray) -> dict:
+    """Expected calibration error of obs['stagekit_class_probabilities'] (columns in uns['stagekit']['classes']
+    order) on the cells `keep` whose label is one of the classes; binary tasks also the mean probability of the
+    positive class beside its true share."""
+    from stagekit.metrics.calibration import expected_calibration_error
+
+    classes = [str(c) for c in found.provenance.get("classes", [])]
+    probability = found.obsm.get("stagekit_class_probabilities")
+    if probability is None or probability.shape[1] != len(classes) or not keep.any():
+        return {}
+    positive = str(found.provenance.get("positive_class", ""))
+    truth = found.labels[keep]
+    if positive:
+        target = (truth == positive).astype(np.int64)
+    else:
+        code = {name: i for i, name in enumerate(classes)}
+        known = np.array([t in code for t in truth], dtype=bool)
+        target = np.array([code[t] for t in truth[known]], dtype=np.int64)
+        keep = np.flatnonzero(keep)[known]
+    scores = {"expected_calibration_error": expected_calibration_error(probability[keep], target)}
+    if positive:
+        scores["mean_probability_positive"] = float(probability[keep, 1].mean())
+    return scores
 
 
 def classification_part(found: EvalInput, report: Report, output_dir: Path, seed: int) -> None:

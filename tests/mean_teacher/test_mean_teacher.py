@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from stagekit.bundle import read_bundle
+from stagekit.models.classifier import log_normalise
 from tests.conftest import run_cli
 
 FAST = ["--set", "training.batch_size=128", "--set", "mean_teacher.labelled_batch_size=32", "-q"]
@@ -55,6 +56,15 @@ def test_two_stage_learns_and_stage_two_extends_stage_one(capsys, chain):
     cells = anndata.read_h5ad(chain["cells"])
     assert cells.obsm["stagekit_class_probabilities"].shape == (600, 4)
     assert set(cells.obs["stagekit_split"]) == {"labelled", "validation", "unlabelled"}
+    # probabilities are the teacher's softmax at the temperature fitted on the validation cells
+    t = float(s2.results["temperature"])
+    assert t == s2.final_metrics["temperature"] and t != 1.0 and cells.uns["stagekit"]["temperature"] == t
+    assert s2.final_metrics["val_ece_calibrated"] <= s2.final_metrics["val_ece"]
+    from stagekit.stages.mean_teacher.train import load_model
+
+    with torch.no_grad():
+        logits = load_model(s2).teacher(log_normalise(torch.from_numpy(anndata.read_h5ad(chain["data"]).X.toarray())))
+    assert np.allclose(cells.obsm["stagekit_class_probabilities"], torch.softmax(logits / t, 1).numpy(), atol=1e-5)
     code, out, err = run_cli(capsys, "evaluate", chain["cells"], "--label-key", "cluster_id", "--no-umap", "-q",
                              "-o", chain["report"])
     assert code == 0, err
@@ -64,6 +74,7 @@ def test_two_stage_learns_and_stage_two_extends_stage_one(capsys, chain):
     truth = cells.obs["cluster_id"].astype(str)[cells.obs["stagekit_split"] == "unlabelled"]
     majority = f1_score(truth, [truth.mode()[0]] * len(truth), average="macro")  # the majority-class baseline
     assert report["macro_f1"] > majority + 0.5 and report["cells"] == len(truth)
+    assert 0 <= report["expected_calibration_error"] < 0.5
     assert report["validation_cells"]["cells"] == len(s2.results["validation"])
 
 

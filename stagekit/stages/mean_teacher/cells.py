@@ -1,5 +1,6 @@
 """Per-cell outputs of a Mean Teacher bundle: the teacher's predicted label, its probability, every class's
-probability and the last hidden layer (the teacher is the model Mean Teacher evaluates)."""
+probability and the last hidden layer (the teacher is the model Mean Teacher evaluates). Probabilities are
+calibrated by the temperature the bundle fitted on its validation cells; the predicted labels do not depend on it."""
 
 from __future__ import annotations
 
@@ -28,12 +29,13 @@ def mean_teacher_cells(request: CellsRequest):
     counts = load_counts(path, task.layer, adata=adata)
     check_same_genes(counts.var_names, bundle, path)
     teacher = load_model(bundle).teacher
+    temperature = float(bundle.results.get("temperature", 1.0))  # bundles written before calibration: 1
     probs, hidden = [], []
     with torch.no_grad():
         for rows in eval_plan(np.arange(counts.n_obs), 4096):
             embedding = teacher.embed(log_normalise(torch.from_numpy(counts.rows(rows))))
             hidden.append(embedding.numpy())
-            probs.append(probabilities(teacher.head(embedding)).numpy())
+            probs.append(probabilities(teacher.head(embedding) / temperature).numpy())
     p = np.concatenate(probs)
     classes = bundle.categories["classes"]
     predicted = p.argmax(1)
@@ -47,4 +49,4 @@ def mean_teacher_cells(request: CellsRequest):
         split[bundle.results["validation"]] = "validation"
         adata.obs["stagekit_split"] = pd.Categorical(split)
     return adata, {"label_key": task.label_key, "positive_class": task.positive_class,
-                   "classes": np.array(classes, dtype=str)}
+                   "classes": np.array(classes, dtype=str), "temperature": temperature}

@@ -220,16 +220,32 @@ class MeanTeacherTask(Task):
 
     # --- collapse watch ----------------------------------------------------------------------------------------
     @torch.no_grad()
-    def predictions(self, rows: np.ndarray, teacher: bool = False) -> np.ndarray:
-        """Class probabilities of cells (eval mode), leaving the model in the mode it was in."""
+    def logits(self, rows: np.ndarray, teacher: bool = False) -> torch.Tensor:
+        """Logits of cells (eval mode), leaving the model in the mode it was in."""
         model = self.model.teacher if teacher else self.model.student
         was_training = model.training
         model.eval()
         device = next(model.parameters()).device
-        out = [probabilities(model(log_normalise(torch.from_numpy(self.counts.rows(chunk)).to(device))))
-               .float().cpu().numpy() for chunk in eval_plan(rows, 4096)]
+        out = [model(log_normalise(torch.from_numpy(self.counts.rows(chunk)).to(device))).float().cpu()
+               for chunk in eval_plan(rows, 4096)]
         model.train(was_training)
-        return np.concatenate(out)
+        return torch.cat(out)
+
+    def predictions(self, rows: np.ndarray, teacher: bool = False) -> np.ndarray:
+        """Class probabilities of cells."""
+        return probabilities(self.logits(rows, teacher)).numpy()
+
+    def calibration(self) -> dict[str, float]:
+        """The temperature that calibrates the teacher's probabilities on the validation cells (fitted on them, as
+        the kept epoch was chosen on them), with the expected calibration error there before and after."""
+        from stagekit.metrics.calibration import expected_calibration_error, fit_temperature, log_probabilities
+
+        logits, target = self.logits(self.validation, teacher=True).numpy(), self.labels.codes[self.validation]
+        temperature = fit_temperature(logits, target)
+        return {"temperature": temperature,
+                "val_ece": expected_calibration_error(np.exp(log_probabilities(logits)), target),
+                "val_ece_calibrated": expected_calibration_error(np.exp(log_probabilities(logits, temperature)),
+                                                                 target)}
 
     def collapse_stats(self) -> dict[str, float]:
         """What the collapse guards watch, from the student's predictions of validation and unlabelled cells: the

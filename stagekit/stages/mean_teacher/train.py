@@ -120,11 +120,13 @@ def _fit(request: PhaseRequest, phase: PhaseRun, counts: CountMatrix, labels: La
             k: v for k, v in result.final_metrics.items()
             if k in ("pred_positive_fraction", "mean_probability_drift", "largest_class_share")}
         final |= {"labelled_cells": float(len(labelled)), "labelled_fraction": config["data"]["labelled_fraction"]}
+        final |= (calibration := task.calibration())
         return Bundle(weights=weights_to_numpy(model), model_config=model_config,
                       lineage=lineage_of(parent) if parent else [], data=fingerprint, var_names=counts.var_names,
                       categories={"classes": labels.classes}, final_metrics=final,
                       results={"labelled": labelled, "validation": validation,
-                               "ema_updates": np.array(task.ema.updates)}, records=records or {})
+                               "ema_updates": np.array(task.ema.updates),
+                               "temperature": np.array(calibration["temperature"])}, records=records or {})
 
     return phase.fit(task, bundle_for)
 
