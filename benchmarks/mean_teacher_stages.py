@@ -90,8 +90,8 @@ def one_task(name: str, positive: str, seed: int, lr: float, recipe: list[str], 
     if runs["stage_1"][0] == 0:
         objective = [a for kv in recipe if not kv.startswith("model.") for a in ("--set", kv)]  # model: stage 1's
         runs["stage_2"] = run("finetune", "--preset", "mean-teacher", out / "stage1.stk", path, "-q", *objective,
-                              "--set", "data.labelled_fraction=0.1", "--set", f"training.lr={lr * stage_two_lr_ratio():g}",
-                              "-o", out / "stage2.stk")
+                              "--set", "data.labelled_fraction=0.1",
+                              "--set", f"training.lr={lr * stage_two_lr_ratio():g}", "-o", out / "stage2.stk")
     runs["one_stage"] = run("pretrain", "--preset", "mean-teacher", *task, "--set", "data.labelled_fraction=0.1",
                             "--set", f"training.lr={lr}", "-o", out / "scratch.stk")
     files = {"stage_1": "stage1.stk", "stage_2": "stage2.stk", "one_stage": "scratch.stk"}
