@@ -11,6 +11,7 @@ import scipy.sparse as sp
 
 from stagekit.data.hvg import highly_variable_genes
 from stagekit.data.normalise import log_normalised
+from stagekit.data.pca import covariance_pca
 from stagekit.errors import UserError
 
 EXPRESSION_FLOOR = 0.0  # predicted log-normalised expression is clipped here: a change cannot go below none
@@ -59,19 +60,16 @@ class ExpressionSpace:
 
 
 def fit_space(counts: sp.csr_matrix, var_names: list[str], train_rows: np.ndarray, n_genes: int,
-              n_components: int, seed: int) -> ExpressionSpace:
-    """The space fitted on the cells `train_rows`."""
+              n_components: int) -> ExpressionSpace:
+    """The space fitted on the cells `train_rows`: an exact PCA from blocks of them (see `stagekit.data.pca`)."""
     columns = highly_variable_genes(sp.csr_matrix(counts[train_rows]), n_genes)
     names = [var_names[i] for i in columns]
     if n_components == 0:
         return ExpressionSpace(names, np.zeros(0, np.float32), np.zeros((0, len(names)), np.float32))
-    genes = log_normalised(counts[train_rows], columns)
-    from sklearn.decomposition import PCA
-
-    n = min(n_components, len(train_rows) - 1, len(names))
-    pca = PCA(n, random_state=seed, svd_solver="randomized" if n < 0.5 * len(names) else "full")
-    pca.fit(genes.toarray())
-    return ExpressionSpace(names, pca.mean_.astype(np.float32), pca.components_.astype(np.float32))
+    blocks = (log_normalised(counts[train_rows[i:i + _EMBED_BLOCK]], columns)
+              for i in range(0, len(train_rows), _EMBED_BLOCK))
+    pcs = covariance_pca(blocks, min(n_components, len(train_rows) - 1, len(names)))
+    return ExpressionSpace(names, pcs.mean.astype(np.float32), pcs.components.astype(np.float32))
 
 
 def in_space(space: ExpressionSpace, counts: sp.csr_matrix, var_names: list[str], where: str
