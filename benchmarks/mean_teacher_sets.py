@@ -11,7 +11,7 @@ labelled cells the run drew:
     unlabelled term), class-balanced;
   - label spreading on the 15-nearest-neighbour graph of the same PCA (scikit-learn), and a kNN classifier;
   - the same network without the teacher (consistency weight 0; the student scored);
-  - with --vae: logistic regression on the latent of `pretrain --preset vae` (one per set and seed).
+  - with --vae: logistic regression on the latent of `pretrain --preset vae` (one per set, seed 0).
 With --binary, each class under 5 % of cells is a task against the rest (`--positive-class`), scored by the F1 of
 that class.
 
@@ -114,9 +114,11 @@ def run_one(name: str, seed: int, fraction: float, work: Path, overrides: list[s
     common = [path, "--label-key", label_key, "--seed", seed, "--set", f"data.labelled_fraction={fraction}", "-q"]
     if positive:
         common += ["--positive-class", positive]
-    stagekit("pretrain", "--preset", "mean-teacher", *common, *overrides, "-o", out / "mt.stk")
-    stagekit("pretrain", "--preset", "mean-teacher", *common, "--set", "mean_teacher.consistency_weight=0",
-             *overrides, "-o", out / "mlp.stk")
+    if not (out / "mt.stk").exists():  # a run finished in the same --workdir is read, not repeated
+        stagekit("pretrain", "--preset", "mean-teacher", *common, *overrides, "-o", out / "mt.stk")
+    if not (out / "mlp.stk").exists():
+        stagekit("pretrain", "--preset", "mean-teacher", *common, "--set", "mean_teacher.consistency_weight=0",
+                 *overrides, "-o", out / "mlp.stk")
     b = read_bundle(out / "mt.stk", weights=False)
     labelled, validation = b.results["labelled"], b.results["validation"]
     labels = anndata.read_h5ad(path, backed="r").obs[label_key].astype(str).to_numpy()
@@ -130,7 +132,7 @@ def run_one(name: str, seed: int, fraction: float, work: Path, overrides: list[s
         cache[(name, seed)] = pca50(path, seed)
     predictions |= baselines(cache[(name, seed)], labels, labelled, test, seed)
     if vae:
-        latent = vae_latent(path, seed, work / f"{name}_s{seed}_vae", cache)
+        latent = vae_latent(path, work / f"{name}_vae", cache)
         from sklearn.linear_model import LogisticRegression
 
         predictions["logreg_vae_latent"] = LogisticRegression(max_iter=3000, class_weight="balanced").fit(
@@ -150,14 +152,16 @@ def positive_f1(truth: np.ndarray, predicted: np.ndarray, positive: str) -> floa
     return float(f1_score(truth == positive, predicted == positive, zero_division=0.0))
 
 
-def vae_latent(path: Path, seed: int, folder: Path, cache: dict) -> np.ndarray:
+def vae_latent(path: Path, folder: Path, cache: dict) -> np.ndarray:
+    """The latent of one `pretrain --preset vae` of the set (seed 0), shared by every seed's labelled cells."""
     import anndata
 
-    key = (str(path), seed, "vae")
+    key = (str(path), "vae")
     if key not in cache:
         folder.mkdir(parents=True, exist_ok=True)
-        stagekit("pretrain", "--preset", "vae", path, "--seed", seed, "-q", "-o", folder / "vae.stk")
-        stagekit("extract", folder / "vae.stk", path, "-o", folder / "latent.h5ad", "-q")
+        if not (folder / "latent.h5ad").exists():
+            stagekit("pretrain", "--preset", "vae", path, "--seed", 0, "-q", "-o", folder / "vae.stk")
+            stagekit("extract", folder / "vae.stk", path, "-o", folder / "latent.h5ad", "-q")
         cache[key] = np.asarray(anndata.read_h5ad(folder / "latent.h5ad").obsm["X_stagekit"])
     return cache[key]
 
