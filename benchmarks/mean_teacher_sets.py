@@ -13,7 +13,8 @@ labelled cells the run drew:
   - the same network without the teacher (consistency weight 0; the student scored);
   - with --vae: logistic regression on the latent of `pretrain --preset vae` (one per set, seed 0).
 With --binary, each class under 5 % of cells is a task against the rest (`--positive-class`), scored by the F1 of
-that class.
+that class. A run the collapse guard stops is scored by the last good state it kept (`OUT.partial`, what a user
+has) and listed with the guard's metric, value and epoch.
 
     python benchmarks/mean_teacher_sets.py [--sets worm kidney cite ifnb kang] [--fractions 0.01 0.02 0.05]
         [--seeds 0 1 2] [--vae] [--binary] [--set KEY=VALUE ...] [--workdir DIR]
@@ -24,18 +25,56 @@ that class.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
+import re
 import tempfile
 from pathlib import Path
 
 import numpy as np
-from _chain import stagekit
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 SETS = {"worm": ("scdcc_worm_neuron_top2000.h5ad", "label"), "kidney": ("scdcc_human_kidney_top2000.h5ad", "label"),
         "cite": ("scdcc_cite_cbmc_top2000.h5ad", "label"), "ifnb": ("kang2018_ifnb_2800.h5ad", "label"),
         "kang": ("kang2018_muscat_subset.h5ad", "cluster_id"),
         "kang5": ("kang2018_muscat_example_sce.h5ad", "cluster_id")}
+
+
+STOPPED = re.compile(r"(\w+) = ([0-9.e+-]+) went (?:above|below) [0-9.e+-]+ at epoch (\d+)")
+
+
+def run(*args: object) -> tuple[int, str]:
+    """`stagekit ARGS` in this process: (exit code, the error line); a collapse guard's stop is a result."""
+    from stagekit.cli import main
+
+    err = io.StringIO()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+        try:
+            main([str(a) for a in args])
+            code = 0
+        except SystemExit as exc:
+            code = int(exc.code or 0)
+    if code not in (0, 2) or (code == 2 and not STOPPED.search(err.getvalue())):
+        raise SystemExit(f"stagekit {' '.join(map(str, args))} failed ({code}): {err.getvalue().strip()[-400:]}")
+    return code, err.getvalue().strip()
+
+
+def trained(out: Path, *args: object) -> tuple[Path, str]:
+    """Train (unless `out` exists from an earlier run in the same --workdir); returns the bundle to score and, when
+    a guard stopped the run, "metric=value@epoch" (the bundle is then the last good state it kept, OUT.partial,
+    which is what a user has)."""
+    partial, stop = out.with_name(out.name + ".partial"), out.with_name(out.name + ".stopped")
+    if out.exists():
+        return out, ""
+    if not (partial.exists() and stop.exists()):
+        partial.unlink(missing_ok=True)
+        code, message = run(*args, "-o", out)
+        if code == 0:
+            return out, ""
+        stop.write_text(message)
+    metric, value, epoch = STOPPED.search(stop.read_text()).groups()
+    return partial, f"{metric}={float(value):.3g}@{epoch}"
 
 
 def pca50(path: Path, seed: int) -> np.ndarray:
@@ -64,7 +103,7 @@ def network_predictions(bundle: Path, path: Path, cells: np.ndarray, student: bo
     from stagekit.models.classifier import log_normalise
     from stagekit.stages.mean_teacher.train import load_model
 
-    b = read_bundle(bundle)
+    b = read_bundle(bundle, resume=bundle.suffix == ".partial")
     model = load_model(b)
     net = model.student if student else model.teacher
     x = anndata.read_h5ad(path).X[cells]
@@ -114,20 +153,18 @@ def run_one(name: str, seed: int, fraction: float, work: Path, overrides: list[s
     common = [path, "--label-key", label_key, "--seed", seed, "--set", f"data.labelled_fraction={fraction}", "-q"]
     if positive:
         common += ["--positive-class", positive]
-    if not (out / "mt.stk").exists():  # a run finished in the same --workdir is read, not repeated
-        stagekit("pretrain", "--preset", "mean-teacher", *common, *overrides, "-o", out / "mt.stk")
-    if not (out / "mlp.stk").exists():
-        stagekit("pretrain", "--preset", "mean-teacher", *common, "--set", "mean_teacher.consistency_weight=0",
-                 *overrides, "-o", out / "mlp.stk")
-    b = read_bundle(out / "mt.stk", weights=False)
+    mt, mt_stopped = trained(out / "mt.stk", "pretrain", "--preset", "mean-teacher", *common, *overrides)
+    mlp, mlp_stopped = trained(out / "mlp.stk", "pretrain", "--preset", "mean-teacher", *common,
+                               "--set", "mean_teacher.consistency_weight=0", *overrides)
+    b = read_bundle(mt, weights=False, resume=bool(mt_stopped))
     labelled, validation = b.results["labelled"], b.results["validation"]
     labels = anndata.read_h5ad(path, backed="r").obs[label_key].astype(str).to_numpy()
     if positive:
         labels = np.where(labels == positive, positive, f"not {positive}")
     test = np.setdiff1d(np.arange(len(labels)), np.concatenate([labelled, validation]))
     classes = list(b.categories["classes"])
-    predictions = {"mean_teacher": network_predictions(out / "mt.stk", path, test, student=False),
-                   "mlp_without_teacher": network_predictions(out / "mlp.stk", path, test, student=True)}
+    predictions = {"mean_teacher": network_predictions(mt, path, test, student=False),
+                   "mlp_without_teacher": network_predictions(mlp, path, test, student=True)}
     if (name, seed) not in cache:
         cache[(name, seed)] = pca50(path, seed)
     predictions |= baselines(cache[(name, seed)], labels, labelled, test, seed)
@@ -141,9 +178,10 @@ def run_one(name: str, seed: int, fraction: float, work: Path, overrides: list[s
         scores = {method: positive_f1(labels[test], p, positive) for method, p in predictions.items()}
     else:
         scores = {method: macro_f1(labels[test], p, classes) for method, p in predictions.items()}
-    history = read_bundle(out / "mt.stk", weights=False).history
+    stopped = {k: v for k, v in (("mean_teacher", mt_stopped), ("mlp_without_teacher", mlp_stopped)) if v}
     return {"set": name, "task": positive or "multi-class", "seed": seed, "fraction": fraction,
-            "labelled": int(len(labelled)), "epochs": len(history["val_f1"]), "scores": scores}
+            "labelled": int(len(labelled)), "epochs": len(b.history["val_f1"]), "scores": scores,
+            "stopped": stopped}
 
 
 def positive_f1(truth: np.ndarray, predicted: np.ndarray, positive: str) -> float:
@@ -160,8 +198,8 @@ def vae_latent(path: Path, folder: Path, cache: dict) -> np.ndarray:
     if key not in cache:
         folder.mkdir(parents=True, exist_ok=True)
         if not (folder / "latent.h5ad").exists():
-            stagekit("pretrain", "--preset", "vae", path, "--seed", 0, "-q", "-o", folder / "vae.stk")
-            stagekit("extract", folder / "vae.stk", path, "-o", folder / "latent.h5ad", "-q")
+            run("pretrain", "--preset", "vae", path, "--seed", 0, "-q", "-o", folder / "vae.stk")
+            run("extract", folder / "vae.stk", path, "-o", folder / "latent.h5ad", "-q")
         cache[key] = np.asarray(anndata.read_h5ad(folder / "latent.h5ad").obsm["X_stagekit"])
     return cache[key]
 
@@ -178,8 +216,9 @@ def summarise(results: list[dict]) -> None:
                 continue
             means = {m: float(np.mean([r["scores"][m] for r in rows])) for m in methods}
             best = max(v for m, v in means.items() if m != "mean_teacher")
+            stops = sum(bool(r.get("stopped")) for r in rows)
             print(f"{name:<8}{task[:13]:<14}" + "".join(f"{means[m]:>24.3f}" for m in methods)
-                  + f"{means['mean_teacher'] - best:>+20.3f}")
+                  + f"{means['mean_teacher'] - best:>+20.3f}" + (f"  ({stops} run(s) stopped)" if stops else ""))
 
 
 def main() -> None:

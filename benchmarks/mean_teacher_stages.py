@@ -21,36 +21,16 @@ log-normalised genes, focal + Dice loss, consistency of probabilities (weight 10
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
-import re
 import tempfile
 from pathlib import Path
 
 import numpy as np
-from mean_teacher_sets import SETS, SHARED, macro_f1, network_predictions, positive_f1, rare_classes
+from mean_teacher_sets import SETS, SHARED, STOPPED, macro_f1, network_predictions, positive_f1, rare_classes, run
 
 GENES_RECIPE = ['model.input="genes"', "model.n_hidden=[256, 64]", 'model.norm="batch"', "model.dropout=0.2",
                 'mean_teacher.supervised="focal_dice"', 'mean_teacher.consistency="mse"',
                 "mean_teacher.consistency_weight=10", "mean_teacher.input_noise=0.5", "mean_teacher.input_dropout=0.5"]
-STOPPED = re.compile(r"(\w+) = ([0-9.e+-]+) went (?:above|below) [0-9.e+-]+ at epoch (\d+)")
-
-
-def run(*args: object) -> tuple[int, str]:
-    """`stagekit ARGS` in this process: (exit code, the error line)."""
-    from stagekit.cli import main
-
-    err = io.StringIO()
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
-        try:
-            main([str(a) for a in args])
-            code = 0
-        except SystemExit as exc:
-            code = int(exc.code or 0)
-    if code not in (0, 2) or (code == 2 and not STOPPED.search(err.getvalue())):
-        raise SystemExit(f"stagekit {' '.join(map(str, args))} failed ({code}): {err.getvalue().strip()[-400:]}")
-    return code, err.getvalue().strip()
 
 
 def outcome(code: int, message: str, bundle: Path) -> dict:
