@@ -33,6 +33,19 @@ GENES_RECIPE = ['model.input="genes"', "model.n_hidden=[256, 64]", 'model.norm="
                 "mean_teacher.consistency_weight=10", "mean_teacher.input_noise=0.5", "mean_teacher.input_dropout=0.5"]
 
 
+def reused(out: Path, *args: object) -> tuple[int, str]:
+    """Run `stagekit ARGS -o OUT`, or read the outcome of the run an earlier call left in the same --workdir."""
+    stop = out.with_name(out.name + ".stopped")
+    if out.exists():
+        return 0, ""
+    if stop.exists():
+        return 2, stop.read_text()
+    code, message = run(*args, "-o", out)
+    if code:
+        stop.write_text(message)
+    return code, message
+
+
 def outcome(code: int, message: str, bundle: Path) -> dict:
     """What a run did: finished (kept epoch, last predicted share) or stopped by a guard (metric, value, epoch)."""
     from stagekit.bundle import read_bundle
@@ -65,15 +78,15 @@ def one_task(name: str, positive: str, seed: int, lr: float, recipe: list[str], 
     out.mkdir(parents=True, exist_ok=True)
     task = [path, "--label-key", label_key, "--seed", seed, "-q", *(["--positive-class", positive] if positive else []),
             *[a for kv in recipe for a in ("--set", kv)]]
-    runs = {"stage_1": run("pretrain", "--preset", "mean-teacher", *task, "--set", "data.labelled_fraction=0.01",
-                           "--set", f"training.lr={lr}", "-o", out / "stage1.stk")}
+    runs = {"stage_1": reused(out / "stage1.stk", "pretrain", "--preset", "mean-teacher", *task,
+                              "--set", "data.labelled_fraction=0.01", "--set", f"training.lr={lr}")}
     if runs["stage_1"][0] == 0:
         objective = [a for kv in recipe if not kv.startswith("model.") for a in ("--set", kv)]  # model: stage 1's
-        runs["stage_2"] = run("finetune", "--preset", "mean-teacher", out / "stage1.stk", path, "-q", *objective,
-                              "--set", "data.labelled_fraction=0.1",
-                              "--set", f"training.lr={lr * stage_two_lr_ratio():g}", "-o", out / "stage2.stk")
-    runs["one_stage"] = run("pretrain", "--preset", "mean-teacher", *task, "--set", "data.labelled_fraction=0.1",
-                            "--set", f"training.lr={lr}", "-o", out / "scratch.stk")
+        runs["stage_2"] = reused(out / "stage2.stk", "finetune", "--preset", "mean-teacher", out / "stage1.stk", path,
+                                 "-q", *objective, "--set", "data.labelled_fraction=0.1",
+                                 "--set", f"training.lr={lr * stage_two_lr_ratio():g}")
+    runs["one_stage"] = reused(out / "scratch.stk", "pretrain", "--preset", "mean-teacher", *task,
+                               "--set", "data.labelled_fraction=0.1", "--set", f"training.lr={lr}")
     files = {"stage_1": "stage1.stk", "stage_2": "stage2.stk", "one_stage": "scratch.stk"}
     result = {"set": name, "task": positive or "multi-class", "seed": seed, "lr": lr}
     result |= {k: outcome(*runs[k], out / files[k]) for k in runs}
