@@ -86,15 +86,25 @@ class CountMatrix:
         for start in range(0, self.n_obs, size):
             yield self.block(start, min(start + size, self.n_obs))
 
-    def rows(self, index: np.ndarray) -> np.ndarray:
-        """Dense float32 rows for sorted `index`: one CSR fancy-index in memory; on disk one read per run of
-        nearby rows (gaps over `_GAP` rows start a new read, so scattered rows never pull in the cells between)."""
+    def sparse_rows(self, index: np.ndarray) -> sp.csr_matrix:
+        """Float32 CSR rows for sorted `index`: one fancy-index in memory; on disk one read per run of nearby rows
+        (gaps over `_GAP` rows start a new read, so scattered rows never pull in the cells between)."""
         if self.matrix is not None:
-            return self.matrix[index].toarray()
+            return self.matrix[index]
         runs = np.split(index, np.flatnonzero(np.diff(index) > _GAP) + 1)
         with h5py.File(self.path, "r") as f:
             node = f[self.key]
-            return np.concatenate([self._read(node, int(r[0]), int(r[-1]) + 1)[r - r[0]].toarray() for r in runs])
+            return sp.csr_matrix(sp.vstack([self._read(node, int(r[0]), int(r[-1]) + 1)[r - r[0]] for r in runs]))
+
+    def rows(self, index: np.ndarray) -> np.ndarray:
+        """Dense float32 rows for sorted `index` (see `sparse_rows`)."""
+        return self.sparse_rows(index).toarray()
+
+    def row_blocks(self, index: np.ndarray, size: int = 8192):
+        """The cells `index` (sorted), in order, as CSR blocks of `size` cells: the same blocks in memory and on
+        disk, so what is summed over them is summed in the same order."""
+        for start in range(0, len(index), size):
+            yield self.sparse_rows(index[start:start + size])
 
     def rows_in_order(self, index: np.ndarray) -> np.ndarray:
         """Like `rows`, for an index in any order and with repeats (read sorted, then put back in order)."""

@@ -19,13 +19,16 @@ if TYPE_CHECKING:
     from stagekit.data.anndata_io import CountMatrix
 
 
-def seurat_v3_variances(counts: sp.csr_matrix | CountMatrix, span: float = 0.3) -> np.ndarray:
-    """Standardised clipped variance of every gene, from two passes over the cells: an in-memory matrix in one
-    block, a backed CountMatrix block by block."""
+def seurat_v3_variances(counts: sp.csr_matrix | CountMatrix, span: float = 0.3, rows: np.ndarray | None = None
+                        ) -> np.ndarray:
+    """Standardised clipped variance of every gene, from two passes over the cells (`rows` of them, sorted, when
+    given): an in-memory matrix in one block, a CountMatrix block by block."""
     from skmisc.loess import loess
 
     def blocks() -> Iterable[sp.csr_matrix]:
-        return [counts] if sp.issparse(counts) else counts.blocks()
+        if sp.issparse(counts):
+            return [counts if rows is None else counts[rows]]
+        return counts.blocks() if rows is None else counts.row_blocks(rows)
 
     n, total, total_sq = 0, 0.0, 0.0
     for block in blocks():
@@ -69,11 +72,12 @@ def seurat_v3_variances(counts: sp.csr_matrix | CountMatrix, span: float = 0.3) 
     return np.where(expressed, norm_var, -np.inf)
 
 
-def highly_variable_genes(counts: sp.csr_matrix | CountMatrix, n_top: int) -> np.ndarray:
-    """Sorted column indices of the `n_top` most variable genes (all genes when there are fewer). A backed
-    CountMatrix is read block by block, twice."""
+def highly_variable_genes(counts: sp.csr_matrix | CountMatrix, n_top: int, rows: np.ndarray | None = None
+                          ) -> np.ndarray:
+    """Sorted column indices of the `n_top` most variable genes of the cells `rows` (all when None; all genes when
+    there are fewer). A CountMatrix is read block by block, twice."""
     n_genes = counts.shape[1] if sp.issparse(counts) else counts.n_vars
     if n_top >= n_genes:
         return np.arange(n_genes)
-    order = np.argsort(-seurat_v3_variances(counts), kind="stable")
+    order = np.argsort(-seurat_v3_variances(counts, rows=rows), kind="stable")
     return np.sort(order[:n_top])

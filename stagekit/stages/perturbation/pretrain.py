@@ -134,8 +134,7 @@ def _split_inputs_space(request: PhaseRequest, resumed: Bundle | None, counts: C
         data_cfg["holdout_perts"], features is not None, Path(split_toml) if split_toml else None, seed,
         [Path(p) for p, _, _ in counts.sources], file_of_cell(counts)), counts.where)
     inputs = pert_inputs(screen, Path(features) if features else None)
-    space = fit_space(counts.matrix, counts.var_names, screen.rows(TRAIN), data_cfg["n_genes"],
-                      data_cfg["n_components"])
+    space = fit_space(counts, screen.rows(TRAIN), data_cfg["n_genes"], data_cfg["n_components"])
     provenance = {}
     for name, path in (("features", features), ("split_toml", split_toml)):
         if path:

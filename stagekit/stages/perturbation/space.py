@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
+from stagekit.data.anndata_io import CountMatrix
 from stagekit.data.hvg import highly_variable_genes
 from stagekit.data.normalise import log_normalised
 from stagekit.data.pca import covariance_pca
@@ -59,15 +60,14 @@ class ExpressionSpace:
         return cls(genes, np.asarray(arrays["space_mean"]), np.asarray(arrays["space_components"]))
 
 
-def fit_space(counts: sp.csr_matrix, var_names: list[str], train_rows: np.ndarray, n_genes: int,
-              n_components: int) -> ExpressionSpace:
-    """The space fitted on the cells `train_rows`: an exact PCA from blocks of them (see `stagekit.data.pca`)."""
-    columns = highly_variable_genes(sp.csr_matrix(counts[train_rows]), n_genes)
-    names = [var_names[i] for i in columns]
+def fit_space(counts: CountMatrix, train_rows: np.ndarray, n_genes: int, n_components: int) -> ExpressionSpace:
+    """The space fitted on the cells `train_rows` (sorted), read block by block whether in memory or on disk:
+    highly variable genes from two passes, an exact PCA from one more (see `stagekit.data.pca`)."""
+    columns = highly_variable_genes(counts, n_genes, rows=train_rows)
+    names = [counts.var_names[i] for i in columns]
     if n_components == 0:
         return ExpressionSpace(names, np.zeros(0, np.float32), np.zeros((0, len(names)), np.float32))
-    blocks = (log_normalised(counts[train_rows[i:i + _EMBED_BLOCK]], columns)
-              for i in range(0, len(train_rows), _EMBED_BLOCK))
+    blocks = (log_normalised(block, columns) for block in counts.row_blocks(train_rows, _EMBED_BLOCK))
     pcs = covariance_pca(blocks, min(n_components, len(train_rows) - 1, len(names)))
     return ExpressionSpace(names, pcs.mean.astype(np.float32), pcs.components.astype(np.float32))
 
