@@ -16,7 +16,7 @@ from stagekit.data.protein_embeddings import load_gene_embeddings
 from stagekit.errors import UserError
 from stagekit.stages.perturbation.model_config import TransitionArchitecture, TransitionConfig, TransitionData
 from stagekit.stages.perturbation.screen import TEST, TRAIN, VAL, Screen, SplitRequest, assign_split, read_screen
-from stagekit.stages.perturbation.space import ExpressionSpace, fit_space, in_space
+from stagekit.stages.perturbation.space import ExpressionSpace, fit_space, screen_in_space
 from stagekit.stages.perturbation.task import TransitionTask
 from stagekit.stages.phase import PhaseRun, kept_metrics
 from stagekit.stages.spec import PhaseRequest
@@ -40,11 +40,14 @@ def pert_inputs(screen: Screen, features_path: Path | None) -> np.ndarray:
                      for p in screen.perts])
 
 
-def screen_counts(paths: list[Path], data_cfg: dict) -> CountMatrix:
+def screen_counts(paths: list[Path], data_cfg: dict, backed: bool = False) -> CountMatrix:
     """The cells of one or more .h5ad files as one screen (same genes in each; every file has the design's
-    columns)."""
+    columns); `backed`: one file read from disk."""
+    if backed and len(paths) > 1:
+        raise UserError(f"--backed reads one .h5ad; got {len(paths)} files: concatenate them into one file "
+                        "(anndata.concat) or train in memory without --backed")
     keys = tuple(data_cfg[k] for k in ("pert_key", "context_key", "batch_key") if data_cfg[k] and len(paths) > 1)
-    return concat_counts([load_counts(path, data_cfg["layer"], keys) for path in paths])
+    return concat_counts([load_counts(path, data_cfg["layer"], keys, backed=backed) for path in paths])
 
 
 def file_of_cell(counts: CountMatrix) -> np.ndarray | None:
@@ -155,12 +158,12 @@ def run(request: PhaseRequest) -> Path | None:
         raise UserError(f"model.hidden ({model_cfg['hidden']}) must be a multiple of model.n_heads "
                         f"({model_cfg['n_heads']})")
     phase = PhaseRun(config, request.output, request.resume, request.quiet)
-    counts = screen_counts(request.data, data_cfg)
+    counts = screen_counts(request.data, data_cfg, data_cfg["backed"])
     phase.check_resume_data(counts.fingerprint())
     screen = read_screen(counts.obs, counts.where, data_cfg["pert_key"], data_cfg["control"], data_cfg["context_key"],
                          data_cfg["batch_key"], data_cfg["exclude"])
     inputs, space, provenance = _split_inputs_space(request, phase.resume_bundle, counts, screen)
-    genes, embedding = in_space(space, counts.matrix, counts.var_names, counts.where)
+    genes, embedding = screen_in_space(space, counts)
     decoder = space.has_pca and loss_cfg["decoder_weight"] > 0
     sets = training_sets(screen, set_len, request.log)
     request.log(f"{sets.line}; {space.n_embedding}-dim {'PCA of ' if space.has_pca else ''}{len(space.genes)} "

@@ -23,6 +23,9 @@ TRANSITION_DATA = {
     "holdout_contexts": Key("list[str]", [], "contexts whose perturbed cells are all held out (zero-shot)"),
     "holdout_perts": Key("list[str]", [], "perturbations whose cells are all held out (needs perturbation "
                          "features)"),
+    "backed": Key("bool", False, "read counts from disk (one .h5ad) instead of loading them: genes and principal "
+                  "components from blocks of cells, each step's decoder targets read for its cells; only the "
+                  "cells' labels and embedding stay in memory. The same run as in memory"),
 }
 
 TRANSITION_MODEL = {

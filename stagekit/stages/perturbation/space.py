@@ -72,6 +72,32 @@ def fit_space(counts: CountMatrix, train_rows: np.ndarray, n_genes: int, n_compo
     return ExpressionSpace(names, pcs.mean.astype(np.float32), pcs.components.astype(np.float32))
 
 
+class SpaceGenes:
+    """Every cell's log-normalised genes of the space (the gene decoder's targets), as rows on demand: computed
+    once for cells in memory, read for each step's cells from disk."""
+
+    def __init__(self, counts: CountMatrix, columns: np.ndarray) -> None:
+        self.counts, self.columns = counts, columns
+        self.matrix = log_normalised(counts.matrix, columns) if counts.matrix is not None else None
+
+    def rows(self, index: np.ndarray) -> np.ndarray:
+        """Dense float32 rows of `index` (any order, repeats allowed)."""
+        if self.matrix is not None:
+            return self.matrix[index].toarray()
+        unique, inverse = np.unique(index, return_inverse=True)
+        return log_normalised(self.counts.sparse_rows(unique), self.columns).toarray()[inverse]
+
+
+def screen_in_space(space: ExpressionSpace, counts: CountMatrix) -> tuple[SpaceGenes, np.ndarray]:
+    """The cells' genes of the space (on demand) and every cell's embedding, from one pass over blocks of cells:
+    the same values from memory or disk."""
+    genes = SpaceGenes(counts, space.gene_columns(counts.var_names, counts.where))
+    if genes.matrix is not None:
+        return genes, embed_all(space, genes.matrix)
+    blocks = counts.row_blocks(np.arange(counts.n_obs), _EMBED_BLOCK)
+    return genes, np.concatenate([space.embed(log_normalised(b, genes.columns).toarray()) for b in blocks])
+
+
 def in_space(space: ExpressionSpace, counts: sp.csr_matrix, var_names: list[str], where: str
              ) -> tuple[sp.csr_matrix, np.ndarray]:
     """Every cell's log-normalised genes of the space (CSR) and its embedding."""

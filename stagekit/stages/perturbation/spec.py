@@ -76,6 +76,7 @@ PRETRAIN_OPTIONS = DESIGN + (
            convert=_names),
     Option("pert_features", "perturbation name -> feature vector (.h5, .npz, .pt)", Path),
     Option("split_toml", "a cell-load data TOML (its zeroshot and fewshot tables) stating the split", Path),
+    Option("backed", "train from disk: counts are read in blocks, never loaded whole", bool, key="data.backed"),
 )
 TARGET_OPTIONS = (
     Option("pert_key", "obs column of the perturbation in the target data; default: the pretrained model's",

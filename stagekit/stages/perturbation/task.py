@@ -7,12 +7,12 @@ predicting no change (`control_distance`), the baseline the model must beat."""
 from __future__ import annotations
 
 import numpy as np
-import scipy.sparse as sp
 import torch
 
 from stagekit.data.cell_sets import CellGroups, CellSet, epoch_sets
 from stagekit.losses.sets import set_distance
 from stagekit.models.transition import TransitionModel
+from stagekit.stages.perturbation.space import SpaceGenes
 from stagekit.train import StepContext, Task
 from stagekit.train.phases import Phase
 
@@ -20,7 +20,7 @@ VAL_EPOCH = 1_000_003  # validation sets are drawn once, from a seed no training
 
 
 class TransitionTask(Task):
-    def __init__(self, model: TransitionModel, embedding: np.ndarray, genes: sp.csr_matrix | None,
+    def __init__(self, model: TransitionModel, embedding: np.ndarray, genes: SpaceGenes | None,
                  pert_inputs: np.ndarray, train: CellGroups, val: CellGroups | None, set_len: int,
                  sets_per_step: int, loss: dict, seed: int, phases: list[Phase] | None = None) -> None:
         self.model, self.embedding, self.genes = model, embedding, genes
@@ -53,7 +53,7 @@ class TransitionTask(Task):
                  "pert": self.pert_inputs[[s.pert for s in sets]]}
         if self.genes is not None and self.decoder_weight > 0:
             for key, cells in (("observed_genes", perturbed), ("basal_genes", controls)):
-                rows = self.genes[cells.ravel()].toarray()
+                rows = self.genes.rows(cells.ravel())
                 batch[key] = torch.from_numpy(rows.reshape(*cells.shape, -1))
         return batch
 

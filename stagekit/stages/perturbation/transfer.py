@@ -37,7 +37,7 @@ from stagekit.stages.perturbation.pretrain import (
     training_sets,
 )
 from stagekit.stages.perturbation.screen import TEST, Screen, SplitRequest, assign_split, read_screen
-from stagekit.stages.perturbation.space import ExpressionSpace, in_space
+from stagekit.stages.perturbation.space import ExpressionSpace, screen_in_space
 from stagekit.stages.perturbation.task import TransitionTask
 from stagekit.stages.perturbation.trained import stored_screen, vocabulary_of
 from stagekit.stages.phase import PhaseRun, kept_metrics, lineage_of
@@ -278,7 +278,7 @@ def run(request: PhaseRequest) -> Path | None:
     if counts.var_names != parent.var_names:
         request.log(f"note: {counts.where} holds {counts.n_vars} genes ({len(parent.var_names)} in the pretrain "
                     "data); cells are normalised by their totals over these genes")
-    genes, embedding = in_space(space, counts.matrix, counts.var_names, counts.where)
+    genes, embedding = screen_in_space(space, counts)
     decoder = space.has_pca and loss_cfg["decoder_weight"] > 0
     set_len = config["sets"]["cell_set_len"]
     sets = training_sets(screen, set_len, request.log)
