@@ -180,7 +180,7 @@ def run_one(name: str, seed: int, fraction: float, work: Path, overrides: list[s
         scores = {method: macro_f1(labels[test], p, classes) for method, p in predictions.items()}
     stopped = {k: v for k, v in (("mean_teacher", mt_stopped), ("mlp_without_teacher", mlp_stopped)) if v}
     return {"set": name, "task": positive or "multi-class", "seed": seed, "fraction": fraction,
-            "labelled": int(len(labelled)), "epochs": len(b.history["val_f1"]), "scores": scores,
+            "labelled": int(len(labelled)), "epochs": len(b.history.get("val_f1", [])), "scores": scores,
             "stopped": stopped}
 
 
