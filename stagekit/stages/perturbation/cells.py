@@ -30,7 +30,7 @@ from stagekit.errors import UserError
 from stagekit.stages.perturbation import space as expression_space
 from stagekit.stages.perturbation.baselines import baseline_shifts, training_shifts
 from stagekit.stages.perturbation.screen import TEST, TRAIN
-from stagekit.stages.perturbation.space import in_space
+from stagekit.stages.perturbation.space import screen_in_space
 from stagekit.stages.perturbation.trained import TransitionBundle, load_transition, vocabulary_of
 from stagekit.stages.spec import CellsRequest
 
@@ -91,8 +91,8 @@ def _expression(tx: TransitionBundle, paths: list[Path], log: Callable[[str], No
         log(f"warning: {counts.where} holds {counts.n_vars} genes where training had {len(tx.var_names)}; cells "
             "are normalised by their totals over this file's genes, so predictions are comparable only if the "
             "panels match")
-    genes, embedding = in_space(tx.space, counts.matrix, counts.var_names, counts.where)
-    return counts, genes, embedding
+    genes, embedding = screen_in_space(tx.space, counts)
+    return counts, genes.matrix, embedding
 
 
 def trained_files(bundle: Bundle, data: list[Path]) -> list[Path]:

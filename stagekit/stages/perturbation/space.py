@@ -98,13 +98,6 @@ def screen_in_space(space: ExpressionSpace, counts: CountMatrix) -> tuple[SpaceG
     return genes, np.concatenate([space.embed(log_normalised(b, genes.columns).toarray()) for b in blocks])
 
 
-def in_space(space: ExpressionSpace, counts: sp.csr_matrix, var_names: list[str], where: str
-             ) -> tuple[sp.csr_matrix, np.ndarray]:
-    """Every cell's log-normalised genes of the space (CSR) and its embedding."""
-    genes = log_normalised(counts, space.gene_columns(var_names, where))
-    return genes, embed_all(space, genes)
-
-
 def embed_all(space: ExpressionSpace, genes: sp.csr_matrix) -> np.ndarray:
     return np.concatenate([space.embed(genes[i:i + _EMBED_BLOCK].toarray())
                            for i in range(0, genes.shape[0], _EMBED_BLOCK)])
