@@ -19,7 +19,7 @@ demo: $(BIN)/stagekit
 	$(BIN)/stagekit demo -o $(DEMO)
 
 test: $(BIN)/stagekit
-	$(BIN)/ruff check stagekit tests benchmarks
+	$(BIN)/ruff check stagekit tests benchmarks scripts
 	$(BIN)/python -m pytest -q
 
 bench: $(BIN)/stagekit

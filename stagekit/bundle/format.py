@@ -1,31 +1,19 @@
-"""Write and read `.stk` bundles.
+"""Write and read `.stk` bundles: one HDF5 file per phase (format "stagekit-bundle", version FORMAT_VERSION).
 
-Layout (see `h5ls -r file.stk`):
-  /                 attrs: format, format_version, stage, model, status, seed, created, wall_time_s, device,
-                           epochs_done, argv (JSON)
-  /config           effective configuration, TOML text
-  /model_config     what rebuilding the weights needs (architecture, data keys), TOML text; copied by descendants
-  /lineage          JSON list of ancestors, parent first: {sha256, stage, model, path, created}
-  /records          JSON object (optional): what a run reports of itself, e.g. "phases" (per phase entered: its
-                    parameter-group table and the sha256 of every frozen tensor at its start and end) and
-                    "load_report" (which weights carried over from the parent, by name)
-  /versions         attrs: stagekit, python, torch, anndata, scvi-tools, ...
-  /data             attrs: path, sha256 (of the input file), n_obs, n_vars, genes_sha256;
-                    dataset var_names (attrs sha256)
-  /categories/NAME  category names of an obs column (species, batch, labels), in code order; attrs sha256
-  /metrics/history/NAME  one value per epoch;  /metrics/final  attrs
-  /weights/NAME     model tensors; attrs sha256 over all of them
-  /results/NAME     other arrays a phase produces (cluster centres, score tables, ...); attrs sha256
-  /resume/...       optimizer, scheduler, RNG and loop state for exact resume; attrs sha256. Optional: `.partial`
-                    bundles always, final ones with training.keep_resume; model tensors equal to /weights/NAME are
-                    stored as {"__weights__": NAME, "dtype": ...} (see stages.phase.weights_by_reference)
-  /top_k/NAME/...   the best states by the monitored metric (training.save_top_k), best first: model tensors;
-                    attrs epoch, metric, value, rank; /top_k attrs sha256. /weights is the first of them.
+docs/bundle-format.md describes every group, dataset and attribute; in short:
+  /                         attrs: format, format_version, stage, model, status, seed, epochs_done, created,
+                            wall_time_s, device, argv (JSON)
+  /config, /model_config    TOML text: the effective configuration; what rebuilding the weights needs
+  /lineage, /records        JSON: the ancestors, parent first; what the run reports of itself (optional)
+  /versions, /data          attrs: package versions; the data fingerprint, with dataset /data/var_names
+  /categories/NAME, /metrics/history/NAME, /metrics/final (attrs), /weights/NAME, /results/NAME
+  /resume, /top_k           optional: exact-resume state (a tree, see tree.py; model tensors equal to
+                            /weights/NAME stored as references, see stages.phase.weights_by_reference); the best
+                            states by the monitored metric (training.save_top_k)
 
-Checksums: every array a later phase reads (weights, results, gene names, categories, resume state) carries a
-sha256 attr over names, dtypes, shapes and bytes, recomputed when the part is read and by `verify_bundle`
-(`stagekit info --verify`). Bundles written before results, gene names and categories had one are still read;
-those parts are then not checked, and `verify_bundle` reports them as unchecked.
+Checksums: /weights, /results, /data/var_names, /categories, /resume and /top_k carry a sha256 attr over their
+datasets (names, dtypes, shapes and bytes), recomputed when the part is read and by `verify_bundle` (`stagekit
+info --verify`). Parts written before they had one are read unchecked; `verify_bundle` reports them as unchecked.
 
 Reading never unpickles: every value is a numeric or string HDF5 dataset or attribute, read with h5py.
 """

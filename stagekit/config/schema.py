@@ -58,7 +58,7 @@ def check_value(dotted: str, key: Key, value: Any, source: str) -> Any:
 TRAINING = {
     "epochs": Key("int", 100, "number of passes over the training cells", minimum=1),
     "batch_size": Key("int", 256, "cells per optimizer step (summed over all processes)", minimum=1),
-    "lr": Key("float", 1e-3, "peak learning rate of AdamW", minimum=0),
+    "lr": Key("float", 1e-3, "peak learning rate (of the optimizer chosen by `optimizer`)", minimum=0),
     "weight_decay": Key("float", 1e-6, "weight decay (never on biases, norm layers or embeddings)",
                         minimum=0),
     "optimizer": Key("str", "adamw", "adamw (decoupled weight decay), adam (weight decay as L2) or sgd (Nesterov "
@@ -84,10 +84,12 @@ TRAINING = {
 }
 
 RUNTIME = {
-    "accelerator": Key("str", "cpu", "cpu, cuda, mps or auto", choices=("cpu", "cuda", "gpu", "mps", "auto")),
+    "accelerator": Key("str", "cpu", "device type: cpu, cuda (or gpu), mps, or auto to take what is there",
+                       choices=("cpu", "cuda", "gpu", "mps", "auto")),
     "devices": Key("int", 1, "number of devices (processes) to train on", minimum=1),
     "num_nodes": Key("int", 1, "number of machines for multi-node DDP", minimum=1),
-    "strategy": Key("str", "auto", "auto, ddp, ddp_spawn, ...", choices=("auto", "ddp", "ddp_spawn", "fsdp")),
+    "strategy": Key("str", "auto", "how several devices share the work: auto, ddp, ddp_spawn or fsdp",
+                    choices=("auto", "ddp", "ddp_spawn", "fsdp")),
     "precision": Key("str", "32-true", "numeric precision",
                      choices=("32-true", "16-mixed", "bf16-mixed", "64-true")),
     "threads": Key("int", 0, "torch CPU threads per process; 0 keeps torch's default", minimum=0),

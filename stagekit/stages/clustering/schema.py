@@ -37,8 +37,9 @@ CONTRASTIVE = {
                   "the number of features so that it weighs the same against the per-feature reconstruction on "
                   "narrow and wide data; 0 off", minimum=0),
     "positive_key": Key("str", "", "obs column whose groups give positive pairs"),
-    "positive_neighbours": Key("int", 0, "or: pair each cell with one of its k nearest neighbours in input space "
-                               "(standardised features, or 50 principal components of log-normalised counts)",
+    "positive_neighbours": Key("int", 0, "instead of positive_key, pair each cell with one of its k nearest "
+                               "neighbours in input space (standardised features, or 50 principal "
+                               "components of log-normalised counts)",
                                minimum=0),
     "temperature": Key("float", 0.5, "NT-Xent temperature", minimum=1e-4),
 }
@@ -84,8 +85,8 @@ DEC = {
     "warmup_epochs": Key("int", 2, "epochs over which the clustering, contrastive and consistency weights rise "
                          "linearly", minimum=0),
     "positive_key": Key("str", "", "obs column whose groups give positive pairs (contrastive, consistency)"),
-    "positive_neighbours": Key("int", 0, "or: pair each cell with one of its k nearest neighbours in the pretrain "
-                               "latent; 0 off", minimum=0),
+    "positive_neighbours": Key("int", 0, "instead of positive_key, pair each cell with one of its k nearest "
+                               "neighbours in the pretrain latent; 0 off", minimum=0),
     "contrastive_weight": Key("float", 0.0, "weight of NT-Xent on positive pairs", minimum=0),
     "temperature": Key("float", 0.5, "NT-Xent temperature", minimum=1e-4),
     "consistency_weight": Key("float", 0.0, "weight pulling a positive pair's soft assignments together", minimum=0),

@@ -62,6 +62,8 @@ TARGET_DATA = {k: TRANSITION_DATA[k] for k in ("layer", "pert_key", "control", "
     "control": Key("str", "", "the control label; empty: the pretrained model's"),
     "context_key": Key("str", "", "obs column of the context; empty: the pretrained model's"),
     "batch_key": Key("str", "", "obs column of batches; empty: the pretrained model's"),
+    "test_fraction": Key("float", 0.2, "held-out cells of every target group (perturbation, context); the rest is "
+                         "the few-shot training data", minimum=0, maximum=0.9),
 }
 
 FREEZE = {

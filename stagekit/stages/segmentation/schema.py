@@ -25,8 +25,9 @@ SEGMENT_DATA = {
 }
 
 SEGMENT_GRAPH = {
-    "k_tx": Key("int", 10, "transcript-transcript edges: each transcript's k nearest transcripts ...", minimum=1),
-    "dist_tx": Key("float", 5.0, "... within this distance (micron)", minimum=1e-3),
+    "k_tx": Key("int", 10, "transcript-transcript edges: each transcript links to its k nearest "
+                 "transcripts within `dist_tx`", minimum=1),
+    "dist_tx": Key("float", 5.0, "the largest distance of a transcript-transcript edge (micron)", minimum=1e-3),
     "dist_bd": Key("float", 10.0, "candidate nuclei of a transcript: those whose outline is within this distance "
                    "(micron); only they can receive it", minimum=1e-3),
     "max_tile_transcripts": Key("int", 1000, "tiles (the mini-batches) hold at most this many transcripts besides "
