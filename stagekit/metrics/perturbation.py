@@ -54,7 +54,8 @@ def _pearson(a: np.ndarray, b: np.ndarray) -> float:
 
 def delta_scores(predicted: np.ndarray, observed: np.ndarray, controls: np.ndarray, top_n: int = 50
                  ) -> dict[str, float]:
-    """Agreement of the predicted and observed change from control (genes as columns)."""
+    """Agreement of the predicted and observed change from control (genes as columns; `controls` the control
+    cells, or their mean as one row)."""
     base = controls.mean(0)
     true_delta, predicted_delta = observed.mean(0) - base, predicted.mean(0) - base
     top = np.argsort(-np.abs(true_delta), kind="stable")[:top_n]
@@ -72,7 +73,9 @@ def set_scores(predicted: dict[str, np.ndarray], observed: dict[str, np.ndarray]
     for space in ("embedding", "genes"):
         scores[f"energy_{space}"] = energy_distance(predicted[space], observed[space], seed)
         scores[f"mmd_{space}"] = mmd(predicted[space], observed[space], widths[space], seed)
-    return scores | delta_scores(predicted["genes"], observed["genes"], controls["genes"], top_n)
+    # a context's controls are shared by its groups: their mean may come computed once ("genes_mean")
+    base = controls["genes_mean"] if "genes_mean" in controls else controls["genes"]
+    return scores | delta_scores(predicted["genes"], observed["genes"], base, top_n)
 
 
 def effect_is_measurable(observed: np.ndarray, controls: np.ndarray, draws: int = 20, seed: int = 0

@@ -28,11 +28,14 @@ def run(bundle_path: Path, data: list[Path], output: Path, options: dict[str, An
         raise UserError(f"{bundle_path}: a '{bundle.stage}' ({bundle.model}) bundle has no per-cell outputs")
     if output.suffix != ".h5ad":
         raise UserError(f"output {output} should end in .h5ad")
-    adata, extra = spec.cells(request)
-    adata.uns["stagekit"] = {"bundle": str(Path(bundle_path).resolve()), "bundle_sha256": file_sha256(bundle_path),
-                             "stage": bundle.stage, "model": bundle.model, "lineage": json.dumps(bundle.lineage),
-                             "config": bundle.config_toml} | extra
+    provenance = {"bundle": str(Path(bundle_path).resolve()), "bundle_sha256": file_sha256(bundle_path),
+                  "stage": bundle.stage, "model": bundle.model, "lineage": json.dumps(bundle.lineage),
+                  "config": bundle.config_toml}
     with atomic_output(output) as tmp:
+        if spec.stream_cells is not None and spec.stream_cells(request, tmp, provenance):
+            return output  # written as computed; companions need the cells in memory
+        adata, extra = spec.cells(request)
+        adata.uns["stagekit"] = provenance | extra
         write_h5ad(adata, tmp)
         if spec.companions is not None:  # before the .h5ad takes its place: a failure leaves the old one
             for path in spec.companions(request, adata, output):

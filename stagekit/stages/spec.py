@@ -94,6 +94,12 @@ class WriteOutputs(Protocol):
     def __call__(self, request: CellsRequest, output: Path) -> Path: ...  # extract's own outputs (e.g. a folder)
 
 
+class StreamCells(Protocol):
+    # extract's .h5ad written a block of cells at a time at `path` with uns["stagekit"] = provenance | the
+    # pipeline's own keys; False: not for this request (extract builds it in memory through `cells`)
+    def __call__(self, request: CellsRequest, path: Path, provenance: dict[str, Any]) -> bool: ...
+
+
 class Companions(Protocol):
     def __call__(self, request: CellsRequest, adata: anndata.AnnData, output: Path) -> list[Path]: ...  # written
 
@@ -157,6 +163,7 @@ class PhaseSpec:
     plan: Plan | None = None
     cells: Cells | None = None
     write_outputs: WriteOutputs | None = None
+    stream_cells: StreamCells | None = None  # a .h5ad larger than memory, written as it is computed
     companions: Companions | None = None  # files `extract` writes beside the .h5ad, from the same cells
     extract_options: tuple[Option, ...] = ()
     report: Score | None = None

@@ -258,6 +258,23 @@ def test_backed_pretrain_align_extract(capsys, demo, tmp_path):
     assert code == 2 and "one file per species" in err
 
 
+def test_backed_species_cells_read_the_same_rows_as_in_memory(demo):
+    """A backed species stays on disk and its rows (any order, repeats, genes the file lacks read as zero) equal
+    the in-memory matrix's: align and extract see the same cells either way."""
+    from stagekit.data.anndata_io import load_counts
+    from stagekit.stages.cross_species.cells import _species_cells
+
+    names = load_counts(demo["mouse"]).var_names
+    wanted = names[10:400:3] + ["NOT_A_GENE"] + [g.lower() for g in names[500:520]]
+    in_memory = _species_cells(1, "mouse", load_counts(demo["mouse"]), wanted, "m", print)
+    backed = _species_cells(1, "mouse", load_counts(demo["mouse"], backed=True), wanted, "m", print)
+    assert backed.matrix is None and backed.n_obs == in_memory.n_obs == 175
+    index = np.array([170, 3, 3, 90, 0, 174])
+    assert np.array_equal(backed.rows(index).toarray(), in_memory.rows(index).toarray())
+    assert in_memory.rows(index)[:, len(names[10:400:3])].nnz == 0  # the missing gene
+    assert in_memory.rows(np.arange(175))[:, -20:].nnz > 0  # lower-case symbols match
+
+
 def test_micro_batches_give_the_same_pretraining(capsys, demo, tmp_path):
     """Parts of 50 cells per species (the 175-cell batches in 4 parts) train the same model as whole batches."""
     no_dropout = ("--set", "model.dropout=0", "--set", "model.lambda_l1=0.01")

@@ -12,7 +12,8 @@ SMALL = ["--pert-key", "perturbation", "--control", "control", "--exclude", "una
 
 def test_backed_is_the_same_run_as_in_memory(tmp_path, capsys):
     """Papalexi's 20,729 cells (several blocks of the highly variable gene and PCA passes), one epoch with the
-    gene decoder: the split, the space and every weight are bit for bit those of the in-memory run."""
+    gene decoder: the split, the space and every weight are bit for bit those of the in-memory run; so are a
+    fine-tune's."""
     papalexi = shared_file("papalexi2021_sceptre_lowmoi.h5ad")
     bundles = {}
     for mode, extra in (("memory", []), ("backed", ["--backed"])):
@@ -30,6 +31,18 @@ def test_backed_is_the_same_run_as_in_memory(tmp_path, capsys):
     for key, value in memory.weights.items():
         assert np.array_equal(value, backed.weights[key]), key
     assert memory.history["train_loss"] == backed.history["train_loss"]
+    # a frozen-backbone fine-tune of that model on the same screen, in memory and from disk: the same weights
+    tuned = {}
+    for mode, extra in (("memory", []), ("backed", ["--backed"])):
+        tuned[mode] = tmp_path / f"A_{mode}.stk"
+        code, _, err = run_cli(capsys, "finetune", "--preset", "frozen-backbone", bundles["memory"], papalexi,
+                               "--exclude", "unassigned", "--set", "training.epochs=1", "-q", *extra,
+                               "-o", tuned[mode])
+        assert code == 0, err
+    a, b = read_bundle(tuned["memory"]), read_bundle(tuned["backed"])
+    assert b.config()["data"]["backed"] and np.array_equal(a.results["split"], b.results["split"])
+    for key, value in a.weights.items():
+        assert np.array_equal(value, b.weights[key]), key
 
 
 def test_backed_reads_one_file(tmp_path, capsys):

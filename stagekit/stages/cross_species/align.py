@@ -49,7 +49,7 @@ class AlignTask(Task):
         None: every step computes them from the counts."""
         if self.cfg["unfreeze_macrogenes"]:
             return None
-        size = sum(c.matrix.shape[0] for c in self.cells) * self.model.log_weights.shape[1] * 4
+        size = sum(c.n_obs for c in self.cells) * self.model.log_weights.shape[1] * 4
         if size > PRODUCT_CACHE_BYTES:
             log(f"macrogene products of all cells would take {size / 1024**3:.1f} GB; computed at every step")
             return None
@@ -59,7 +59,7 @@ class AlignTask(Task):
         return FreezePlan() if self.cfg["unfreeze_macrogenes"] else FreezePlan(frozen=("log_weights",))
 
     def train_plan(self, epoch: int, rank: int, world: int) -> list[tuple[list[np.ndarray], int]]:
-        plans = [epoch_plan(np.arange(c.matrix.shape[0]), self.batch_size, self.seed + i, epoch, rank, world)
+        plans = [epoch_plan(np.arange(c.n_obs), self.batch_size, self.seed + i, epoch, rank, world)
                  for i, c in enumerate(self.cells)]
         steps = max(len(p) for p in plans)
         return [([p[j % len(p)] for p in plans], self.seed * 100_003 + epoch * 1_009 + j) for j in range(steps)]
@@ -68,7 +68,7 @@ class AlignTask(Task):
         rows, step_seed = item
         inputs = ({"products": [p[torch.from_numpy(r)] for p, r in zip(self.products, rows, strict=True)]}
                   if self.products is not None else
-                  {"xs": [torch.from_numpy(c.matrix[r].toarray()) for c, r in zip(self.cells, rows, strict=True)]})
+                  {"xs": [c.dense_rows(r) for c, r in zip(self.cells, rows, strict=True)]})
         labels = np.concatenate([code[r] for code, r in zip(self.codes, rows, strict=True)])
         species = np.concatenate([np.full(len(r), i) for i, r in enumerate(rows)])
         return inputs | {"labels": torch.from_numpy(labels), "species": torch.from_numpy(species),
@@ -130,7 +130,7 @@ def run(request: PhaseRequest) -> Path | None:
         if label_key and label_key in c.obs:
             labels.append(c.obs[label_key].astype(str).to_numpy())
         else:  # no labels: clusters of the pretrain embedding, per species
-            labels.append(leiden_labels(cell_outputs(pretrained, c)[1], resolution, seed))
+            labels.append(leiden_labels(cell_outputs(pretrained, c, keep_macrogenes=False)[1], resolution, seed))
             log(f"{c.name}: no labels; {len(set(labels[-1]))} Leiden clusters of the pretrain embedding used")
     torch.manual_seed(seed)
     model = SaturnMetric(pretrained).train()
@@ -141,8 +141,8 @@ def run(request: PhaseRequest) -> Path | None:
 
     def bundle_for(result: FitResult) -> Bundle:
         final = kept_metrics(result, "train_")
-        outputs = [cell_outputs(model, c, products=None if task.products is None else task.products[i])[1]
-                   for i, c in enumerate(cells)]
+        outputs = [cell_outputs(model, c, products=None if task.products is None else task.products[i],
+                                keep_macrogenes=False)[1] for i, c in enumerate(cells)]
         embedding = np.concatenate(outputs)
         species = np.concatenate([np.full(len(o), c.name) for o, c in zip(outputs, cells, strict=True)])
         all_labels = np.concatenate(labels)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,21 +20,46 @@ from stagekit.stages.cross_species.model_config import SaturnConfig
 from stagekit.stages.spec import CellsRequest
 
 
-@dataclass
 class SpeciesCells:
-    species: int  # index into the bundle's species
-    name: str
-    obs: pd.DataFrame
-    matrix: sp.csr_matrix  # cells x the bundle's genes of this species
+    """One species' cells on the bundle's genes of that species (in the bundle's order; genes the data lacks read
+    as zero): a CSR matrix in memory, or rows read from the file on demand when it is backed."""
+
+    def __init__(self, species: int, name: str, obs: pd.DataFrame, counts: CountMatrix, present: np.ndarray,
+                 n_genes: int) -> None:
+        self.species, self.name, self.obs = species, name, obs
+        self.present, self.n_genes = present, n_genes  # column j of `counts` is the bundle's gene present[j]
+        self.matrix = self._in_bundle_order(counts.matrix) if counts.matrix is not None else None
+        self.counts = counts if self.matrix is None else None  # backed: rows are read from it
+
+    @property
+    def n_obs(self) -> int:
+        return len(self.obs)
+
+    def _in_bundle_order(self, block: sp.csr_matrix) -> sp.csr_matrix:
+        block = sp.csr_matrix(block)
+        block.sort_indices()
+        return sp.csr_matrix((block.data, self.present[block.indices], block.indptr),
+                             shape=(block.shape[0], self.n_genes))
+
+    def rows(self, index: np.ndarray) -> sp.csr_matrix:
+        """Float32 CSR rows of `index` (any order, repeats allowed)."""
+        if self.matrix is not None:
+            return self.matrix[index]
+        unique, inverse = np.unique(index, return_inverse=True)
+        return self._in_bundle_order(self.counts.sparse_rows(unique))[inverse]
+
+    def dense_rows(self, index: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(self.rows(index).toarray())
 
 
 def species_genes(bundle: Bundle, species: int) -> list[str]:
     return [g for g, s in zip(bundle.var_names, bundle.results["gene_species"], strict=True) if s == species]
 
 
-def _align_genes(counts: CountMatrix, wanted: list[str], where: str, log) -> sp.csr_matrix:
-    """Columns in the bundle's gene order (case-insensitive); genes the data lacks are zeros. A backed matrix is
-    read block by block, keeping only the bundle's genes in memory."""
+def _species_cells(species: int, name: str, counts: CountMatrix, wanted: list[str], where: str, log
+                   ) -> SpeciesCells:
+    """The cells on the bundle's genes (matched case-insensitively); genes the data lacks are zeros. A backed
+    matrix stays on disk: rows are read when asked for."""
     lookup = {g.upper(): i for i, g in enumerate(counts.var_names)}
     columns = np.array([lookup.get(g.upper(), -1) for g in wanted])
     missing = int((columns < 0).sum())
@@ -46,11 +70,8 @@ def _align_genes(counts: CountMatrix, wanted: list[str], where: str, log) -> sp.
     if missing:
         log(f"{where}: {missing} of {len(wanted)} model genes are absent and read as zero")
     present = np.flatnonzero(columns >= 0)
-    selected = counts.select_genes(columns[present])
-    block = selected.matrix if selected.matrix is not None else sp.vstack(list(selected.blocks())).tocsr()
-    block.sort_indices()
-    # column j of the selection is the bundle's gene present[j]
-    return sp.csr_matrix((block.data, present[block.indices], block.indptr), shape=(block.shape[0], len(wanted)))
+    return SpeciesCells(species, name, counts.obs.copy(), counts.select_genes(columns[present]), present,
+                        len(wanted))
 
 
 def load_cells(bundle: Bundle, data: list[Path], species_names: list[str], log=print) -> list[SpeciesCells]:
@@ -84,36 +105,37 @@ def load_cells(bundle: Bundle, data: list[Path], species_names: list[str], log=p
             # labels are optional for new cells
             counts = load_counts(path, data_cfg.layer, backed=data_cfg.backed)
         index = known.index(name)
-        aligned = _align_genes(counts, species_genes(bundle, index), f"{path} ({name})", log)
-        cells.append(SpeciesCells(index, name, counts.obs.copy(), aligned))
+        cells.append(_species_cells(index, name, counts, species_genes(bundle, index), f"{path} ({name})", log))
     return cells
 
 
 @torch.no_grad()
 def cell_outputs(model: torch.nn.Module, cells: SpeciesCells, batch_size: int = 4096,
-                 products: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Macrogene values and embedding of every cell, deterministic (eval mode: no macrogene dropout); from the
-    cells' gene_products when given (cell_gene_products, with the model's current macrogene weights)."""
+                 products: torch.Tensor | None = None, keep_macrogenes: bool = True
+                 ) -> tuple[np.ndarray | None, np.ndarray]:
+    """Macrogene values (None unless `keep_macrogenes`) and embedding of every cell, deterministic (eval mode: no
+    macrogene dropout); from the cells' gene_products when given (cell_gene_products, with the model's current
+    macrogene weights)."""
     model.eval()
     device = device_of(model)
     macro, embedding = [], []
-    for rows in eval_plan(np.arange(cells.matrix.shape[0]), batch_size):
+    for rows in eval_plan(np.arange(cells.n_obs), batch_size):
         if products is not None:
             m = model.values_of_products(products[torch.from_numpy(rows)].to(device))
         else:
-            m = model.macrogenes(torch.from_numpy(cells.matrix[rows].toarray()).to(device), cells.species)
-        macro.append(m.float().cpu().numpy())
+            m = model.macrogenes(cells.dense_rows(rows).to(device), cells.species)
+        if keep_macrogenes:
+            macro.append(m.float().cpu().numpy())
         embedding.append(model.encoder(m).float().cpu().numpy())
-    return np.concatenate(macro), np.concatenate(embedding)
+    return np.concatenate(macro) if keep_macrogenes else None, np.concatenate(embedding)
 
 
 @torch.no_grad()
 def cell_gene_products(model: torch.nn.Module, cells: SpeciesCells, batch_size: int = 4096) -> torch.Tensor:
     """log1p(x) W_s of every cell (cells x macrogenes, float32, in CPU memory), a block of rows at a time."""
     device = device_of(model)
-    return torch.cat([model.gene_products(torch.from_numpy(cells.matrix[rows].toarray()).to(device),
-                                          cells.species).float().cpu()
-                      for rows in eval_plan(np.arange(cells.matrix.shape[0]), batch_size)])
+    return torch.cat([model.gene_products(cells.dense_rows(rows).to(device), cells.species).float().cpu()
+                      for rows in eval_plan(np.arange(cells.n_obs), batch_size)])
 
 
 def shared_gene_pca(bundle: Bundle, cells: list[SpeciesCells], n_components: int = 50, seed: int = 0
@@ -130,7 +152,8 @@ def shared_gene_pca(bundle: Bundle, cells: list[SpeciesCells], n_components: int
     blocks = []
     for c, names in zip(cells, genes, strict=True):
         column = {g.upper(): i for i, g in enumerate(names)}
-        blocks.append(log_normalised(c.matrix, np.array([column[g] for g in shared])).toarray())
+        matrix = c.matrix if c.matrix is not None else c.rows(np.arange(c.n_obs))
+        blocks.append(log_normalised(matrix, np.array([column[g] for g in shared])).toarray())
     values = np.concatenate(blocks)
     n = min(n_components, values.shape[1] - 1, values.shape[0] - 1)
     return PCA(n, svd_solver="randomized", random_state=seed).fit_transform(values).astype(np.float32), len(shared)
@@ -175,7 +198,7 @@ def saturn_anndata(request: CellsRequest):
         if bundle.stage == "align":
             obsm["X_align"] = embedding
             if pretrained is not None:
-                obsm["X_pretrain"] = cell_outputs(pretrained, cells)[1]
+                obsm["X_pretrain"] = cell_outputs(pretrained, cells, keep_macrogenes=False)[1]
         else:
             obsm["X_pretrain"] = embedding
         part = anndata.AnnData(X=macro, obs=obs, obsm=obsm)

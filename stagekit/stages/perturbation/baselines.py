@@ -5,29 +5,32 @@ own shift where it has training cells (the few-shot baseline: what its few train
 from __future__ import annotations
 
 import numpy as np
-import scipy.sparse as sp
 
 from stagekit.stages.perturbation.screen import TRAIN, Screen
+from stagekit.stages.perturbation.space import SpaceGenes
 
 
-def training_shifts(screen: Screen, genes: sp.csr_matrix, embedding: np.ndarray) -> dict[str, np.ndarray]:
+def training_shifts(screen: Screen, genes: SpaceGenes, embedding: np.ndarray) -> dict[str, np.ndarray]:
     """Mean training shift over perturbed groups, and each (perturbation, context) group's own shift, in both
-    spaces; a shift is the mean of the group's training cells minus the mean of its context's training controls."""
+    spaces; a shift is the mean of the group's training cells minus the mean of its context's training controls.
+    The gene means come from one pass over blocks of the training cells (in memory or on disk alike)."""
     train = screen.rows(TRAIN)
-    keys, shifts_g, shifts_e = [], [], []
-    for c in sorted(set(screen.context[train].tolist())):
-        in_context = train[screen.context[train] == c]
-        ctrl = in_context[screen.pert[in_context] == screen.control]
-        if not len(ctrl):
-            continue
-        base_g, base_e = np.asarray(genes[ctrl].mean(0)).ravel(), embedding[ctrl].mean(0)
-        for p in sorted(set(screen.pert[in_context].tolist()) - {screen.control}):
-            rows = in_context[screen.pert[in_context] == p]
-            keys.append((p, c))
-            shifts_g.append(np.asarray(genes[rows].mean(0)).ravel() - base_g)
-            shifts_e.append(embedding[rows].mean(0) - base_e)
-    return {"keys": np.array(keys, np.int64).reshape(-1, 2), "genes": np.array(shifts_g, np.float32),
-            "embedding": np.array(shifts_e, np.float32)}
+    with_controls = set(screen.context[train[screen.pert[train] == screen.control]].tolist())
+    train = train[np.isin(screen.context[train], sorted(with_controls))]
+    pairs = np.stack([screen.pert[train], screen.context[train]], 1)
+    found, labels = np.unique(pairs, axis=0, return_inverse=True)
+    labels = labels.ravel()
+    means_g = genes.label_means(train, labels, len(found))
+    means_e = np.zeros((len(found), embedding.shape[1]))
+    np.add.at(means_e, labels, embedding[train])
+    means_e /= np.maximum(np.bincount(labels, minlength=len(found)), 1)[:, None]
+    base = {int(c): i for i, (p, c) in enumerate(found.tolist()) if p == screen.control}
+    perturbed = [i for i, (p, c) in enumerate(found.tolist()) if p != screen.control]
+    keys = found[perturbed]
+    control_of = [base[int(c)] for c in keys[:, 1]]
+    return {"keys": keys.astype(np.int64).reshape(-1, 2),
+            "genes": (means_g[perturbed] - means_g[control_of]).astype(np.float32).reshape(len(perturbed), -1),
+            "embedding": (means_e[perturbed] - means_e[control_of]).astype(np.float32).reshape(len(perturbed), -1)}
 
 
 def baseline_shifts(screen: Screen, groups: list[tuple[int, int]], shifts: dict[str, np.ndarray]) -> dict:

@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 import torch
 
 from stagekit.bundle import Bundle, file_sha256, read_bundle
@@ -30,7 +29,7 @@ from stagekit.errors import UserError
 from stagekit.stages.perturbation import space as expression_space
 from stagekit.stages.perturbation.baselines import baseline_shifts, training_shifts
 from stagekit.stages.perturbation.screen import TEST, TRAIN
-from stagekit.stages.perturbation.space import screen_in_space
+from stagekit.stages.perturbation.space import SpaceGenes, screen_in_space
 from stagekit.stages.perturbation.trained import TransitionBundle, load_transition, vocabulary_of
 from stagekit.stages.spec import CellsRequest
 
@@ -41,10 +40,10 @@ SOURCES = ("predicted", "observed", "control", "reference")
 _SETS_PER_CALL = 64
 
 
-def predict(tx: TransitionBundle, embedding: np.ndarray, genes: sp.csr_matrix, sets: list[CellSet],
-            pert_input: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Predicted (embedding, genes) of every cell of `sets`, in order; `pert_input` (one perturbation's input
-    vector) overrides the sets' own perturbations."""
+def predict(tx: TransitionBundle, embedding: np.ndarray, genes: Callable[[np.ndarray], np.ndarray],
+            sets: list[CellSet], pert_input: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Predicted (embedding, genes) of every cell of `sets`, in order; `genes(rows)` gives the dense gene rows of
+    cells; `pert_input` (one perturbation's input vector) overrides the sets' own perturbations."""
     out_embedding, out_genes = [], []
     with torch.no_grad():
         for i in range(0, len(sets), _SETS_PER_CALL):
@@ -54,7 +53,7 @@ def predict(tx: TransitionBundle, embedding: np.ndarray, genes: sp.csr_matrix, s
             for same in by_len.values():
                 controls = np.stack([s.controls for s in same])
                 basal = embedding[controls]
-                basal_genes = genes[controls.ravel()].toarray().reshape(*controls.shape, -1)
+                basal_genes = genes(controls.ravel()).reshape(*controls.shape, -1)
                 inputs = (np.repeat(pert_input[None], len(same), 0) if pert_input is not None
                           else tx.pert_inputs[[s.pert for s in same]])
                 out = tx.model(torch.from_numpy(basal), torch.from_numpy(np.asarray(inputs, np.float32)),
@@ -83,16 +82,20 @@ class Part:
     embedding: np.ndarray
 
 
-def _expression(tx: TransitionBundle, paths: list[Path], log: Callable[[str], None]
-                ) -> tuple[CountMatrix, sp.csr_matrix, np.ndarray]:
-    """The files' cells in the model's gene space and embedding."""
-    counts = concat_counts([load_counts(path, tx.data.layer, adata=read_anndata(path)) for path in paths])
+def _expression(tx: TransitionBundle, paths: list[Path], log: Callable[[str], None], backed: bool = False
+                ) -> tuple[CountMatrix, SpaceGenes, np.ndarray]:
+    """The files' cells in the model's gene space (rows on demand) and embedding; `backed` (one file): the counts
+    stay on disk and are read in blocks."""
+    if backed and len(paths) > 1:
+        raise UserError(f"--backed reads one .h5ad; got {len(paths)} files: extract in memory without --backed")
+    counts = concat_counts([load_counts(path, tx.data.layer, backed=True) if backed else
+                            load_counts(path, tx.data.layer, adata=read_anndata(path)) for path in paths])
     if counts.var_names != tx.var_names:  # library sizes are summed over the file's genes
         log(f"warning: {counts.where} holds {counts.n_vars} genes where training had {len(tx.var_names)}; cells "
             "are normalised by their totals over this file's genes, so predictions are comparable only if the "
             "panels match")
     genes, embedding = screen_in_space(tx.space, counts)
-    return counts, genes.matrix, embedding
+    return counts, genes, embedding
 
 
 def trained_files(bundle: Bundle, data: list[Path]) -> list[Path]:
@@ -106,15 +109,20 @@ def trained_files(bundle: Bundle, data: list[Path]) -> list[Path]:
     return files
 
 
-def _anndata(parts: list[Part], tx: TransitionBundle) -> anndata.AnnData:
-    import anndata
-
+def _obs(parts: list[Part]) -> pd.DataFrame:
+    """obs of the written file: the parts' design columns, what each cell is and which data row it comes from."""
     obs = pd.concat([part.obs.assign(stagekit_source=part.source, stagekit_row=part.rows) for part in parts])
     obs["stagekit_cell"] = obs.index.astype(str)  # the data's cell; of a predicted cell, the control it came from
     obs.index = [f"{source}-{i}-{name}" for i, (source, name) in enumerate(zip(obs["stagekit_source"], obs.index,
                                                                                  strict=True))]
     obs["stagekit_source"] = pd.Categorical(obs["stagekit_source"], categories=SOURCES)
-    adata = anndata.AnnData(np.concatenate([part.genes for part in parts]).astype(np.float32), obs=obs,
+    return obs
+
+
+def _anndata(parts: list[Part], tx: TransitionBundle) -> anndata.AnnData:
+    import anndata
+
+    adata = anndata.AnnData(np.concatenate([part.genes for part in parts]).astype(np.float32), obs=_obs(parts),
                             var=pd.DataFrame(index=tx.space.genes))
     adata.obsm["X_pert_embedding"] = np.concatenate([part.embedding for part in parts]).astype(np.float32)
     return adata
@@ -143,12 +151,72 @@ def _selected(held: list[tuple[int, int]], screen, group: str | None, where: str
     return chosen
 
 
-def held_out_cells(tx: TransitionBundle, paths: list[Path], bundle: Bundle, log: Callable[[str], None] = print,
-                   seed: int = 0, group: str | None = None) -> tuple[anndata.AnnData, dict]:
-    """Every held-out group's (or the one `group`'s) predicted, observed, control and (where it has training cells)
-    reference cells."""
+@dataclass
+class GroupPlan:
+    """What is predicted for one held-out group: its observed cells, the sets (controls paired to them) the
+    prediction starts from, and a resample of its training cells (the reference; empty without any)."""
+
+    pert: int
+    context: int
+    observed: np.ndarray
+    sets: list[CellSet]
+    reference: np.ndarray
+
+
+@dataclass
+class HeldOut:
+    """The held-out groups of a screen, planned, with the cells to predict them from."""
+
+    tx: TransitionBundle
+    names: pd.Index  # the data's cell names
+    genes: SpaceGenes
+    embedding: np.ndarray
+    plans: list[GroupPlan]
+    training: dict | None = None  # the training cells' shifts, once computed
+
+    def contexts(self) -> list[int]:
+        return sorted({plan.context for plan in self.plans})
+
+    def parts(self, context: int) -> list[Part]:
+        """The context's control cells, then every planned group's predicted, observed and reference cells. The
+        context's cells are read once (a run of reads on disk) and predicted from there."""
+        screen, plans = self.tx.screen, [plan for plan in self.plans if plan.context == context]
+        pool = np.flatnonzero((screen.pert == screen.control) & (screen.context == context))
+        rows = np.unique(np.concatenate([pool, *(np.concatenate([p.observed, p.reference]) for p in plans)]))
+        block = self.genes.sparse(rows)
+
+        def dense(index: np.ndarray) -> np.ndarray:
+            return block[np.searchsorted(rows, index)].toarray()
+
+        parts = [_part("control", self.tx, self.names, pool, dense(pool), self.embedding[pool])]
+        for plan in plans:
+            e, g = predict(self.tx, self.embedding, dense, plan.sets)
+            n = len(plan.observed)  # as many predicted cells as observed ones (the top-up dropped)
+            basal = np.concatenate([s.controls for s in plan.sets])[:n]
+            parts.append(_part("predicted", self.tx, self.names, basal, g[:n], e[:n], plan.pert))
+            parts.append(_part("observed", self.tx, self.names, plan.observed, dense(plan.observed),
+                               self.embedding[plan.observed]))
+            if len(plan.reference):
+                parts.append(_part("reference", self.tx, self.names, plan.reference, dense(plan.reference),
+                                   self.embedding[plan.reference]))
+        return parts
+
+    def shifts(self, plans: list[GroupPlan] | None = None) -> dict:
+        """uns["stagekit_shifts"] for `plans` (default: every planned group); the training cells' shifts are
+        computed once (one pass over them)."""
+        screen = self.tx.screen
+        if self.training is None:
+            self.training = training_shifts(screen, self.genes, self.embedding)
+        return baseline_shifts(screen, [(p.pert, p.context) for p in (self.plans if plans is None else plans)],
+                               self.training)
+
+
+def held_out(tx: TransitionBundle, paths: list[Path], bundle: Bundle, log: Callable[[str], None] = print,
+             seed: int = 0, group: str | None = None, backed: bool = False) -> HeldOut:
+    """Every held-out group (or the one `group`), planned: the sets and references are drawn group by group in
+    the order of `Screen.held_out_groups`, so the predictions do not depend on the order they are made in."""
     screen = tx.screen
-    counts, genes, embedding = _expression(tx, paths, log)
+    counts, genes, embedding = _expression(tx, paths, log, backed)
     if counts.n_obs != len(screen.pert) or counts.fingerprint()["sha256"] != bundle.data.get("sha256"):
         raise UserError(f"{counts.where} is not the data {bundle.path} was trained on (its split is stored by cell "
                         "position); give those file(s) in their order, or predict new control cells with --pert NAME")
@@ -157,41 +225,38 @@ def held_out_cells(tx: TransitionBundle, paths: list[Path], bundle: Bundle, log:
         raise UserError(f"{bundle.path} holds out no perturbed cells (test_fraction 0, nothing held out); "
                         "predict new control cells with --pert NAME")
     held = _selected(held, screen, group, str(bundle.path))
-    test = screen.rows(TEST)
+    test, seen_all = screen.rows(TEST), screen.rows(TRAIN)
     # the predictions start from every control cell of the context (controls are the input, never a target)
     all_controls = np.flatnonzero(screen.pert == screen.control)
-    rng, names = np.random.default_rng([seed, 41]), counts.obs.index
-    parts, used_controls, predicted_groups, unpaired = [], set(), [], []
+    rng, plans, unpaired = np.random.default_rng([seed, 41]), [], []
     for p, c in held:
         pool = all_controls[screen.context[all_controls] == c]
         if not len(pool):
             unpaired.append(f"'{screen.perts[p]}' in '{screen.contexts[c]}'")
             continue
-        predicted_groups.append((p, c))
         observed = test[(screen.pert[test] == p) & (screen.context[test] == c)]
         groups = group_cells(screen.pert, screen.context, screen.batch, screen.control, observed, tx.set_len,
                              control_rows=pool)
         sets = group_sets(groups, 0, tx.set_len, rng, every_cell=True)
-        e, g = predict(tx, embedding, genes, sets)  # as many predicted cells as observed ones (the top-up dropped)
-        basal = np.concatenate([s.controls for s in sets])[:len(observed)]
-        parts.append(_part("predicted", tx, names, basal, g[:len(observed)], e[:len(observed)], p))
-        parts.append(_part("observed", tx, names, observed, genes[observed].toarray(), embedding[observed]))
-        seen = screen.rows(TRAIN)
-        seen = seen[(screen.pert[seen] == p) & (screen.context[seen] == c)]
-        if len(seen):
-            reference = np.sort(rng.choice(seen, min(len(seen), len(observed)), replace=False))
-            parts.append(_part("reference", tx, names, reference, genes[reference].toarray(), embedding[reference]))
-        if c not in used_controls:
-            used_controls.add(c)
-            parts.append(_part("control", tx, names, pool, genes[pool].toarray(), embedding[pool]))
+        seen = seen_all[(screen.pert[seen_all] == p) & (screen.context[seen_all] == c)]
+        reference = (np.sort(rng.choice(seen, min(len(seen), len(observed)), replace=False)) if len(seen)
+                     else np.zeros(0, np.int64))
+        plans.append(GroupPlan(p, c, observed, sets, reference))
     if unpaired:
         message = f"no control cells in the context of held-out {', '.join(unpaired[:3])}"
-        if not predicted_groups:
+        if not plans:
             raise UserError(f"{bundle.path}: {message}; nothing can be predicted")
         log(f"warning: {message}: not predicted")
-    adata = _anndata(parts, tx)
-    adata.uns["stagekit_shifts"] = baseline_shifts(screen, predicted_groups,
-                                                   training_shifts(screen, genes, embedding))
+    return HeldOut(tx, counts.obs.index, genes, embedding, plans)
+
+
+def held_out_cells(tx: TransitionBundle, paths: list[Path], bundle: Bundle, log: Callable[[str], None] = print,
+                   seed: int = 0, group: str | None = None) -> tuple[anndata.AnnData, dict]:
+    """Every held-out group's (or the one `group`'s) predicted, observed, control and (where it has training cells)
+    reference cells, in memory."""
+    found = held_out(tx, paths, bundle, log, seed, group)
+    adata = _anndata([part for c in found.contexts() for part in found.parts(c)], tx)
+    adata.uns["stagekit_shifts"] = found.shifts()
     return adata, {"pert_key": tx.keys["pert"], "context_key": tx.keys["context"]}
 
 
@@ -229,7 +294,7 @@ def new_cells(tx: TransitionBundle, paths: list[Path], pert: str, log: Callable[
         order = rng.permutation(np.flatnonzero((context == c) & (batch == b)))
         sets += [CellSet(0, 0, order[i:i + tx.set_len], order[i:i + tx.set_len])
                  for i in range(0, len(order), tx.set_len)]
-    e, g = predict(tx, embedding, genes, sets, pert_input)
+    e, g = predict(tx, embedding, genes.rows, sets, pert_input)
     rows = np.concatenate([s.controls for s in sets])
     shown_context = np.where(context == "", "unknown", context)
     predicted = pd.DataFrame({keys["pert"]: pert, keys["context"]: shown_context[rows]},
@@ -237,7 +302,7 @@ def new_cells(tx: TransitionBundle, paths: list[Path], pert: str, log: Callable[
     controls = pd.DataFrame({keys["pert"]: tx.screen.perts[tx.screen.control], keys["context"]: shown_context},
                             index=obs.index.astype(str))
     parts = [Part("predicted", predicted, rows, g, e),
-             Part("control", controls, np.arange(len(obs)), genes.toarray(), embedding)]
+             Part("control", controls, np.arange(len(obs)), genes.rows(np.arange(len(obs))), embedding)]
     return _anndata(parts, tx), {"pert_key": keys["pert"], "context_key": keys["context"],
                                  "predicted_perturbation": pert}
 
@@ -263,26 +328,68 @@ def on_task_of(model: Bundle, task: Bundle) -> TransitionBundle:
     return replace(tx, model=tuned.model, pert_inputs=np.eye(len(vocabulary), dtype=np.float32)[rows])
 
 
-def transition_cells(request: CellsRequest) -> tuple[anndata.AnnData, dict]:
-    """extract/evaluate: held-out groups of the training file (or of the `held_out_of` bundle's, with this bundle's
-    model), or `pert` for the control cells of the data."""
+def requested_held_out(request: CellsRequest) -> HeldOut:
+    """The held-out groups of the bundle's training file(s) (or of the `held_out_of` bundle's, with this bundle's
+    model), planned; `backed`: the counts stay on disk."""
     bundle, data, log = request.bundle, request.data, request.log
-    pert, held_out_of = request.options.get("pert"), request.options.get("held_out_of")
-    group = request.options.get("group")
-    if group is not None and pert is not None:
-        raise UserError("--group selects held-out cells and --pert predicts new ones: choose one")
+    held_out_of, group = request.options.get("held_out_of"), request.options.get("group")
+    backed = bool(request.options.get("backed"))
     if held_out_of is not None:
         held_out_of = read_bundle(held_out_of, command="--held-out-of")
         if held_out_of.model != bundle.model:
             raise UserError(f"--held-out-of {held_out_of.path} holds a '{held_out_of.model}' model; give a bundle "
                             f"of a '{bundle.model}' model")
-        if pert is not None:
-            raise UserError("--pert and --held-out-of: choose one")
-        return held_out_cells(on_task_of(bundle, held_out_of), trained_files(held_out_of, data), held_out_of, log,
-                              group=group)
-    tx = load_transition(bundle)
+        return held_out(on_task_of(bundle, held_out_of), trained_files(held_out_of, data), held_out_of, log,
+                        group=group, backed=backed)
+    return held_out(load_transition(bundle), trained_files(bundle, data), bundle, log, group=group, backed=backed)
+
+
+def _design_keys(tx: TransitionBundle) -> dict[str, str]:
+    return {"pert_key": tx.keys["pert"], "context_key": tx.keys["context"]}
+
+
+def transition_cells(request: CellsRequest) -> tuple[anndata.AnnData, dict]:
+    """extract/evaluate in memory: the held-out groups (`requested_held_out`), or `pert` predicted for the control
+    cells of the data."""
+    pert = request.options.get("pert")
     if pert is not None:
-        if not data:
+        for name, flag in (("group", "--group selects held-out cells and --pert predicts new ones"),
+                           ("held_out_of", "--pert and --held-out-of"),
+                           ("backed", "--backed reads held-out cells from disk and --pert new control cells")):
+            if request.options.get(name):
+                raise UserError(f"{flag}: choose one")
+        if not request.data:
             raise UserError("--pert predicts for new control cells: give the .h5ad of those cells")
-        return new_cells(tx, [Path(p) for p in data], pert, log)
-    return held_out_cells(tx, trained_files(bundle, data), bundle, log, group=group)
+        return new_cells(load_transition(request.bundle), [Path(p) for p in request.data], pert, request.log)
+    found = requested_held_out(request)
+    adata = _anndata([part for c in found.contexts() for part in found.parts(c)], found.tx)
+    adata.uns["stagekit_shifts"] = found.shifts()
+    return adata, _design_keys(found.tx)
+
+
+def stream_held_out(request: CellsRequest, path: Path, provenance: dict) -> bool:
+    """extract --backed of every held-out group: the file is written a context at a time (X sparse), so neither
+    the screen nor the predictions are ever in memory whole. False for what fits in memory anyway (--group,
+    --pert) or without --backed."""
+    options = request.options
+    if not options.get("backed") or options.get("group") or options.get("pert") is not None:
+        return False
+    from stagekit.data.h5ad_stream import StreamedH5ad
+
+    found = requested_held_out(request)
+    writer = StreamedH5ad(path, found.tx.space.genes)
+    try:
+        kept, embedding = [], []
+        for c in found.contexts():
+            for part in found.parts(c):
+                writer.append(part.genes)
+                kept.append(Part(part.source, part.obs, part.rows, np.zeros((0, 0), np.float32), part.embedding))
+                embedding.append(part.embedding.astype(np.float32))
+        uns = {"stagekit": provenance | _design_keys(found.tx), "stagekit_shifts": found.shifts()}
+        writer.close(_obs(kept), {"X_pert_embedding": np.concatenate(embedding)}, uns)
+    except BaseException:
+        writer.abort()
+        raise
+    request.log(f"{len(found.plans)} held-out groups written a context at a time; "
+                "cell-eval's predicted / real pairs are written for one group at a time (--group)")
+    return True

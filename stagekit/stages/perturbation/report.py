@@ -53,18 +53,22 @@ def _held_out_sets(adata: anndata.AnnData, pert_key: str, context_key: str) -> l
     def cells(mask: np.ndarray) -> dict[str, np.ndarray]:
         return {"genes": genes[mask], "embedding": embedding[mask]}
 
-    found = []
+    found, context_controls = [], {}
     for p, c in sorted(set(zip(pert[source == "predicted"], context[source == "predicted"], strict=True))):
         in_group = (pert == p) & (context == c)
         observed = in_group & (source == "observed")
         if not observed.any():
             continue
         predicted = in_group & (source == "predicted")
-        controls = np.flatnonzero((context == c) & (source == "control"))
-        position = {r: i for i, r in zip(controls, row[controls].tolist(), strict=True)}  # rows: names may repeat
+        if c not in context_controls:  # one copy of a context's controls, shared by its groups
+            controls = np.flatnonzero((context == c) & (source == "control"))
+            position = {r: i for i, r in zip(controls, row[controls].tolist(), strict=True)}  # names may repeat
+            shared = cells(controls)
+            context_controls[c] = (shared | {"genes_mean": shared["genes"].mean(0, keepdims=True)}, position)
+        controls, position = context_controls[c]
         basal = np.array([position[r] for r in row[predicted].tolist()])
         entry = {"perturbation": p, "context": c, "predicted": cells(predicted), "observed": cells(observed),
-                 "controls": cells(controls), "basal": cells(basal)}
+                 "controls": controls, "basal": cells(basal)}
         if (in_group & (source == "reference")).any():
             entry["reference"] = cells(in_group & (source == "reference"))
         found.append(entry)
@@ -103,8 +107,11 @@ def _versus(rows: list[dict]) -> dict:
     return out
 
 
-def perturbation_report(adata: anndata.AnnData, seed: int = 0) -> tuple[dict, list[dict]]:
-    """Scores of every held-out group and their means; also the groups' sets, for plots."""
+def score_groups(adata: anndata.AnnData, seed: int = 0, index_of: dict[tuple[str, str], int] | None = None
+                 ) -> tuple[list[dict], list[dict]]:
+    """Scores of every held-out group of `adata`, and the groups' sets (with the candidates scored). A group's
+    permutation test is seeded by its place among all held-out groups (`index_of`, by (perturbation, context);
+    default: its place in this file), so scoring a screen a context at a time gives the same figures."""
     provenance = adata.uns.get("stagekit", {})
     pert_key, context_key = provenance.get("pert_key", ""), provenance.get("context_key", "")
     if pert_key not in adata.obs or context_key not in adata.obs:
@@ -134,24 +141,44 @@ def perturbation_report(adata: anndata.AnnData, seed: int = 0) -> tuple[dict, li
         if "reference" in g:
             candidates["reference"] = g["reference"]
         g["candidates"] = candidates
+        place = i if index_of is None else index_of[(g["perturbation"], g["context"])]
         measurable, distance, null = effect_is_measurable(g["observed"]["embedding"], g["controls"]["embedding"],
-                                                          seed=seed + i)
+                                                          seed=seed + place)
         rows.append({"perturbation": g["perturbation"], "context": g["context"],
                      "n_observed": len(g["observed"]["genes"]), "n_predicted": len(g["predicted"]["genes"]),
                      "n_controls": len(g["controls"]["genes"]), "measurable": measurable,
                      "effect_energy": distance, "null_energy_max": null,
                      "methods": {m: set_scores(s, g["observed"], g["controls"], widths, seed)
                                  for m, s in candidates.items()}})
+    return rows, groups
+
+
+def summarise(rows: list[dict]) -> dict:
+    """Every group's scores and their means, over all groups and over those with a measurable effect."""
+    rows = sorted(rows, key=lambda r: (r["perturbation"], r["context"]))
     methods = ["model", *BASELINES, "reference"]
     measurable = [r for r in rows if r["measurable"]]
-    report = {"groups": rows, "methods": methods,
-              "mean": {m: _means(rows, m) for m in methods if _means(rows, m)},
-              "mean_measurable": {m: _means(measurable, m) for m in methods if _means(measurable, m)},
-              "versus": _versus(rows), "versus_measurable": _versus(measurable),
-              "measurable_rule": "observed vs control energy distance above its largest value over 20 random "
-                                 "splits of the pooled cells into sets of the same sizes (permutation test, "
-                                 "p < 0.05)"}
-    return report, groups
+    return {"groups": rows, "methods": methods,
+            "mean": {m: _means(rows, m) for m in methods if _means(rows, m)},
+            "mean_measurable": {m: _means(measurable, m) for m in methods if _means(measurable, m)},
+            "versus": _versus(rows), "versus_measurable": _versus(measurable),
+            "measurable_rule": "observed vs control energy distance above its largest value over 20 random "
+                               "splits of the pooled cells into sets of the same sizes (permutation test, p < 0.05)"}
+
+
+def perturbation_report(adata: anndata.AnnData, seed: int = 0) -> tuple[dict, list[dict]]:
+    """Scores of every held-out group and their means; also the groups' sets, for plots."""
+    rows, groups = score_groups(adata, seed)
+    return summarise(rows), groups
+
+
+def _slim(group: dict) -> dict:
+    """A scored group as the plots use it: gene sets reduced to their means, embeddings kept."""
+    def mean(cells: dict) -> dict:
+        genes = cells["genes_mean"] if "genes_mean" in cells else cells["genes"].mean(0, keepdims=True)
+        return {"genes": genes, "embedding": cells["embedding"]}
+
+    return {k: mean(v) if isinstance(v, dict) and "genes" in v else v for k, v in group.items() if k != "candidates"}
 
 
 def plot_report(groups: list[dict], report: dict, output_dir: Path, umap: bool, seed: int) -> list[str]:
@@ -222,16 +249,17 @@ def _control_label(adata: anndata.AnnData) -> str:
     return str(adata.obs[adata.uns["stagekit"]["pert_key"]][source == "control"].iloc[0])
 
 
-def _cell_eval(adata: anndata.AnnData, groups: list[dict], methods: list[str], output_dir: Path
-               ) -> tuple[dict, list[Table]]:
-    """cell-eval's metrics of the model and the baselines on the same held-out cells, when it is installed."""
+def _cell_eval_rows(adata: anndata.AnnData, groups: list[dict], methods: list[str], output_dir: Path) -> list[dict]:
+    """cell-eval's metrics of the model and the baselines on the same held-out cells."""
     from stagekit.stages.perturbation import cell_eval
 
-    if not cell_eval.available():
-        note = "cell-eval is not installed (pip install 'stagekit[evaluators]'); its metrics were skipped"
-        return {"skipped": note}, [Table("cell-eval", ["metric"], [], [note])]
-    pert_key = adata.uns["stagekit"]["pert_key"]
-    rows = cell_eval.scores(groups, methods, list(adata.var_names), pert_key, _control_label(adata), output_dir)
+    return cell_eval.scores(groups, methods, list(adata.var_names), adata.uns["stagekit"]["pert_key"],
+                            _control_label(adata), output_dir)
+
+
+def _cell_eval_summary(rows: list[dict], methods: list[str], output_dir: Path) -> tuple[dict, list[Table]]:
+    from stagekit.stages.perturbation import cell_eval
+
     mean = cell_eval.means(rows, methods)
     result = {"groups": rows, "mean": mean, "normalisation": cell_eval.NORMALISATION,
               "left_out_with_one_perturbation": list(cell_eval.NEEDS_SEVERAL),
@@ -252,33 +280,84 @@ def _cell_eval(adata: anndata.AnnData, groups: list[dict], methods: list[str], o
     return result, out
 
 
+def _cell_eval_skipped(request: ReportRequest) -> dict | None:
+    """Why cell-eval does not run (None: it runs)."""
+    from stagekit.stages.perturbation import cell_eval
+
+    if request.options.get("no_cell_eval"):
+        return {"skipped": "--no-cell-eval"}
+    if not cell_eval.available():
+        return {"skipped": "cell-eval is not installed (pip install 'stagekit[evaluators]'); its metrics were "
+                           "skipped"}
+    return None
+
+
+def _by_context(request: ReportRequest, methods: list[str], cell_eval_runs: bool
+                ) -> tuple[list[dict], list[dict], list[dict], list[str]]:
+    """evaluate --backed: the held-out groups scored a context at a time (the context's cells read once, never
+    the whole screen): every group's scores, the groups as the plots use them, cell-eval's rows, the genes."""
+    from stagekit.stages.perturbation.cells import _anndata, _design_keys, requested_held_out
+
+    found = requested_held_out(CellsRequest(request.bundle, [request.data] if request.data else [],
+                                            {"backed": True, "held_out_of": request.options.get("held_out_of")},
+                                            _warnings))
+    screen = found.tx.screen
+    names = sorted((screen.perts[p.pert], screen.contexts[p.context]) for p in found.plans)
+    index_of = {name: i for i, name in enumerate(names)}
+    rows, groups, cell_eval_rows = [], [], []
+    for c in found.contexts():
+        adata = _anndata(found.parts(c), found.tx)
+        adata.uns["stagekit_shifts"] = found.shifts([p for p in found.plans if p.context == c])
+        adata.uns["stagekit"] = _design_keys(found.tx)
+        scored, sets = score_groups(adata, request.seed, index_of)
+        rows += scored
+        if cell_eval_runs:
+            cell_eval_rows += _cell_eval_rows(adata, sets, methods, request.output_dir)
+        groups += [_slim(g) for g in sets]
+    order = sorted(range(len(rows)), key=lambda i: (rows[i]["perturbation"], rows[i]["context"]))
+    return rows, [groups[i] for i in order], cell_eval_rows, list(found.tx.space.genes)
+
+
+def _warnings(message: str) -> None:
+    if message.startswith("warning"):
+        print(message, file=sys.stderr)
+
+
 def report(request: ReportRequest, cells: Callable) -> Report:
     """A transition model's predictions against the observed held-out cells and the baselines: from the bundle
-    (its held-out groups, or those of the --held-out-of bundle) or from the cells `extract` wrote."""
-    held_out_of = request.options.get("held_out_of")
-    if request.bundle is None:
-        if held_out_of is not None or request.options.get("group") is not None:
-            raise UserError(f"--held-out-of and --group need the model: give its bundle, not the extracted "
-                            f"{request.source}")
-        adata, history = request.cells, None
+    (its held-out groups, or those of the --held-out-of bundle; with --backed a context at a time) or from the
+    cells `extract` wrote."""
+    held_out_of, group = request.options.get("held_out_of"), request.options.get("group")
+    methods = ["model", *BASELINES, "reference"]
+    skipped = _cell_eval_skipped(request)
+    if request.bundle is not None and request.options.get("backed") and group is None:
+        rows, groups, cell_eval_rows, _ = _by_context(request, methods, skipped is None)
+        scores = summarise(rows)
     else:
-        def warnings(message: str) -> None:
-            if message.startswith("warning"):
-                print(message, file=sys.stderr)
-
-        data = [request.data] if request.data else []
-        adata, extra = cells(CellsRequest(request.bundle, data, {"held_out_of": held_out_of,
-                                                                 "group": request.options.get("group")}, warnings))
-        adata.uns["stagekit"] = extra
-        history = request.bundle.history
-    stage = request.bundle.stage if request.bundle is not None else ""
-    scores, groups = perturbation_report(adata, request.seed)
+        if request.bundle is None:
+            if held_out_of is not None or group is not None or request.options.get("backed"):
+                raise UserError(f"--held-out-of, --group and --backed need the model: give its bundle, not the "
+                                f"extracted {request.source}")
+            adata = request.cells
+        else:
+            data = [request.data] if request.data else []
+            adata, extra = cells(CellsRequest(request.bundle, data, {"held_out_of": held_out_of, "group": group},
+                                              _warnings))
+            adata.uns["stagekit"] = extra
+        scores, groups = perturbation_report(adata, request.seed)
+        cell_eval_rows = _cell_eval_rows(adata, groups, methods, request.output_dir) if skipped is None else []
     metrics = {"source": str(request.source), "perturbation": scores,
                "plots": plot_report(groups, scores, request.output_dir, request.umap, request.seed)}
-    metrics["cell_eval"], cell_eval_tables = _cell_eval(adata, groups, scores["methods"], request.output_dir)
+    if skipped is not None:
+        metrics["cell_eval"] = skipped
+        cell_eval_tables = [] if request.options.get("no_cell_eval") else [Table("cell-eval", ["metric"], [],
+                                                                                 [skipped["skipped"]])]
+    else:
+        metrics["cell_eval"], cell_eval_tables = _cell_eval_summary(cell_eval_rows, methods, request.output_dir)
+    history = request.bundle.history if request.bundle is not None else None
     if history and history.get("train_loss"):
         from stagekit.metrics import plots
 
-        metrics["plots"].append(str(plots.plot_history([(stage, history)],
+        metrics["plots"].append(str(plots.plot_history([(request.bundle.stage, history)],
                                                        request.output_dir / "loss_curves.png")))
     return Report(metrics, tables(scores) + cell_eval_tables)

@@ -57,7 +57,7 @@ TRANSITION_TRAINING = TRAINING | {
 # the target screen of a fine-tuning phase; empty keys take the parent's design, and a phase that continues
 # another fine-tuning phase keeps its split (the keys must then be left as they are or equal the parent's)
 TARGET_DATA = {k: TRANSITION_DATA[k] for k in ("layer", "pert_key", "control", "context_key", "batch_key",
-                                               "exclude", "test_fraction")} | {
+                                               "exclude", "test_fraction", "backed")} | {
     "pert_key": Key("str", "", "obs column of the perturbation; empty: the pretrained model's"),
     "control": Key("str", "", "the control label; empty: the pretrained model's"),
     "context_key": Key("str", "", "obs column of the context; empty: the pretrained model's"),

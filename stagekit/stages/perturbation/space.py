@@ -85,7 +85,24 @@ class SpaceGenes:
         if self.matrix is not None:
             return self.matrix[index].toarray()
         unique, inverse = np.unique(index, return_inverse=True)
-        return log_normalised(self.counts.sparse_rows(unique), self.columns).toarray()[inverse]
+        return self.sparse(unique).toarray()[inverse]
+
+    def sparse(self, rows: np.ndarray) -> sp.csr_matrix:
+        """CSR rows of sorted `rows` (on disk: one read per run of nearby rows)."""
+        if self.matrix is not None:
+            return self.matrix[rows]
+        return log_normalised(self.counts.sparse_rows(rows), self.columns)
+
+    def label_means(self, rows: np.ndarray, labels: np.ndarray, n_labels: int) -> np.ndarray:
+        """(n_labels, genes) float64 mean of the cells `rows` (sorted) of each label (`labels`, one per row, in
+        0..n_labels-1), summed over blocks of cells: never more than a block in memory."""
+        sums = np.zeros((n_labels, len(self.columns)))
+        for start in range(0, len(rows), _EMBED_BLOCK):
+            block, of = self.sparse(rows[start:start + _EMBED_BLOCK]), labels[start:start + _EMBED_BLOCK]
+            indicator = sp.csr_matrix((np.ones(len(of)), (of, np.arange(len(of)))), shape=(n_labels, len(of)))
+            sums += (indicator @ block.astype(np.float64)).toarray()
+        counts = np.bincount(labels, minlength=n_labels)
+        return sums / np.maximum(counts, 1)[:, None]
 
 
 def screen_in_space(space: ExpressionSpace, counts: CountMatrix) -> tuple[SpaceGenes, np.ndarray]:

@@ -36,6 +36,12 @@ def _cells(request: CellsRequest):
     return transition_cells(request)
 
 
+def _stream(request: CellsRequest, path: Path, provenance: dict) -> bool:
+    from stagekit.stages.perturbation.cells import stream_held_out
+
+    return stream_held_out(request, path, provenance)
+
+
 def _companions(request: CellsRequest, adata, output: Path) -> list[Path]:
     from stagekit.stages.perturbation.report import write_cell_eval_pairs
 
@@ -88,16 +94,22 @@ TARGET_OPTIONS = (
     Option("test_fraction", "held-out cells of every target group; the rest is the few-shot training data", float,
            key="data.test_fraction"),
     Option("allow_partial", "train even when weights of the parent are mismatched, missing or unexpected", bool),
+    Option("backed", "train from disk: counts are read in blocks, never loaded whole", bool, key="data.backed"),
 )
 GROUP = Option("group", "only this held-out group, PERTURBATION/CONTEXT (e.g. \"stim/CD14+ Monocytes\")")
-COMMON = {"pipeline": PIPELINE, "cells": _cells, "companions": _companions, "report": _report,
+BACKED = Option("backed", "read the screen from disk a context at a time (one .h5ad larger than memory); extract "
+                "writes its file as it goes", bool)
+COMMON = {"pipeline": PIPELINE, "cells": _cells, "stream_cells": _stream, "companions": _companions,
+          "report": _report,
           "extract_options": (
               Option("pert", "predict this perturbation for every cell of DATA (control cells)"),
               Option("held_out_of", "predict the held-out cells of this ancestor bundle instead (e.g. the "
-                     "pretraining task after fine-tuning: forgetting)", Path), GROUP),
+                     "pretraining task after fine-tuning: forgetting)", Path), GROUP, BACKED),
           "evaluate_options": (
               Option("held_out_of", "score the model on the held-out cells of this ancestor bundle (e.g. the "
-                     "pretraining task after fine-tuning: forgetting)", Path), GROUP)}
+                     "pretraining task after fine-tuning: forgetting)", Path), GROUP,
+              BACKED, Option("no_cell_eval", "skip cell-eval's scores (its differential-expression tests take "
+                             "minutes on screens of many groups)", bool))}
 
 PHASES = [
     PhaseSpec("pretrain", "transition", schema=schema.PRETRAIN, train=_pretrain, options=PRETRAIN_OPTIONS, **COMMON),

@@ -133,7 +133,7 @@ def _features(parent: Bundle) -> Path | None:
 def _new_target(request: PhaseRequest, parent: Bundle, design: dict) -> Target:
     if not request.data:
         raise UserError(f"give the target screen's .h5ad file(s) after {request.parent}")
-    counts = screen_counts(request.data, design)
+    counts = screen_counts(request.data, design, request.config["data"]["backed"])
     screen = read_screen(counts.obs, counts.where, design["pert_key"], design["control"], design["context_key"],
                          design["batch_key"], design["exclude"])
     features = _features(parent)
@@ -156,7 +156,7 @@ def _new_target(request: PhaseRequest, parent: Bundle, design: dict) -> Target:
 def _stored_target(request: PhaseRequest, holder: Bundle, design: dict) -> Target:
     """The target task `holder` stored: a fine-tuned parent's (the phase continues it) or, on --resume, the
     interrupted run's own (recomputed, the split could differ from the one the weights were trained with)."""
-    counts = screen_counts(trained_files(holder, request.data), design)
+    counts = screen_counts(trained_files(holder, request.data), design, request.config["data"]["backed"])
     if counts.fingerprint()["sha256"] != holder.data.get("sha256"):
         raise UserError(f"{counts.where} is not the target data {holder.path} was trained on; this phase continues "
                         "its split (stored by cell position): give the same file(s) in the same order")
