@@ -12,7 +12,7 @@ baselines add to the controls.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -177,10 +177,14 @@ class HeldOut:
     def contexts(self) -> list[int]:
         return sorted({plan.context for plan in self.plans})
 
-    def parts(self, context: int) -> list[Part]:
-        """The context's control cells, then every planned group's predicted, observed and reference cells. The
-        context's cells are read once (a run of reads on disk) and predicted from there."""
-        screen, plans = self.tx.screen, [plan for plan in self.plans if plan.context == context]
+    def in_context(self, context: int) -> list[GroupPlan]:
+        return [plan for plan in self.plans if plan.context == context]
+
+    def parts(self, context: int, plans: list[GroupPlan] | None = None) -> Iterator[Part]:
+        """The context's control cells, then each of `plans`' (default: the context's) predicted, observed and
+        reference cells, one part at a time. Their cells are read once (a run of reads on disk)."""
+        screen = self.tx.screen
+        plans = self.in_context(context) if plans is None else plans
         pool = np.flatnonzero((screen.pert == screen.control) & (screen.context == context))
         rows = np.unique(np.concatenate([pool, *(np.concatenate([p.observed, p.reference]) for p in plans)]))
         block = self.genes.sparse(rows)
@@ -188,18 +192,17 @@ class HeldOut:
         def dense(index: np.ndarray) -> np.ndarray:
             return block[np.searchsorted(rows, index)].toarray()
 
-        parts = [_part("control", self.tx, self.names, pool, dense(pool), self.embedding[pool])]
+        yield _part("control", self.tx, self.names, pool, dense(pool), self.embedding[pool])
         for plan in plans:
             e, g = predict(self.tx, self.embedding, dense, plan.sets)
             n = len(plan.observed)  # as many predicted cells as observed ones (the top-up dropped)
             basal = np.concatenate([s.controls for s in plan.sets])[:n]
-            parts.append(_part("predicted", self.tx, self.names, basal, g[:n], e[:n], plan.pert))
-            parts.append(_part("observed", self.tx, self.names, plan.observed, dense(plan.observed),
-                               self.embedding[plan.observed]))
+            yield _part("predicted", self.tx, self.names, basal, g[:n], e[:n], plan.pert)
+            yield _part("observed", self.tx, self.names, plan.observed, dense(plan.observed),
+                        self.embedding[plan.observed])
             if len(plan.reference):
-                parts.append(_part("reference", self.tx, self.names, plan.reference, dense(plan.reference),
-                                   self.embedding[plan.reference]))
-        return parts
+                yield _part("reference", self.tx, self.names, plan.reference, dense(plan.reference),
+                            self.embedding[plan.reference])
 
     def shifts(self, plans: list[GroupPlan] | None = None) -> dict:
         """uns["stagekit_shifts"] for `plans` (default: every planned group); the training cells' shifts are
@@ -248,16 +251,6 @@ def held_out(tx: TransitionBundle, paths: list[Path], bundle: Bundle, log: Calla
             raise UserError(f"{bundle.path}: {message}; nothing can be predicted")
         log(f"warning: {message}: not predicted")
     return HeldOut(tx, counts.obs.index, genes, embedding, plans)
-
-
-def held_out_cells(tx: TransitionBundle, paths: list[Path], bundle: Bundle, log: Callable[[str], None] = print,
-                   seed: int = 0, group: str | None = None) -> tuple[anndata.AnnData, dict]:
-    """Every held-out group's (or the one `group`'s) predicted, observed, control and (where it has training cells)
-    reference cells, in memory."""
-    found = held_out(tx, paths, bundle, log, seed, group)
-    adata = _anndata([part for c in found.contexts() for part in found.parts(c)], tx)
-    adata.uns["stagekit_shifts"] = found.shifts()
-    return adata, {"pert_key": tx.keys["pert"], "context_key": tx.keys["context"]}
 
 
 def _pert_input(tx: TransitionBundle, pert: str) -> np.ndarray:

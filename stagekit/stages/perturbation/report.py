@@ -18,7 +18,7 @@ all the context's controls.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     import anndata
 
 BASELINES = ("control_mean", "training_shift", "other_contexts", "own_shift")
+BATCH_CELLS = 30_000  # evaluate --backed: observed cells of the groups scored together
 HEADLINE = ("energy_embedding", "energy_genes", "mmd_genes", "pearson_delta", "pearson_delta_top50", "sign_top50",
             "spread_ratio")
 
@@ -306,16 +307,31 @@ def _by_context(request: ReportRequest, methods: list[str], cell_eval_runs: bool
     index_of = {name: i for i, name in enumerate(names)}
     rows, groups, cell_eval_rows = [], [], []
     for c in found.contexts():
-        adata = _anndata(found.parts(c), found.tx)
-        adata.uns["stagekit_shifts"] = found.shifts([p for p in found.plans if p.context == c])
-        adata.uns["stagekit"] = _design_keys(found.tx)
-        scored, sets = score_groups(adata, request.seed, index_of)
-        rows += scored
-        if cell_eval_runs:
-            cell_eval_rows += _cell_eval_rows(adata, sets, methods, request.output_dir)
-        groups += [_slim(g) for g in sets]
+        for plans in _batches(found.in_context(c)):
+            adata = _anndata(list(found.parts(c, plans)), found.tx)
+            adata.uns["stagekit_shifts"] = found.shifts(plans)
+            adata.uns["stagekit"] = _design_keys(found.tx)
+            scored, sets = score_groups(adata, request.seed, index_of)
+            rows += scored
+            if cell_eval_runs:
+                cell_eval_rows += _cell_eval_rows(adata, sets, methods, request.output_dir)
+            groups += [_slim(g) for g in sets]
     order = sorted(range(len(rows)), key=lambda i: (rows[i]["perturbation"], rows[i]["context"]))
     return rows, [groups[i] for i in order], cell_eval_rows, list(found.tx.space.genes)
+
+
+def _batches(plans: list) -> Iterator[list]:
+    """Groups of a context in batches of about BATCH_CELLS observed cells (with their predictions and
+    references, three times that in memory besides the context's controls)."""
+    batch, size = [], 0
+    for plan in plans:
+        batch.append(plan)
+        size += len(plan.observed)
+        if size >= BATCH_CELLS:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
 
 
 def _warnings(message: str) -> None:
