@@ -111,19 +111,19 @@ def load_cells(bundle: Bundle, data: list[Path], species_names: list[str], log=p
 
 @torch.no_grad()
 def cell_outputs(model: torch.nn.Module, cells: SpeciesCells, batch_size: int = 4096,
-                 products: torch.Tensor | None = None, keep_macrogenes: bool = True
+                 products: torch.Tensor | None = None, keep_macrogenes: bool = True, rows: np.ndarray | None = None
                  ) -> tuple[np.ndarray | None, np.ndarray]:
-    """Macrogene values (None unless `keep_macrogenes`) and embedding of every cell, deterministic (eval mode: no
-    macrogene dropout); from the cells' gene_products when given (cell_gene_products, with the model's current
-    macrogene weights)."""
+    """Macrogene values (None unless `keep_macrogenes`) and embedding of every cell (or of the sorted `rows`),
+    deterministic (eval mode: no macrogene dropout); from the cells' gene_products when given
+    (cell_gene_products, with the model's current macrogene weights)."""
     model.eval()
     device = device_of(model)
     macro, embedding = [], []
-    for rows in eval_plan(np.arange(cells.n_obs), batch_size):
+    for block in eval_plan(np.arange(cells.n_obs) if rows is None else rows, batch_size):
         if products is not None:
-            m = model.values_of_products(products[torch.from_numpy(rows)].to(device))
+            m = model.values_of_products(products[torch.from_numpy(block)].to(device))
         else:
-            m = model.macrogenes(cells.dense_rows(rows).to(device), cells.species)
+            m = model.macrogenes(cells.dense_rows(block).to(device), cells.species)
         if keep_macrogenes:
             macro.append(m.float().cpu().numpy())
         embedding.append(model.encoder(m).float().cpu().numpy())
