@@ -78,9 +78,14 @@ def write_screen(out: Path, cells: int, genes: int, perts: int, contexts: int, f
     file_of = np.arange(cells) % files
     for k, path in enumerate(paths):
         rows = np.flatnonzero(file_of == k)
-        writer = StreamedH5ad(path, var_names)
-        for start in range(0, len(rows), _BLOCK):
-            block = rows[start:start + _BLOCK]
+        blocks = [rows[start:start + _BLOCK] for start in range(0, len(rows), _BLOCK)]
+        # two passes with the same draws: the first counts the stored values, so that the file's arrays are
+        # contiguous as anndata writes them (scattered rows then read only themselves)
+        state = rng.bit_generator.state
+        nnz = sum(draw_counts(truth, pert[b], context[b], total, noise, theta, rng).nnz for b in blocks)
+        rng.bit_generator.state = state
+        writer = StreamedH5ad(path, var_names, size=(len(rows), nnz))
+        for block in blocks:
             writer.append(draw_counts(truth, pert[block], context[block], total, noise, theta, rng))
         obs = pd.DataFrame({"perturbation": pd.Categorical(pert_names[pert[rows]]),
                             "context": pd.Categorical([f"C{c + 1}" for c in context[rows]])},

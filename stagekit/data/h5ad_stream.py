@@ -15,18 +15,28 @@ _ENCODING = {"encoding-type": "anndata", "encoding-version": "0.1.0"}
 
 
 class StreamedH5ad:
-    """`append` CSR blocks of X in row order, then `close(obs, ...)` with one obs row per appended row."""
+    """`append` CSR blocks of X in row order, then `close(obs, ...)` with one obs row per appended row.
 
-    def __init__(self, path: Path, var_names: list[str], dtype: type = np.float32) -> None:
-        self.path, self.var_names, self.n_obs = Path(path), list(var_names), 0
+    Without `size` the arrays grow in chunks of 64k values (a file read in order, as extract's); with `size` =
+    (rows, stored values) known in advance they are contiguous, as anndata writes them, so that reading scattered
+    rows later reads only those rows (a chunked file reads a whole chunk for each)."""
+
+    def __init__(self, path: Path, var_names: list[str], dtype: type = np.float32,
+                 size: tuple[int, int] | None = None) -> None:
+        self.path, self.var_names, self.n_obs, self.nnz = Path(path), list(var_names), 0, 0
         self.file = h5py.File(self.path, "w")
         self.file.attrs.update(_ENCODING)
         x = self.file.create_group("X")
         x.attrs.update({"encoding-type": "csr_matrix", "encoding-version": "0.1.0"})
-        chunk = 1 << 16
-        self.data = x.create_dataset("data", (0,), dtype=dtype, maxshape=(None,), chunks=(chunk,))
-        self.indices = x.create_dataset("indices", (0,), dtype=np.int32, maxshape=(None,), chunks=(chunk,))
-        self.indptr = x.create_dataset("indptr", (1,), dtype=np.int64, maxshape=(None,), chunks=(chunk,))
+        if size is None:
+            grow = {"maxshape": (None,), "chunks": (1 << 16,)}
+            shapes = {"data": 0, "indices": 0, "indptr": 1}
+        else:
+            grow, shapes = {}, {"data": size[1], "indices": size[1], "indptr": size[0] + 1}
+        self.fixed = size is not None
+        self.data = x.create_dataset("data", (shapes["data"],), dtype=dtype, **grow)
+        self.indices = x.create_dataset("indices", (shapes["indices"],), dtype=np.int32, **grow)
+        self.indptr = x.create_dataset("indptr", (shapes["indptr"],), dtype=np.int64, **grow)
         self.indptr[0] = 0
 
     def append(self, block: sp.csr_matrix | np.ndarray) -> None:
@@ -35,14 +45,18 @@ class StreamedH5ad:
         if block.shape[1] != len(self.var_names):
             raise ValueError(f"a block of {block.shape[1]} columns for {len(self.var_names)} genes")
         block.sort_indices()
-        nnz, end = self.data.shape[0], int(self.indptr[-1])
-        self.data.resize((nnz + block.nnz,))
-        self.indices.resize((nnz + block.nnz,))
-        self.data[nnz:] = block.data
-        self.indices[nnz:] = block.indices
-        self.indptr.resize((self.n_obs + block.shape[0] + 1,))
-        self.indptr[self.n_obs + 1:] = block.indptr[1:].astype(np.int64) + end
-        self.n_obs += block.shape[0]
+        nnz, rows = self.nnz, block.shape[0]
+        if not self.fixed:
+            self.data.resize((nnz + block.nnz,))
+            self.indices.resize((nnz + block.nnz,))
+            self.indptr.resize((self.n_obs + rows + 1,))
+        elif nnz + block.nnz > self.data.shape[0] or self.n_obs + rows + 1 > self.indptr.shape[0]:
+            raise ValueError(f"more rows or values than the {self.indptr.shape[0] - 1} rows and "
+                             f"{self.data.shape[0]} values announced")
+        self.data[nnz:nnz + block.nnz] = block.data
+        self.indices[nnz:nnz + block.nnz] = block.indices
+        self.indptr[self.n_obs + 1:self.n_obs + rows + 1] = block.indptr[1:].astype(np.int64) + nnz
+        self.n_obs, self.nnz = self.n_obs + rows, nnz + block.nnz
 
     def close(self, obs: pd.DataFrame, obsm: dict[str, np.ndarray] | None = None,
               uns: dict[str, Any] | None = None) -> None:
@@ -51,6 +65,8 @@ class StreamedH5ad:
 
         if len(obs) != self.n_obs:
             raise ValueError(f"{len(obs)} obs rows for {self.n_obs} appended rows")
+        if self.fixed and (self.nnz, self.n_obs + 1) != (self.data.shape[0], self.indptr.shape[0]):
+            raise ValueError(f"{self.n_obs} rows and {self.nnz} values appended of the size announced")
         self.file["X"].attrs["shape"] = np.array([self.n_obs, len(self.var_names)])
         obs = obs.copy()
         for column in obs.columns:  # as anndata writes them: string columns become categoricals
