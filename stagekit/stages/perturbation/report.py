@@ -294,9 +294,9 @@ def _cell_eval_skipped(request: ReportRequest) -> dict | None:
 
 
 def _by_context(request: ReportRequest, methods: list[str], cell_eval_runs: bool
-                ) -> tuple[list[dict], list[dict], list[dict], list[str]]:
+                ) -> tuple[list[dict], list[dict], list[dict]]:
     """evaluate --backed: the held-out groups scored a context at a time (the context's cells read once, never
-    the whole screen): every group's scores, the groups as the plots use them, cell-eval's rows, the genes."""
+    the whole screen): every group's scores, the groups as the plots use them, cell-eval's rows."""
     from stagekit.stages.perturbation.cells import _anndata, _design_keys, requested_held_out
 
     found = requested_held_out(CellsRequest(request.bundle, [request.data] if request.data else [],
@@ -317,7 +317,7 @@ def _by_context(request: ReportRequest, methods: list[str], cell_eval_runs: bool
                 cell_eval_rows += _cell_eval_rows(adata, sets, methods, request.output_dir)
             groups += [_slim(g) for g in sets]
     order = sorted(range(len(rows)), key=lambda i: (rows[i]["perturbation"], rows[i]["context"]))
-    return rows, [groups[i] for i in order], cell_eval_rows, list(found.tx.space.genes)
+    return rows, [groups[i] for i in order], cell_eval_rows
 
 
 def _batches(plans: list) -> Iterator[list]:
@@ -347,7 +347,7 @@ def report(request: ReportRequest, cells: Callable) -> Report:
     methods = ["model", *BASELINES, "reference"]
     skipped = _cell_eval_skipped(request)
     if request.bundle is not None and request.options.get("backed") and group is None:
-        rows, groups, cell_eval_rows, _ = _by_context(request, methods, skipped is None)
+        rows, groups, cell_eval_rows = _by_context(request, methods, skipped is None)
         scores = summarise(rows)
     else:
         if request.bundle is None:
