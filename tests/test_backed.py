@@ -14,6 +14,18 @@ def test_backed_rows_match_memory_for_scattered_and_contiguous_rows(kang):
     assert np.array_equal(backed.rows_in_order(scattered), in_memory.rows_in_order(scattered))
 
 
+def test_a_dense_selection_is_read_in_windows_with_the_same_rows(kang, monkeypatch):
+    """Nearby wanted rows form one run; a run longer than the window is read in several reads (so a selection
+    spread over a large file never reads the whole file at once), with the same rows."""
+    from stagekit.data import anndata_io
+
+    index = np.sort(np.random.default_rng(1).choice(8684, 3000, replace=False))
+    whole = anndata_io.load_counts(kang, backed=True).sparse_rows(index).toarray()
+    monkeypatch.setattr(anndata_io, "_SPAN", 100)
+    assert np.array_equal(anndata_io.load_counts(kang, backed=True).sparse_rows(index).toarray(), whole)
+    assert np.array_equal(anndata_io.load_counts(kang).sparse_rows(index).toarray(), whole)
+
+
 def test_the_expression_space_is_the_same_fitted_from_disk_or_memory(kang, monkeypatch):
     """Highly variable genes and principal components of a subset of cells, read in several blocks: bit for
     bit the same whether the cells are in memory or read from disk."""

@@ -16,6 +16,7 @@ from stagekit.errors import UserError
 
 _CHUNK = 1 << 22  # values checked per read when validating on disk
 _GAP = 256  # rows between two wanted rows beyond which a backed read splits in two
+_SPAN = 8192  # rows one backed read covers at most: a long run of nearby wanted rows is read in windows
 
 
 @dataclass
@@ -88,10 +89,12 @@ class CountMatrix:
 
     def sparse_rows(self, index: np.ndarray) -> sp.csr_matrix:
         """Float32 CSR rows for sorted `index`: one fancy-index in memory; on disk one read per run of nearby rows
-        (gaps over `_GAP` rows start a new read, so scattered rows never pull in the cells between)."""
+        (gaps over `_GAP` rows start a new read, so scattered rows never pull in the cells between; a run is read
+        in windows of at most `_SPAN` rows, so a dense selection never holds the whole file)."""
         if self.matrix is not None:
             return self.matrix[index]
-        runs = np.split(index, np.flatnonzero(np.diff(index) > _GAP) + 1)
+        runs = [window for run in np.split(index, np.flatnonzero(np.diff(index) > _GAP) + 1)
+                for window in np.split(run, np.flatnonzero(np.diff((run - run[0]) // _SPAN)) + 1)]
         with h5py.File(self.path, "r") as f:
             node = f[self.key]
             return sp.csr_matrix(sp.vstack([self._read(node, int(r[0]), int(r[-1]) + 1)[r - r[0]] for r in runs]))
