@@ -372,14 +372,14 @@ def stream_held_out(request: CellsRequest, path: Path, provenance: dict) -> bool
     found = requested_held_out(request)
     writer = StreamedH5ad(path, found.tx.space.genes)
     try:
-        kept, embedding = [], []
+        kept = []  # the parts without their genes, which are on disk
         for c in found.contexts():
             for part in found.parts(c):
                 writer.append(part.genes)
-                kept.append(Part(part.source, part.obs, part.rows, np.zeros((0, 0), np.float32), part.embedding))
-                embedding.append(part.embedding.astype(np.float32))
+                kept.append(replace(part, genes=np.zeros((0, 0), np.float32)))
         uns = {"stagekit": provenance | _design_keys(found.tx), "stagekit_shifts": found.shifts()}
-        writer.close(_obs(kept), {"X_pert_embedding": np.concatenate(embedding)}, uns)
+        embedding = np.concatenate([part.embedding for part in kept]).astype(np.float32)
+        writer.close(_obs(kept), {"X_pert_embedding": embedding}, uns)
     except BaseException:
         writer.abort()
         raise
