@@ -40,6 +40,8 @@ class CountMatrix:
     file_hash: str | None = field(default=None, repr=False, compare=False)
     # cells of several files (see `concat_counts`): (path, sha256, n_obs) of each, in order; `path` is the first
     sources: tuple[tuple[str, str, int], ...] = ()
+    # backed cells of several files: each file's matrix on this one's genes, in order; reads go to them
+    parts: tuple[CountMatrix, ...] = field(default=(), repr=False)
 
     @property
     def where(self) -> str:
@@ -58,6 +60,9 @@ class CountMatrix:
         """The same cells on a subset of this matrix's genes (`columns` index its current genes)."""
         columns = np.asarray(columns, dtype=np.int64)
         names = [self.var_names[i] for i in columns]
+        if self.parts:
+            return CountMatrix(self.path, self.key, self.obs, names, backed=True, file_hash=self.file_hash,
+                               sources=self.sources, parts=tuple(p.select_genes(columns) for p in self.parts))
         if self.matrix is not None:
             return CountMatrix(self.path, self.key, self.obs, names, matrix=sp.csr_matrix(self.matrix[:, columns]),
                                file_hash=self.file_hash)
@@ -69,8 +74,22 @@ class CountMatrix:
         """Cells start..stop-1 as float32 CSR (one contiguous disk read when backed)."""
         if self.matrix is not None:
             return self.matrix[start:stop]
+        if self.parts:
+            return self._across_parts(np.arange(start, stop), lambda part, rows: part.block(rows[0], rows[-1] + 1))
         with h5py.File(self.path, "r") as f:
             return self._read(f[self.key], start, stop)
+
+    def _across_parts(self, index: np.ndarray, read) -> sp.csr_matrix:
+        """Sorted rows of several backed files: `read(part, its rows)` for each file holding some, stacked."""
+        offsets = np.cumsum([0, *(part.n_obs for part in self.parts)])
+        pieces = []
+        for part, lo, hi in zip(self.parts, offsets[:-1], offsets[1:], strict=True):
+            rows = index[(index >= lo) & (index < hi)] - lo
+            if len(rows):
+                pieces.append(read(part, rows))
+        if not pieces:
+            return sp.csr_matrix((0, self.n_vars), dtype=np.float32)
+        return sp.csr_matrix(sp.vstack(pieces))
 
     def _read(self, node: h5py.Group | h5py.Dataset, start: int, stop: int) -> sp.csr_matrix:
         if isinstance(node, h5py.Dataset):
@@ -93,6 +112,8 @@ class CountMatrix:
         in windows of at most `_SPAN` rows, so a dense selection never holds the whole file)."""
         if self.matrix is not None:
             return self.matrix[index]
+        if self.parts:
+            return self._across_parts(index, lambda part, rows: part.sparse_rows(rows))
         runs = [window for run in np.split(index, np.flatnonzero(np.diff(index) > _GAP) + 1)
                 for window in np.split(run, np.flatnonzero(np.diff((run - run[0]) // _SPAN)) + 1)]
         with h5py.File(self.path, "r") as f:
@@ -143,9 +164,11 @@ def read_anndata(path: str | Path, backed: bool = False):
 
 
 def load_counts(path: str | Path, layer: str = "", obs_keys: tuple[str, ...] = (), backed: bool = False,
-                require_counts: bool = True, adata=None) -> CountMatrix:
+                require_counts: bool = True, adata=None, optional: bool = False) -> CountMatrix:
     """Read and validate. Every failure is a UserError naming the file, key or column. `adata`: the file's
-    AnnData already read into memory by the caller (it is not read again; `backed` is then ignored)."""
+    AnnData already read into memory by the caller (it is not read again; `backed` is then ignored). `optional`:
+    a file whose X is empty (no layer named) gives its cells with no genes (a model that reads an obsm
+    embedding)."""
     path = Path(path)
     backed = backed and adata is None
     if adata is None:
@@ -157,7 +180,10 @@ def load_counts(path: str | Path, layer: str = "", obs_keys: tuple[str, ...] = (
                 available = ", ".join(adata.layers) or "none"
                 raise UserError(f"{path}: layer '{layer}' not found (layers: {available}); set data.layer")
             key = f"layers/{layer}"
-        elif adata.X is None:
+        elif _x_missing(adata) and optional:
+            obs = adata.obs.copy()
+            return CountMatrix(path, "X", obs, [], matrix=sp.csr_matrix((len(obs), 0), dtype=np.float32))
+        elif _x_missing(adata):
             raise UserError(f"{path}: X is empty; name the counts layer with --set data.layer=NAME")
         obs = adata.obs.copy()
         for column in obs_keys:
@@ -183,17 +209,43 @@ def load_counts(path: str | Path, layer: str = "", obs_keys: tuple[str, ...] = (
     return counts
 
 
+def _x_missing(adata) -> bool:
+    try:
+        return adata.X is None
+    except KeyError:  # a file written without X, opened backed
+        return True
+
+
+def read_obsm(path: Path, key: str) -> np.ndarray:
+    """obsm[key] of an .h5ad as float32 (cells x dimensions), read on its own; a UserError naming the file and key
+    when it is absent, not a dense 2-d array, or not finite."""
+    with h5py.File(path, "r") as f:
+        group = f.get("obsm")
+        if not isinstance(group, h5py.Group) or key not in group:
+            found = ", ".join(group) if isinstance(group, h5py.Group) and len(group) else "none"
+            raise UserError(f"{path}: obsm['{key}'] not found (obsm keys: {found}); name one with --embed-key")
+        node = group[key]
+        if not isinstance(node, h5py.Dataset) or node.ndim != 2:
+            raise UserError(f"{path}: obsm['{key}'] is not a dense cells x dimensions array; store the embedding "
+                            "as one (e.g. adata.obsm[key] = np.asarray(...))")
+        values = node[...].astype(np.float32)
+    if not np.isfinite(values).all():
+        raise UserError(f"{path}: obsm['{key}'] contains NaN or infinite values; clean the embedding first")
+    return values
+
+
 def concat_counts(parts: list[CountMatrix]) -> CountMatrix:
-    """In-memory cells of several files as one matrix, in file order, on the first file's genes. Every file must
-    hold the same genes (any order): a gene missing from one file would read as zero counts there. Cell names
-    repeated across files get the file's stem as a prefix (`stem:name`; `i-stem:name` where stems repeat)."""
+    """Cells of several files as one matrix, in file order, on the first file's genes: in memory, or backed (each
+    file read where its cells are). Every file must hold the same genes (any order): a gene missing from one file
+    would read as zero counts there. Cell names repeated across files get the file's stem as a prefix
+    (`stem:name`; `i-stem:name` where stems repeat)."""
     if len(parts) == 1:
         return parts[0]
     first = parts[0]
     matrices = []
     for part in parts:
-        if part.matrix is None:
-            raise ValueError("concat_counts needs in-memory matrices")
+        if (part.matrix is None) != (first.matrix is None):
+            raise ValueError("concat_counts needs all matrices in memory or all backed")
         if part.key != first.key:
             raise UserError(f"{part.path}: counts in {part.key} where {first.path} has them in {first.key}")
         if part.var_names != first.var_names:
@@ -205,7 +257,7 @@ def concat_counts(parts: list[CountMatrix]) -> CountMatrix:
                 raise UserError(f"{part.path}: genes differ from {first.path} ({shown}; {len(missing)} missing, "
                                 f"{len(extra)} extra); subset every file to the same genes")
             part = part.select_genes(np.array([position[g] for g in first.var_names]))
-        matrices.append(part.matrix)
+        matrices.append(part.matrix if part.matrix is not None else part)
     names = [str(n) for part in parts for n in part.obs.index]
     obs = pd.concat([part.obs for part in parts], join="outer")
     if len(set(names)) < len(names):
@@ -214,6 +266,9 @@ def concat_counts(parts: list[CountMatrix]) -> CountMatrix:
         obs.index = [f"{label}:{n}" for label, part in zip(labels, parts, strict=True) for n in part.obs.index]
     sources = tuple((str(p.path.resolve()), p.fingerprint()["sha256"], p.n_obs) for p in parts)
     combined = hashlib.sha256("\n".join(h for _, h, _ in sources).encode()).hexdigest()
+    if first.matrix is None:
+        return CountMatrix(first.path, first.key, obs, first.var_names, backed=True, file_hash=combined,
+                           sources=sources, parts=tuple(matrices))
     return CountMatrix(first.path, first.key, obs, first.var_names, matrix=sp.csr_matrix(sp.vstack(matrices)),
                        file_hash=combined, sources=sources)
 

@@ -68,11 +68,15 @@ def delta_scores(predicted: np.ndarray, observed: np.ndarray, controls: np.ndarr
 
 def set_scores(predicted: dict[str, np.ndarray], observed: dict[str, np.ndarray], controls: dict[str, np.ndarray],
                widths: dict[str, float], seed: int = 0, top_n: int = 50) -> dict[str, float]:
-    """Every score of one predicted set; each dict holds a set in 'genes' and in 'embedding' space."""
+    """Every score of one predicted set; each dict holds a set in 'genes' and in 'embedding' space (a space with no
+    columns, e.g. genes of a model without a gene space, is not scored)."""
     scores = {}
     for space in ("embedding", "genes"):
-        scores[f"energy_{space}"] = energy_distance(predicted[space], observed[space], seed)
-        scores[f"mmd_{space}"] = mmd(predicted[space], observed[space], widths[space], seed)
+        if predicted[space].shape[1]:
+            scores[f"energy_{space}"] = energy_distance(predicted[space], observed[space], seed)
+            scores[f"mmd_{space}"] = mmd(predicted[space], observed[space], widths[space], seed)
+    if not predicted["genes"].shape[1]:
+        return scores
     # a context's controls are shared by its groups: their mean may come computed once ("genes_mean")
     base = controls["genes_mean"] if "genes_mean" in controls else controls["genes"]
     return scores | delta_scores(predicted["genes"], observed["genes"], base, top_n)

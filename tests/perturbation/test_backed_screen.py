@@ -44,10 +44,3 @@ def test_backed_is_the_same_run_as_in_memory(tmp_path, capsys):
     for key, value in a.weights.items():
         assert np.array_equal(value, b.weights[key]), key
 
-
-def test_backed_reads_one_file(tmp_path, capsys):
-    papalexi = shared_file("papalexi2021_sceptre_lowmoi.h5ad")
-    code, _, err = run_cli(capsys, "pretrain", "--preset", "transition", papalexi, papalexi, *SMALL, "--backed",
-                           "-o", tmp_path / "x.stk")
-    assert code == 2 and "--backed reads one .h5ad" in err and len(err.strip().splitlines()) == 1
-    assert not (tmp_path / "x.stk").exists()

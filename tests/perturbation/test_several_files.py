@@ -70,6 +70,31 @@ def test_two_files_train_as_one_screen_and_a_dataset_name_picks_a_file(two_files
     assert not (tmp_path / "swapped.h5ad").exists()
 
 
+def test_several_files_streamed_are_the_same_run_as_in_memory(two_files, tmp_path, capsys):
+    """--backed over two files (the second's genes in another order): the same split and weights as in memory,
+    and extract --backed writes the same cells."""
+    first, second, _ = two_files
+    runs = {}
+    for mode, extra in (("memory", []), ("backed", ["--backed"])):
+        runs[mode] = tmp_path / f"{mode}.stk"
+        code, _, err = run_cli(capsys, "pretrain", "--preset", "transition", first, second, *DESIGN, *extra,
+                               "-o", runs[mode], *TINY)
+        assert code == 0, err
+    memory, backed = read_bundle(runs["memory"]), read_bundle(runs["backed"])
+    assert backed.data["files"] == memory.data["files"]
+    for key in ("split", "space_mean", "space_components"):
+        assert np.array_equal(memory.results[key], backed.results[key]), key
+    for key, value in memory.weights.items():
+        assert np.array_equal(value, backed.weights[key]), key
+    cells = {}
+    for mode, extra in (("memory", []), ("backed", ["--backed"])):
+        code, _, err = run_cli(capsys, "extract", runs["memory"], *extra, "-o", tmp_path / f"{mode}.h5ad", "-q")
+        assert code == 0, err
+        cells[mode] = anndata.read_h5ad(tmp_path / f"{mode}.h5ad")
+    assert list(cells["memory"].obs_names) == list(cells["backed"].obs_names)
+    assert np.allclose(cells["memory"].X, cells["backed"].X.toarray(), atol=1e-5)
+
+
 def test_files_with_other_genes_or_an_unknown_dataset_exit_2(two_files, tmp_path, capsys):
     first, second, _ = two_files
     fewer = anndata.read_h5ad(second)[:, 1:].copy()

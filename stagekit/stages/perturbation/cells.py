@@ -67,7 +67,7 @@ def predict(tx: TransitionBundle, embedding: np.ndarray, genes: Callable[[np.nda
                     g = tx.space.to_genes(e)
                 np.maximum(g, expression_space.EXPRESSION_FLOOR, out=g)
                 out_embedding.append(e.reshape(-1, e.shape[-1]))
-                out_genes.append(g.reshape(-1, g.shape[-1]))
+                out_genes.append(g.reshape(len(e) * e.shape[1], g.shape[-1]))
     return np.concatenate(out_embedding), np.concatenate(out_genes)
 
 
@@ -84,13 +84,13 @@ class Part:
 
 def _expression(tx: TransitionBundle, paths: list[Path], log: Callable[[str], None], backed: bool = False
                 ) -> tuple[CountMatrix, SpaceGenes, np.ndarray]:
-    """The files' cells in the model's gene space (rows on demand) and embedding; `backed` (one file): the counts
-    stay on disk and are read in blocks."""
-    if backed and len(paths) > 1:
-        raise UserError(f"--backed reads one .h5ad; got {len(paths)} files: extract in memory without --backed")
-    counts = concat_counts([load_counts(path, tx.data.layer, backed=True) if backed else
-                            load_counts(path, tx.data.layer, adata=read_anndata(path)) for path in paths])
-    if counts.var_names != tx.var_names:  # library sizes are summed over the file's genes
+    """The files' cells in the model's gene space (rows on demand) and embedding; `backed`: the counts stay on
+    disk and are read in blocks."""
+    optional = not tx.space.genes and not tx.data.layer  # a model of an obsm embedding without genes
+    counts = concat_counts([load_counts(path, tx.data.layer, backed=True, optional=optional) if backed else
+                            load_counts(path, tx.data.layer, adata=read_anndata(path), optional=optional)
+                            for path in paths])
+    if counts.var_names != tx.var_names and tx.space.genes:  # library sizes are summed over the file's genes
         log(f"warning: {counts.where} holds {counts.n_vars} genes where training had {len(tx.var_names)}; cells "
             "are normalised by their totals over this file's genes, so predictions are comparable only if the "
             "panels match")

@@ -31,6 +31,7 @@ class TransitionData:
     # the target screen of a fine-tuned model; a pretrained one keeps them in its config
     exclude: list[str] | None = None
     test_fraction: float | None = None
+    embed_key: str = ""  # obsm key of the embedding the model works in; "": PCA of the genes
 
 
 @dataclass(frozen=True)

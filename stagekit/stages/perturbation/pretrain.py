@@ -18,6 +18,7 @@ from stagekit.stages.perturbation.model_config import TransitionArchitecture, Tr
 from stagekit.stages.perturbation.screen import TEST, TRAIN, VAL, Screen, SplitRequest, assign_split, read_screen
 from stagekit.stages.perturbation.space import ExpressionSpace, fit_space, screen_in_space
 from stagekit.stages.perturbation.task import TransitionTask
+from stagekit.stages.perturbation.trained import stored_space
 from stagekit.stages.phase import PhaseRun, kept_metrics
 from stagekit.stages.spec import PhaseRequest
 from stagekit.train import FitResult
@@ -42,12 +43,11 @@ def pert_inputs(screen: Screen, features_path: Path | None) -> np.ndarray:
 
 def screen_counts(paths: list[Path], data_cfg: dict, backed: bool = False) -> CountMatrix:
     """The cells of one or more .h5ad files as one screen (same genes in each; every file has the design's
-    columns); `backed`: one file read from disk."""
-    if backed and len(paths) > 1:
-        raise UserError(f"--backed reads one .h5ad; got {len(paths)} files: concatenate them into one file "
-                        "(anndata.concat) or train in memory without --backed")
+    columns); `backed`: the counts stay on disk, each file read where its cells are."""
     keys = tuple(data_cfg[k] for k in ("pert_key", "context_key", "batch_key") if data_cfg[k] and len(paths) > 1)
-    return concat_counts([load_counts(path, data_cfg["layer"], keys, backed=backed) for path in paths])
+    optional = bool(data_cfg["embed_key"]) and not data_cfg["layer"]  # the model reads obsm: counts may be absent
+    return concat_counts([load_counts(path, data_cfg["layer"], keys, backed=backed, optional=optional)
+                          for path in paths])
 
 
 def file_of_cell(counts: CountMatrix) -> np.ndarray | None:
@@ -57,7 +57,7 @@ def file_of_cell(counts: CountMatrix) -> np.ndarray | None:
     return np.repeat(np.arange(len(counts.sources)), [n for _, _, n in counts.sources])
 
 
-DESIGN = ("layer", "pert_key", "control", "context_key", "batch_key")
+DESIGN = ("layer", "pert_key", "control", "context_key", "batch_key", "embed_key")
 
 
 def _warn_about_groups(screen: Screen, groups: CellGroups, set_len: int, log: Callable[[str], None]) -> None:
@@ -111,10 +111,22 @@ def screen_arrays(screen: Screen, inputs: np.ndarray, space: ExpressionSpace
     return results, categories
 
 
+def space_line(space: ExpressionSpace, counts: CountMatrix) -> str:
+    """The space in words; says why an obsm embedding has no gene space."""
+    if not space.embed_key:
+        return f"{space.n_embedding}-dim {'PCA of ' if space.has_pca else ''}{len(space.genes)} genes"
+    line = f"the {space.n_embedding}-dim obsm['{space.embed_key}']"
+    if space.genes:
+        return f"{line}, a gene decoder to {len(space.genes)} genes"
+    reason = "the data hold no counts (X is empty)" if not counts.n_vars else "loss.decoder_weight = 0"
+    return f"{line}; no gene decoder, as {reason}: predicted and scored in the embedding only"
+
+
 def design_line(data_cfg: dict) -> str:
     return (f"perturbation obs['{data_cfg['pert_key']}'] (control '{data_cfg['control']}'), context "
             f"{repr(data_cfg['context_key']) if data_cfg['context_key'] else 'none'}, batch "
-            f"{repr(data_cfg['batch_key']) if data_cfg['batch_key'] else 'none'}")
+            f"{repr(data_cfg['batch_key']) if data_cfg['batch_key'] else 'none'}"
+            + (f", embedding obsm['{data_cfg['embed_key']}']" if data_cfg.get("embed_key") else ""))
 
 
 def _split_inputs_space(request: PhaseRequest, resumed: Bundle | None, counts: CountMatrix, screen: Screen
@@ -130,14 +142,14 @@ def _split_inputs_space(request: PhaseRequest, resumed: Bundle | None, counts: C
                             f"{request.resume}; drop --pert-features and --split-toml")
         screen.split = np.asarray(resumed.results["split"])
         provenance = {k: v for k, v in resumed.data.items() if k.startswith(("features_", "split_toml"))}
-        return (np.asarray(resumed.results["pert_inputs"]),
-                ExpressionSpace.from_arrays(resumed.categories["space_genes"], resumed.results), provenance)
+        return np.asarray(resumed.results["pert_inputs"]), stored_space(resumed), provenance
     screen.split = assign_split(screen, SplitRequest(
         data_cfg["test_fraction"], request.config["training"]["val_fraction"], data_cfg["holdout_contexts"],
         data_cfg["holdout_perts"], features is not None, Path(split_toml) if split_toml else None, seed,
         [Path(p) for p, _, _ in counts.sources], file_of_cell(counts)), counts.where)
     inputs = pert_inputs(screen, Path(features) if features else None)
-    space = fit_space(counts, screen.rows(TRAIN), data_cfg["n_genes"], data_cfg["n_components"])
+    space = fit_space(counts, screen.rows(TRAIN), data_cfg["n_genes"], data_cfg["n_components"],
+                      data_cfg["embed_key"], request.config["loss"]["decoder_weight"] > 0)
     provenance = {}
     for name, path in (("features", features), ("split_toml", split_toml)):
         if path:
@@ -151,7 +163,11 @@ def run(request: PhaseRequest) -> Path | None:
     data_cfg, model_cfg, loss_cfg = config["data"], config["model"], config["loss"]
     training, seed = config["training"], config["training"]["seed"]
     set_len = config["sets"]["cell_set_len"]
-    if data_cfg["n_components"] == 0 and loss_cfg["decoder_weight"] > 0:
+    components_from = config.sources.get("data.n_components", "default")
+    if data_cfg["embed_key"] and not components_from.startswith(("default", "resume ", "preset ")):
+        raise UserError(f"data.n_components (from {components_from}) sets the PCA, which --embed-key "
+                        f"{data_cfg['embed_key']} replaces; drop one of them")
+    if data_cfg["n_components"] == 0 and loss_cfg["decoder_weight"] > 0 and not data_cfg["embed_key"]:
         raise UserError("loss.decoder_weight needs an embedding to decode from: set data.n_components > 0, or "
                         "loss.decoder_weight = 0 to train in gene space")
     if model_cfg["hidden"] % model_cfg["n_heads"]:
@@ -164,10 +180,9 @@ def run(request: PhaseRequest) -> Path | None:
                          data_cfg["batch_key"], data_cfg["exclude"])
     inputs, space, provenance = _split_inputs_space(request, phase.resume_bundle, counts, screen)
     genes, embedding = screen_in_space(space, counts)
-    decoder = space.has_pca and loss_cfg["decoder_weight"] > 0
+    decoder = space.decodable and loss_cfg["decoder_weight"] > 0
     sets = training_sets(screen, set_len, request.log)
-    request.log(f"{sets.line}; {space.n_embedding}-dim {'PCA of ' if space.has_pca else ''}{len(space.genes)} "
-                "genes")
+    request.log(f"{sets.line}; {space_line(space, counts)}")
     phase.engine.launch()
     torch.manual_seed(seed)
     described = TransitionConfig(

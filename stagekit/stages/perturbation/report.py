@@ -99,6 +99,8 @@ def _versus(rows: list[dict]) -> dict:
             continue
         entry = {"groups": len(both)}
         for metric in ("energy_embedding", "energy_genes", "mmd_genes", "pearson_delta_top50"):
+            if metric not in both[0]["model"]:  # no gene space
+                continue
             model = np.array([m["model"][metric] for m in both])
             other = np.array([m[baseline][metric] for m in both])
             won = model < other if metric in LOWER_IS_BETTER else model > other
@@ -126,7 +128,8 @@ def score_groups(adata: anndata.AnnData, seed: int = 0, index_of: dict[tuple[str
     names = list(np.asarray(shifts.get("groups", [])).astype(str))
     rows = []
     for i, g in enumerate(groups):
-        widths = {space: median_distance(g["observed"][space], seed) for space in ("genes", "embedding")}
+        widths = {space: median_distance(g["observed"][space], seed) if g["observed"][space].shape[1] else 0.0
+                  for space in ("genes", "embedding")}
         candidates = {"model": g["predicted"], "control_mean": g["basal"]}
         key = f"{g['perturbation']}\t{g['context']}"
         if key in names:
@@ -134,9 +137,9 @@ def score_groups(adata: anndata.AnnData, seed: int = 0, index_of: dict[tuple[str
             candidates["training_shift"] = _shifted(g["basal"], shifts["training_mean_genes"],
                                                     shifts["training_mean_embedding"])
             other_g, other_e = shifts["other_contexts_genes"][j], shifts["other_contexts_embedding"][j]
-            if np.isfinite(other_g).all():
+            if np.isfinite(other_e).all():  # NaN where the perturbation has no training cells there
                 candidates["other_contexts"] = _shifted(g["basal"], other_g, other_e)
-            if "own_shift_genes" in shifts and np.isfinite(shifts["own_shift_genes"][j]).all():
+            if "own_shift_embedding" in shifts and np.isfinite(shifts["own_shift_embedding"][j]).all():
                 candidates["own_shift"] = _shifted(g["basal"], shifts["own_shift_genes"][j],
                                                    shifts["own_shift_embedding"][j])
         if "reference" in g:
@@ -194,7 +197,8 @@ def plot_report(groups: list[dict], report: dict, output_dir: Path, umap: bool, 
         base = g["controls"]["genes"].mean(0)
         panels.append((f"{g['perturbation']} / {g['context']}", g["observed"]["genes"].mean(0) - base,
                        g["predicted"]["genes"].mean(0) - base))
-    written.append(str(plots.plot_delta_scatter(panels, output_dir / "delta_scatter.png")))
+    if groups and groups[0]["observed"]["genes"].shape[1]:  # a model without a gene space predicts no genes
+        written.append(str(plots.plot_delta_scatter(panels, output_dir / "delta_scatter.png")))
     if umap:
         rng = np.random.default_rng(seed)
         parts = [(g, kind) for g in groups for kind in ("observed", "predicted")]
@@ -221,7 +225,8 @@ def tables(scores: dict) -> list[Table]:
             continue
         methods = list(scores[key])
         columns = ["metric", *(f"{m.replace('_', ' ')} ({scores[key][m]['groups']})" for m in methods)]
-        rows = [[metric.replace("_", " "), *(f"{scores[key][m][metric]:.3f}" for m in methods)] for metric in HEADLINE]
+        rows = [[metric.replace("_", " "), *(f"{scores[key][m][metric]:.3f}" for m in methods)] for metric in HEADLINE
+                if metric in scores[key]["model"]]
         out.append(Table(f"{title} (energy, mmd: lower is better; pearson, sign: higher; spread ratio: 1)", columns,
                          rows))
     return out
@@ -234,6 +239,8 @@ def write_cell_eval_pairs(adata: anndata.AnnData, folder: Path) -> list[Path]:
     from stagekit.stages.perturbation import cell_eval
 
     provenance = adata.uns["stagekit"]
+    if not adata.n_vars:  # a model without a gene space: cell-eval scores genes
+        return []
     groups = _held_out_sets(adata, provenance["pert_key"], provenance["context_key"])
     if not groups:
         return []
@@ -287,10 +294,21 @@ def _cell_eval_skipped(request: ReportRequest) -> dict | None:
 
     if request.options.get("no_cell_eval"):
         return {"skipped": "--no-cell-eval"}
+    if not _has_genes(request):
+        return {"skipped": "the model predicts no genes (an obsm embedding without counts or a gene decoder); "
+                           "cell-eval scores genes"}
     if not cell_eval.available():
         return {"skipped": "cell-eval is not installed (pip install 'stagekit[evaluators]'); its metrics were "
                            "skipped"}
     return None
+
+
+def _has_genes(request: ReportRequest) -> bool:
+    if request.bundle is None:
+        return request.cells.n_vars > 0
+    from stagekit.stages.perturbation.trained import stored_space
+
+    return bool(stored_space(request.bundle).genes)
 
 
 def _by_context(request: ReportRequest, methods: list[str], cell_eval_runs: bool

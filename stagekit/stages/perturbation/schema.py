@@ -23,7 +23,11 @@ TRANSITION_DATA = {
     "holdout_contexts": Key("list[str]", [], "contexts whose perturbed cells are all held out (zero-shot)"),
     "holdout_perts": Key("list[str]", [], "perturbations whose cells are all held out (needs perturbation "
                          "features)"),
-    "backed": Key("bool", False, "read counts from disk (one .h5ad) instead of loading them: genes and principal "
+    "embed_key": Key("str", "", "obsm key of an embedding the data already hold (STATE's X_state, an scVI "
+                     "latent): the model works in it instead of the PCA, data.n_components is unused, and the gene "
+                     "decoder (when the data hold counts) maps it to the highly variable genes; empty: the PCA"),
+    "backed": Key("bool", False, "read counts from disk (one .h5ad or several) instead of loading them: genes and "
+                  "principal "
                   "components from blocks of cells, each step's decoder targets read for its cells; only the "
                   "cells' labels and embedding stay in memory. The same run as in memory"),
 }
@@ -57,11 +61,13 @@ TRANSITION_TRAINING = TRAINING | {
 # the target screen of a fine-tuning phase; empty keys take the parent's design, and a phase that continues
 # another fine-tuning phase keeps its split (the keys must then be left as they are or equal the parent's)
 TARGET_DATA = {k: TRANSITION_DATA[k] for k in ("layer", "pert_key", "control", "context_key", "batch_key",
-                                               "exclude", "test_fraction", "backed")} | {
+                                               "exclude", "test_fraction", "backed", "embed_key")} | {
     "pert_key": Key("str", "", "obs column of the perturbation; empty: the pretrained model's"),
     "control": Key("str", "", "the control label; empty: the pretrained model's"),
     "context_key": Key("str", "", "obs column of the context; empty: the pretrained model's"),
     "batch_key": Key("str", "", "obs column of batches; empty: the pretrained model's"),
+    "embed_key": Key("str", "", "obsm key of the target's embedding (the same kind and width as the pretrained "
+                     "model's); empty: the pretrained model's key"),
     "test_fraction": Key("float", 0.2, "held-out cells of every target group (perturbation, context); the rest is "
                          "the few-shot training data", minimum=0, maximum=0.9),
 }

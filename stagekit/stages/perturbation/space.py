@@ -1,15 +1,18 @@
 """The space the transition model works in: log-normalised counts of highly variable genes (the gene space, the
 decoder's target) and, by default, their principal components (the embedding), both fitted on the training cells
-and stored in the bundle so that every later phase and new data use the same projection."""
+and stored in the bundle so that every later phase and new data use the same projection. With `data.embed_key` the
+embedding is instead one the data already holds (`obsm[KEY]`: STATE's X_state, an scVI latent); the gene space is
+then only the decoder's target, absent when the data hold no counts or there is no decoder."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
 
-from stagekit.data.anndata_io import CountMatrix
+from stagekit.data.anndata_io import CountMatrix, read_obsm
 from stagekit.data.hvg import highly_variable_genes
 from stagekit.data.normalise import log_normalised
 from stagekit.data.pca import covariance_pca
@@ -24,14 +27,21 @@ class ExpressionSpace:
     genes: list[str]  # the gene space, in order
     mean: np.ndarray  # (genes,) of the training cells; empty without PCA
     components: np.ndarray  # (n_components, genes); empty (0, genes) without PCA: the embedding is the genes
+    embed_key: str = ""  # obsm key of the data's own embedding the model works in; "": PCA or the genes
+    embed_width: int = 0  # that embedding's dimension
 
     @property
     def n_embedding(self) -> int:
-        return len(self.components) or len(self.genes)
+        return self.embed_width if self.embed_key else len(self.components) or len(self.genes)
 
     @property
     def has_pca(self) -> bool:
         return len(self.components) > 0
+
+    @property
+    def decodable(self) -> bool:
+        """Whether a gene decoder can map the embedding to genes (an embedding that is the genes needs none)."""
+        return bool(self.genes) and (self.has_pca or bool(self.embed_key))
 
     def gene_columns(self, var_names: list[str], where: str) -> np.ndarray:
         """Where the space's genes are among `var_names` (new data may hold more genes, in any order)."""
@@ -48,6 +58,10 @@ class ExpressionSpace:
         return ((genes - self.mean) @ self.components.T).astype(np.float32)
 
     def to_genes(self, embedding: np.ndarray) -> np.ndarray:
+        """Genes of embedded cells, where the embedding maps back linearly (an obsm embedding does not: its model
+        has a gene decoder when it has a gene space at all)."""
+        if self.embed_key:
+            return np.zeros((*embedding.shape[:-1], len(self.genes)), np.float32)
         if not self.has_pca:
             return embedding
         return (embedding @ self.components + self.mean).astype(np.float32)
@@ -56,13 +70,24 @@ class ExpressionSpace:
         return {"space_mean": self.mean.astype(np.float32), "space_components": self.components.astype(np.float32)}
 
     @classmethod
-    def from_arrays(cls, genes: list[str], arrays: dict[str, np.ndarray]) -> ExpressionSpace:
-        return cls(genes, np.asarray(arrays["space_mean"]), np.asarray(arrays["space_components"]))
+    def from_arrays(cls, genes: list[str], arrays: dict[str, np.ndarray], embed_key: str = "", embed_width: int = 0
+                    ) -> ExpressionSpace:
+        return cls(genes, np.asarray(arrays["space_mean"]), np.asarray(arrays["space_components"]), embed_key,
+                   embed_width)
 
 
-def fit_space(counts: CountMatrix, train_rows: np.ndarray, n_genes: int, n_components: int) -> ExpressionSpace:
+def fit_space(counts: CountMatrix, train_rows: np.ndarray, n_genes: int, n_components: int, embed_key: str = "",
+              gene_space: bool = True) -> ExpressionSpace:
     """The space fitted on the cells `train_rows` (sorted), read block by block whether in memory or on disk:
-    highly variable genes from two passes, an exact PCA from one more (see `stagekit.data.pca`)."""
+    highly variable genes from two passes, an exact PCA from one more (see `stagekit.data.pca`). With `embed_key`
+    no PCA: the embedding is the data's own, and the genes (only if `gene_space` and the data hold counts) are the
+    decoder's target."""
+    if embed_key:
+        width = obsm_embedding(counts, embed_key, 0).shape[1]
+        names = ([counts.var_names[i] for i in highly_variable_genes(counts, n_genes, rows=train_rows)]
+                 if gene_space and counts.n_vars else [])
+        return ExpressionSpace(names, np.zeros(0, np.float32), np.zeros((0, len(names)), np.float32), embed_key,
+                               width)
     columns = highly_variable_genes(counts, n_genes, rows=train_rows)
     names = [counts.var_names[i] for i in columns]
     if n_components == 0:
@@ -89,6 +114,8 @@ class SpaceGenes:
 
     def sparse(self, rows: np.ndarray) -> sp.csr_matrix:
         """CSR rows of sorted `rows` (on disk: one read per run of nearby rows)."""
+        if not len(self.columns):  # no gene space: nothing to read
+            return sp.csr_matrix((len(rows), 0), dtype=np.float32)
         if self.matrix is not None:
             return self.matrix[rows]
         return log_normalised(self.counts.sparse_rows(rows), self.columns)
@@ -109,6 +136,8 @@ def screen_in_space(space: ExpressionSpace, counts: CountMatrix) -> tuple[SpaceG
     """The cells' genes of the space (on demand) and every cell's embedding, from one pass over blocks of cells:
     the same values from memory or disk."""
     genes = SpaceGenes(counts, space.gene_columns(counts.var_names, counts.where))
+    if space.embed_key:
+        return genes, obsm_embedding(counts, space.embed_key, space.embed_width)
     if genes.matrix is not None:
         return genes, embed_all(space, genes.matrix)
     blocks = counts.row_blocks(np.arange(counts.n_obs), _EMBED_BLOCK)
@@ -118,3 +147,18 @@ def screen_in_space(space: ExpressionSpace, counts: CountMatrix) -> tuple[SpaceG
 def embed_all(space: ExpressionSpace, genes: sp.csr_matrix) -> np.ndarray:
     return np.concatenate([space.embed(genes[i:i + _EMBED_BLOCK].toarray())
                            for i in range(0, genes.shape[0], _EMBED_BLOCK)])
+
+
+def obsm_embedding(counts: CountMatrix, key: str, width: int) -> np.ndarray:
+    """float32 obsm[key] of every cell of the file(s) `counts` came from, in order; `width` (0: any) is the
+    dimension a trained model works in."""
+    files = [Path(p) for p, _, _ in counts.sources] or [counts.path]
+    parts = [read_obsm(path, key) for path in files]
+    for path, part in zip(files, parts, strict=True):
+        if part.shape[1] != parts[0].shape[1]:
+            raise UserError(f"{path}: obsm['{key}'] has {part.shape[1]} dimensions where {files[0]} has "
+                            f"{parts[0].shape[1]}; every file of one screen needs the same embedding")
+        if width and part.shape[1] != width:
+            raise UserError(f"{path}: obsm['{key}'] has {part.shape[1]} dimensions; the model works in a "
+                            f"{width}-dimensional embedding: give the embedding it was trained in (--embed-key)")
+    return np.concatenate(parts)

@@ -71,6 +71,7 @@ DESIGN = (
     Option("context_key", "obs column of the cell type / cell line", key="data.context_key"),
     Option("batch_key", "obs column of batches", key="data.batch_key"),
     Option("layer", "layer with raw counts", key="data.layer"),
+    Option("embed_key", "work in this obsm embedding (e.g. X_state) instead of the PCA", key="data.embed_key"),
     Option("exclude", "leave out cells with this perturbation label, e.g. unassigned (repeatable)", list[str],
            key="data.exclude"),
 )
@@ -97,8 +98,8 @@ TARGET_OPTIONS = (
     Option("backed", "train from disk: counts are read in blocks, never loaded whole", bool, key="data.backed"),
 )
 GROUP = Option("group", "only this held-out group, PERTURBATION/CONTEXT (e.g. \"stim/CD14+ Monocytes\")")
-BACKED = Option("backed", "read the screen from disk a context at a time (one .h5ad larger than memory); extract "
-                "writes its file as it goes", bool)
+BACKED = Option("backed", "read the screen from disk a context at a time (.h5ad files larger than memory); "
+                "extract writes its file as it goes", bool)
 COMMON = {"pipeline": PIPELINE, "cells": _cells, "stream_cells": _stream, "companions": _companions,
           "report": _report,
           "extract_options": (

@@ -41,14 +41,21 @@ def stored_screen(bundle: Bundle) -> Screen:
                   np.asarray(r["batch"]) if "batch" in r else None, c.get("batches", []), np.asarray(r["split"]))
 
 
+def stored_space(bundle: Bundle) -> ExpressionSpace:
+    """The expression space a transition bundle was trained in."""
+    described = TransitionConfig.of(bundle)
+    return ExpressionSpace.from_arrays(bundle.categories["space_genes"], bundle.results, described.data.embed_key,
+                                       described.model.n_embedding)
+
+
 def load_transition(bundle: Bundle) -> TransitionBundle:
     """The model (in eval mode) and everything it was trained with, from a bundle read with its results."""
     described = TransitionConfig.of(bundle)
     model = described.build()
     load_weights(model, bundle.weights, bundle.path)
-    r, c = bundle.results, bundle.categories
+    r = bundle.results
     features = {k.removeprefix("features_"): v for k, v in bundle.data.items() if k.startswith("features_")}
-    return TransitionBundle(model.eval(), ExpressionSpace.from_arrays(c["space_genes"], r), stored_screen(bundle),
+    return TransitionBundle(model.eval(), stored_space(bundle), stored_screen(bundle),
                             np.asarray(r["pert_inputs"]), described.data, bundle.config()["sets"]["cell_set_len"],
                             bundle.var_names, features)
 

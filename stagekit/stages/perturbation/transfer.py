@@ -34,12 +34,13 @@ from stagekit.stages.perturbation.pretrain import (
     pert_inputs,
     screen_arrays,
     screen_counts,
+    space_line,
     training_sets,
 )
 from stagekit.stages.perturbation.screen import TEST, Screen, SplitRequest, assign_split, read_screen
 from stagekit.stages.perturbation.space import ExpressionSpace, screen_in_space
 from stagekit.stages.perturbation.task import TransitionTask
-from stagekit.stages.perturbation.trained import stored_screen, vocabulary_of
+from stagekit.stages.perturbation.trained import stored_screen, stored_space, vocabulary_of
 from stagekit.stages.phase import PhaseRun, kept_metrics, lineage_of
 from stagekit.stages.spec import PhaseRequest
 from stagekit.train import FitResult
@@ -117,6 +118,15 @@ def _design(config: Config, parent: Bundle, continuing: bool) -> dict:
         return design
     design |= {key: data_cfg[key] for key in DESIGN if data_cfg[key]}
     return design | {"exclude": data_cfg["exclude"], "test_fraction": data_cfg["test_fraction"]}
+
+
+def _target_space(parent: Bundle, design: dict) -> ExpressionSpace:
+    """The parent's space, read from the target's obsm key where the model works in an obsm embedding."""
+    space = stored_space(parent)
+    if design["embed_key"] and not space.embed_key:
+        raise UserError(f"{parent.path} works in the principal components of its genes; --embed-key needs a model "
+                        "pretrained in an obsm embedding (pretrain --embed-key)")
+    return dataclasses.replace(space, embed_key=design["embed_key"] or space.embed_key)
 
 
 def _features(parent: Bundle) -> Path | None:
@@ -262,6 +272,7 @@ def run(request: PhaseRequest) -> Path | None:
                         f"{request.parent} is a pretrain bundle: run `stagekit finetune --preset frozen-backbone` "
                         "on it (phase A), or `unfreeze` without --phase")
     design = _design(config, parent, continuing)
+    space = _target_space(parent, design)
     phase = PhaseRun(config, request.output, request.resume, request.quiet)
     resumed, lineage = phase.resume_bundle, lineage_of(parent)  # the parent hashed once, not per checkpoint
     if resumed is not None and (not resumed.lineage or resumed.lineage[0]["sha256"] != lineage[0]["sha256"]):
@@ -270,19 +281,18 @@ def run(request: PhaseRequest) -> Path | None:
     holder = resumed or (parent if continuing else None)
     target = _stored_target(request, holder, design) if holder else _new_target(request, parent, design)
     phase.check_resume_data(target.counts.fingerprint())
-    space = ExpressionSpace.from_arrays(parent.categories["space_genes"], parent.results)
     counts, screen, loss_cfg = target.counts, target.screen, config["loss"]
-    if not space.has_pca and loss_cfg["decoder_weight"] > 0:
+    if not space.embed_key and not space.has_pca and loss_cfg["decoder_weight"] > 0:
         raise UserError(f"{parent.path} works on the genes themselves (data.n_components = 0): there is no "
                         "embedding to decode from; set loss.decoder_weight = 0")
     if counts.var_names != parent.var_names:
         request.log(f"note: {counts.where} holds {counts.n_vars} genes ({len(parent.var_names)} in the pretrain "
                     "data); cells are normalised by their totals over these genes")
     genes, embedding = screen_in_space(space, counts)
-    decoder = space.has_pca and loss_cfg["decoder_weight"] > 0
+    decoder = space.decodable and loss_cfg["decoder_weight"] > 0
     set_len = config["sets"]["cell_set_len"]
     sets = training_sets(screen, set_len, request.log)
-    request.log(f"target {sets.line}")
+    request.log(f"target {sets.line}" + (f"; {space_line(space, counts)}" if space.embed_key else ""))
     phase.engine.launch()
     seed = config["training"]["seed"]
     torch.manual_seed(seed)  # the new perturbation inputs' initial weights
