@@ -67,7 +67,8 @@ def main() -> None:
                              "-o", out / "report", log=out / "evaluate.log")
             mean = json.loads((out / "report" / "metrics.json").read_text())["perturbation"]["mean"]
             row |= {"evaluate_gb": m.peak_gb, "evaluate_s": m.wall_s,
-                    "energy_pca": {k: v["energy_embedding"] for k, v in mean.items()}}
+                    "energy_pca": {k: round(v["energy_embedding"], 4) for k, v in mean.items()},
+                    "energy_genes": {k: round(v["energy_genes"], 4) for k, v in mean.items()}}
         rows.append(row)
         print(json.dumps(row), flush=True)
     print(f"\n{args.genes} genes, {args.perts} perturbations x {args.contexts} contexts, --backed, files in {workdir}")
