@@ -73,6 +73,19 @@ def kang_data(folder: Path) -> Path:
     return path
 
 
+def kang_fold(data: Path, out: Path, context: str, seed: int, epochs: int, extra: list = (),
+              cell_eval: bool = True) -> tuple[Path, dict, dict]:
+    """One fold: `context`'s stimulated cells held out (the donor as batch); the bundle, evaluate's metrics and
+    the held-out cell type's group among them."""
+    out.mkdir()
+    bundle, metrics = train_and_evaluate(data, out, [
+        ("data.pert_key", "group_id"), ("data.control", "ctrl"), ("data.context_key", "cluster_id"),
+        ("data.batch_key", "donor"), ("data.holdout_contexts", [context]), ("training.seed", seed),
+        ("training.epochs", epochs), *extra], cell_eval)
+    (group,) = [g for g in metrics["perturbation"]["groups"] if g["context"] == context]
+    return bundle, metrics, group
+
+
 def kang(seeds: list[int], epochs: int) -> dict:
     """Per fold and seed, the held-out cell type's scores (the zero-shot group only)."""
     import anndata
@@ -84,12 +97,7 @@ def kang(seeds: list[int], epochs: int) -> dict:
         for seed in seeds:
             for context in contexts:
                 out = Path(tmp) / f"{seed}-{context.replace(' ', '_')}"
-                out.mkdir()
-                bundle, metrics = train_and_evaluate(data, out, [
-                    ("data.pert_key", "group_id"), ("data.control", "ctrl"), ("data.context_key", "cluster_id"),
-                    ("data.batch_key", "donor"), ("data.holdout_contexts", [context]), ("training.seed", seed),
-                    ("training.epochs", epochs)])
-                (group,) = [g for g in metrics["perturbation"]["groups"] if g["context"] == context]
+                bundle, metrics, group = kang_fold(data, out, context, seed, epochs)
                 (unclipped,) = [g for g in unclipped_scores(bundle, out)["groups"] if g["context"] == context]
                 cell_eval = [g for g in metrics["cell_eval"].get("groups", []) if g["context"] == context]
                 rows.append({"seed": seed, "context": context, "measurable": group["measurable"],
@@ -128,12 +136,7 @@ def kang_embed(seeds: list[int], epochs: int) -> dict:
             for seed in seeds:
                 for context in contexts:
                     out = Path(tmp) / f"{space}-{seed}-{context.replace(' ', '_')}"
-                    out.mkdir()
-                    _, metrics = train_and_evaluate(path, out, [
-                        ("data.pert_key", "group_id"), ("data.control", "ctrl"), ("data.context_key", "cluster_id"),
-                        ("data.batch_key", "donor"), ("data.holdout_contexts", [context]), ("training.seed", seed),
-                        ("training.epochs", epochs), *extra], cell_eval=False)
-                    (group,) = [g for g in metrics["perturbation"]["groups"] if g["context"] == context]
+                    _, _, group = kang_fold(path, out, context, seed, epochs, extra, cell_eval=False)
                     rows.append({"space": space, "seed": seed, "context": context, "methods": group["methods"]})
                     shown = ("model", "control_mean", "other_contexts")
                     print(f"{space} seed {seed} {context:18s} " + "  ".join(
