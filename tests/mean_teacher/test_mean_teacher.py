@@ -273,3 +273,35 @@ def test_keys_set_by_hand_that_do_nothing_are_named():
     said.clear()
     warn_unused(read_config("pretrain", "mean-teacher", []), False, said.append)
     assert said == []  # the preset's own values are never reported
+
+
+def test_backed_is_the_same_run_as_in_memory(capsys, chain, tmp_path):
+    """Stage 1 and stage 2 read from disk give stage 1 and stage 2 of the memory run bit for bit (the principal
+    components from the same blocks of cells); extract --backed gives the same probabilities without the counts."""
+    common = ["--label-key", "cluster_id", "--labelled-fraction", "0.05", "--set", "training.epochs=8", "--set",
+              "mean_teacher.rampup_epochs=3", *FAST]
+    s1 = tmp_path / "s1.stk"
+    code, _, err = run_cli(capsys, "pretrain", "-p", "mean-teacher", chain["data"], *common, "--backed", "-o", s1)
+    assert code == 0, err
+    memory, backed = read_bundle(chain["s1"]), read_bundle(s1)
+    assert backed.config()["data"]["backed"] and sorted(memory.weights) == sorted(backed.weights)
+    for key, value in memory.weights.items():
+        assert np.array_equal(value, backed.weights[key]), key
+    stage2 = {}
+    for mode, extra in (("memory", []), ("backed", ["--backed"])):
+        stage2[mode] = tmp_path / f"s2_{mode}.stk"
+        code, _, err = run_cli(capsys, "finetune", "-p", "mean-teacher", s1, chain["data"], "--labelled-fraction",
+                               "0.2", "--set", "training.epochs=2", *FAST, *extra, "-o", stage2[mode])
+        assert code == 0, err
+    a, b = read_bundle(stage2["memory"]), read_bundle(stage2["backed"])
+    for key, value in a.weights.items():
+        assert np.array_equal(value, b.weights[key]), key
+    cells = {}
+    for mode, extra in (("memory", []), ("backed", ["--backed"])):
+        code, _, err = run_cli(capsys, "extract", stage2["backed"], *extra, "-o", tmp_path / f"{mode}.h5ad", "-q")
+        assert code == 0, err
+        cells[mode] = anndata.read_h5ad(tmp_path / f"{mode}.h5ad")
+    assert cells["backed"].n_vars == 0 and cells["memory"].n_vars > 0
+    assert np.array_equal(cells["memory"].obsm["stagekit_class_probabilities"],
+                          cells["backed"].obsm["stagekit_class_probabilities"])
+    assert (cells["memory"].obs["stagekit_prediction"] == cells["backed"].obs["stagekit_prediction"]).all()

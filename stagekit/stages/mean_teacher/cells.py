@@ -1,9 +1,11 @@
 """Per-cell outputs of a Mean Teacher bundle: the teacher's predicted label, its probability, every class's
 probability and the last hidden layer (the teacher is the model Mean Teacher evaluates). Probabilities are
-calibrated by the temperature the bundle fitted on its validation cells; the predicted labels do not depend on it."""
+calibrated by the temperature the bundle fitted on its validation cells; the predicted labels do not depend on it.
+With --backed the cells are read from disk a block at a time and the file holds obs and obsm only."""
 
 from __future__ import annotations
 
+import anndata
 import numpy as np
 import pandas as pd
 import torch
@@ -24,9 +26,13 @@ def mean_teacher_cells(request: CellsRequest):
     if len(data) > 1:
         raise UserError(f"{bundle.path} is a '{bundle.model}' bundle: give at most one data file")
     path = bundle_data_path(bundle, data[0] if data else None)
-    adata = read_anndata(path)
     task = MeanTeacherConfig.of(bundle).data
-    counts = load_counts(path, task.layer, adata=adata)
+    if request.options.get("backed"):  # the counts stay on disk and out of the file written
+        counts = load_counts(path, task.layer, backed=True)
+        adata = anndata.AnnData(obs=counts.obs)
+    else:
+        adata = read_anndata(path)
+        counts = load_counts(path, task.layer, adata=adata)
     check_same_genes(counts.var_names, bundle, path)
     teacher = load_model(bundle).teacher
     temperature = float(bundle.results.get("temperature", 1.0))  # bundles written before calibration: 1

@@ -11,11 +11,15 @@ LABELLED_FRACTION = Key("float", 0.01, "fraction of the labelled cells (those wi
                         "set aside) whose labels training uses, drawn per class, seeded; the rest count as unlabelled",
                         minimum=1e-9)
 
+BACKED = Key("bool", False, "read counts from disk instead of loading them: each step reads its cells, the "
+             "principal components come from passes over blocks of cells; the same run as in memory")
+
 MEAN_TEACHER_DATA = {
     "layer": Key("str", "", "layer holding raw counts; empty means X"),
     "label_key": Key("str", "", "obs column of cell labels; a missing value marks an unlabelled cell (required)"),
     "positive_class": Key("str", "", "a binary task: this label against all others; empty for one class per label"),
     "labelled_fraction": LABELLED_FRACTION,
+    "backed": BACKED,
 }
 
 CLASSIFIER_MODEL = {
@@ -74,6 +78,6 @@ COLLAPSE = {
 PRETRAIN: Schema = {"data": MEAN_TEACHER_DATA, "model": CLASSIFIER_MODEL, "mean_teacher": MEAN_TEACHER,
                     "collapse": COLLAPSE, "training": TRAINING, "runtime": RUNTIME}
 # stage 2 continues stage 1's model, data and validation cells: the labelled fraction and the training change
-FINETUNE: Schema = {"data": {"labelled_fraction": LABELLED_FRACTION}, "mean_teacher": MEAN_TEACHER,
+FINETUNE: Schema = {"data": {"labelled_fraction": LABELLED_FRACTION, "backed": BACKED}, "mean_teacher": MEAN_TEACHER,
                     "collapse": COLLAPSE, "training": {k: v for k, v in TRAINING.items() if k != "val_fraction"},
                     "runtime": RUNTIME}

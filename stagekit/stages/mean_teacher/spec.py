@@ -37,19 +37,23 @@ def _report(request: ReportRequest) -> Report:
 
 LABELLED_FRACTION = Option("labelled_fraction", "fraction of the labelled cells whose labels are used", float,
                            key="data.labelled_fraction")
+BACKED = Option("backed", "read the cells from disk, never loading the matrix whole", bool, key="data.backed")
 PRETRAIN_OPTIONS = (
     Option("layer", "layer with raw counts", key="data.layer"),
     Option("label_key", "obs column of labels; a missing value marks an unlabelled cell", key="data.label_key"),
     LABELLED_FRACTION,
     Option("positive_class", "a binary task: this label against the rest", key="data.positive_class"),
     Option("init_from", "start the classifier from a `pretrain --preset vae` encoder", Path),
+    BACKED,
 )
 COMMON = {"pipeline": PIPELINE, "cells": _cells, "report": _report,
+          "extract_options": (Option("backed", "read the cells from disk a block at a time; the file written holds "
+                                     "obs and obsm (predictions, probabilities, embedding), not the counts", bool),),
           "evaluate_options": (Option("label_key", "obs column of the true labels"),)}
 
 PHASES = [
     PhaseSpec("pretrain", "mean-teacher", schema=schema.PRETRAIN, train=_pretrain, options=PRETRAIN_OPTIONS,
               **COMMON),
-    PhaseSpec("finetune", "mean-teacher", schema=schema.FINETUNE, train=_finetune, options=(LABELLED_FRACTION,),
+    PhaseSpec("finetune", "mean-teacher", schema=schema.FINETUNE, train=_finetune, options=(LABELLED_FRACTION, BACKED),
               **COMMON),
 ]

@@ -33,25 +33,32 @@ def load_model(bundle: Bundle) -> MeanTeacher:
     return model.eval()
 
 
+EXACT_PCA_GENES = 4096  # up to this many genes the covariance (128 MB) is formed and the PCA is exact
+
+
 def fit_projection(model: MeanTeacher, counts: CountMatrix, seed: int, log) -> None:
     """The principal components of every cell's log-normalised genes (labels unused, so every cell may shape
-    them), set into student and teacher. scikit-learn's ARPACK PCA centres the sparse matrix implicitly: no dense
-    copy of it is made."""
-    from sklearn.decomposition import PCA
-
+    them), set into student and teacher. Computed from blocks of cells, the same in memory and on disk: exact
+    from the covariance up to EXACT_PCA_GENES genes, by subspace iteration beyond (see `stagekit.data.pca`)."""
     from stagekit.data.normalise import log_normalised
+    from stagekit.data.pca import covariance_pca, subspace_pca
 
     n_pcs = model.student.n_pcs
     if n_pcs >= min(counts.n_obs, counts.n_vars):
         raise UserError(f"{counts.path}: model.n_pcs = {n_pcs} needs more cells and genes than that (it has "
                         f"{counts.n_obs} x {counts.n_vars}); lower model.n_pcs")
-    pca = PCA(n_pcs, svd_solver="arpack", random_state=seed).fit(log_normalised(counts.matrix))
-    scale = float(np.sqrt(pca.explained_variance_[0]))
+
+    def blocks():
+        return (log_normalised(block) for block in counts.row_blocks(np.arange(counts.n_obs)))
+
+    pca = (covariance_pca(blocks(), n_pcs) if counts.n_vars <= EXACT_PCA_GENES
+           else subspace_pca(blocks, n_pcs, seed, iterations=8, oversample=n_pcs))
+    scale = float(np.sqrt(pca.explained_variance[0]))
     for net in (model.student, model.teacher):
-        net.set_projection(torch.tensor(pca.mean_, dtype=torch.float32),
-                           torch.tensor(np.ascontiguousarray(pca.components_), dtype=torch.float32), scale)
+        net.set_projection(torch.tensor(pca.mean, dtype=torch.float32),
+                           torch.tensor(np.ascontiguousarray(pca.components), dtype=torch.float32), scale)
     log(f"input: {n_pcs} principal components of the log-normalised genes of all {counts.n_obs:,} cells "
-        f"({pca.explained_variance_ratio_.sum():.1%} of their variance)")
+        f"({pca.explained_variance_ratio.sum():.1%} of their variance)")
 
 
 def _init_from_vae(model: MeanTeacher, path: Path, counts: CountMatrix, model_cfg: ClassifierArchitecture, log
@@ -138,7 +145,7 @@ def pretrain(request: PhaseRequest) -> Path | None:
     if len(request.data) != 1:
         raise UserError(f"the mean-teacher preset trains on one .h5ad file; got {len(request.data)}")
     phase = PhaseRun(config, request.output, request.resume, request.quiet)
-    counts = load_counts(request.data[0], data_cfg["layer"])
+    counts = load_counts(request.data[0], data_cfg["layer"], backed=data_cfg["backed"])
     labels = read_labels(counts, data_cfg["label_key"], data_cfg["positive_class"])
     validation = validation_cells(labels, config["training"]["val_fraction"], seed)
     labelled = labelled_cells(labels, validation, data_cfg["labelled_fraction"], seed, str(counts.path))
@@ -177,7 +184,7 @@ def finetune(request: PhaseRequest) -> Path | None:
     phase = PhaseRun(config, request.output, request.resume, request.quiet)
     data_cfg = MeanTeacherConfig.of(parent).data
     path = bundle_data_path(parent, request.data[0] if request.data else None)
-    counts = load_counts(path, data_cfg.layer)
+    counts = load_counts(path, data_cfg.layer, backed=config["data"]["backed"])
     check_same_genes(counts.var_names, parent, path)
     if cells_sha256(counts) != parent.data.get("cells_sha256"):
         raise UserError(f"{path}: not the cells {request.parent} was trained on (stage 2 continues on the same "

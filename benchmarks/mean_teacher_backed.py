@@ -1,0 +1,70 @@
+"""Two-stage Mean Teacher on synthetic screens read from disk (`--backed`): peak RSS and time of stage 1
+(`pretrain --preset mean-teacher`), stage 2 (`finetune --preset mean-teacher`) and `extract`, and the macro-F1 of
+the extracted predictions on the cells whose labels training did not use.
+
+The screens are those of `perturbation_backed.py` (`make_screen.py`, reused from WORKDIR); the label is the
+context (every gene shifts with it, so the task is easy: the figures here are of memory and time). Each command
+runs in its own process; its peak RSS and CPU time come from wait4 on that process alone.
+
+    python benchmarks/mean_teacher_backed.py [--cells 100000 1000000] [--workdir DIR] [--epochs 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+from _measure import run_stagekit
+from perturbation_backed import screen
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cells", type=int, nargs="+", default=[100_000, 1_000_000])
+    parser.add_argument("--genes", type=int, default=2000)
+    parser.add_argument("--perts", type=int, default=500)
+    parser.add_argument("--contexts", type=int, default=4)
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--workdir", type=Path, default=None)
+    args = parser.parse_args()
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="stagekit-screen-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for n in args.cells:
+        data = screen(workdir, n, args.genes, args.perts, args.contexts)
+        out = workdir / f"mt_{n}"
+        out.mkdir(exist_ok=True)
+        epochs = ["--set", f"training.epochs={args.epochs}", "--backed", "-q"]
+        s1 = run_stagekit("pretrain", "--preset", "mean-teacher", data, "--label-key", "context",
+                          "--labelled-fraction", "0.01", *epochs, "-o", out / "s1.stk", log=out / "s1.log")
+        s2 = run_stagekit("finetune", "--preset", "mean-teacher", out / "s1.stk", data, "--labelled-fraction",
+                          "0.05", *epochs, "-o", out / "s2.stk", log=out / "s2.log")
+        ex = run_stagekit("extract", out / "s2.stk", "--backed", "-q", "-o", out / "cells.h5ad",
+                          log=out / "extract.log")
+        run_stagekit("evaluate", out / "cells.h5ad", "--label-key", "context", "--no-umap", "-q", "-o",
+                     out / "report", log=out / "evaluate.log")
+        scores = json.loads((out / "report" / "metrics.json").read_text())
+        row = {"cells": n, "stage1_gb": s1.peak_gb, "stage1_s": s1.wall_s, "stage2_gb": s2.peak_gb,
+               "stage2_s": s2.wall_s, "extract_gb": ex.peak_gb, "extract_s": ex.wall_s,
+               "macro_f1": _find(scores, "macro_f1")}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    print(f"\n{args.genes} genes, label = context ({args.contexts} classes), --backed, files in {workdir}")
+    for row in rows:
+        print("  ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
+
+
+def _find(metrics: dict, key: str) -> float | None:
+    """The first value of `key` anywhere in evaluate's nested metrics."""
+    for name, value in metrics.items():
+        if name == key and isinstance(value, float):
+            return value
+        if isinstance(value, dict) and (found := _find(value, key)) is not None:
+            return found
+    return None
+
+
+if __name__ == "__main__":
+    main()
