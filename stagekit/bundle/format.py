@@ -21,6 +21,7 @@ Reading never unpickles: every value is a numeric or string HDF5 dataset or attr
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import hashlib
 import json
@@ -163,7 +164,13 @@ def atomic_output(path: str | Path):
     _remove_stale_temp_files(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        yield tmp
+        try:
+            yield tmp
+        except OSError as exc:  # h5py reports a full disk as an OSError naming it, often without an errno
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT) or "No space left on device" in str(exc):
+                raise UserError(f"no space left on the device of {path} while writing it (nothing was written); "
+                                "free space, or write elsewhere with -o") from None
+            raise
         fd = os.open(tmp, os.O_RDONLY)
         try:
             os.fsync(fd)

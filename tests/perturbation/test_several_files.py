@@ -112,3 +112,26 @@ def test_files_with_other_genes_or_an_unknown_dataset_exit_2(two_files, tmp_path
     code, _, err = run_cli(capsys, "pretrain", "--preset", "transition", first, second, *DESIGN, "--split-toml",
                            toml, "-o", out, *TINY)  # a [datasets] folder holds both files
     assert code == 0, err
+
+
+def test_a_full_disk_during_extract_backed_is_one_line_and_leaves_the_output_as_it_was(two_files, tmp_path, capsys,
+                                                                                         monkeypatch):
+    import errno
+
+    from stagekit.data.h5ad_stream import StreamedH5ad
+
+    first, second, _ = two_files
+    bundle = tmp_path / "tx.stk"
+    code, _, err = run_cli(capsys, "pretrain", "--preset", "transition", first, second, *DESIGN, "-o", bundle, *TINY)
+    assert code == 0, err
+    output = tmp_path / "pred.h5ad"
+    output.write_bytes(b"an earlier result")
+
+    def full(self, block):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(StreamedH5ad, "append", full)
+    code, _, err = run_cli(capsys, "extract", bundle, "--backed", "-o", output)
+    assert code == 2 and "no space left on the device" in err and len(err.strip().splitlines()) == 1, err
+    assert output.read_bytes() == b"an earlier result"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
