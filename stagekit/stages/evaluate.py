@@ -43,6 +43,9 @@ def _h5ad_spec(adata: Any, path: Path) -> PhaseSpec:
 def run(source: Path, output_dir: Path, data: Path | None = None, options: dict[str, Any] | None = None,
         umap: bool = True, seed: int = 0) -> Report:
     """`options` are the pipeline options the command line was given (name -> value; None when not given)."""
+    from stagekit.train.allocator import return_freed_memory
+
+    return_freed_memory()  # blocks of cells come and go: their memory goes back (see the allocator module)
     if not source.exists():
         raise UserError(f"{source} does not exist")
     if output_dir.exists() and not output_dir.is_dir():

@@ -16,6 +16,9 @@ from stagekit.stages.spec import given as spec_given
 
 def run(bundle_path: Path, data: list[Path], output: Path, options: dict[str, Any] | None = None, log=print) -> Path:
     """`options` are the pipeline options the command line was given (name -> value; None when not given)."""
+    from stagekit.train.allocator import return_freed_memory
+
+    return_freed_memory()  # blocks of cells come and go: their memory goes back (see the allocator module)
     bundle = read_bundle(bundle_path, command="extract")
     spec = registry.of_bundle(bundle)
     given = spec_given(options or {})
