@@ -11,24 +11,16 @@ runs in its own process; its peak RSS and CPU time come from wait4 on that proce
 
 from __future__ import annotations
 
-import argparse
 import json
 import tempfile
 from pathlib import Path
 
 from _measure import run_stagekit
-from perturbation_backed import screen
+from perturbation_backed import screen, screen_arguments
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cells", type=int, nargs="+", default=[100_000, 1_000_000])
-    parser.add_argument("--genes", type=int, default=2000)
-    parser.add_argument("--perts", type=int, default=500)
-    parser.add_argument("--contexts", type=int, default=4)
-    parser.add_argument("--epochs", type=int, default=1)
-    parser.add_argument("--workdir", type=Path, default=None)
-    args = parser.parse_args()
+    args = screen_arguments(__doc__.splitlines()[0]).parse_args()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="stagekit-screen-"))
     workdir.mkdir(parents=True, exist_ok=True)
     rows = []

@@ -29,14 +29,20 @@ def screen(workdir: Path, cells: int, genes: int, perts: int, contexts: int) -> 
     return path
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def screen_arguments(description: str) -> argparse.ArgumentParser:
+    """The options every benchmark on these screens takes: their sizes, the epochs and where they are kept."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--cells", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--genes", type=int, default=2000)
     parser.add_argument("--perts", type=int, default=500)
     parser.add_argument("--contexts", type=int, default=4)
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--workdir", type=Path, default=None)
+    return parser
+
+
+def main() -> None:
+    parser = screen_arguments(__doc__.splitlines()[0])
     parser.add_argument("--steps", nargs="+", default=["pretrain", "extract", "evaluate"],
                         choices=["pretrain", "extract", "evaluate"])
     args = parser.parse_args()

@@ -5,10 +5,10 @@ import sys
 
 import pytest
 
-PROBE = """
+MALLINFO = """
 import ctypes, sys
 import numpy as np
-from stagekit.train.allocator import keep_freed_memory
+from stagekit.train import allocator
 
 class MallInfo2(ctypes.Structure):
     _fields_ = [(name, ctypes.c_size_t) for name in
@@ -17,7 +17,9 @@ class MallInfo2(ctypes.Structure):
 
 libc = ctypes.CDLL("libc.so.6")
 libc.mallinfo2.restype = MallInfo2
-switched = keep_freed_memory() if sys.argv[1] == "on" else None
+"""
+
+PROBE = MALLINFO + """switched = allocator.keep_freed_memory() if sys.argv[1] == "on" else None
 before = libc.mallinfo2().hblks
 block = np.ones(64 * 2**20 // 8)  # 64 MiB, above glibc's largest mmap threshold
 print(switched, libc.mallinfo2().hblks - before)
@@ -38,19 +40,7 @@ def test_large_blocks_come_from_the_heap_once_switched() -> None:
     assert mmapped_blocks("on") == ("True", 0)
 
 
-RETURN_PROBE = """
-import ctypes, sys
-import numpy as np
-from stagekit.train.allocator import return_freed_memory
-
-class MallInfo2(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_size_t) for name in
-                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
-                 "keepcost")]
-
-libc = ctypes.CDLL("libc.so.6")
-libc.mallinfo2.restype = MallInfo2
-switched = return_freed_memory() if sys.argv[1] == "on" else None
+RETURN_PROBE = MALLINFO + """switched = allocator.return_freed_memory() if sys.argv[1] == "on" else None
 del_me = np.ones(16 * 2**20 // 8)  # 16 MiB, mapped; freeing it raises glibc's threshold to 16 MiB by default
 del del_me
 before = libc.mallinfo2().hblks
