@@ -46,3 +46,15 @@ def test_wheel_ships_presets(tmp_path):
                            "print([p['path'] for p in list_presets()])"],
                           capture_output=True, text=True, cwd=tmp_path, env={"PYTHONPATH": str(target)}, timeout=60)
     assert str(target / "stagekit" / "presets" / "vae.toml") in proc.stdout, proc.stderr
+
+
+def test_an_option_of_several_pipelines_shows_each_pipelines_words(capsys):
+    """`extract --backed` means a different thing per pipeline: --help says both; pipelines with the same words
+    share them."""
+    code, out, _ = run_cli(capsys, "extract", "--help")
+    text = " ".join(out.replace("│", " ").split())
+    assert code == 0 and "semi-supervised annotation: read the cells from disk" in text
+    assert "perturbation transfer: read the screen from disk" in text
+    code, out, _ = run_cli(capsys, "pretrain", "--help")
+    assert "phenotype clustering, cross-species integration: train from disk" in " ".join(
+        out.replace("│", " ").split())

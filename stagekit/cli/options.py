@@ -81,8 +81,18 @@ def pipeline_parameters(specs: list, field: str = "options") -> list[inspect.Par
         pipelines = list(dict.fromkeys(spec.pipeline for spec, _ in uses))
         panel = f"{pipelines[0]} options" if len(pipelines) == 1 else "Options of several pipelines"
         keys = list(dict.fromkeys(o.key for _, o in uses if o.key))
-        text = option.help + (f" ({', '.join(keys)})" if keys else "")
-        text += f"; for {', '.join(pipelines)}" if len(pipelines) > 1 else ""
+        helps: dict[str, str] = {}  # each pipeline's own words, shown apart where they differ
+        for spec, used in uses:
+            helps.setdefault(spec.pipeline, used.help)
+        if len(set(helps.values())) > 1:
+            said: dict[str, list[str]] = {}  # pipelines that say the same, together
+            for pipeline, words in helps.items():
+                said.setdefault(words, []).append(pipeline)
+            text = "; ".join(f"{', '.join(named)}: {words}" for words, named in said.items())
+            text += f" ({', '.join(keys)})" if keys else ""
+        else:
+            text = option.help + (f" ({', '.join(keys)})" if keys else "")
+            text += f"; for {', '.join(pipelines)}" if len(pipelines) > 1 else ""
         text += f"; default {option.default}" if option.default is not None else ""
         kind = bool if option.type is bool else option.type | None
         annotation = Annotated[kind, typer.Option(option.flags, help=escape(text), rich_help_panel=panel)]
