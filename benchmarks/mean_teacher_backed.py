@@ -12,22 +12,16 @@ runs in its own process; its peak RSS and CPU time come from wait4 on that proce
 from __future__ import annotations
 
 import json
-import tempfile
-from pathlib import Path
 
 from _measure import run_stagekit
-from perturbation_backed import screen, screen_arguments
+from perturbation_backed import screen_arguments, screen_runs
 
 
 def main() -> None:
     args = screen_arguments(__doc__.splitlines()[0]).parse_args()
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="stagekit-screen-"))
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir, runs = screen_runs(args, "mt")
     rows = []
-    for n in args.cells:
-        data = screen(workdir, n, args.genes, args.perts, args.contexts)
-        out = workdir / f"mt_{n}"
-        out.mkdir(exist_ok=True)
+    for n, data, out in runs:
         epochs = ["--set", f"training.epochs={args.epochs}", "--backed", "-q"]
         s1 = run_stagekit("pretrain", "--preset", "mean-teacher", data, "--label-key", "context",
                           "--labelled-fraction", "0.01", *epochs, "-o", out / "s1.stk", log=out / "s1.log")

@@ -41,18 +41,26 @@ def screen_arguments(description: str) -> argparse.ArgumentParser:
     return parser
 
 
+def screen_runs(args: argparse.Namespace, prefix: str) -> tuple[Path, list[tuple[int, Path, Path]]]:
+    """The work folder and, per screen size, (cells, the screen's file, an output folder PREFIX_CELLS)."""
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="stagekit-screen-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    runs = []
+    for n in args.cells:
+        out = workdir / f"{prefix}_{n}"
+        out.mkdir(exist_ok=True)
+        runs.append((n, screen(workdir, n, args.genes, args.perts, args.contexts), out))
+    return workdir, runs
+
+
 def main() -> None:
     parser = screen_arguments(__doc__.splitlines()[0])
     parser.add_argument("--steps", nargs="+", default=["pretrain", "extract", "evaluate"],
                         choices=["pretrain", "extract", "evaluate"])
     args = parser.parse_args()
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="stagekit-screen-"))
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir, runs = screen_runs(args, "run")
     rows = []
-    for n in args.cells:
-        data = screen(workdir, n, args.genes, args.perts, args.contexts)
-        out = workdir / f"run_{n}"
-        out.mkdir(exist_ok=True)
+    for n, data, out in runs:
         row = {"cells": n}
         if "pretrain" in args.steps:
             m = run_stagekit("pretrain", "--preset", "transition", data, "--pert-key", "perturbation", "--control",

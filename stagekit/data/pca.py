@@ -8,10 +8,11 @@ second pass and no choice of batch size to agree with the PCA of all cells at on
 
 `subspace_pca`: for all the genes of a file (20,000 genes would need a 3.2 GB covariance), subspace iteration on
 the covariance (Halko, Martinsson and Tropp 2011, algorithm 4.4 with Rayleigh-Ritz): each pass multiplies the
-centred cells and their transpose by a genes x (components + 10) block, the centring done implicitly, so memory
-is that block whatever the number of cells or genes; a pass over the file per iteration.
+centred cells and their transpose by a genes x (components + oversample) block, the centring done implicitly, so
+memory is that block whatever the number of cells or genes; a pass over the file per iteration.
 
-Either way the same blocks give the same components bit for bit, in memory or on disk.
+`blockwise_pca` picks one by the number of genes. Either way the same blocks give the same components bit for
+bit, in memory or on disk.
 """
 
 from __future__ import annotations
@@ -101,3 +102,15 @@ def subspace_pca(blocks: Callable[[], Iterable[sp.spmatrix]], n_components: int,
     top = np.argsort(values)[::-1][:n_components]
     components = _signed((v @ vectors[:, top]).T)
     return PrincipalComponents(mean, components, np.maximum(values[top], 0.0) / (n - 1), total_variance)
+
+
+EXACT_PCA_GENES = 4096  # up to this many genes the covariance (128 MB) is formed and the PCA is exact
+
+
+def blockwise_pca(blocks: Callable[[], Iterable[sp.spmatrix]], n_genes: int, n_components: int, seed: int = 0
+                  ) -> PrincipalComponents:
+    """Exact from the covariance up to EXACT_PCA_GENES genes (one pass), by subspace iteration beyond (8 passes,
+    as many extra directions as components: its explained variance within 0.2 % of ARPACK's on 14,053 genes)."""
+    if n_genes <= EXACT_PCA_GENES:
+        return covariance_pca(blocks(), n_components)
+    return subspace_pca(blocks, n_components, seed, iterations=8, oversample=n_components)

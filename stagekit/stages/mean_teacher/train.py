@@ -33,15 +33,12 @@ def load_model(bundle: Bundle) -> MeanTeacher:
     return model.eval()
 
 
-EXACT_PCA_GENES = 4096  # up to this many genes the covariance (128 MB) is formed and the PCA is exact
-
-
 def fit_projection(model: MeanTeacher, counts: CountMatrix, seed: int, log) -> None:
     """The principal components of every cell's log-normalised genes (labels unused, so every cell may shape
-    them), set into student and teacher. Computed from blocks of cells, the same in memory and on disk: exact
-    from the covariance up to EXACT_PCA_GENES genes, by subspace iteration beyond (see `stagekit.data.pca`)."""
+    them), set into student and teacher. Computed from blocks of cells, the same in memory and on disk (see
+    `stagekit.data.pca.blockwise_pca`)."""
     from stagekit.data.normalise import log_normalised
-    from stagekit.data.pca import covariance_pca, subspace_pca
+    from stagekit.data.pca import blockwise_pca
 
     n_pcs = model.student.n_pcs
     if n_pcs >= min(counts.n_obs, counts.n_vars):
@@ -51,8 +48,7 @@ def fit_projection(model: MeanTeacher, counts: CountMatrix, seed: int, log) -> N
     def blocks():
         return (log_normalised(block) for block in counts.row_blocks(np.arange(counts.n_obs)))
 
-    pca = (covariance_pca(blocks(), n_pcs) if counts.n_vars <= EXACT_PCA_GENES
-           else subspace_pca(blocks, n_pcs, seed, iterations=8, oversample=n_pcs))
+    pca = blockwise_pca(blocks, counts.n_vars, n_pcs, seed)
     scale = float(np.sqrt(pca.explained_variance[0]))
     for net in (model.student, model.teacher):
         net.set_projection(torch.tensor(pca.mean, dtype=torch.float32),

@@ -15,7 +15,7 @@ import scipy.sparse as sp
 from stagekit.data.anndata_io import CountMatrix, read_obsm
 from stagekit.data.hvg import highly_variable_genes
 from stagekit.data.normalise import log_normalised
-from stagekit.data.pca import covariance_pca
+from stagekit.data.pca import blockwise_pca
 from stagekit.errors import UserError
 
 EXPRESSION_FLOOR = 0.0  # predicted log-normalised expression is clipped here: a change cannot go below none
@@ -79,9 +79,9 @@ class ExpressionSpace:
 def fit_space(counts: CountMatrix, train_rows: np.ndarray, n_genes: int, n_components: int, embed_key: str = "",
               gene_space: bool = True) -> ExpressionSpace:
     """The space fitted on the cells `train_rows` (sorted), read block by block whether in memory or on disk:
-    highly variable genes from two passes, an exact PCA from one more (see `stagekit.data.pca`). With `embed_key`
-    no PCA: the embedding is the data's own, and the genes (only if `gene_space` and the data hold counts) are the
-    decoder's target."""
+    highly variable genes from two passes, the PCA from more (`stagekit.data.pca.blockwise_pca`: exact, one pass,
+    up to 4,096 genes). With `embed_key` no PCA: the embedding is the data's own, and the genes (only if
+    `gene_space` and the data hold counts) are the decoder's target."""
     if embed_key:
         width = obsm_embedding(counts, embed_key, 0).shape[1]
         names = ([counts.var_names[i] for i in highly_variable_genes(counts, n_genes, rows=train_rows)]
@@ -92,8 +92,10 @@ def fit_space(counts: CountMatrix, train_rows: np.ndarray, n_genes: int, n_compo
     names = [counts.var_names[i] for i in columns]
     if n_components == 0:
         return ExpressionSpace(names, np.zeros(0, np.float32), np.zeros((0, len(names)), np.float32))
-    blocks = (log_normalised(block, columns) for block in counts.row_blocks(train_rows, _EMBED_BLOCK))
-    pcs = covariance_pca(blocks, min(n_components, len(train_rows) - 1, len(names)))
+    def blocks():
+        return (log_normalised(block, columns) for block in counts.row_blocks(train_rows, _EMBED_BLOCK))
+
+    pcs = blockwise_pca(blocks, len(names), min(n_components, len(train_rows) - 1, len(names)))
     return ExpressionSpace(names, pcs.mean.astype(np.float32), pcs.components.astype(np.float32))
 
 
