@@ -1,7 +1,8 @@
 """How close a predicted set of perturbed cells is to the observed one, for a model and for baselines alike.
 
 Set distances (energy distance; MMD with a Gaussian kernel whose width is the median distance between observed
-cells) come from geomloss, as the training loss does. The change from control (delta = mean of a set minus mean of
+cells) are geomloss's, the training loss's library, read from distance matrices so that a group's methods share
+the observed cells' own. The change from control (delta = mean of a set minus mean of
 the context's controls) is compared by Pearson correlation on all genes and on the `top_n` genes the observed
 perturbation changes most, and by the fraction of those whose change has the right sign. `spread_ratio` is the
 mean per-gene standard deviation of the prediction over that of the observed cells (1: as spread out; a model
@@ -22,11 +23,8 @@ def _subsample(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def energy_distance(a: np.ndarray, b: np.ndarray, seed: int = 0) -> float:
-    from stagekit.losses.sets import set_distance
-
-    rng = np.random.default_rng(seed)
-    x, y = (torch.from_numpy(np.ascontiguousarray(_subsample(v, rng), np.float32))[None] for v in (a, b))
-    return float(set_distance(x, y, "energy")[0])
+    """Energy distance of `a` and `b` (each subsampled to MAX_CELLS, `a` drawn first)."""
+    return SetDistances(b, width=1.0).against(a, seed)[0]
 
 
 def median_distance(x: np.ndarray, seed: int = 0) -> float:
@@ -37,12 +35,53 @@ def median_distance(x: np.ndarray, seed: int = 0) -> float:
 
 
 def mmd(a: np.ndarray, b: np.ndarray, width: float, seed: int = 0) -> float:
-    """Squared MMD with a Gaussian kernel of the given width (geomloss 'gaussian' kernel loss)."""
-    from geomloss import SamplesLoss
+    """Squared MMD with a Gaussian kernel of the given width."""
+    return SetDistances(b, width).against(a, seed)[1]
 
-    rng = np.random.default_rng(seed)
-    x, y = (torch.from_numpy(np.ascontiguousarray(_subsample(v, rng), np.float32)) for v in (a, b))
-    return float(SamplesLoss("gaussian", blur=max(width, 1e-6))(x, y))
+
+class SetDistances:
+    """Energy distance and squared Gaussian-kernel MMD of candidate sets against one observed set, as geomloss's
+    SamplesLoss("energy") and SamplesLoss("gaussian", blur=width) give them (tested), read from one distance
+    matrix per pair of sets. Each side is subsampled to MAX_CELLS as `energy_distance` draws it (the candidate
+    first, then the observed cells from the same seeded generator), and the observed subsample's inner terms are
+    computed once for every candidate that draws the same one: a group's methods share them."""
+
+    def __init__(self, observed: np.ndarray, width: float) -> None:
+        self.observed = observed
+        self.scale = 2.0 * max(width, 1e-6) ** 2
+        self._inner: dict[bytes, tuple[torch.Tensor, torch.Tensor, float, float]] = {}
+
+    def _terms(self, distances: torch.Tensor, inner: bool = False) -> tuple[float, float]:
+        """Mean distance and mean Gaussian kernel (of a set with itself when `inner`: its diagonal is 0 exactly,
+        where float32 distances through matrix products leave about 1e-3)."""
+        if inner:
+            distances.fill_diagonal_(0.0)
+        return (float(distances.mean(dtype=torch.float64)),
+                float(torch.exp(-distances.square() / self.scale).mean(dtype=torch.float64)))
+
+    def _observed_side(self, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, float, float]:
+        """The observed subsample (centred), its centre and its inner terms."""
+        n = len(self.observed)
+        index = np.sort(rng.choice(n, MAX_CELLS, replace=False)) if n > MAX_CELLS else np.arange(n)
+        key = index.tobytes()
+        if key not in self._inner:
+            # both distances are translation-invariant: centring keeps float32 distances exact enough
+            x = torch.from_numpy(np.ascontiguousarray(self.observed[index], np.float32))
+            centre = x.mean(0)
+            x = x - centre
+            self._inner = {key: (x, centre, *self._terms(torch.cdist(x, x), inner=True))}  # one subsample at a time is kept
+        return self._inner[key]
+
+    def against(self, candidate: np.ndarray, seed: int = 0) -> tuple[float, float]:
+        """(energy distance, MMD) of `candidate` against the observed set."""
+        rng = np.random.default_rng(seed)
+        y = torch.from_numpy(np.ascontiguousarray(_subsample(candidate, rng), np.float32))
+        x, centre, x_distance, x_kernel = self._observed_side(rng)
+        y = y - centre
+        y_distance, y_kernel = self._terms(torch.cdist(y, y), inner=True)
+        cross_distance, cross_kernel = self._terms(torch.cdist(x, y))
+        return (cross_distance - 0.5 * x_distance - 0.5 * y_distance,
+                0.5 * x_kernel + 0.5 * y_kernel - cross_kernel)
 
 
 def _pearson(a: np.ndarray, b: np.ndarray) -> float:
@@ -67,14 +106,14 @@ def delta_scores(predicted: np.ndarray, observed: np.ndarray, controls: np.ndarr
 
 
 def set_scores(predicted: dict[str, np.ndarray], observed: dict[str, np.ndarray], controls: dict[str, np.ndarray],
-               widths: dict[str, float], seed: int = 0, top_n: int = 50) -> dict[str, float]:
+               distances: dict[str, SetDistances], seed: int = 0, top_n: int = 50) -> dict[str, float]:
     """Every score of one predicted set; each dict holds a set in 'genes' and in 'embedding' space (a space with no
-    columns, e.g. genes of a model without a gene space, is not scored)."""
+    columns, e.g. genes of a model without a gene space, is not scored); `distances` holds the observed sets'
+    SetDistances, shared by the methods scored against them."""
     scores = {}
     for space in ("embedding", "genes"):
         if predicted[space].shape[1]:
-            scores[f"energy_{space}"] = energy_distance(predicted[space], observed[space], seed)
-            scores[f"mmd_{space}"] = mmd(predicted[space], observed[space], widths[space], seed)
+            scores[f"energy_{space}"], scores[f"mmd_{space}"] = distances[space].against(predicted[space], seed)
     if not predicted["genes"].shape[1]:
         return scores
     # a context's controls are shared by its groups: their mean may come computed once ("genes_mean")
@@ -94,15 +133,17 @@ def effect_is_measurable(observed: np.ndarray, controls: np.ndarray, draws: int 
     pooled = torch.from_numpy(np.concatenate([x, y])).double()
     distances = torch.cdist(pooled, pooled)
 
-    def energy(first: np.ndarray) -> float:
-        """geomloss's energy distance (mean cross distance minus half of each side's mean inner distance)."""
-        a = torch.zeros(len(pooled), dtype=torch.float64)
-        a[torch.from_numpy(first)] = 1.0 / len(first)
-        b = (a == 0).double() / (len(pooled) - len(first))
-        da, db = distances @ a, distances @ b
-        return float(a @ db - 0.5 * (a @ da) - 0.5 * (b @ db))
+    def energies(firsts: list[np.ndarray]) -> np.ndarray:
+        """geomloss's energy distance (mean cross distance minus half of each side's mean inner distance) of each
+        split into `first` and the rest, all splits in one product so the distance matrix is read once."""
+        a = torch.zeros(len(pooled), len(firsts), dtype=torch.float64)
+        for j, first in enumerate(firsts):
+            a[torch.from_numpy(first), j] = 1.0 / len(first)
+        b = (a == 0).double() / (len(pooled) - len(firsts[0]))
+        da, db = (distances @ torch.cat([a, b], 1)).split(len(firsts), 1)
+        return ((a * db).sum(0) - 0.5 * (a * da).sum(0) - 0.5 * (b * db).sum(0)).numpy()
 
-    distance = energy(np.arange(len(x)))
     order_rng = np.random.default_rng([seed, 47])
-    null = [energy(order_rng.permutation(len(pooled))[:len(x)]) for _ in range(draws)]
+    splits = [np.arange(len(x))] + [order_rng.permutation(len(pooled))[:len(x)] for _ in range(draws)]
+    distance, *null = (float(e) for e in energies(splits))
     return bool(distance > max(null)), distance, float(max(null))

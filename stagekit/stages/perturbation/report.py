@@ -25,7 +25,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from stagekit.errors import UserError
-from stagekit.metrics.perturbation import LOWER_IS_BETTER, effect_is_measurable, median_distance, set_scores
+from stagekit.metrics.perturbation import (
+    LOWER_IS_BETTER,
+    SetDistances,
+    effect_is_measurable,
+    median_distance,
+    set_scores,
+)
 from stagekit.stages.perturbation import space as expression_space
 from stagekit.stages.spec import CellsRequest, Report, ReportRequest, Table
 
@@ -128,8 +134,8 @@ def score_groups(adata: anndata.AnnData, seed: int = 0, index_of: dict[tuple[str
     names = list(np.asarray(shifts.get("groups", [])).astype(str))
     rows = []
     for i, g in enumerate(groups):
-        widths = {space: median_distance(g["observed"][space], seed) if g["observed"][space].shape[1] else 0.0
-                  for space in ("genes", "embedding")}
+        distances = {space: SetDistances(g["observed"][space], median_distance(g["observed"][space], seed))
+                     for space in ("genes", "embedding") if g["observed"][space].shape[1]}
         candidates = {"model": g["predicted"], "control_mean": g["basal"]}
         key = f"{g['perturbation']}\t{g['context']}"
         if key in names:
@@ -152,7 +158,7 @@ def score_groups(adata: anndata.AnnData, seed: int = 0, index_of: dict[tuple[str
                      "n_observed": len(g["observed"]["genes"]), "n_predicted": len(g["predicted"]["genes"]),
                      "n_controls": len(g["controls"]["genes"]), "measurable": measurable,
                      "effect_energy": distance, "null_energy_max": null,
-                     "methods": {m: set_scores(s, g["observed"], g["controls"], widths, seed)
+                     "methods": {m: set_scores(s, g["observed"], g["controls"], distances, seed)
                                  for m, s in candidates.items()}})
     return rows, groups
 
