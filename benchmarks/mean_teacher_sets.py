@@ -11,7 +11,8 @@ labelled cells the run drew:
     unlabelled term), class-balanced;
   - label spreading on the 15-nearest-neighbour graph of the same PCA (scikit-learn), and a kNN classifier;
   - the same network without the teacher (consistency weight 0; the student scored);
-  - with --vae: logistic regression on the latent of `pretrain --preset vae` (one per set, seed 0).
+  - with --vae: logistic regression on the latent of `pretrain --preset vae` (one per set, seed 0), and Mean Teacher
+    and the network without its teacher reading that latent (`--latent-from`).
 With --binary, each class under 5 % of cells is a task against the rest (`--positive-class`), scored by the F1 of
 that class. A run the collapse guard stops is scored by the last good state it kept (`OUT.partial`, what a user
 has) and listed with the guard's metric, value and epoch.
@@ -153,10 +154,11 @@ def run_one(name: str, seed: int, fraction: float, work: Path, overrides: list[s
     common = [path, "--label-key", label_key, "--seed", seed, "--set", f"data.labelled_fraction={fraction}", "-q"]
     if positive:
         common += ["--positive-class", positive]
-    mt, mt_stopped = trained(out / "mt.stk", "pretrain", "--preset", "mean-teacher", *common, *overrides)
-    mlp, mlp_stopped = trained(out / "mlp.stk", "pretrain", "--preset", "mean-teacher", *common,
-                               "--set", "mean_teacher.consistency_weight=0", *overrides)
-    b = read_bundle(mt, weights=False, resume=bool(mt_stopped))
+    mt, stop = trained(out / "mt.stk", "pretrain", "--preset", "mean-teacher", *common, *overrides)
+    mlp, mlp_stop = trained(out / "mlp.stk", "pretrain", "--preset", "mean-teacher", *common,
+                            "--set", "mean_teacher.consistency_weight=0", *overrides)
+    mt_stopped, mlp_stopped = {"mean_teacher": stop}, {"mlp_without_teacher": mlp_stop}
+    b = read_bundle(mt, weights=False, resume=bool(stop))
     labelled, validation = b.results["labelled"], b.results["validation"]
     labels = anndata.read_h5ad(path, backed="r").obs[label_key].astype(str).to_numpy()
     if positive:
@@ -170,6 +172,16 @@ def run_one(name: str, seed: int, fraction: float, work: Path, overrides: list[s
     predictions |= baselines(cache[(name, seed)], labels, labelled, test, seed)
     if vae:
         latent = vae_latent(path, work / f"{name}_vae", cache)
+        from_latent = ["--latent-from", work / f"{name}_vae" / "vae.stk"]
+        on_latent, on_latent_stopped = trained(out / "mt_latent.stk", "pretrain", "--preset", "mean-teacher",
+                                               *common, *from_latent, *overrides)
+        mlp_latent, mlp_latent_stopped = trained(out / "mlp_latent.stk", "pretrain", "--preset", "mean-teacher",
+                                                 *common, *from_latent, "--set", "mean_teacher.consistency_weight=0",
+                                                 *overrides)
+        predictions["mean_teacher_latent"] = network_predictions(on_latent, path, test, student=False)
+        predictions["mlp_latent"] = network_predictions(mlp_latent, path, test, student=True)
+        mt_stopped |= {"mean_teacher_latent": on_latent_stopped}
+        mlp_stopped |= {"mlp_latent": mlp_latent_stopped}
         from sklearn.linear_model import LogisticRegression
 
         predictions["logreg_vae_latent"] = LogisticRegression(max_iter=3000, class_weight="balanced").fit(
@@ -178,7 +190,7 @@ def run_one(name: str, seed: int, fraction: float, work: Path, overrides: list[s
         scores = {method: positive_f1(labels[test], p, positive) for method, p in predictions.items()}
     else:
         scores = {method: macro_f1(labels[test], p, classes) for method, p in predictions.items()}
-    stopped = {k: v for k, v in (("mean_teacher", mt_stopped), ("mlp_without_teacher", mlp_stopped)) if v}
+    stopped = {k: v for k, v in (mt_stopped | mlp_stopped).items() if v}
     return {"set": name, "task": positive or "multi-class", "seed": seed, "fraction": fraction,
             "labelled": int(len(labelled)), "epochs": len(b.history.get("val_f1", [])), "scores": scores,
             "stopped": stopped}
@@ -209,16 +221,19 @@ def summarise(results: list[dict]) -> None:
     for fraction in sorted({r["fraction"] for r in results}):
         print(f"\nat {fraction:.0%} labels: macro-F1 (multi-class) or the positive class's F1 (binary), mean over "
               "seeds, on the cells neither labelled nor validation")
-        print(f"{'set':<8}{'task':<14}" + "".join(f"{m:>24}" for m in methods) + f"{'MT - best baseline':>20}")
+        variants = [m for m in methods if m.startswith("mean_teacher")]
+        print(f"{'set':<8}{'task':<14}" + "".join(f"{m:>24}" for m in methods)
+              + "".join(f"{m.replace('mean_teacher', 'MT') + ' - best':>22}" for m in variants))
         for name, task in dict.fromkeys((r["set"], r["task"]) for r in results):
             rows = [r for r in results if (r["set"], r["task"], r["fraction"]) == (name, task, fraction)]
             if not rows:
                 continue
             means = {m: float(np.mean([r["scores"][m] for r in rows])) for m in methods}
-            best = max(v for m, v in means.items() if m != "mean_teacher")
+            best = max(v for m, v in means.items() if m not in variants)
             stops = sum(bool(r.get("stopped")) for r in rows)
             print(f"{name:<8}{task[:13]:<14}" + "".join(f"{means[m]:>24.3f}" for m in methods)
-                  + f"{means['mean_teacher'] - best:>+20.3f}" + (f"  ({stops} run(s) stopped)" if stops else ""))
+                  + "".join(f"{means[m] - best:>+22.3f}" for m in variants)
+                  + (f"  ({stops} run(s) stopped)" if stops else ""))
 
 
 def main() -> None:

@@ -187,6 +187,21 @@ def base_preset(preset: str | None, resume: Path | None) -> tuple[str | None, st
     return None, read_bundle(resume, weights=False).config_toml
 
 
+def implied_overrides(options: list, overrides: list[tuple[str, Any, str]]) -> list[tuple[str, Any, str]]:
+    """The config keys the given options imply; one set otherwise on the command line is an error."""
+    from stagekit.errors import UserError
+
+    implied = []
+    for option in options:
+        for key, value in option.implies:
+            for other_key, other, source in overrides:
+                if other_key == key and other != value:
+                    raise UserError(f"{option.flags} sets {key} = {value!r}, {source} sets it to {other!r}: drop "
+                                    "one of them")
+            implied.append((key, value, option.flags))
+    return implied
+
+
 def run_training_phase(command: str, opts: PhaseOptions, pipeline: dict[str, Any], data: list[Path] | None = None,
                        parent: Path | None = None, log: Callable[[str], None] | None = None) -> Path | None:
     """Resolve the config, run the phase its preset names, print the result (and the phase's summary tables)."""
@@ -207,6 +222,7 @@ def run_training_phase(command: str, opts: PhaseOptions, pipeline: dict[str, Any
                                          else {})
     overrides = collect_overrides(opts.set_, shared, mapping)
     overrides += [(o.key, values[o.name], o.flags) for o in spec.options if o.key and o.name in given]
+    overrides += implied_overrides([o for o in spec.options if o.name in given], overrides)
     config = resolve_config(preset, spec.schema, overrides)
     options = {o.name: values[o.name] for o in spec.options if not o.key}
     request = PhaseRequest(config, opts.output or Path(), list(data or []), parent, opts.resume, opts.quiet, options,

@@ -69,7 +69,8 @@ class SetDistances:
             x = torch.from_numpy(np.ascontiguousarray(self.observed[index], np.float32))
             centre = x.mean(0)
             x = x - centre
-            self._inner = {key: (x, centre, *self._terms(torch.cdist(x, x), inner=True))}  # one subsample at a time is kept
+            # one subsample is kept at a time: a group's methods draw the same one unless larger than MAX_CELLS
+            self._inner = {key: (x, centre, *self._terms(torch.cdist(x, x), inner=True))}
         return self._inner[key]
 
     def against(self, candidate: np.ndarray, seed: int = 0) -> tuple[float, float]:

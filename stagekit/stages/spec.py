@@ -129,7 +129,8 @@ class Demo:
 @dataclass(frozen=True)
 class Option:
     """A command-line option a phase adds to a command. With `key` it sets that config key (after `--set`);
-    without, its value reaches the phase in `PhaseRequest.options` (or Cells/ReportRequest.options)."""
+    without, its value reaches the phase in `PhaseRequest.options` (or Cells/ReportRequest.options). `implies`:
+    config keys that giving the option sets too (a `--set` of another value there is an error)."""
 
     name: str  # the Python name, e.g. "protein_emb"
     help: str
@@ -138,6 +139,7 @@ class Option:
     flag: str = ""  # default: --name-with-dashes
     convert: Callable[[Any], Any] | None = None  # the typed value -> the config value (e.g. "A,B" -> ["A", "B"])
     default: Any = None
+    implies: tuple[tuple[str, Any], ...] = ()
 
     @property
     def flags(self) -> str:

@@ -142,6 +142,36 @@ def test_init_from_a_vae_encoder_reports_what_it_loaded(capsys, chain, tmp_path)
     assert code == 2 and "model.input" in err
 
 
+def test_latent_from_a_vae_reads_its_encoder_fixed(capsys, chain, tmp_path):
+    """The layers read the VAE encoder's posterior mean: its weights travel in the bundle unchanged by training (in
+    student and teacher), the classifier learns, extract reads it back; the flag and model.input agree or fail."""
+    vae = tmp_path / "vae.stk"
+    code = run_cli(capsys, "pretrain", "-p", "vae", chain["data"], "--set", "training.epochs=3", "-q", "-o", vae)[0]
+    assert code == 0
+    out = tmp_path / "latent.stk"
+    code, _, err = run_cli(capsys, "pretrain", "-p", "mean-teacher", chain["data"], "--label-key", "cluster_id",
+                           "--labelled-fraction", "0.05", "--latent-from", vae, "--set", "training.epochs=6",
+                           "--set", "mean_teacher.rampup_epochs=2", *FAST, "-o", out)
+    assert code == 0, err
+    bundle, encoder = read_bundle(out), read_bundle(vae).weights
+    assert bundle.config()["model"]["input"] == "latent" and bundle.lineage[0]["model"] == "vae"
+    for net in ("student", "teacher"):
+        assert np.array_equal(bundle.weights[f"{net}.latent.body.0.weight"], encoder["encoder.0.weight"])
+        assert np.array_equal(bundle.weights[f"{net}.latent.mean.weight"], encoder["z_mean.weight"])
+    assert bundle.final_metrics["val_f1"] > 0.6  # 4 types: a constant guess scores under 0.2
+    cells = tmp_path / "cells.h5ad"
+    assert run_cli(capsys, "extract", out, "-q", "-o", cells)[0] == 0
+    assert anndata.read_h5ad(cells).obsm["stagekit_class_probabilities"].shape[1] == 4
+    for extra, says in ((["--latent-from", vae, "--set", 'model.input="genes"'], "drop one of them"),
+                        (["--set", 'model.input="latent"'], "--latent-from VAE.stk"),
+                        (["--latent-from", vae, "--init-from", vae], "not both"),
+                        (["--latent-from", out], "takes a `pretrain --preset vae` bundle")):
+        code, _, err = run_cli(capsys, "pretrain", "-p", "mean-teacher", chain["data"], "--label-key", "cluster_id",
+                               *extra, "-o", tmp_path / "bad.stk")
+        assert code == 2 and says in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "bad.stk").exists()
+
+
 def test_labels_missing_values_binary_and_nested_subsets(tmp_path):
     """NaN labels are unlabelled; a positive class makes a binary task, two labels without one do not; every
     class keeps at least one label at a small fraction; stage 2's set contains stage 1's even when cells were

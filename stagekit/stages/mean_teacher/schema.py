@@ -24,8 +24,9 @@ MEAN_TEACHER_DATA = {
 
 CLASSIFIER_MODEL = {
     "input": Key("str", "pca", "what the layers read: pca (the principal components of the log-normalised genes, "
-                 "fitted on every cell of the file, labelled or not) or genes (the log-normalised genes; needed "
-                 "with --init-from)", choices=("pca", "genes")),
+                 "fitted on every cell of the file, labelled or not), latent (the posterior mean of the "
+                 "`pretrain --preset vae` encoder given with --latent-from, kept fixed) or genes (the log-normalised "
+                 "genes; needed with --init-from)", choices=("pca", "latent", "genes")),
     "n_pcs": Key("int", 50, "principal components the layers read with input = pca", minimum=1),
     "n_hidden": Key("list[int]", [128], "width of each hidden layer"),
     "dropout": Key("float", 0.2, "dropout after each hidden layer", minimum=0),

@@ -44,6 +44,8 @@ PRETRAIN_OPTIONS = (
     LABELLED_FRACTION,
     Option("positive_class", "a binary task: this label against the rest", key="data.positive_class"),
     Option("init_from", "start the classifier from a `pretrain --preset vae` encoder", Path),
+    Option("latent_from", "the classifier reads this `pretrain --preset vae` bundle's latent (its encoder, kept "
+           "fixed) instead of principal components", Path, implies=(("model.input", "latent"),)),
     BACKED,
 )
 COMMON = {"pipeline": PIPELINE, "cells": _cells, "report": _report,

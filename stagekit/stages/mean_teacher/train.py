@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ import torch
 from stagekit.bundle import Bundle, read_bundle
 from stagekit.data.anndata_io import CountMatrix, load_counts
 from stagekit.errors import UserError
-from stagekit.models.classifier import MeanTeacher
+from stagekit.models.classifier import MeanTeacher, log_normalise
 from stagekit.stages.clustering.model_config import VAEConfig
 from stagekit.stages.mean_teacher.model_config import Classes, ClassifierArchitecture, LabelTask, MeanTeacherConfig
 from stagekit.stages.mean_teacher.task import Labels, MeanTeacherTask, labelled_cells, read_labels, validation_cells
@@ -57,27 +58,52 @@ def fit_projection(model: MeanTeacher, counts: CountMatrix, seed: int, log) -> N
         f"({pca.explained_variance_ratio.sum():.1%} of their variance)")
 
 
-def _init_from_vae(model: MeanTeacher, path: Path, counts: CountMatrix, model_cfg: ClassifierArchitecture, log
-                   ) -> tuple[dict, Bundle]:
-    """Student and teacher start from a `pretrain --preset vae` encoder (its hidden layers; the head is new)."""
-    vae = read_bundle(path, ("pretrain",), command="pretrain --preset mean-teacher --init-from")
+def _read_vae(path: Path, counts: CountMatrix, flag: str) -> tuple[Bundle, VAEConfig]:
+    """A `pretrain --preset vae` bundle whose encoder reads exactly the classifier's input."""
+    vae = read_bundle(path, ("pretrain",), command=f"pretrain --preset mean-teacher {flag}")
     if vae.model != "vae":
-        raise UserError(f"{path} holds a '{vae.model}' model; --init-from takes a `pretrain --preset vae` bundle")
+        raise UserError(f"{path} holds a '{vae.model}' model; {flag} takes a `pretrain --preset vae` bundle")
     check_same_genes(counts.var_names, vae, counts.path)
     vae_cfg = VAEConfig.of(vae)
     if vae_cfg.data.batch_key or vae_cfg.model.likelihood == "gaussian":
-        raise UserError(f"{path}: --init-from needs a VAE on counts without a batch covariate (its encoder then "
+        raise UserError(f"{path}: {flag} needs a VAE on counts without a batch covariate (its encoder then "
                         "reads exactly the classifier's input)")
+    return vae, vae_cfg
+
+
+def _init_from_vae(model: MeanTeacher, vae: Bundle, vae_cfg: VAEConfig, model_cfg: ClassifierArchitecture, log
+                   ) -> dict:
+    """Student and teacher start from a `pretrain --preset vae` encoder (its hidden layers; the head is new)."""
     if model_cfg.input != "genes" or model_cfg.norm != "layer" or model_cfg.n_hidden != vae_cfg.model.n_hidden:
-        raise UserError(f"--init-from {path}: set model.input = \"genes\", model.norm = \"layer\" and "
+        raise UserError(f"--init-from {vae.path}: set model.input = \"genes\", model.norm = \"layer\" and "
                         f"model.n_hidden = {vae_cfg.model.n_hidden} (the VAE encoder reads genes with these layers)")
     encoder = {"body." + k.removeprefix("encoder."): v for k, v in vae.weights.items() if k.startswith("encoder.")}
     report = load_by_name(model.student, encoder, new=("head",))
     if report.partial:
-        raise UserError(f"--init-from {path}: {report.summary()}")
+        raise UserError(f"--init-from {vae.path}: {report.summary()}")
     model.teacher.load_state_dict(model.student.state_dict())
-    log(f"init from {path}: {report.summary()}")
-    return report.as_dict(), vae
+    log(f"init from {vae.path}: {report.summary()}")
+    return report.as_dict()
+
+
+def fit_latent(model: MeanTeacher, vae: Bundle, counts: CountMatrix, log) -> None:
+    """The VAE encoder's weights set into student and teacher, and the latent's centre and scale (its mean and
+    largest standard deviation over every cell, labels unused, as the principal components)."""
+    encoder = {k.replace("encoder.", "body.", 1).replace("z_mean.", "mean.", 1): torch.from_numpy(np.asarray(v))
+               for k, v in vae.weights.items() if k.startswith(("encoder.", "z_mean."))}
+    latent = model.student.latent
+    latent.load_state_dict(encoder | {"centre": latent.centre, "scale": latent.scale})
+    total, total_sq, n = 0.0, 0.0, 0
+    with torch.no_grad():
+        for block in counts.row_blocks(np.arange(counts.n_obs), size=2048):
+            z = latent.raw(log_normalise(torch.from_numpy(block.toarray().astype(np.float32)))).double()
+            total, total_sq, n = total + z.sum(0), total_sq + z.square().sum(0), n + len(z)
+    centre = total / n
+    scale = float((total_sq / n - centre.square()).clamp_min(0).max().sqrt().clamp_min(1e-6))
+    latent.set_scale(centre.float(), scale)
+    model.teacher.latent.load_state_dict(latent.state_dict())
+    log(f"input: the {len(centre)}-dim latent of {vae.path}'s encoder (posterior mean, fixed) for all "
+        f"{counts.n_obs:,} cells")
 
 
 # keys that do nothing for some tasks: set by hand there, they earn a warning rather than silence
@@ -148,17 +174,33 @@ def pretrain(request: PhaseRequest) -> Path | None:
     phase.check_resume_data(counts.fingerprint())
     phase.engine.launch()
     torch.manual_seed(seed)
-    described = MeanTeacherConfig(ClassifierArchitecture(**dict(model_cfg.items())),
+    init_from, latent_from = request.options.get("init_from"), request.options.get("latent_from")
+    if init_from and latent_from:
+        raise UserError("give --init-from (the layers start from a VAE encoder) or --latent-from (they read its "
+                        "latent), not both")
+    architecture = ClassifierArchitecture(**dict(model_cfg.items()))
+    if architecture.input == "latent" and not latent_from:
+        raise UserError("model.input = \"latent\" reads a VAE's latent: name its bundle with --latent-from VAE.stk")
+    vae = vae_cfg = None
+    if init_from or latent_from:
+        flag = "--init-from" if init_from else "--latent-from"
+        vae, vae_cfg = _read_vae(Path(init_from or latent_from), counts, flag)
+    if latent_from:
+        architecture = replace(architecture, latent_hidden=list(vae_cfg.model.n_hidden),
+                               n_latent=vae_cfg.model.n_latent)
+    described = MeanTeacherConfig(architecture,
                                   LabelTask(**{k: data_cfg[k] for k in ("layer", "label_key", "positive_class")}),
                                   Classes(labels.classes))
     model = described.build(counts.n_vars)
-    parent, records = None, {}
-    init_from = request.options.get("init_from")
-    if init_from and not request.resume:
-        report, parent = _init_from_vae(model, Path(init_from), counts, described.model, request.log)
-        records = {"load_report": report}
-    if described.model.projected and not request.resume:  # a resumed run reads its projection with its weights
-        fit_projection(model, counts, seed, request.log)
+    records = {}
+    if not request.resume:  # a resumed run reads its fixed input with its weights
+        if init_from:
+            records = {"load_report": _init_from_vae(model, vae, vae_cfg, described.model, request.log)}
+        if latent_from:
+            fit_latent(model, vae, counts, request.log)
+        if described.model.projected:
+            fit_projection(model, counts, seed, request.log)
+    parent = vae if init_from or latent_from else None
     return _fit(request, phase, counts, labels, model, validation, labelled, described.to_toml(), seed,
                 parent=parent, records=records)
 
