@@ -56,6 +56,32 @@ SHAPES = {"hidden": 128, "n_layers": 4, "n_heads": 4, "cell_set_len": 32, "sets_
           "genes": 299}
 
 
+@dataclass(frozen=True)
+class Data:
+    """What both sides train on: the file, how stagekit reads it, and cell-load's obs columns for it."""
+
+    path: Path
+    label: str
+    stagekit_args: tuple[str, ...]
+    in_genes: bool  # stagekit works in the genes, no decoder (arc-state's shapes); else its preset's PCA + decoder
+    arc_columns: tuple[tuple[str, str], ...]  # cell-load's pert_col, cell_type_key, batch_col
+    arc_embed_key: str  # "" : cell-load reads X
+
+
+PAPALEXI = Data(DATA, f"{DATA.name} ({SHAPES['genes']} genes, '{EXCLUDE}' dropped, one context)",
+                ("--pert-key", PERT_KEY, "--control", CONTROL, "--exclude", EXCLUDE), True,
+                (("pert_col", PERT_KEY), ("cell_type_key", "cell_type"), ("batch_col", "batch")), "X_hvg")
+
+
+def screen_data(path: Path) -> Data:
+    """A `make_screen.py` screen, read by both from the same file: stagekit with --backed and its preset's space
+    (PCA-50 of the highly variable genes, a decoder to them), arc-state with cell-load reading X's rows (the
+    genes in and out), the context as cell type (and as cell-load's required batch column)."""
+    return Data(path, f"{path.name} (make_screen.py; stagekit --backed, PCA-50 + gene decoder; arc-state on X)",
+                ("--pert-key", "perturbation", "--control", "control", "--context-key", "context", "--backed"),
+                False, (("pert_col", "perturbation"), ("cell_type_key", "context"), ("batch_col", "context")), "")
+
+
 @dataclass
 class Run:
     """One training run in its own process: CPU seconds (user + sys) and peak RSS of its process tree."""
@@ -262,14 +288,25 @@ def write_arc_state_inputs(data: Path, folder: Path) -> Path:
     return toml
 
 
-def arc_state_overrides(toml: Path, out_dir: Path, steps: int) -> list[str]:
+def link_arc_state_inputs(data: Path, folder: Path) -> Path:
+    """cell-load's TOML over a folder holding (a link to) the file itself: both sides read the same bytes."""
+    (folder / "data").mkdir(parents=True, exist_ok=True)
+    link = folder / "data" / data.name
+    link.unlink(missing_ok=True)
+    link.symlink_to(data.resolve())
+    toml = folder / "screen.toml"
+    toml.write_text(f'[datasets]\nscreen = "{folder / "data"}"\n\n[training]\nscreen = "train"\n')
+    return toml
+
+
+def arc_state_overrides(toml: Path, out_dir: Path, steps: int, data: Data = PAPALEXI) -> list[str]:
     """Hydra overrides of `state tx train` for the shapes above (read from arc-state 0.11.1's configs and
     state/_cli/_tx/_train.py, cell_load's PerturbationDataModule and state/tx/models/state_transition.py)."""
     backbone = "model.kwargs.transformer_backbone_kwargs"
     return [
         # data: cell-load over the prepared file, genes as the cell representation and as the output space
-        f"data.kwargs.toml_config_path={toml}", "data.kwargs.embed_key=X_hvg", "data.kwargs.output_space=gene",
-        f"data.kwargs.pert_col={PERT_KEY}", "data.kwargs.cell_type_key=cell_type", "data.kwargs.batch_col=batch",
+        f"data.kwargs.toml_config_path={toml}", f"data.kwargs.embed_key={data.arc_embed_key or 'null'}",
+        "data.kwargs.output_space=gene", *[f"data.kwargs.{k}={v}" for k, v in data.arc_columns],
         f"data.kwargs.control_pert={CONTROL}", "data.kwargs.num_workers=0", "data.kwargs.pin_memory=false",
         # model: state_sm (Llama backbone, bidirectional attention) scaled to hidden 128 / 4 layers / 4 heads
         "model=state_sm", f"model.kwargs.hidden_dim={SHAPES['hidden']}",
@@ -286,15 +323,16 @@ def arc_state_overrides(toml: Path, out_dir: Path, steps: int) -> list[str]:
     ]
 
 
-def run_arc_state(venv: Path, version: str, data: Path, plan: Plan) -> Side:
+def run_arc_state(venv: Path, version: str, data: Data, plan: Plan) -> Side:
     side = Side("arc-state", version)
-    toml = write_arc_state_inputs(data, plan.tmp / "arc_input")
+    prepare = write_arc_state_inputs if data == PAPALEXI else link_arc_state_inputs
+    toml = prepare(data.path, plan.tmp / "arc_input")
     for repeat in range(plan.repeats):
         pair: list[Run] = []
         side.pairs.append(pair)
         for n in (plan.steps, 2 * plan.steps):
             out = plan.tmp / f"arc_out_{repeat}_{n}"
-            cmd = [str(venv / "bin" / "state"), "tx", "train", *arc_state_overrides(toml, out, n)]
+            cmd = [str(venv / "bin" / "state"), "tx", "train", *arc_state_overrides(toml, out, n, data)]
             side.command = shlex.join(cmd)
             log = plan.tmp / f"arc_{repeat}_{n}.log"
             pair.append(measure(cmd, thread_env(plan.threads), log, plan.tmp, n, plan.wait_s))
@@ -309,25 +347,27 @@ def run_arc_state(venv: Path, version: str, data: Path, plan: Plan) -> Side:
 # ---------------------------------------------------------------- stagekit
 
 
-def stagekit_sets(steps_key: str, steps: int, threads: int) -> list[str]:
-    """The --set list of the spec; `steps_key` is training.max_steps when stagekit has it, else training.epochs."""
-    return ["data.n_components=0", f"model.hidden={SHAPES['hidden']}", f"model.n_layers={SHAPES['n_layers']}",
+def stagekit_sets(steps_key: str, steps: int, threads: int, in_genes: bool = True) -> list[str]:
+    """The --set list of the spec; `steps_key` is training.max_steps when stagekit has it, else training.epochs;
+    `in_genes`: the genes as the cell representation, no decoder (else the preset's PCA and gene decoder)."""
+    space = ["data.n_components=0", "loss.decoder_weight=0.0"] if in_genes else []
+    return [*space, f"model.hidden={SHAPES['hidden']}", f"model.n_layers={SHAPES['n_layers']}",
             f"model.n_heads={SHAPES['n_heads']}", f"sets.cell_set_len={SHAPES['cell_set_len']}",
-            f"training.batch_size={SHAPES['sets_per_step']}", 'loss.kind="energy"', "loss.decoder_weight=0.0",
+            f"training.batch_size={SHAPES['sets_per_step']}", 'loss.kind="energy"',
             f"{steps_key}={steps}", "training.val_fraction=0", f"runtime.threads={threads}"]
 
 
-def stagekit_command(data: Path, sets: list[str], out: Path) -> list[str]:
+def stagekit_command(data: Data, sets: list[str], out: Path) -> list[str]:
     cli = Path(sys.executable).with_name("stagekit")
     base = [str(cli)] if cli.exists() else [sys.executable, "-m", "stagekit"]
-    return [*base, "pretrain", "--preset", "transition", str(data), "--pert-key", PERT_KEY, "--control", CONTROL,
-            "--exclude", EXCLUDE, *[a for s in sets for a in ("--set", s)], "-q", "-o", str(out)]
+    return [*base, "pretrain", "--preset", "transition", str(data.path), *data.stagekit_args,
+            *[a for s in sets for a in ("--set", s)], "-q", "-o", str(out)]
 
 
-def stagekit_has_max_steps(data: Path, threads: int, tmp: Path) -> tuple[bool, str]:
+def stagekit_has_max_steps(data: Data, threads: int, tmp: Path) -> tuple[bool, str]:
     """Whether `training.max_steps` is a key (checked with --print-config, no training) and stagekit's complaint
     if not. Any other failure counts as yes: the training run then fails and its error is reported."""
-    cmd = stagekit_command(data, stagekit_sets("training.max_steps", 1, threads), tmp / "probe.stk")
+    cmd = stagekit_command(data, stagekit_sets("training.max_steps", 1, threads, data.in_genes), tmp / "probe.stk")
     done = subprocess.run([*cmd[:-3], "--print-config"], capture_output=True, text=True, env=thread_env(threads))
     complaint = " ".join((done.stderr or done.stdout).strip().splitlines()[-1:])
     return done.returncode == 0 or "max_steps" not in complaint, complaint
@@ -365,7 +405,7 @@ def bundle_steps(path: Path) -> int:
     raise KeyError(f"no step count in the bundle (history: {sorted(bundle.history)}; data: {sorted(bundle.data)})")
 
 
-def run_stagekit(data: Path, plan: Plan) -> Side:
+def run_stagekit(data: Data, plan: Plan) -> Side:
     """STAGEKIT SIDE, written against the spec while `--preset transition` settles: tolerant of a missing
     training.max_steps key (then epochs E and 2E, steps counted from the bundle) and reports, never crashes."""
     import stagekit
@@ -381,7 +421,8 @@ def run_stagekit(data: Path, plan: Plan) -> Side:
         side.pairs.append(pair)
         for n in counts:
             out = plan.tmp / f"stagekit_{repeat}_{n}.stk"
-            cmd = stagekit_command(data, stagekit_sets(key, n, plan.threads) + plan.stagekit_extra, out)
+            cmd = stagekit_command(data, stagekit_sets(key, n, plan.threads, data.in_genes) + plan.stagekit_extra,
+                                   out)
             side.command = shlex.join(cmd)
             log = plan.tmp / f"stagekit_{repeat}_{n}.log"
             pair.append(measure(cmd, thread_env(plan.threads), log, plan.tmp, n, plan.wait_s))
@@ -406,12 +447,13 @@ def fmt(value: float, spec: str) -> str:
     return "n/a" if value is None or math.isnan(value) else format(value, spec)
 
 
-def report(sides: list[Side], steps: int, threads: int) -> dict:
+def report(sides: list[Side], steps: int, threads: int, data: Data = PAPALEXI) -> dict:
     by_name = {s.name: s for s in sides}
     arc, ours = by_name.get("arc-state"), by_name.get("stagekit")
-    print(f"data: {DATA.name} ({SHAPES['genes']} genes, '{EXCLUDE}' dropped, one context); shapes: hidden "
+    print(f"data: {data.label}; shapes: hidden "
           f"{SHAPES['hidden']}, {SHAPES['n_layers']} layers, {SHAPES['n_heads']} heads, sets of "
-          f"{SHAPES['cell_set_len']}, {SHAPES['sets_per_step']} sets/step, {SHAPES['loss']} loss, no decoder; "
+          f"{SHAPES['cell_set_len']}, {SHAPES['sets_per_step']} sets/step, {SHAPES['loss']} loss"
+          f"{', no decoder' if data.in_genes else ''}; "
           f"{threads} threads; each side runs N and 2N steps (arc-state N={steps})")
     print(f"{'':26s} {'steps/CPU-s':>11s} {'CPU-s/step':>11s} {'peak RSS GB':>12s}  runs: steps, CPU s, wall s")
     for side in sides:
@@ -443,7 +485,7 @@ def report(sides: list[Side], steps: int, threads: int) -> dict:
     for side in sides:
         if side.note.strip():
             print(f"{side.name}: {side.note.strip()}")
-    return {"data": str(DATA), "shapes": SHAPES, "steps": steps, "threads": threads, "reference": REFERENCE,
+    return {"data": str(data.path), "shapes": SHAPES, "steps": steps, "threads": threads, "reference": REFERENCE,
             "speed_ratio": ratio, "rss_ratio": rss_ratio, "other_cores_max": busy,
             "sides": {s.name: {"version": s.version, "cpu_s_per_step": s.cpu_s_per_step,
                                "cpu_s_per_step_each_pair": s.per_step_each,
@@ -471,9 +513,12 @@ def main() -> None:
     parser.add_argument("--venv", type=Path, default=ARC_VENV, help="arc-state's venv (built there if missing)")
     parser.add_argument("--rebuild-venv", action="store_true", help="build arc-state's venv anew")
     parser.add_argument("--json", type=Path, help="write the figures here")
+    parser.add_argument("--screen", type=Path, help="train on this make_screen.py screen instead of Papalexi (see "
+                        "screen_data)")
     parser.add_argument("--keep", type=Path, help="keep the inputs, outputs and logs of the runs in this folder")
     args = parser.parse_args()
 
+    data = screen_data(args.screen) if args.screen else PAPALEXI
     sides: list[Side] = []
     with tempfile.TemporaryDirectory(prefix="perturbation_speed_") as scratch:
         plan = Plan(args.steps, args.stagekit_steps, args.stagekit_epochs, args.threads, args.repeats,
@@ -482,12 +527,12 @@ def main() -> None:
         if args.only != "stagekit":
             version, why = build_arc_state_venv(args.venv, args.rebuild_venv)
             if version:
-                sides.append(run_arc_state(args.venv, version, DATA, plan))
+                sides.append(run_arc_state(args.venv, version, data, plan))
             else:
                 print(f"arc-state side skipped: its venv could not be built: {why}")
         if args.only != "arc-state":
-            sides.append(run_stagekit(DATA, plan))
-        figures = report(sides, args.steps, args.threads)
+            sides.append(run_stagekit(data, plan))
+        figures = report(sides, args.steps, args.threads, data)
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2, default=str) + "\n")
 
