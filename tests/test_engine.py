@@ -75,6 +75,14 @@ def test_loss_falls_and_history_is_recorded():
     assert result.final_metrics["val_loss"] == h["val_loss"][-1]  # nothing monitored: the last state is kept
 
 
+def test_max_steps_ends_the_run_inside_an_epoch_that_is_still_validated():
+    task = Regression()
+    steps_per_epoch = len(task.train_plan(0, 0, 1))
+    result = Engine(RunSettings(**SETTINGS | {"max_steps": steps_per_epoch + 3})).fit(task)
+    assert result.status == "complete" and task.steps == steps_per_epoch + 3 and result.epochs_done == 2
+    assert len(result.history["val_loss"]) == 2 and result.history["val_loss"][1] < result.history["val_loss"][0]
+
+
 @pytest.mark.parametrize("kind", ["adam", "sgd"])
 def test_the_optimizer_is_a_setting(kind, monkeypatch):
     import stagekit.train.engine as engine_module

@@ -57,6 +57,9 @@ def check_value(dotted: str, key: Key, value: Any, source: str) -> Any:
 
 TRAINING = {
     "epochs": Key("int", 100, "number of passes over the training cells", minimum=1),
+    "max_steps": Key("int", 0, "stop after this many optimizer steps in all (the epoch they end in is validated "
+                     "and recorded; the learning-rate schedule still spans training.epochs); 0: no limit",
+                     minimum=0),
     "batch_size": Key("int", 256, "cells per optimizer step (summed over all processes)", minimum=1),
     "lr": Key("float", 1e-3, "peak learning rate (of the optimizer chosen by `optimizer`)", minimum=0),
     "weight_decay": Key("float", 1e-6, "weight decay (never on biases, norm layers or embeddings)",

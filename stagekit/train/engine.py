@@ -44,6 +44,7 @@ from stagekit.train.state import (
 @dataclass
 class RunSettings:
     epochs: int = 10
+    max_steps: int = 0  # > 0: stop after this many optimizer steps in all, once the epoch in progress validates
     batch_size: int = 256
     lr: float = 1e-3
     weight_decay: float = 0.0
@@ -340,6 +341,8 @@ class Engine:
             loop.step_in_epoch += 1
             loop.global_step += 1
             stop, finish = self._run_hooks(hooks, "after_optimizer_step", task.model, ctx, values)
+            if self.settings.max_steps and loop.global_step >= self.settings.max_steps and not finish:
+                finish = f"training.max_steps = {self.settings.max_steps} reached"
             interrupted = self._settle(stop, finish, loop, signals)
             lrs = {g["name"]: g["lr"] for g in run.optimizer.param_groups}
             self.reporter.step(epoch, loop.global_step, values["loss"], (min(lrs.values()), max(lrs.values())),
