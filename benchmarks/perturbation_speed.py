@@ -431,7 +431,7 @@ def run_stagekit(data: Data, plan: Plan) -> Side:
                 return side
             try:
                 pair[-1].loop_cpu_s = bundle_loop_cpu_s(out)
-                pair[-1].steps = bundle_steps(out)
+                pair[-1].steps = n if has_max_steps else bundle_steps(out)
             except Exception as err:  # noqa: BLE001  the stage is still being written: report, never crash the bench
                 side.note += f"\ncannot count the steps of {out.name}: {type(err).__name__}: {err}"
                 if not has_max_steps:
