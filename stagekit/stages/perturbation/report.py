@@ -186,12 +186,14 @@ def perturbation_report(adata: anndata.AnnData, seed: int = 0) -> tuple[dict, li
 
 
 def _slim(group: dict) -> dict:
-    """A scored group as the plots use it: gene sets reduced to their means, embeddings kept."""
-    def mean(cells: dict) -> dict:
+    """A scored group as the plots use it: gene sets reduced to their means, the embeddings of the observed and
+    predicted cells kept (the UMAP) and no others (a batch's controls would stay alive through them)."""
+    def mean(name: str, cells: dict) -> dict:
         genes = cells["genes_mean"] if "genes_mean" in cells else cells["genes"].mean(0, keepdims=True)
-        return {"genes": genes, "embedding": cells["embedding"]}
+        return {"genes": genes} | ({"embedding": cells["embedding"]} if name in ("observed", "predicted") else {})
 
-    return {k: mean(v) if isinstance(v, dict) and "genes" in v else v for k, v in group.items() if k != "candidates"}
+    return {k: mean(k, v) if isinstance(v, dict) and "genes" in v else v for k, v in group.items()
+            if k != "candidates"}
 
 
 def plot_report(groups: list[dict], report: dict, output_dir: Path, umap: bool, seed: int) -> list[str]:
