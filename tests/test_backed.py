@@ -14,16 +14,39 @@ def test_backed_rows_match_memory_for_scattered_and_contiguous_rows(kang):
     assert np.array_equal(backed.rows_in_order(scattered), in_memory.rows_in_order(scattered))
 
 
-def test_a_dense_selection_is_read_in_windows_with_the_same_rows(kang, monkeypatch):
-    """Nearby wanted rows form one run; a run longer than the window is read in several reads (so a selection
-    spread over a large file never reads the whole file at once), with the same rows."""
+def test_stored_csr_rows_come_in_one_read_each_and_match_memory(kang, monkeypatch):
+    """A dense selection, scattered rows, repeated rows and none: the same rows as in memory, and the values and
+    indices of all of them in one HDF5 read each."""
     from stagekit.data import anndata_io
 
-    index = np.sort(np.random.default_rng(1).choice(8684, 3000, replace=False))
-    whole = anndata_io.load_counts(kang, backed=True).sparse_rows(index).toarray()
+    backed, in_memory = anndata_io.load_counts(kang, backed=True), anndata_io.load_counts(kang)
+    reads = []
+    original = anndata_io._read_ranges
+    monkeypatch.setattr(anndata_io, "_read_ranges", lambda *a: reads.append(1) or original(*a))
+    rng = np.random.default_rng(1)
+    for index in (np.sort(rng.choice(8684, 3000, replace=False)), np.sort(rng.choice(8684, 40, replace=False)),
+                  np.array([7, 7, 8, 8683]), np.array([], np.int64)):
+        reads.clear()
+        assert np.array_equal(backed.sparse_rows(index).toarray(), in_memory.sparse_rows(index).toarray())
+        assert len(reads) == 3  # indptr, data, indices
+
+
+def test_a_dense_matrix_is_read_in_windows_with_the_same_rows(kang, tmp_path, monkeypatch):
+    """Nearby wanted rows of a dense X form one run; a run longer than the window is read in several reads (so a
+    selection spread over a large file never reads the whole file at once), with the same rows."""
+    import anndata
+
+    from stagekit.data import anndata_io
+
+    small = anndata.read_h5ad(kang)[:2000, :300]
+    dense = anndata.AnnData(X=small.X.toarray(), obs=small.obs, var=small.var)
+    dense.write_h5ad(tmp_path / "dense.h5ad")
+    index = np.sort(np.random.default_rng(1).choice(2000, 700, replace=False))
+    whole = anndata_io.load_counts(tmp_path / "dense.h5ad", backed=True).sparse_rows(index).toarray()
     monkeypatch.setattr(anndata_io, "_SPAN", 100)
-    assert np.array_equal(anndata_io.load_counts(kang, backed=True).sparse_rows(index).toarray(), whole)
-    assert np.array_equal(anndata_io.load_counts(kang).sparse_rows(index).toarray(), whole)
+    assert np.array_equal(anndata_io.load_counts(tmp_path / "dense.h5ad", backed=True).sparse_rows(index).toarray(),
+                          whole)
+    assert np.array_equal(whole, small.X[index].toarray())
 
 
 def test_the_expression_space_is_the_same_fitted_from_disk_or_memory(kang, monkeypatch):

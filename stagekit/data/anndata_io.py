@@ -146,8 +146,11 @@ class CountMatrix:
             return sp.csr_matrix(sp.vstack([self._read(node, int(r[0]), int(r[-1]) + 1)[r - r[0]] for r in runs]))
 
     def _csr_rows(self, node: h5py.Group, index: np.ndarray) -> sp.csr_matrix:
-        """Sorted distinct rows of a stored CSR matrix: their values and column indices in one HDF5 read each
-        (the union of their ranges), whether the rows lie together or far apart."""
+        """Sorted rows of a stored CSR matrix: their values and column indices in one HDF5 read each (the union of
+        their ranges), whether the rows lie together or far apart."""
+        unique, inverse = np.unique(index, return_inverse=True)
+        if len(unique) < len(index):  # a row asked for twice is read once
+            return self._csr_rows(node, unique)[inverse]
         ends = np.unique(np.concatenate([index, index + 1]))
         pointers = _read_ranges(node["indptr"], *_ranges(ends, ends + 1))
         lo, hi = pointers[np.searchsorted(ends, index)], pointers[np.searchsorted(ends, index + 1)]
