@@ -76,7 +76,7 @@ def test_backed_extract_and_evaluate_match_memory(tx_bundle, tmp_path, capsys, m
     values and shifts as in memory, and evaluate's scores (groups scored a few at a time) are the same figures."""
     from stagekit.stages.perturbation import report
 
-    monkeypatch.setattr(report, "BATCH_CELLS", 20)
+    monkeypatch.setattr(report, "BATCH_VALUES", 1)  # every group a batch of its own
     files = {}
     for mode, extra in (("memory", []), ("backed", ["--backed"])):
         files[mode] = tmp_path / f"{mode}.h5ad"

@@ -39,10 +39,11 @@ if TYPE_CHECKING:
     import anndata
 
 BASELINES = ("control_mean", "training_shift", "other_contexts", "own_shift")
-# evaluate --backed: observed cells of the groups scored together. About 20 dense gene rows live per observed
-# cell while a batch is scored (predicted, basal, reference, the baselines' shifted copies) besides the context's
-# controls: 2,000 cells x 2,000 genes is 0.3 GB (30,000 peaked at 6.2 GB on a 1,000,000-cell screen)
-BATCH_CELLS = 2_000
+# evaluate --backed: observed cells x genes of the groups scored together. About 20 dense gene rows live per
+# observed cell while a batch is scored (predicted, basal, reference, the baselines' shifted copies) besides the
+# context's controls: 2,000 cells at 2,000 genes is 0.3 GB (30,000 cells peaked at 6.2 GB on a 1,000,000-cell
+# screen); a wider gene space scores fewer cells at a time
+BATCH_VALUES = 4_000_000
 HEADLINE = ("energy_embedding", "energy_genes", "mmd_genes", "pearson_delta", "pearson_delta_top50", "sign_top50",
             "spread_ratio")
 
@@ -336,7 +337,7 @@ def _by_context(request: ReportRequest, methods: list[str], cell_eval_runs: bool
     index_of = {name: i for i, name in enumerate(names)}
     rows, groups, cell_eval_rows = [], [], []
     for c in found.contexts():
-        for plans in _batches(found.in_context(c)):
+        for plans in _batches(found.in_context(c), len(found.tx.space.genes)):
             adata = _anndata(list(found.parts(c, plans)), found.tx)
             adata.uns["stagekit_shifts"] = found.shifts(plans)
             adata.uns["stagekit"] = _design_keys(found.tx)
@@ -349,14 +350,15 @@ def _by_context(request: ReportRequest, methods: list[str], cell_eval_runs: bool
     return rows, [groups[i] for i in order], cell_eval_rows
 
 
-def _batches(plans: list) -> Iterator[list]:
-    """Groups of a context in batches of about BATCH_CELLS observed cells (with their predictions and
-    references; see BATCH_CELLS)."""
+def _batches(plans: list, n_genes: int) -> Iterator[list]:
+    """Groups of a context in batches of about BATCH_VALUES / n_genes observed cells (with their predictions and
+    references; see BATCH_VALUES)."""
+    cells = max(1, BATCH_VALUES // max(n_genes, 1))
     batch, size = [], 0
     for plan in plans:
         batch.append(plan)
         size += len(plan.observed)
-        if size >= BATCH_CELLS:
+        if size >= cells:
             yield batch
             batch, size = [], 0
     if batch:
