@@ -124,10 +124,19 @@ def test_bad_input_is_one_line(capsys, chain, tmp_path):
     fails("finetune", "-p", "mean-teacher", vae, needle="finetune --preset mean-teacher continues")
 
 
-def test_init_from_a_vae_encoder_reports_what_it_loaded(capsys, chain, tmp_path):
-    vae = tmp_path / "vae.stk"
-    code = run_cli(capsys, "pretrain", "-p", "vae", chain["data"], "--set", "training.epochs=1", "-q", "-o", vae)[0]
-    assert code == 0
+@pytest.fixture(scope="module")
+def vae(chain):
+    """A `pretrain --preset vae` bundle of the same cells (3 epochs), for --init-from and --latent-from."""
+    from stagekit.cli import main
+
+    path = chain["folder"] / "vae.stk"
+    with pytest.raises(SystemExit) as done:
+        main(["pretrain", "-p", "vae", str(chain["data"]), "--set", "training.epochs=3", "-q", "-o", str(path)])
+    assert done.value.code == 0
+    return path
+
+
+def test_init_from_a_vae_encoder_reports_what_it_loaded(capsys, chain, vae, tmp_path):
     out = tmp_path / "mt.stk"
     code, _, err = run_cli(capsys, "pretrain", "-p", "mean-teacher", chain["data"], "--label-key", "cluster_id",
                            "--labelled-fraction", "0.1", "--init-from", vae, "--set", "model.input=\"genes\"",
@@ -142,12 +151,9 @@ def test_init_from_a_vae_encoder_reports_what_it_loaded(capsys, chain, tmp_path)
     assert code == 2 and "model.input" in err
 
 
-def test_latent_from_a_vae_reads_its_encoder_fixed(capsys, chain, tmp_path):
+def test_latent_from_a_vae_reads_its_encoder_fixed(capsys, chain, vae, tmp_path):
     """The layers read the VAE encoder's posterior mean: its weights travel in the bundle unchanged by training (in
     student and teacher), the classifier learns, extract reads it back; the flag and model.input agree or fail."""
-    vae = tmp_path / "vae.stk"
-    code = run_cli(capsys, "pretrain", "-p", "vae", chain["data"], "--set", "training.epochs=3", "-q", "-o", vae)[0]
-    assert code == 0
     out = tmp_path / "latent.stk"
     code, _, err = run_cli(capsys, "pretrain", "-p", "mean-teacher", chain["data"], "--label-key", "cluster_id",
                            "--labelled-fraction", "0.05", "--latent-from", vae, "--set", "training.epochs=6",
