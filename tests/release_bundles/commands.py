@@ -1,8 +1,9 @@
 """One bundle of every (command, model) kind, written by a fixed release from tiny inputs kept beside this file.
 
 `make_bundles.py` writes the inputs and runs these commands once with the release they were made by; the tests
-run the same commands again with the code under test (the same seed must give bit-identical weights) and read
-the stored bundles with `info`, `extract`, `evaluate`, `--from` and `--resume` (older bundles must keep working).
+run the same commands again with the code under test (the same seed must give the same weights, up to the
+rounding a different CPU brings) and read the stored bundles with `info`, `extract`, `evaluate`, `--from` and
+`--resume` (older bundles must keep working).
 """
 
 from __future__ import annotations
