@@ -36,6 +36,23 @@ class CellGroups:
         return np.concatenate([v for (c, _), v in self.controls.items() if c == context])
 
 
+def grouped_rows(rows: np.ndarray, *codes: np.ndarray) -> list[tuple[tuple[int, ...], np.ndarray]]:
+    """The rows of each combination of `codes` (integer codes of every cell) among `rows`: combinations in sorted
+    order, each one's rows in the order they have in `rows`. One stable sort, where a mask per combination would
+    scan every row once per group (2,000 groups of 1,000,000 cells: minutes)."""
+    if not len(rows):
+        return []
+    values = [np.asarray(code)[rows].astype(np.int64) for code in codes]
+    key = np.zeros(len(rows), np.int64)
+    for v in values:  # mixed radix: sorting the key sorts the combinations
+        key = key * int(v.max() - v.min() + 1) + (v - v.min())
+    order = np.argsort(key, kind="stable")
+    key = key[order]
+    starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+    ends = np.r_[starts[1:], len(key)]
+    return [(tuple(int(v[order[s]]) for v in values), rows[order[s:e]]) for s, e in zip(starts, ends, strict=True)]
+
+
 def group_cells(pert: np.ndarray, context: np.ndarray, batch: np.ndarray | None, control: int,
                 rows: np.ndarray, set_len: int, control_sets: bool = False,
                 control_rows: np.ndarray | None = None) -> CellGroups:
@@ -46,16 +63,13 @@ def group_cells(pert: np.ndarray, context: np.ndarray, batch: np.ndarray | None,
     learns that no perturbation means no change)."""
     batch = np.zeros(len(pert), np.int64) if batch is None else batch
     pool = rows[pert[rows] == control] if control_rows is None else control_rows
-    controls: dict[tuple[int, int], np.ndarray] = {}
-    for c, b in sorted(set(zip(context[pool].tolist(), batch[pool].tolist(), strict=True))):
-        controls[(c, b)] = pool[(context[pool] == c) & (batch[pool] == b)]
+    controls: dict[tuple[int, int], np.ndarray] = dict(grouped_rows(pool, context, batch))
     contexts_with_controls = {c for c, _ in controls}
     members_of = rows if control_sets else rows[pert[rows] != control]
     groups, short = [], []
-    for p, c in sorted(set(zip(pert[members_of].tolist(), context[members_of].tolist(), strict=True))):
+    for (p, c), members in grouped_rows(members_of, pert, context):
         if c not in contexts_with_controls:
             continue
-        members = members_of[(pert[members_of] == p) & (context[members_of] == c)]
         groups.append((p, c, members))
         if len(members) < set_len:
             short.append((p, c))

@@ -4,7 +4,7 @@ context and batch, sets change every epoch and repeat for the same seed and epoc
 import numpy as np
 
 from stagekit.data.anndata_io import category_codes, load_counts
-from stagekit.data.cell_sets import epoch_sets, group_cells
+from stagekit.data.cell_sets import epoch_sets, group_cells, grouped_rows
 from tests.conftest import shared_file
 
 
@@ -47,3 +47,15 @@ def test_small_groups_are_drawn_with_replacement_and_flagged():
     with_controls = group_cells(pert, context, None, control=0, rows=np.arange(len(pert)), set_len=8,
                                 control_sets=True)
     assert [(p, c) for p, c, _ in with_controls.groups] == [(0, 0), (1, 0), (2, 0)]  # controls map to themselves
+
+
+def test_grouped_rows_equals_a_mask_per_combination():
+    rng = np.random.default_rng(0)
+    pert, context = rng.integers(-1, 40, 5000), rng.integers(0, 3, 5000)
+    rows = rng.permutation(5000)[:3000]  # any order: each group keeps it
+    expected = [((p, c), rows[(pert[rows] == p) & (context[rows] == c)])
+                for p, c in sorted(set(zip(pert[rows].tolist(), context[rows].tolist(), strict=True)))]
+    found = grouped_rows(rows, pert, context)
+    assert [k for k, _ in found] == [k for k, _ in expected]
+    assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(found, expected, strict=True))
+    assert grouped_rows(rows[:0], pert, context) == []

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from stagekit import toml_text
+from stagekit.data.cell_sets import grouped_rows
 from stagekit.errors import UserError
 
 EXCLUDED, TRAIN, VAL, TEST = -1, 0, 1, 2
@@ -195,8 +196,7 @@ def assign_split(screen: Screen, request: SplitRequest, where: str | Path) -> np
     split[screen.pert < 0] = EXCLUDED
     rng = np.random.default_rng([request.seed, 31])
     kept = np.flatnonzero(split != EXCLUDED)
-    for p, c in sorted(set(zip(screen.pert[kept].tolist(), screen.context[kept].tolist(), strict=True))):
-        members = kept[(screen.pert[kept] == p) & (screen.context[kept] == c)]
+    for (p, c), members in grouped_rows(kept, screen.pert, screen.context):
         if len(members) < 2:
             raise UserError(f"{where}: perturbation '{screen.perts[p]}' in context '{screen.contexts[c]}' has "
                             f"{len(members)} cell; a cell set needs at least 2 (leave it out with --exclude)")
