@@ -13,9 +13,11 @@ value, the epoch, and nothing else (it wrote no bundle; stage 2 then cannot run)
 
 `--recipe genes` runs the earlier recipe instead of the shipped preset: an MLP 256-64 with BatchNorm on the
 log-normalised genes, focal + Dice loss, consistency of probabilities (weight 10), input noise and dropout 0.5.
+`--latent`: stage 1 and one stage read the latent of one `pretrain --preset vae` per set (seed 0, `--latent-from`);
+stage 2 inherits it from stage 1's bundle.
 
     python benchmarks/mean_teacher_stages.py [--sets ...] [--binary] [--lrs 1e-4 1e-3 1e-2] [--seeds 0 1 2]
-        [--recipe shipped|genes] [--workdir DIR]
+        [--recipe shipped|genes] [--latent] [--workdir DIR]
 """
 
 from __future__ import annotations
@@ -26,7 +28,17 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from mean_teacher_sets import SETS, SHARED, STOPPED, macro_f1, network_predictions, positive_f1, rare_classes, run
+from mean_teacher_sets import (
+    SETS,
+    SHARED,
+    STOPPED,
+    macro_f1,
+    network_predictions,
+    positive_f1,
+    rare_classes,
+    run,
+    vae_latent,
+)
 
 GENES_RECIPE = ['model.input="genes"', "model.n_hidden=[256, 64]", 'model.norm="batch"', "model.dropout=0.2",
                 'mean_teacher.supervised="focal_dice"', 'mean_teacher.consistency="mse"',
@@ -67,17 +79,21 @@ def stage_two_lr_ratio() -> float:
     return lr["mean-teacher.finetune.toml"] / lr["mean-teacher.toml"]
 
 
-def one_task(name: str, positive: str, seed: int, lr: float, recipe: list[str], work: Path) -> dict:
+def one_task(name: str, positive: str, seed: int, lr: float, recipe: list[str], work: Path, latent: bool = False
+             ) -> dict:
     import anndata
 
     from stagekit.bundle import read_bundle
 
     file, label_key = SETS[name]
     path = SHARED / file
-    out = work / f"{name}_{positive or 'multi'}_s{seed}_lr{lr:g}".replace(" ", "_")
+    out = work / f"{name}_{positive or 'multi'}_s{seed}_lr{lr:g}{'_latent' if latent else ''}".replace(" ", "_")
     out.mkdir(parents=True, exist_ok=True)
     task = [path, "--label-key", label_key, "--seed", seed, "-q", *(["--positive-class", positive] if positive else []),
             *[a for kv in recipe for a in ("--set", kv)]]
+    if latent:
+        vae_latent(path, work / f"{name}_vae", {})
+        task += ["--latent-from", work / f"{name}_vae" / "vae.stk"]
     runs = {"stage_1": reused(out / "stage1.stk", "pretrain", "--preset", "mean-teacher", *task,
                               "--set", "data.labelled_fraction=0.01", "--set", f"training.lr={lr}")}
     if runs["stage_1"][0] == 0:
@@ -88,7 +104,7 @@ def one_task(name: str, positive: str, seed: int, lr: float, recipe: list[str], 
     runs["one_stage"] = reused(out / "scratch.stk", "pretrain", "--preset", "mean-teacher", *task,
                                "--set", "data.labelled_fraction=0.1", "--set", f"training.lr={lr}")
     files = {"stage_1": "stage1.stk", "stage_2": "stage2.stk", "one_stage": "scratch.stk"}
-    result = {"set": name, "task": positive or "multi-class", "seed": seed, "lr": lr}
+    result = {"set": name, "task": positive or "multi-class", "seed": seed, "lr": lr, "latent": latent}
     result |= {k: outcome(*runs[k], out / files[k]) for k in runs}
     finished = [k for k in runs if runs[k][0] == 0]
     labels = anndata.read_h5ad(path, backed="r").obs[label_key].astype(str).to_numpy()
@@ -126,6 +142,7 @@ def main() -> None:
     parser.add_argument("--lrs", type=float, nargs="+", default=[1e-4, 1e-3, 1e-2])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--recipe", choices=["shipped", "genes"], default="shipped")
+    parser.add_argument("--latent", action="store_true", help="the classifier reads a VAE latent (--latent-from)")
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="stagekit-mt-stages-"))
@@ -135,7 +152,7 @@ def main() -> None:
         for positive in rare_classes(name) if args.binary else [""]:
             for lr in args.lrs:
                 for seed in args.seeds:
-                    results.append(one_task(name, positive, seed, lr, recipe, work))
+                    results.append(one_task(name, positive, seed, lr, recipe, work, args.latent))
                     print(json.dumps(results[-1]), flush=True)
     summarise(results)
 
