@@ -16,7 +16,7 @@ def test_backed_rows_match_memory_for_scattered_and_contiguous_rows(kang):
 
 def test_stored_csr_rows_come_in_one_read_each_and_match_memory(kang, monkeypatch):
     """A dense selection, scattered rows, repeated rows and none: the same rows as in memory, and the values and
-    indices of all of them in one HDF5 read each."""
+    indices of all of them read together (one HDF5 read per _RANGES_PER_READ ranges), also when that is small."""
     from stagekit.data import anndata_io
 
     backed, in_memory = anndata_io.load_counts(kang, backed=True), anndata_io.load_counts(kang)
@@ -29,6 +29,9 @@ def test_stored_csr_rows_come_in_one_read_each_and_match_memory(kang, monkeypatc
         reads.clear()
         assert np.array_equal(backed.sparse_rows(index).toarray(), in_memory.sparse_rows(index).toarray())
         assert len(reads) == 3  # indptr, data, indices
+    monkeypatch.setattr(anndata_io, "_RANGES_PER_READ", 7)  # 3,000 ranges in 429 reads of the union of 7
+    index = np.sort(rng.choice(8684, 3000, replace=False))
+    assert np.array_equal(backed.sparse_rows(index).toarray(), in_memory.sparse_rows(index).toarray())
 
 
 def test_a_dense_matrix_is_read_in_windows_with_the_same_rows(kang, tmp_path, monkeypatch):
