@@ -29,7 +29,7 @@ def _ranges(starts: np.ndarray, stops: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return starts[first], stops[np.concatenate([first[1:], [True]])]
 
 
-_RANGES_PER_READ = 128  # HDF5's union of hyperslabs grows quadratically: 32,000 ranges take 37 s in one, 0.45 s
+_RANGES_PER_READ = 128  # HDF5 builds a union of hyperslabs in quadratic time: 32,000 ranges 37 s at once, 0.3 s
 
 
 def _read_ranges(dataset: h5py.Dataset, starts: np.ndarray, stops: np.ndarray) -> np.ndarray:

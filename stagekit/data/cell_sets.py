@@ -39,7 +39,7 @@ class CellGroups:
 def grouped_rows(rows: np.ndarray, *codes: np.ndarray) -> list[tuple[tuple[int, ...], np.ndarray]]:
     """The rows of each combination of `codes` (integer codes of every cell) among `rows`: combinations in sorted
     order, each one's rows in the order they have in `rows`. One stable sort, where a mask per combination would
-    scan every row once per group (2,000 groups of 1,000,000 cells: minutes)."""
+    scan every row once per group (2,000 groups of 1,000,000 cells: 2,000 passes)."""
     if not len(rows):
         return []
     values = [np.asarray(code)[rows].astype(np.int64) for code in codes]
